@@ -1,0 +1,55 @@
+// CPU registration of the sparse linear ops: argument checks, then the kernels in linear*.cpp.
+#include <torch/library.h>
+
+#include "../ebsparse.h"
+#include "checks.h"
+
+namespace ebsparse {
+namespace {
+
+at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
+                          const at::Tensor& col_idx) {
+  check_float(input, "input");
+  check_same(input, weight, "input", "weight");
+  TORCH_CHECK(input.dim() == 2, "input: expected (N, K), got ", input.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == input.size(1), "weight: expected (M, ",
+              input.size(1), "), got ", weight.sizes());
+  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1), "row_ptr", "col_idx", input);
+  if (bias) {
+    check_same(input, *bias, "input", "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected (",
+                weight.size(0), ",), got ", bias->sizes());
+  }
+  return csr_linear(input, weight, bias, row_ptr, col_idx);
+}
+
+at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     const at::Tensor& col_ptr, const at::Tensor& row_idx) {
+  check_float(grad_output, "grad_output");
+  check_same(grad_output, weight, "grad_output", "weight");
+  TORCH_CHECK(grad_output.dim() == 2 && weight.dim() == 2 && grad_output.size(1) == weight.size(0),
+              "grad_output: expected (N, ", weight.size(0), "), got ", grad_output.sizes());
+  check_pattern(col_ptr, row_idx, weight.size(1), weight.size(0), "col_ptr", "row_idx", weight);
+  return csr_linear_grad_input(grad_output, weight, col_ptr, row_idx);
+}
+
+at::Tensor csr_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+  check_float(grad_output, "grad_output");
+  check_same(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.dim() == 2 && input.dim() == 2 && grad_output.size(0) == input.size(0),
+              "input: expected (", grad_output.size(0), ", K), got ", input.sizes());
+  check_pattern(row_ptr, col_idx, grad_output.size(1), input.size(1), "row_ptr", "col_idx", input);
+  return csr_linear_grad_weight(grad_output, input, row_ptr, col_idx);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
+  m.impl("csr_linear", &csr_linear_cpu);
+  m.impl("csr_linear_grad_input", &csr_linear_grad_input_cpu);
+  m.impl("csr_linear_grad_weight", &csr_linear_grad_weight_cpu);
+}
+
+}  // namespace ebsparse

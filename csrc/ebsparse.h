@@ -1,0 +1,49 @@
+// Kernel entry points shared by the schema file, the CPU and the CUDA registrations.
+//
+// Pattern layout (built once per mask change by ebsparse/formats, never on the hot path):
+//   the weight is viewed as a 2-D matrix W of shape (M, K): for linear (out, in), for conv
+//   (out_channels, in_channels * kh * kw). The dense-shaped weight tensor is read in place at the
+//   kept positions, so no values array is gathered per step.
+//   CSR  row_ptr (M + 1, int32), col_idx (nnz, int32, sorted within each row)
+//   CSC  col_ptr (K + 1, int32), row_idx (nnz, int32, sorted within each column)
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+
+namespace ebsparse {
+
+// ---- linear: Y (N, M) = X (N, K) . (W o mask)^T + bias ------------------------------------------
+at::Tensor csr_linear(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
+                      const at::Tensor& col_idx);
+// dX (N, K) = dY (N, M) . (W o mask)
+at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                 const at::Tensor& col_ptr, const at::Tensor& row_idx);
+// dW (M, K): dW[m, k] = sum_n dY[n, m] X[n, k] at kept (m, k), zero elsewhere (SDDMM).
+at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& row_ptr, const at::Tensor& col_idx);
+
+// ---- conv2d (groups = 1): weight (Co, Ci, KH, KW), input (N, Ci, H, W) ------------------------------
+at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
+                      const at::Tensor& col_idx, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation);
+at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                 const at::Tensor& col_ptr, const at::Tensor& row_idx,
+                                 at::IntArrayRef input_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation);
+at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                  at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// ---- 2:4 semi-structured ------------------------------------------------------------------------
+// Mask keeping the 2 largest-magnitude of every 4 consecutive weights along the last dim of the
+// (M, K) view (ties broken towards the lower index).
+at::Tensor prune_2_4(const at::Tensor& weight);
+// values (M, K/2) and meta (M, K/4) uint8: bits 0-1 the first kept position of the group, bits 2-3
+// the second (first < second).
+std::tuple<at::Tensor, at::Tensor> compress_2_4(const at::Tensor& weight, const at::Tensor& mask);
+at::Tensor decompress_2_4(const at::Tensor& values, const at::Tensor& meta);
+
+}  // namespace ebsparse

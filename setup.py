@@ -1,0 +1,62 @@
+"""Build ebsparse and its extension `ebsparse._C`.
+
+`csrc/` (C++20, CPU kernels) is always built. `kernels/*.cu` is added when torch is a CUDA build
+and a CUDA toolkit is found; `EBSPARSE_CUDA=0|1` forces either way. The CPU code targets AVX2+FMA
+(never -march=native); AVX-512 paths are compiled with function target attributes and chosen at
+run time. Install with `pip install --no-build-isolation .` so the build uses the installed torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+from find_cuda import find_cuda_root  # noqa: E402
+
+_force = os.environ.get("EBSPARSE_CUDA")
+if _force not in (None, "", "0", "1"):
+    sys.exit(f"EBSPARSE_CUDA: expected 0 or 1, got {_force!r}")
+
+_cuda_root = find_cuda_root() if _force != "0" else None
+if _cuda_root:
+    # torch.utils.cpp_extension reads CUDA_HOME at import; its own guess from the nvcc wrapper's
+    # folder compiles but then fails to link cudart.
+    os.environ["CUDA_HOME"] = _cuda_root
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+with_cuda = torch.version.cuda is not None and _cuda_root is not None
+if _force == "1" and not with_cuda:
+    sys.exit("EBSPARSE_CUDA=1 but torch is not a CUDA build or no CUDA toolkit was found")
+if _force is None and not with_cuda:
+    print("ebsparse: building without CUDA kernels (no CUDA torch or no toolkit)", file=sys.stderr)
+
+here = os.path.dirname(os.path.abspath(__file__))
+sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+cxx_flags = ["-O3", "-std=c++20", "-mavx2", "-mfma", "-fopenmp", "-fno-math-errno"]
+extension_kwargs = dict(
+    name="ebsparse._C",
+    sources=sources,
+    include_dirs=[os.path.join(here, "csrc")],
+    extra_compile_args={"cxx": cxx_flags},
+    extra_link_args=["-fopenmp"],
+)
+if with_cuda:
+    extension_kwargs["sources"] = sources + sorted(glob.glob("kernels/*.cu"))
+    extension_kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
+    extension_kwargs["define_macros"] = [("EBSPARSE_WITH_CUDA", "1")]
+    extension = CUDAExtension(**extension_kwargs)
+else:
+    extension = CppExtension(**extension_kwargs)
+
+setup(
+    packages=find_packages(include=["ebsparse", "ebsparse.*"]),
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
