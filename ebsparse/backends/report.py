@@ -1,0 +1,42 @@
+"""`report()`: which backend can run which op here, and why not where it cannot."""
+
+from __future__ import annotations
+
+import torch
+
+from ebsparse.ops.extension import extension_error, has_cuda_kernels
+from ebsparse.ops.registry import registered_backends
+
+_OPS = ("linear", "conv2d")
+
+
+def availability() -> list[dict]:
+    """One row per (op, backend, device, dtype): `reasons` is empty where the backend can run."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for op in _OPS:
+        for name, backend in registered_backends().items():
+            for device in devices:
+                for dtype in (torch.float32, torch.float64, torch.bfloat16):
+                    rows.append(dict(op=op, backend=name, device=device.type, dtype=str(dtype).replace("torch.", ""),
+                                     reasons=backend.unavailable_reasons(op, device, dtype)))
+    return rows
+
+
+def report(print_it: bool = True) -> str:
+    """Human-readable availability table, plus build facts (extension, CUDA kernels, CPU ISA)."""
+    lines = [
+        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}; GPU present: {torch.cuda.is_available()})",
+        f"extension ebsparse._C: {extension_error() or 'loaded'}",
+        f"CUDA kernels compiled in: {has_cuda_kernels()}",
+        f"CPU capability used by torch: {torch.backends.cpu.get_cpu_capability()}; threads: {torch.get_num_threads()}",
+        "",
+        f"{'op':8} {'backend':8} {'device':6} {'dtype':9} status",
+    ]
+    for row in availability():
+        status = "available" if not row["reasons"] else "unavailable: " + "; ".join(row["reasons"])
+        lines.append(f"{row['op']:8} {row['backend']:8} {row['device']:6} {row['dtype']:9} {status}")
+    text = "\n".join(lines)
+    if print_it:
+        print(text)
+    return text

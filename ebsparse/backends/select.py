@@ -1,0 +1,93 @@
+"""Automatic backend choice: capability first, then the measured fastest, cached per key.
+
+The key is (op, device, dtype, threads, shapes, density rounded to 0.01, bias). Each usable backend
+runs a forward + grad-input + grad-weight a few times once per key; a sparse backend wins only if
+it beats dense by `MARGIN`, so a sparse layer is never slower than its dense fallback. Under
+`torch.compile` nothing can be timed, so an unmeasured key gets dense there (measure in eager
+first: one eager step warms the cache). Set EBSPARSE_AUTOTUNE_CACHE to a JSON path to keep the
+choices across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import torch
+
+from ebsparse.ops.registry import registered_backends
+
+MARGIN = 0.97  # a sparse backend must take < 97% of dense's time to be chosen
+
+_lock = threading.Lock()
+_choices: dict[str, str] = {}
+_timings: dict[str, dict[str, float]] = {}
+_loaded_path: str | None = None
+
+
+def _cache_path() -> str | None:
+    return os.environ.get("EBSPARSE_AUTOTUNE_CACHE") or None
+
+
+def _load() -> None:
+    global _loaded_path
+    path = _cache_path()
+    if path and path != _loaded_path:
+        _loaded_path = path
+        if os.path.exists(path):
+            with open(path) as f:
+                _choices.update(json.load(f))
+
+
+def _save() -> None:
+    path = _cache_path()
+    if path:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(_choices, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def auto_candidates(op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Backends that can run `op` here and are fit for production use (the Triton interpreter
+    on the CPU is a testing mode, never chosen automatically)."""
+    names = []
+    for name, backend in registered_backends().items():
+        if name == "triton" and device.type != "cuda":
+            continue
+        if not backend.unavailable_reasons(op, device, dtype):
+            names.append(name)
+    return names
+
+
+def choose(op: str, device: torch.device, dtype: torch.dtype, measure, key: tuple) -> str:
+    full_key = repr((op, device.type, str(dtype), torch.get_num_threads()) + tuple(key))
+    with _lock:
+        _load()
+        if full_key in _choices:
+            return _choices[full_key]
+    candidates = auto_candidates(op, device, dtype)
+    if candidates == ["dense"] or torch.compiler.is_compiling() or measure is None:
+        return "dense"
+    timings = {name: measure(name) for name in candidates}
+    best = min(timings, key=timings.get)
+    if best != "dense" and timings[best] >= MARGIN * timings["dense"]:
+        best = "dense"
+    with _lock:
+        _choices[full_key] = best
+        _timings[full_key] = timings
+        _save()
+    return best
+
+
+def choices() -> dict[str, tuple[str, dict[str, float]]]:
+    """What auto chose per key so far, with the measured seconds of each candidate."""
+    with _lock:
+        return {k: (v, dict(_timings.get(k, {}))) for k, v in _choices.items()}
+
+
+def clear() -> None:
+    with _lock:
+        _choices.clear()
+        _timings.clear()

@@ -1,0 +1,21 @@
+"""Sparsity patterns as plain data: masks, CSR/CSC index, 2:4 checks. No compute kernels here."""
+
+from ebsparse.formats.index import PatternIndex, build_index
+from ebsparse.formats.masks import (
+    check_density,
+    exact_kept_count,
+    magnitude_mask,
+    random_mask,
+)
+from ebsparse.formats.twofour import check_2_4_mask, is_2_4_mask
+
+__all__ = [
+    "PatternIndex",
+    "build_index",
+    "check_density",
+    "exact_kept_count",
+    "magnitude_mask",
+    "random_mask",
+    "check_2_4_mask",
+    "is_2_4_mask",
+]

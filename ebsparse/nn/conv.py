@@ -1,0 +1,77 @@
+"""SparseConv2d: nn.Conv2d (groups = 1, zero padding) with a sparse weight."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ebsparse.nn.pattern import SparsityMixin, initial_mask
+from ebsparse.ops.conv import resolve_conv2d_backend, sparse_conv2d
+
+
+def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
+    """Why `conv` cannot become a SparseConv2d, or None."""
+    if conv.groups != 1:
+        return f"groups={conv.groups} (only groups=1 is supported)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r} (only 'zeros')"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} (explicit padding needed)"
+    return None
+
+
+class SparseConv2d(SparsityMixin, nn.Conv2d):
+    """Drop-in nn.Conv2d (same constructor and state dict) plus a `mask` buffer. 2:4 groups run
+    along input channels for each (out, kh, kw), so 2:4 needs `in_channels % 4 == 0`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 density: float | None = None, pattern: str = "unstructured", mask: torch.Tensor | None = None,
+                 backend: str | None = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        reason = conv_unsupported_reason(self)
+        if reason:
+            raise ValueError(f"SparseConv2d: unsupported configuration: {reason}")
+        self._init_sparsity(mask, pattern, density, backend)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, *, density: float | None = None, pattern: str = "unstructured",
+                   mask: torch.Tensor | None = None, backend: str | None = None) -> "SparseConv2d":
+        """A SparseConv2d holding a copy of `conv`'s parameters, masked by magnitude or `mask`."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        reason = conv_unsupported_reason(conv)
+        if reason:
+            raise ValueError(f"conv: cannot be made sparse: {reason}")
+        w = conv.weight
+        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, 1, conv.bias is not None, device=w.device, dtype=w.dtype,
+                     mask=torch.ones_like(w, dtype=torch.bool), backend=backend)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            if conv.bias is not None:
+                module.bias.copy_(conv.bias)
+        module.pattern = pattern
+        module.set_mask(mask if mask is not None else initial_mask(module.weight, pattern, density))
+        return module
+
+    def to_dense(self) -> nn.Conv2d:
+        """An nn.Conv2d with the masked weight."""
+        w = self.weight
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, 1, self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(w * self.mask)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        index = self.pattern_index()
+        shape_key = (tuple(input.shape), input.dtype, input.device.type)
+        backend = self._backend_for(shape_key, lambda: resolve_conv2d_backend(
+            input, self.weight, self.bias, self.mask, index, list(self.stride), list(self.padding),
+            list(self.dilation), self.backend))
+        return sparse_conv2d(input, self.weight, self.bias, self.mask, self.stride, self.padding, self.dilation,
+                             index=index, backend=backend, dense_weight_grad=self.dense_weight_grad)

@@ -1,0 +1,58 @@
+"""SparseLinear: nn.Linear whose weight is sparse, run through `ebsparse.ops.sparse_linear`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ebsparse.nn.pattern import SparsityMixin, initial_mask
+from ebsparse.ops.linear import resolve_linear_backend, sparse_linear
+
+
+class SparseLinear(SparsityMixin, nn.Linear):
+    """Drop-in nn.Linear (same constructor, `weight`/`bias` names and state dict) plus a `mask`
+    buffer. `pattern` is "unstructured" (exact `density`) or "2:4"; `backend` is None/"auto"
+    (measured, never slower than dense) or a backend name."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 density: float | None = None, pattern: str = "unstructured", mask: torch.Tensor | None = None,
+                 backend: str | None = None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_sparsity(mask, pattern, density, backend)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, *, density: float | None = None, pattern: str = "unstructured",
+                   mask: torch.Tensor | None = None, backend: str | None = None) -> "SparseLinear":
+        """A SparseLinear holding a copy of `linear`'s parameters, masked by magnitude or `mask`."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, device=w.device,
+                     dtype=w.dtype, mask=torch.ones_like(w, dtype=torch.bool), pattern="unstructured",
+                     backend=backend)
+        with torch.no_grad():
+            module.weight.copy_(w)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+        module.weight.requires_grad_(w.requires_grad)
+        module.pattern = pattern
+        module.set_mask(mask if mask is not None else initial_mask(module.weight, pattern, density))
+        return module
+
+    def to_dense(self) -> nn.Linear:
+        """An nn.Linear with the masked weight (zeros outside the pattern)."""
+        w = self.weight
+        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(w * self.mask)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        index = self.pattern_index()
+        shape_key = (tuple(input.shape), input.dtype, input.device.type)
+        backend = self._backend_for(shape_key, lambda: resolve_linear_backend(
+            input, self.weight, self.bias, self.mask, index, self.backend))
+        return sparse_linear(input, self.weight, self.bias, self.mask, index=index, backend=backend,
+                             dense_weight_grad=self.dense_weight_grad)

@@ -1,0 +1,88 @@
+"""What SparseLinear and SparseConv2d share: a bool `mask` buffer, the pattern kind, and the
+CSR/CSC index cached per mask version (rebuilt only when the mask changes)."""
+
+from __future__ import annotations
+
+import torch
+
+from ebsparse.formats import build_index, check_2_4_mask, check_density, magnitude_mask
+from ebsparse.formats.index import PatternIndex
+from ebsparse.ops.twofour import prune_2_4
+
+PATTERNS = ("unstructured", "2:4")
+
+
+def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> torch.Tensor:
+    """Magnitude mask of `weight`: 2:4 by magnitude, or exactly round(density * n) kept."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern: expected one of {PATTERNS}, got {pattern!r}")
+    if pattern == "2:4":
+        if density not in (None, 0.5):
+            raise ValueError(f"density: a 2:4 pattern has density 0.5, got {density!r}")
+        return prune_2_4(weight.detach())
+    return magnitude_mask(weight.detach(), check_density(1.0 if density is None else density)).to(weight.device)
+
+
+class SparsityMixin:
+    """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__."""
+
+    def _init_sparsity(self, mask: torch.Tensor | None, pattern: str, density: float | None,
+                       backend: str | None) -> None:
+        if mask is None:
+            mask = initial_mask(self.weight, pattern, density)
+        self.pattern = pattern
+        self.backend = backend
+        # RigL asks for the dense weight gradient on its update steps only.
+        self.dense_weight_grad = False
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self._index: PatternIndex | None = None
+        self._index_key = None
+        self._resolved: dict[tuple, str] = {}
+        self.set_mask(mask)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the kept positions and zero the weights outside them."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask: expected a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask: expected shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
+        if self.pattern == "2:4":
+            check_2_4_mask(mask)
+        with torch.no_grad():
+            self.mask.copy_(mask)
+            self.weight.mul_(self.mask)
+        self._resolved.clear()
+
+    @property
+    def density(self) -> float:
+        return float(self.mask.sum()) / self.mask.numel()
+
+    def pattern_index(self) -> PatternIndex:
+        """CSR/CSC of the mask, rebuilt only when the mask tensor or its version changes."""
+        if torch.compiler.is_compiling():
+            return self._index
+        key = (self.mask.data_ptr(), self.mask._version, self.mask.device)
+        if self._index is None or key != self._index_key:
+            self._index = build_index(self.mask)
+            self._index_key = key
+            self._resolved.clear()
+        return self._index
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A plain nn.Linear / nn.Conv2d state dict has no mask: keep the current one.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if prefix + "mask" in missing_keys:
+            missing_keys.remove(prefix + "mask")
+
+    def _backend_for(self, shape_key: tuple, resolve) -> str:
+        """Resolve the backend once per input shape in eager mode; reuse it under torch.compile."""
+        if torch.compiler.is_compiling():
+            return self._resolved.get(shape_key, "dense") if self.backend in (None, "auto") else self.backend
+        if shape_key not in self._resolved:
+            self._resolved[shape_key] = resolve()
+        return self._resolved[shape_key]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pattern={self.pattern}, density={self.density:.4f}"

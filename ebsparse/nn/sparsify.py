@@ -1,0 +1,113 @@
+"""`sparsify(model, ...)`: swap nn.Linear / nn.Conv2d for their sparse versions, on any model.
+
+Works on third-party models (e.g. diffusers U-Nets and DiTs) because it only matches module types
+and keeps parameter names, so existing state dicts still load. Subclasses that override `forward`
+(e.g. LoRA-compatible layers) are left alone, since swapping them would drop their behaviour.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ebsparse.nn.conv import SparseConv2d, conv_unsupported_reason
+from ebsparse.nn.linear import SparseLinear
+
+Selector = Callable[[str, nn.Module], bool] | str | list[str] | None
+
+
+@dataclass
+class SparsifyReport:
+    """Which layers became sparse and which were skipped, with the reason."""
+
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"sparsified {len(self.converted)} layers, skipped {len(self.skipped)}"]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+    if callable(selector):
+        return bool(selector(name, module))
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _unsupported_reason(module: nn.Module, pattern: str) -> str | None:
+    if isinstance(module, (SparseLinear, SparseConv2d)):
+        return "already sparse"
+    base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
+    if type(module).forward is not base.forward:
+        return f"{type(module).__name__} overrides forward"
+    if isinstance(module, nn.Conv2d):
+        reason = conv_unsupported_reason(module)
+        if reason:
+            return reason
+    if pattern == "2:4" and module.weight.shape[1] % 4:
+        what = "in_features" if isinstance(module, nn.Linear) else "in_channels"
+        return f"2:4 needs {what} % 4 == 0, got {module.weight.shape[1]}"
+    return None
+
+
+def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = None,
+             pattern: str = "unstructured", masks: Mapping[str, torch.Tensor] | None = None,
+             include: Selector = None, exclude: Selector = None, backend: str | None = None,
+             strict: bool = False) -> SparsifyReport:
+    """Replace matching nn.Linear / nn.Conv2d modules of `model` in place.
+
+    Args:
+        density: kept fraction, one float for every layer or a mapping layer name -> density
+            (layers missing from the mapping are left dense). Ignored for 2:4.
+        pattern: "unstructured" (magnitude mask with exact counts) or "2:4".
+        masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation).
+        include / exclude: layer-name globs (or a predicate (name, module) -> bool).
+        backend: forwarded to the modules (None/"auto", or a backend name).
+        strict: raise instead of skipping a selected layer that cannot be made sparse.
+    """
+    report = SparsifyReport()
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if include is not None and not _matches(include, name, module):
+            continue
+        if exclude is not None and _matches(exclude, name, module):
+            continue
+        if isinstance(density, Mapping) and name not in density and not (masks and name in masks):
+            continue
+        reason = _unsupported_reason(module, pattern)
+        if reason:
+            if strict:
+                raise ValueError(f"layer {name!r} cannot be made sparse: {reason}")
+            report.skipped[name] = reason
+            continue
+        targets.append((name, module))
+    for name, module in targets:
+        layer_density = density.get(name) if isinstance(density, Mapping) else density
+        mask = masks.get(name) if masks else None
+        cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
+        sparse = cls.from_dense(module, density=layer_density, pattern=pattern, mask=mask, backend=backend)
+        _set_submodule(model, name, sparse)
+        report.converted.append(name)
+    return report
+
+
+def densify(model: nn.Module) -> list[str]:
+    """Turn every SparseLinear / SparseConv2d of `model` back into a dense module (masked weights)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
+    for name in names:
+        _set_submodule(model, name, model.get_submodule(name).to_dense())
+    return names
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

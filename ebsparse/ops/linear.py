@@ -1,0 +1,141 @@
+"""`sparse_linear`: y = x (W o mask)^T + b, with grad-weight computed only at kept positions.
+
+Three `torch.library` custom ops (forward, grad-input, grad-weight) take the backend by name, so
+`torch.compile` sees opaque ops with fake kernels, and the backward runs the same backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ebsparse.formats import PatternIndex, build_index
+from ebsparse.ops.checks import check_bias, check_like, check_mask, check_tensor
+from ebsparse.ops.registry import get_backend, resolve_backend
+from ebsparse.ops.timing import time_call
+
+_T = torch.Tensor
+
+
+@torch.library.custom_op("ebsparse::sparse_linear", mutates_args=())
+def _sparse_linear(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T,
+                   col_ptr: _T, row_idx: _T, backend: str, dense_weight_grad: bool) -> _T:
+    return get_backend(backend).linear_forward(input, weight, bias, mask, (row_ptr, col_idx, col_ptr, row_idx))
+
+
+@_sparse_linear.register_fake
+def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense_weight_grad):
+    return input.new_empty((input.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("ebsparse::sparse_linear_grad_input", mutates_args=())
+def _sparse_linear_grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
+                              col_ptr: _T, row_idx: _T, backend: str) -> _T:
+    return get_backend(backend).linear_grad_input(grad_output, weight, mask, (row_ptr, col_idx, col_ptr, row_idx))
+
+
+@_sparse_linear_grad_input.register_fake
+def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
+    return grad_output.new_empty((grad_output.shape[0], weight.shape[1]))
+
+
+@torch.library.custom_op("ebsparse::sparse_linear_grad_weight", mutates_args=())
+def _sparse_linear_grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T,
+                               col_ptr: _T, row_idx: _T, backend: str, dense: bool) -> _T:
+    if dense:  # the full gradient, e.g. for RigL's growth criterion every ΔT steps
+        return grad_output.t().mm(input)
+    return get_backend(backend).linear_grad_weight(grad_output, input, mask, (row_ptr, col_idx, col_ptr, row_idx))
+
+
+@_sparse_linear_grad_weight.register_fake
+def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense):
+    return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense_weight_grad = inputs
+    ctx.save_for_backward(input, weight, mask, row_ptr, col_idx, col_ptr, row_idx)
+    ctx.backend = backend
+    ctx.dense_weight_grad = dense_weight_grad
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_output):
+    input, weight, mask, *index = ctx.saved_tensors
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _sparse_linear_grad_input(grad_output, weight, mask, *index, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        grad_weight = _sparse_linear_grad_weight(grad_output, input, mask, *index, ctx.backend,
+                                                 ctx.dense_weight_grad)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_output.sum(0)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+_sparse_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_linear_args(input, weight, bias, mask) -> None:
+    check_tensor(weight, "weight", dims=2, floating=True)
+    check_tensor(input, "input", floating=True)
+    if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input: expected shape (..., {weight.shape[1]}) to match weight "
+                         f"{tuple(weight.shape)}, got {tuple(input.shape)}")
+    check_like(input, weight, "input", "weight")
+    check_bias(bias, weight)
+    check_mask(mask, weight)
+
+
+def sparse_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  mask: torch.Tensor, *, index: PatternIndex | None = None,
+                  backend: str | None = None, dense_weight_grad: bool = False) -> torch.Tensor:
+    """Linear layer with a sparse weight.
+
+    Args:
+        input: (*, K) floating tensor.
+        weight: (M, K); entries where `mask` is False are ignored (treated as zero).
+        bias: (M,) or None.
+        mask: (M, K) bool, the kept positions.
+        index: the CSR/CSC of `mask` (`ebsparse.formats.build_index`); pass it to avoid rebuilding
+            it on every call (the modules cache it per mask version).
+        backend: a registered backend name, "auto" (default; measured once per shape and density)
+            or None to use `EBSPARSE_BACKEND` if set.
+        dense_weight_grad: return the full dense weight gradient instead of the kept positions
+            only (RigL needs it on its update steps; it costs a dense matmul).
+    Returns:
+        (*, M). Raises TypeError/ValueError naming the bad argument before any kernel runs, and
+        RuntimeError if an explicitly requested backend cannot run these inputs.
+    """
+    if torch.compiler.is_compiling():
+        # Nothing can be measured or looked up while tracing: the caller (the module) passes the
+        # backend it resolved in eager mode; unresolved means dense.
+        name = backend if backend not in (None, "auto") else "dense"
+        index = index if index is not None else build_index(mask)
+    else:
+        check_linear_args(input, weight, bias, mask)
+        if index is None:
+            index = build_index(mask)
+        name = resolve_linear_backend(input, weight, bias, mask, index, backend)
+    x2d = input.reshape(-1, weight.shape[1])
+    out = _sparse_linear(x2d, weight, bias, mask, *index.tensors(), name, dense_weight_grad)
+    return out.reshape(*input.shape[:-1], weight.shape[0])
+
+
+def resolve_linear_backend(input, weight, bias, mask, index: PatternIndex, backend: str | None) -> str:
+    """The backend `sparse_linear` runs for these arguments (measuring candidates on first use)."""
+    x2d = input.reshape(-1, weight.shape[1])
+    key = (tuple(x2d.shape), tuple(weight.shape), round(index.density, 2), bias is not None)
+    tensors = index.tensors()
+
+    def measure(name: str) -> float:
+        # forward + grad-input + grad-weight, the work of one training step of this layer
+        grad = torch.ones(x2d.shape[0], weight.shape[0], dtype=input.dtype, device=input.device)
+
+        def step():
+            _sparse_linear(x2d, weight, bias, mask, *tensors, name, False)
+            _sparse_linear_grad_input(grad, weight, mask, *tensors, name)
+            _sparse_linear_grad_weight(grad, x2d, mask, *tensors, name, False)
+
+        return time_call(step, input.device)
+
+    return resolve_backend(backend, "linear", input.device, input.dtype, measure, key)

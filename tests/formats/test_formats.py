@@ -1,0 +1,54 @@
+"""Index building and exact-count masks."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ebsparse.formats import build_index, check_density, exact_kept_count, magnitude_mask, random_mask
+
+
+@given(m=st.integers(1, 30), k=st.integers(1, 30), density=st.floats(0, 1), seed=st.integers(0, 1000))
+def test_index_round_trip(m, k, density, seed):
+    mask = torch.rand(m, k, generator=torch.Generator().manual_seed(seed)) < density
+    index = build_index(mask)
+    assert index.nnz == int(mask.sum())
+    rebuilt = torch.zeros(m, k, dtype=torch.bool)
+    for row in range(m):
+        rebuilt[row, index.col_idx[index.row_ptr[row]:index.row_ptr[row + 1]].long()] = True
+    assert torch.equal(rebuilt, mask)
+    rebuilt_t = torch.zeros(k, m, dtype=torch.bool)
+    for col in range(k):
+        rebuilt_t[col, index.row_idx[index.col_ptr[col]:index.col_ptr[col + 1]].long()] = True
+    assert torch.equal(rebuilt_t, mask.t())
+    assert all(t.dtype == torch.int32 for t in index.tensors())
+
+
+def test_conv_index_views_weight_as_matrix():
+    mask = torch.rand(4, 3, 3, 3) < 0.5
+    index = build_index(mask)
+    assert (index.rows, index.cols) == (4, 27)
+
+
+@given(numel=st.integers(1, 500), density=st.floats(0, 1))
+def test_exact_counts(numel, density):
+    expected = int(round(density * numel))
+    assert exact_kept_count(numel, density) == expected
+    assert int(random_mask((numel,), density).sum()) == expected
+    assert int(magnitude_mask(torch.randn(numel), density).sum()) == expected
+
+
+def test_magnitude_mask_keeps_largest():
+    w = torch.tensor([[0.1, -5.0], [3.0, 0.2]])
+    assert torch.equal(magnitude_mask(w, 0.5), torch.tensor([[False, True], [True, False]]))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
+def test_bad_density(bad):
+    with pytest.raises((ValueError, TypeError), match="density"):
+        check_density(bad)
+
+
+def test_bad_mask_dtype():
+    with pytest.raises(TypeError, match="mask: expected a bool tensor"):
+        build_index(torch.ones(2, 2))

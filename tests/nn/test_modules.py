@@ -1,0 +1,116 @@
+"""SparseLinear / SparseConv2d / sparsify: drop-in behaviour, state dicts, conversion."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import ebsparse
+from ebsparse import SparseConv2d, SparseLinear, densify, sparsify
+
+
+def test_linear_exact_density_and_masked_weight():
+    layer = SparseLinear(40, 30, density=0.1)
+    assert int(layer.mask.sum()) == round(0.1 * 1200)
+    assert not layer.weight[~layer.mask].any()
+
+
+def test_from_dense_and_back():
+    dense = nn.Linear(16, 8)
+    sparse = SparseLinear.from_dense(dense, density=0.5)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(sparse(x), sparse.to_dense()(x))
+    conv = nn.Conv2d(8, 4, 3, padding=1, stride=2)
+    sconv = SparseConv2d.from_dense(conv, pattern="2:4")
+    xc = torch.randn(2, 8, 9, 9)
+    torch.testing.assert_close(sconv(xc), sconv.to_dense()(xc), atol=1e-5, rtol=1e-5)
+
+
+def test_density_one_trains_like_dense():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 25, 5)).double()
+    sparse = copy.deepcopy(dense)
+    sparsify(sparse, density=1.0)
+    opt_d = torch.optim.Adam(dense.parameters(), lr=1e-2)
+    opt_s = torch.optim.Adam(sparse.parameters(), lr=1e-2)
+    for step in range(5):
+        x, y = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randint(0, 5, (4,))
+        for model, opt in ((dense, opt_d), (sparse, opt_s)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for (n, p), (_, q) in zip(dense.named_parameters(), sparse.named_parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_pruned_weights_stay_zero_under_training():
+    layer = SparseLinear(32, 16, density=0.25)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(8, 32)).pow(2).sum().backward()
+        opt.step()
+    assert not layer.weight[~layer.mask].any()
+
+
+def test_state_dict_round_trip_and_plain_linear_state():
+    layer = SparseLinear(12, 6, density=0.3)
+    clone = SparseLinear(12, 6, density=1.0)
+    clone.load_state_dict(layer.state_dict())
+    assert torch.equal(clone.mask, layer.mask)
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(clone(x), layer(x))
+    plain = nn.Linear(12, 6)
+    clone.load_state_dict(plain.state_dict())  # no mask key: keeps its mask
+    assert torch.equal(clone.mask, layer.mask)
+
+
+def test_set_mask_rebuilds_index():
+    layer = SparseLinear(10, 4, density=1.0, backend="native")
+    x = torch.randn(2, 10)
+    full = layer(x)
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[:, 0] = True
+    layer.set_mask(mask)
+    torch.testing.assert_close(layer(x), x[:, :1] * layer.weight[:, 0] + layer.bias)
+    assert not torch.allclose(full, layer(x))
+
+
+def test_sparsify_skips_and_reports():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Flatten(), nn.Linear(8, 6),
+                          nn.Linear(6, 3))
+    report = sparsify(model, density=0.5, pattern="2:4")
+    assert report.converted == ["0", "3"]
+    assert "groups=2" in report.skipped["1"] and "in_features % 4" in report.skipped["4"]
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[3], SparseLinear)
+    with pytest.raises(ValueError, match="cannot be made sparse"):
+        sparsify(nn.Sequential(nn.Linear(6, 3)), pattern="2:4", strict=True)
+
+
+def test_sparsify_density_mapping_and_globs():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    report = sparsify(model, density={"0": 0.25, "2": 0.5}, exclude="2")
+    assert report.converted == ["0"]
+    assert isinstance(model[0], SparseLinear) and type(model[2]) is nn.Linear
+    assert densify(model) == ["0"] and type(model[0]) is nn.Linear
+
+
+def test_bad_module_arguments():
+    with pytest.raises(ValueError, match="density: expected a value in"):
+        SparseLinear(4, 4, density=1.5)
+    with pytest.raises(ValueError, match="pattern: expected one of"):
+        SparseLinear(4, 4, pattern="3:4")
+    with pytest.raises(ValueError, match="groups=2"):
+        SparseConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="in_features % 4 == 0"):
+        SparseLinear(6, 4, pattern="2:4")
+    layer = SparseLinear(4, 4)
+    with pytest.raises(ValueError, match=r"mask: expected shape \(4, 4\)"):
+        layer.set_mask(torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_report_mentions_every_backend():
+    text = ebsparse.backends.report(print_it=False)
+    for name in ("dense", "native", "triton"):
+        assert name in text

@@ -1,0 +1,81 @@
+"""Bad input raises a clear error naming the argument, before any kernel runs."""
+
+import pytest
+import torch
+
+from ebsparse.ops import sparse_conv2d, sparse_linear
+
+
+def _linear_args():
+    return torch.randn(3, 8), torch.randn(4, 8), torch.randn(4), torch.rand(4, 8) < 0.5
+
+
+@pytest.mark.parametrize("mutate,exc,pattern", [
+    (lambda a: (a[0].double(), *a[1:]), TypeError, "input: expected dtype torch.float32"),
+    (lambda a: (torch.randn(3, 7), *a[1:]), ValueError, r"input: expected shape \(\.\.\., 8\)"),
+    (lambda a: (a[0], torch.randn(4, 8, 1), *a[2:]), ValueError, "weight: expected 2 dims"),
+    (lambda a: (a[0], a[1], torch.randn(5), a[3]), ValueError, r"bias: expected shape \(4,\)"),
+    (lambda a: (*a[:3], torch.ones(4, 8)), TypeError, "mask: expected a bool tensor"),
+    (lambda a: (*a[:3], torch.ones(4, 7, dtype=torch.bool)), ValueError, r"mask: expected shape \(4, 8\)"),
+    (lambda a: (a[0].int(), *a[1:]), TypeError, "input: expected a floating-point tensor"),
+    (lambda a: ([1.0], *a[1:]), TypeError, "input: expected a torch.Tensor"),
+])
+def test_linear_errors(mutate, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        sparse_linear(*mutate(_linear_args()))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        sparse_linear(*_linear_args(), backend="nope")
+
+
+def test_backend_env_override(monkeypatch):
+    monkeypatch.setenv("EBSPARSE_BACKEND", "dense")
+    x, w, b, mask = _linear_args()
+    torch.testing.assert_close(sparse_linear(x, w, b, mask), torch.nn.functional.linear(x, w * mask, b))
+    monkeypatch.setenv("EBSPARSE_BACKEND", "nope")
+    with pytest.raises(ValueError, match="backend"):
+        sparse_linear(x, w, b, mask)
+
+
+def test_requested_backend_that_cannot_run_raises_with_reasons():
+    x, w, b, mask = _linear_args()
+    with pytest.raises(RuntimeError, match="backend 'native' cannot run linear.*bfloat16"):
+        sparse_linear(x.bfloat16(), w.bfloat16(), b.bfloat16(), mask, backend="native")
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", [
+    (dict(stride=0), ValueError, "stride: expected values >= 1"),
+    (dict(padding=-1), ValueError, "padding: expected values >= 0"),
+    (dict(dilation=(1, 0)), ValueError, "dilation: expected values >= 1"),
+    (dict(stride="x"), TypeError, "stride: expected an int or a pair"),
+])
+def test_conv_bad_geometry(kwargs, exc, pattern):
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 3, 3)
+    with pytest.raises(exc, match=pattern):
+        sparse_conv2d(x, w, None, torch.ones_like(w, dtype=torch.bool), **kwargs)
+
+
+def test_conv_shape_errors():
+    w = torch.randn(2, 4, 3, 3)
+    mask = torch.ones_like(w, dtype=torch.bool)
+    with pytest.raises(ValueError, match="input: expected 4 channels"):
+        sparse_conv2d(torch.randn(1, 3, 5, 5), w, None, mask)
+    with pytest.raises(ValueError, match="input: spatial size .* too small"):
+        sparse_conv2d(torch.randn(1, 4, 2, 2), w, None, mask)
+    with pytest.raises(ValueError, match="input: expected 4 dims"):
+        sparse_conv2d(torch.randn(4, 5, 5), w, None, mask)
+
+
+def test_native_op_direct_call_checks_in_cpp():
+    """Direct torch.ops callers get a RuntimeError from the C++ checks, not a crash."""
+    import ebsparse.ops.extension as ext
+
+    if ext.extension_error() is not None:
+        pytest.skip(ext.extension_error())
+    x, w = torch.randn(3, 8), torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="row_ptr: expected 5 entries"):
+        torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="col_idx: expected a 1-D int32"):
+        torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(5, dtype=torch.int32), torch.zeros(0))
