@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ebsparse.nn.pattern import SparsityMixin, initial_mask
+from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.conv import resolve_conv2d_backend, sparse_conv2d
 
 
@@ -48,12 +48,7 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, 1, conv.bias is not None, device=w.device, dtype=w.dtype,
                      mask=torch.ones_like(w, dtype=torch.bool), backend=backend)
-        with torch.no_grad():
-            module.weight.copy_(w)
-            if conv.bias is not None:
-                module.bias.copy_(conv.bias)
-        module.pattern = pattern
-        module.set_mask(mask if mask is not None else initial_mask(module.weight, pattern, density))
+        module._adopt_dense(conv, pattern, density, mask)
         return module
 
     def to_dense(self) -> nn.Conv2d:
@@ -61,11 +56,7 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         w = self.weight
         dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                           self.dilation, 1, self.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(w * self.mask)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         index = self.pattern_index()

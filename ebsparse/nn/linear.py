@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ebsparse.nn.pattern import SparsityMixin, initial_mask
+from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.linear import resolve_linear_backend, sparse_linear
 
 
@@ -30,24 +30,14 @@ class SparseLinear(SparsityMixin, nn.Linear):
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, device=w.device,
                      dtype=w.dtype, mask=torch.ones_like(w, dtype=torch.bool), pattern="unstructured",
                      backend=backend)
-        with torch.no_grad():
-            module.weight.copy_(w)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias)
-        module.weight.requires_grad_(w.requires_grad)
-        module.pattern = pattern
-        module.set_mask(mask if mask is not None else initial_mask(module.weight, pattern, density))
+        module._adopt_dense(linear, pattern, density, mask)
         return module
 
     def to_dense(self) -> nn.Linear:
         """An nn.Linear with the masked weight (zeros outside the pattern)."""
         w = self.weight
         dense = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(w * self.mask)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         index = self.pattern_index()

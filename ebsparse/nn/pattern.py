@@ -68,6 +68,25 @@ class SparsityMixin:
             self._resolved.clear()
         return self._index
 
+    def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
+                     mask: torch.Tensor | None) -> None:
+        """Copy `dense`'s weight and bias, then mask them (by magnitude unless `mask` is given)."""
+        with torch.no_grad():
+            self.weight.copy_(dense.weight)
+            if dense.bias is not None:
+                self.bias.copy_(dense.bias)
+        self.weight.requires_grad_(dense.weight.requires_grad)
+        self.pattern = pattern
+        self.set_mask(mask if mask is not None else initial_mask(self.weight, pattern, density))
+
+    def _export_dense(self, dense: torch.nn.Module) -> torch.nn.Module:
+        """Fill `dense` (same shapes) with the masked weight and the bias."""
+        with torch.no_grad():
+            dense.weight.copy_(self.weight * self.mask)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # A plain nn.Linear / nn.Conv2d state dict has no mask: keep the current one.
