@@ -1,8 +1,19 @@
-// Direct sparse convolution on the CPU (CSR over the (Co, Ci*KH*KW) weight, read in place).
-// PLACEHOLDER scalar loops: correct, parallel, not yet fast.
+// Direct sparse convolution on the CPU: the three conv ops of ebsparse.h.
+//
+// float32 runs the blocked engine of conv_impl.h (AVX-512 when the CPU has it, AVX2+FMA otherwise);
+// float64 runs the plain loops at the end of this file (correct, parallel, not tuned).
+// This file turns CSR/CSC into a per-call plan, owns the thread pool loop and the per-thread
+// buffers, and builds the per-block input copies the SIMD kernels read.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
 #include "../ebsparse.h"
+#include "conv_impl.h"
 
 namespace ebsparse {
 
@@ -17,12 +28,278 @@ Geometry geometry(at::IntArrayRef in, at::IntArrayRef wt, at::IntArrayRef stride
              stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
   g.Wo = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "input: spatial size (", g.H, ", ", g.W,
-              ") is too small for the kernel, padding and dilation");
+  TORCH_CHECK(g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1 >= 0 && g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1 >= 0,
+              "input: spatial size (", g.H, ", ", g.W, ") is too small for the kernel, padding and dilation");
   return g;
 }
+
+// EBSPARSE_CONV_AVX2=1 forces the AVX2 path on an AVX-512 machine (read once; for tests and timing).
+bool have_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                          !(std::getenv("EBSPARSE_CONV_AVX2") && std::getenv("EBSPARSE_CONV_AVX2")[0] == '1');
+  return yes;
+}
+
+// Register-tile heights the SIMD kernels are instantiated for (kRows in conv_simd.h).
+constexpr int64_t kRows[] = {1, 2, 3, 4, 6, 8, 12, 16};
+// Channel-block size. A block's copies should sit in L1 (48 KB; ~40 KB leaves room for the weight
+// lists), but every (output channel, block) pair also pays a pass over its partial sums, so sparse
+// patterns need enough kept weights per pair to amortise it: blocks grow until a pair holds about
+// kWeightsPerPass weights on average, up to an L2-friendly 128 KB of copies. Measured on the
+// 256->256 3x3 case: 2:4 runs best at ~40 KB, 90-95% sparsity at ~96-200 KB.
+constexpr int64_t kL1CopyBytes = 40 * 1024;
+constexpr int64_t kMaxCopyBytes = 128 * 1024;
+constexpr double kWeightsPerPass = 24.0;
+
+enum class Kind { kForward, kGradWeight };
+
+// Tiling of the engine. Forward: an R x V tile of accumulators (<= 16 AVX-512 registers of 32, 12 of
+// 16 for AVX2) plus the broadcast. Grad-weight holds the dy tile in registers instead and amortises
+// one horizontal sum per weight and tile over it, so it uses the largest tile that leaves room for
+// two accumulators and a load (24 / 12).
+void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
+  p.vw = avx512 ? 16 : 8;
+  p.Wo_r = (p.Wo + p.vw - 1) / p.vw * p.vw;
+  p.nvec = p.Wo_r / p.vw;
+  const int64_t max_tile = avx512 ? (kind == Kind::kForward ? 16 : 24) : 12;
+  const int64_t v0 = std::min<int64_t>(p.nvec, 4);
+  int64_t r_max = 1;
+  for (int64_t r : kRows)
+    if (r * v0 <= max_tile) r_max = r;
+  p.R = r_max;
+  if (p.Ho <= r_max)
+    for (int64_t r : kRows)
+      if (r >= p.Ho) {
+        p.R = r;
+        break;
+      }
+  p.ntiles = (p.Ho + p.R - 1) / p.R;
+  p.rows_copy = (p.R - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const int64_t per_channel = p.KW * p.rows_copy * p.Wo_r * int64_t(sizeof(float));
+  const double density = double(nnz) / double(std::max<int64_t>(p.Co * p.Cs * p.KH * p.KW, 1));
+  const int64_t cb_l1 = std::max<int64_t>(kL1CopyBytes / per_channel, 1);
+  const int64_t cb_max = std::max<int64_t>(kMaxCopyBytes / per_channel, 1);
+  const int64_t cb_pass = static_cast<int64_t>(kWeightsPerPass / std::max(density * p.KH * p.KW, 1e-9)) + 1;
+  p.Cb = std::clamp<int64_t>(std::max(cb_l1, std::min(cb_pass, cb_max)), 1, std::max<int64_t>(p.Cs, 1));
+  p.nb = std::max<int64_t>((p.Cs + p.Cb - 1) / p.Cb, 1);
+  p.Cb = std::max<int64_t>((p.Cs + p.nb - 1) / p.nb, 1);  // even blocks
+  TORCH_CHECK(p.Cb * p.KW * p.rows_copy * p.Wo_r < (int64_t(1) << 31), "conv: block copy too large");
+}
+
+// Kept weights grouped by (output channel o, source channel block b), as the engine reads them.
+struct PackedPattern {
+  std::vector<int64_t> bptr;
+  std::vector<int32_t> off;
+  std::vector<float> val;
+  std::vector<int64_t> pos;  // grad-weight only: flat index of the entry in the dense weight
+};
+
+// Counting sort of the kept weights into (o, b) buckets. `each(visit)` must call
+// visit(o, c, kh, kw, value, flat_pos) once per kept weight, in the same order both times;
+// (c, kh, kw) is the tap in the engine's source tensor and kernel orientation.
+template <class Each>
+void pack(const convk::Plan& p, int64_t nnz, bool want_pos, Each each, PackedPattern& pk) {
+  pk.bptr.assign(p.Co * p.nb + 1, 0);
+  each([&](int64_t o, int64_t c, int64_t, int64_t, float, int64_t) { ++pk.bptr[o * p.nb + c / p.Cb + 1]; });
+  for (size_t i = 1; i < pk.bptr.size(); ++i) pk.bptr[i] += pk.bptr[i - 1];
+  std::vector<int64_t> cursor(pk.bptr.begin(), pk.bptr.end() - 1);
+  pk.off.resize(nnz);
+  pk.val.resize(want_pos ? 0 : nnz);
+  pk.pos.resize(want_pos ? nnz : 0);
+  each([&](int64_t o, int64_t c, int64_t kh, int64_t kw, float v, int64_t flat) {
+    const int64_t k = cursor[o * p.nb + c / p.Cb]++;
+    pk.off[k] = static_cast<int32_t>((((c % p.Cb) * p.KW + kw) * p.rows_copy + kh * p.dh) * p.Wo_r);
+    if (want_pos)
+      pk.pos[k] = flat;
+    else
+      pk.val[k] = v;
+  });
+}
+
+// Engine plan for forward or grad-weight: source x, kept weights of output row co from CSR.
+convk::Plan conv_plan(const Geometry& g, Kind kind, bool avx512, int64_t nnz) {
+  convk::Plan p{};
+  p.N = g.N, p.Cs = g.Ci, p.Hs = g.H, p.Ws = g.W;
+  p.Co = g.Co, p.Ho = g.Ho, p.Wo = g.Wo;
+  p.KH = g.KH, p.KW = g.KW, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
+  p.pt = g.ph, p.pl = g.pw, p.uh = 1, p.uw = 1;
+  choose_tiling(p, kind, avx512, nnz);
+  return p;
+}
+
+// Scratch from the caching allocator (64-byte aligned), one slice per thread.
+struct ThreadBuffers {
+  at::Tensor copy, extra;
+  int64_t copy_stride = 0, extra_stride = 0;
+  ThreadBuffers(const convk::Plan& p, int64_t extra_floats, bool zero_extra) {
+    const int64_t nt = at::get_num_threads();
+    copy_stride = (convk::copy_floats(p) + 15) / 16 * 16;
+    extra_stride = (extra_floats + 15) / 16 * 16;
+    copy = at::empty({nt * copy_stride}, at::kFloat);
+    if (extra_stride) {
+      extra = at::empty({nt * extra_stride}, at::kFloat);
+      if (zero_extra) std::memset(extra.data_ptr<float>(), 0, nt * extra_stride * sizeof(float));
+    }
+  }
+  float* copy_of(int64_t t) { return copy.data_ptr<float>() + t * copy_stride; }
+  float* extra_of(int64_t t) { return extra_stride ? extra.data_ptr<float>() + t * extra_stride : nullptr; }
+};
+
+// Runs f(task, thread) for every task on torch's pool. Threads pull tasks from a shared counter
+// instead of taking a fixed half each: on a shared machine one core is often descheduled, and a
+// static split then leaves the other idling at the barrier.
+template <class F>
+void run_tasks(int64_t ntasks, F&& f) {
+  const int64_t pool = at::get_num_threads();  // ThreadBuffers holds this many slices
+  if (pool == 1 || ntasks == 1 || at::in_parallel_region()) {  // nested: thread ids are not ours
+    for (int64_t t = 0; t < ntasks; ++t) f(t, 0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(pool, ntasks), 1, [&](int64_t, int64_t) {
+    const int64_t tid = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(tid >= 0 && tid < pool, "conv: thread id ", tid, " outside the pool of ", pool);
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) f(t, tid);
+  });
+}
+
+void run_forward(const convk::Plan& p, const float* src, const float* bias, float* out, bool avx512) {
+  const int64_t partial = p.nb > 1 ? p.Co * p.R * p.Wo_r : 0;
+  ThreadBuffers buf(p, partial, false);
+  run_tasks(p.N * p.ntiles, [&](int64_t t, int64_t tid) {
+    if (avx512)
+      convk::avx512::fwd_task(p, src, bias, out, t, buf.copy_of(tid), buf.extra_of(tid));
+    else
+      convk::avx2::fwd_task(p, src, bias, out, t, buf.copy_of(tid), buf.extra_of(tid));
+  });
+}
+
+// ---- float64 (and reference) loops ------------------------------------------------------------------
+template <typename scalar_t>
+void plain_forward(const Geometry& g, const scalar_t* xp, const scalar_t* wp, const scalar_t* bp,
+                   const int32_t* rp, const int32_t* ci, scalar_t* yp) {
+  const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
+  at::parallel_for(0, g.N * g.Co, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / g.Co, co = b % g.Co;
+      scalar_t* out = yp + b * g.Ho * g.Wo;
+      for (int64_t i = 0; i < g.Ho * g.Wo; ++i) out[i] = bp ? bp[co] : scalar_t(0);
+      for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+        const int64_t c = ci[j] / KK, kh = (ci[j] % KK) / g.KW, kw = ci[j] % g.KW;
+        const scalar_t v = wp[co * Kc + ci[j]];
+        const scalar_t* in = xp + (n * g.Ci + c) * g.H * g.W;
+        for (int64_t oy = 0; oy < g.Ho; ++oy) {
+          const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
+          if (iy < 0 || iy >= g.H) continue;
+          for (int64_t ox = 0; ox < g.Wo; ++ox) {
+            const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
+            if (ix >= 0 && ix < g.W) out[oy * g.Wo + ox] += v * in[iy * g.W + ix];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void plain_grad_input(const Geometry& g, const scalar_t* dyp, const scalar_t* wp, const int32_t* cp,
+                      const int32_t* ri, scalar_t* dxp) {
+  const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
+  at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / g.Ci, c = b % g.Ci;
+      scalar_t* in = dxp + b * g.H * g.W;
+      for (int64_t col = c * KK; col < (c + 1) * KK; ++col) {
+        const int64_t kh = (col % KK) / g.KW, kw = col % g.KW;
+        for (int32_t j = cp[col]; j < cp[col + 1]; ++j) {
+          const int64_t co = ri[j];
+          const scalar_t v = wp[co * Kc + col];
+          const scalar_t* out = dyp + (n * g.Co + co) * g.Ho * g.Wo;
+          for (int64_t oy = 0; oy < g.Ho; ++oy) {
+            const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
+            if (iy < 0 || iy >= g.H) continue;
+            for (int64_t ox = 0; ox < g.Wo; ++ox) {
+              const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
+              if (ix >= 0 && ix < g.W) in[iy * g.W + ix] += v * out[oy * g.Wo + ox];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void plain_grad_weight(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const int32_t* rp,
+                       const int32_t* ci, scalar_t* dwp) {
+  const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
+  at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t co = c0; co < c1; ++co)
+      for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+        const int64_t c = ci[j] / KK, kh = (ci[j] % KK) / g.KW, kw = ci[j] % g.KW;
+        scalar_t acc = 0;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const scalar_t* in = xp + (n * g.Ci + c) * g.H * g.W;
+          const scalar_t* out = dyp + (n * g.Co + co) * g.Ho * g.Wo;
+          for (int64_t oy = 0; oy < g.Ho; ++oy) {
+            const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
+            if (iy < 0 || iy >= g.H) continue;
+            for (int64_t ox = 0; ox < g.Wo; ++ox) {
+              const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
+              if (ix >= 0 && ix < g.W) acc += out[oy * g.Wo + ox] * in[iy * g.W + ix];
+            }
+          }
+        }
+        dwp[co * Kc + ci[j]] = acc;
+      }
+  });
+}
+
 }  // namespace
 
+namespace convk {
+
+int64_t copy_floats(const Plan& p) { return p.Cb * p.KW * p.rows_copy * p.Wo_r; }
+
+void build_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst) {
+  const int64_t c_lo = b * p.Cb, c_hi = std::min(p.Cs, c_lo + p.Cb);
+  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const bool contiguous = p.sw == 1 && p.uw == 1;
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+    const float* src_c = src_n + (c_lo + cl) * p.Hs * p.Ws;
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      // Copy column x reads virtual column x*sw + kw*dw, i.e. source column (x*sw + shift) / uw.
+      const int64_t shift = kw * p.dw - p.pl;
+      const int64_t xa = std::clamp<int64_t>(-shift, 0, p.Wo);
+      const int64_t xb = std::clamp<int64_t>(p.Ws - shift, xa, p.Wo);
+      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        const int64_t t = (oy0 * p.sh + rr) - p.pt;
+        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) {
+          for (int64_t x = 0; x < p.Wo_r; ++x) d[x] = 0.f;
+          continue;
+        }
+        const float* s = src_c + (t / p.uh) * p.Ws;
+        if (contiguous) {  // rows are short: an inlined loop beats three library calls
+          for (int64_t x = 0; x < xa; ++x) d[x] = 0.f;
+          for (int64_t x = xa; x < xb; ++x) d[x] = s[x + shift];
+          for (int64_t x = xb; x < p.Wo_r; ++x) d[x] = 0.f;
+        } else {
+          for (int64_t x = 0; x < p.Wo_r; ++x) {
+            const int64_t u = x * p.sw + shift;
+            d[x] = (x < p.Wo && u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws) ? s[u / p.uw] : 0.f;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace convk
+
+// y[n, co, oy, ox] = bias[co] + sum_{(c, kh, kw) kept in row co} w[co, c, kh, kw] *
+//                    x[n, c, oy*sh - ph + kh*dh, ox*sw - pw + kw*dw]   (zero outside x)
 at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
                       const at::Tensor& col_idx, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -31,38 +308,38 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
   auto w = weight.contiguous();
   const Geometry g = geometry(x.sizes(), w.sizes(), stride, padding, dilation);
   auto y = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options());
+  if (y.numel() == 0) return y;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col_idx.data_ptr<int32_t>();
+  at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  if (x.scalar_type() == at::kDouble) {
+    plain_forward<double>(g, x.data_ptr<double>(), w.data_ptr<double>(), b.defined() ? b.data_ptr<double>() : nullptr,
+                          rp, ci, y.data_ptr<double>());
+    return y;
+  }
+  const bool avx512 = have_avx512();
+  convk::Plan p = conv_plan(g, Kind::kForward, avx512, rp[g.Co]);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    const scalar_t* bp = bias ? bias->contiguous().data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.Co, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n = b / g.Co, co = b % g.Co;
-        scalar_t* out = yp + b * g.Ho * g.Wo;
-        for (int64_t i = 0; i < g.Ho * g.Wo; ++i) out[i] = bp ? bp[co] : scalar_t(0);
-        for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
-          const int64_t c = ci[j] / KK, kh = (ci[j] % KK) / g.KW, kw = ci[j] % g.KW;
-          const scalar_t v = wp[co * Kc + ci[j]];
-          const scalar_t* in = xp + (n * g.Ci + c) * g.H * g.W;
-          for (int64_t oy = 0; oy < g.Ho; ++oy) {
-            const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
-            if (iy < 0 || iy >= g.H) continue;
-            for (int64_t ox = 0; ox < g.Wo; ++ox) {
-              const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
-              if (ix >= 0 && ix < g.W) out[oy * g.Wo + ox] += v * in[iy * g.W + ix];
-            }
-          }
-        }
-      }
-    });
-  });
+  const float* wp = w.data_ptr<float>();
+  PackedPattern pk;
+  pack(p, rp[g.Co], false,
+       [&](auto&& visit) {
+         for (int64_t co = 0; co < g.Co; ++co)
+           for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+             const int64_t col = ci[j];
+             visit(co, col / KK, (col % KK) / g.KW, col % g.KW, wp[co * Kc + col], 0);
+           }
+       },
+       pk);
+  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = pk.val.data();
+  run_forward(p, x.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), avx512);
   return y;
 }
 
+// dx[n, c, iy, ix] = sum over kept (co, c, kh, kw) and (oy, ox) with oy*sh - ph + kh*dh = iy,
+// ox*sw - pw + kw*dw = ix of w[co, c, kh, kw] * dy[n, co, oy, ox]. Run as the forward engine over
+// dy padded by (K - 1) * dil - pad and zero-upsampled by the stride, with the kernel flipped and the
+// roles of c and co swapped; the CSC gives each input channel its kept weights without a transpose.
 at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                  const at::Tensor& col_ptr, const at::Tensor& row_idx,
                                  at::IntArrayRef input_size, at::IntArrayRef stride,
@@ -70,42 +347,44 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   auto dy = grad_output.contiguous();
   auto w = weight.contiguous();
   const Geometry g = geometry(input_size, w.sizes(), stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected spatial size (", g.Ho,
-              ", ", g.Wo, "), got ", dy.sizes());
-  auto dx = at::zeros({g.N, g.Ci, g.H, g.W}, dy.options());
+  TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected (", g.N,
+              ", ", g.Co, ", ", g.Ho, ", ", g.Wo, "), got ", dy.sizes());
   const int32_t* cp = col_ptr.data_ptr<int32_t>();
   const int32_t* ri = row_idx.data_ptr<int32_t>();
+  if (dy.scalar_type() == at::kDouble) {
+    auto dx = at::zeros({g.N, g.Ci, g.H, g.W}, dy.options());
+    plain_grad_input<double>(g, dy.data_ptr<double>(), w.data_ptr<double>(), cp, ri, dx.data_ptr<double>());
+    return dx;
+  }
+  auto dx = at::empty({g.N, g.Ci, g.H, g.W}, dy.options());
+  if (dx.numel() == 0) return dx;
+  const bool avx512 = have_avx512();
+  convk::Plan p{};
+  p.N = g.N, p.Cs = g.Co, p.Hs = g.Ho, p.Ws = g.Wo;
+  p.Co = g.Ci, p.Ho = g.H, p.Wo = g.W;
+  p.KH = g.KH, p.KW = g.KW, p.sh = 1, p.sw = 1, p.dh = g.dh, p.dw = g.dw;
+  p.pt = (g.KH - 1) * g.dh - g.ph, p.pl = (g.KW - 1) * g.dw - g.pw, p.uh = g.sh, p.uw = g.sw;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_conv2d_grad_input", [&] {
-    const scalar_t* dyp = dy.data_ptr<scalar_t>();
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    scalar_t* dxp = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n = b / g.Ci, c = b % g.Ci;
-        scalar_t* in = dxp + b * g.H * g.W;
-        for (int64_t col = c * KK; col < (c + 1) * KK; ++col) {
-          const int64_t kh = (col % KK) / g.KW, kw = col % g.KW;
-          for (int32_t j = cp[col]; j < cp[col + 1]; ++j) {
-            const int64_t co = ri[j];
-            const scalar_t v = wp[co * Kc + col];
-            const scalar_t* out = dyp + (n * g.Co + co) * g.Ho * g.Wo;
-            for (int64_t oy = 0; oy < g.Ho; ++oy) {
-              const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
-              if (iy < 0 || iy >= g.H) continue;
-              for (int64_t ox = 0; ox < g.Wo; ++ox) {
-                const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
-                if (ix >= 0 && ix < g.W) in[iy * g.W + ix] += v * out[oy * g.Wo + ox];
-              }
-            }
-          }
-        }
-      }
-    });
-  });
+  choose_tiling(p, Kind::kForward, avx512, cp[Kc]);
+  const float* wp = w.data_ptr<float>();
+  PackedPattern pk;
+  pack(p, cp[Kc], false,
+       [&](auto&& visit) {
+         for (int64_t col = 0; col < Kc; ++col) {
+           const int64_t c = col / KK, kh = (col % KK) / g.KW, kw = col % g.KW;
+           for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
+             visit(c, ri[j], g.KH - 1 - kh, g.KW - 1 - kw, wp[ri[j] * Kc + col], 0);
+         }
+       },
+       pk);
+  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = pk.val.data();
+  run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
   return dx;
 }
 
+// dw[co, c, kh, kw] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, c, oy*sh - ph + kh*dh, ox*sw - pw + kw*dw]
+// at kept positions only (SDDMM), zero elsewhere. Tasks are (n, row tile) as in the forward, so
+// each thread accumulates its own copy of the kept-weight sums; the copies are added at the end.
 at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
@@ -113,37 +392,51 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   auto dy = grad_output.contiguous();
   auto x = input.contiguous();
   const Geometry g = geometry(x.sizes(), weight_size, stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected spatial size (", g.Ho,
-              ", ", g.Wo, "), got ", dy.sizes());
-  auto dw = at::zeros(weight_size, x.options());
+  TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected (", g.N,
+              ", ", g.Co, ", ", g.Ho, ", ", g.Wo, "), got ", dy.sizes());
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col_idx.data_ptr<int32_t>();
+  const int64_t nnz = rp[g.Co];
+  if (nnz == 0 || g.N * g.Ho * g.Wo == 0 || x.scalar_type() == at::kDouble) {
+    auto dw = at::zeros(weight_size, x.options());
+    if (nnz > 0 && g.N * g.Ho * g.Wo > 0)
+      plain_grad_weight<double>(g, dy.data_ptr<double>(), x.data_ptr<double>(), rp, ci, dw.data_ptr<double>());
+    return dw;
+  }
+  auto dw = at::empty(weight_size, x.options());
+  const bool avx512 = have_avx512();
+  convk::Plan p = conv_plan(g, Kind::kGradWeight, avx512, nnz);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_grad_weight", [&] {
-    const scalar_t* dyp = dy.data_ptr<scalar_t>();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* dwp = dw.data_ptr<scalar_t>();
-    at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t co = c0; co < c1; ++co)
-        for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
-          const int64_t c = ci[j] / KK, kh = (ci[j] % KK) / g.KW, kw = ci[j] % g.KW;
-          scalar_t acc = 0;
-          for (int64_t n = 0; n < g.N; ++n) {
-            const scalar_t* in = xp + (n * g.Ci + c) * g.H * g.W;
-            const scalar_t* out = dyp + (n * g.Co + co) * g.Ho * g.Wo;
-            for (int64_t oy = 0; oy < g.Ho; ++oy) {
-              const int64_t iy = oy * g.sh - g.ph + kh * g.dh;
-              if (iy < 0 || iy >= g.H) continue;
-              for (int64_t ox = 0; ox < g.Wo; ++ox) {
-                const int64_t ix = ox * g.sw - g.pw + kw * g.dw;
-                if (ix >= 0 && ix < g.W) acc += out[oy * g.Wo + ox] * in[iy * g.W + ix];
-              }
-            }
-          }
-          dwp[co * Kc + ci[j]] = acc;
-        }
-    });
+  PackedPattern pk;
+  pack(p, nnz, true,
+       [&](auto&& visit) {
+         for (int64_t co = 0; co < g.Co; ++co)
+           for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+             const int64_t col = ci[j];
+             visit(co, col / KK, (col % KK) / g.KW, col % g.KW, 0.f, co * Kc + col);
+           }
+       },
+       pk);
+  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = nullptr;
+  ThreadBuffers buf(p, nnz, true);
+  const float* xp = x.data_ptr<float>();
+  const float* dyp = dy.data_ptr<float>();
+  run_tasks(p.N * p.ntiles, [&](int64_t t, int64_t tid) {
+    if (avx512)
+      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid));
+    else
+      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid));
   });
+  // Serial on purpose: O(nnz * threads) adds are cheap, while waking the pool for a second parallel
+  // region costs a scheduler quantum whenever another process holds a core.
+  float* dwp = dw.data_ptr<float>();
+  std::memset(dwp, 0, dw.numel() * sizeof(float));
+  const int64_t nt = at::get_num_threads();
+  for (int64_t k = 0; k < nnz; ++k) {
+    float s = 0.f;
+    for (int64_t t = 0; t < nt; ++t) s += buf.extra_of(t)[k];
+    dwp[pk.pos[k]] = s;
+  }
   return dw;
 }
 

@@ -13,6 +13,23 @@ void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArr
   TORCH_CHECK(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0, "dilation: expected two positive ints, got ", dilation);
 }
 
+// The kernels index the weight, the block copies and grad_weight by these values, so a malformed
+// pattern must not reach them: nnz must match, and every index must lie in [0, cols).
+void check_pattern_values(const at::Tensor& ptr, const at::Tensor& idx, int64_t cols, const char* ptr_name,
+                          const char* idx_name) {
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  const int64_t rows = ptr.numel() - 1;
+  TORCH_CHECK(p[0] == 0 && p[rows] == idx.numel(), ptr_name, ": expected to start at 0 and end at ", idx_name,
+              ".numel() = ", idx.numel(), ", got ", p[0], " and ", p[rows]);
+  for (int64_t r = 0; r < rows; ++r)
+    TORCH_CHECK(p[r] <= p[r + 1], ptr_name, ": expected non-decreasing values, got ", p[r], " then ", p[r + 1]);
+  if (idx.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(idx);
+    TORCH_CHECK(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < cols, idx_name, ": expected values in [0, ", cols,
+                "), got [", lo.item<int32_t>(), ", ", hi.item<int32_t>(), "]");
+  }
+}
+
 at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -25,6 +42,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   check_conv_args(stride, padding, dilation);
   check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1) * weight.size(2) * weight.size(3),
                 "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, weight.size(1) * weight.size(2) * weight.size(3), "row_ptr", "col_idx");
   if (bias) {
     check_same(input, *bias, "input", "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected (",
@@ -46,6 +64,7 @@ at::Tensor csr_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Te
   check_conv_args(stride, padding, dilation);
   check_pattern(col_ptr, row_idx, weight.size(1) * weight.size(2) * weight.size(3), weight.size(0),
                 "col_ptr", "row_idx", weight);
+  check_pattern_values(col_ptr, row_idx, weight.size(0), "col_ptr", "row_idx");
   return csr_conv2d_grad_input(grad_output, weight, col_ptr, row_idx, input_size, stride, padding, dilation);
 }
 
@@ -63,6 +82,7 @@ at::Tensor csr_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::T
   check_conv_args(stride, padding, dilation);
   check_pattern(row_ptr, col_idx, weight_size[0], weight_size[1] * weight_size[2] * weight_size[3],
                 "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, weight_size[1] * weight_size[2] * weight_size[3], "row_ptr", "col_idx");
   return csr_conv2d_grad_weight(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
 }
 

@@ -1,0 +1,63 @@
+// Private to csrc/cpu/conv*.cpp: the direct sparse convolution engine shared by the three conv ops.
+//
+// All three ops run one engine over a "virtual input" V derived from a source tensor S (N, Cs, Hs, Ws):
+//   V[n, c, r, q] = S[n, c, (r - pt) / uh, (q - pl) / uw]  when both divisions are exact and in range,
+//                 = 0                                      otherwise,
+// i.e. S zero-padded by (pt, pl) (negative = cropped) and zero-upsampled by (uh, uw).
+//   forward:     S = x,  pad = padding,                 up = 1,      conv stride = stride
+//   grad-input:  S = dy, pad = (K - 1) * dil - padding, up = stride, conv stride = 1, flipped weight
+//   grad-weight: S = x as in forward; the engine walks the same tiles and forms dot products with dy.
+// The engine computes O[n, o, y, x] = sum_{(c, kh, kw) kept in row o} w * V[n, c, y*sh + kh*dh, x*sw + kw*dw].
+//
+// Work is cut into tasks (image n, tile of R output rows). For each block of Cb source channels the
+// task builds, in a small per-thread buffer, one copy of V per kernel column kw:
+//   copy[cl][kw][rr][x] = V[n, c0 + cl, oy0*sh + rr, x*sw + kw*dw],  x < Wo (zero up to Wo_r)
+// so every load of the inner loops is an aligned full vector at a per-weight constant offset
+// (((cl * KW + kw) * rows_copy + kh * dh) * Wo_r) and the row step is sh * Wo_r. Cb trades L1 fit of
+// the copies against the partial-sum pass each (output channel, block) pair costs (see choose_tiling).
+// The per-call "plan" lists, for each (output channel o, channel block b), the kept weights as
+// (offset, value) pairs; it is built from CSR/CSC by a counting sort in O(nnz + Co * nb).
+//
+// This header is included by translation units compiled for different instruction sets, so it only
+// declares plain data and functions: nothing inline that the linker could merge across ISAs.
+#pragma once
+#include <cstdint>
+
+namespace ebsparse::convk {
+
+struct Plan {
+  int64_t N, Cs, Hs, Ws;           // source tensor S
+  int64_t Co, Ho, Wo;              // output channels and spatial size
+  int64_t KH, KW, sh, sw, dh, dw;  // convolution over the virtual input V
+  int64_t pt, pl, uh, uw;          // V from S: padding (may be negative) and upsampling
+  int64_t vw;                      // floats per SIMD vector (16 AVX-512, 8 AVX2)
+  int64_t Wo_r;                    // Wo rounded up to vw: length of a copy row
+  int64_t nvec;                    // Wo_r / vw
+  int64_t R;                       // output rows per task tile
+  int64_t ntiles;                  // tiles per image: ceil(Ho / R)
+  int64_t rows_copy;               // rows of V one tile reads: (R - 1) * sh + (KH - 1) * dh + 1
+  int64_t Cb, nb;                  // source channels per block, number of blocks
+  const int64_t* bptr;             // (Co * nb + 1): entries of (o, b) are [bptr[o*nb+b], bptr[o*nb+b+1])
+  const int32_t* off;              // per entry: float offset of its kernel tap in the block copy
+  const float* val;                // per entry: weight value (forward, grad-input); unused by grad-weight
+};
+
+// Floats of the per-thread block-copy buffer (64-byte aligned by the caller) and of the forward
+// partial-sum buffer (Co * R * Wo_r).
+int64_t copy_floats(const Plan& p);
+
+// Fills the copies of channel block b for the tile starting at output row oy0 with rows_valid rows.
+void build_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst);
+
+// One task (n, tile) of the forward engine: out (N, Co, Ho, Wo) for that tile, bias may be null.
+// One task of the grad-weight engine: acc[e] += sum over the tile of dy * V at entry e's tap.
+#define EBS_CONV_ISA_DECLS                                                                              \
+  void fwd_task(const Plan& p, const float* src, const float* bias, float* out, int64_t task,          \
+                float* copy, float* partial);                                                          \
+  void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc);
+
+namespace avx512 { EBS_CONV_ISA_DECLS }
+namespace avx2 { EBS_CONV_ISA_DECLS }
+#undef EBS_CONV_ISA_DECLS
+
+}  // namespace ebsparse::convk

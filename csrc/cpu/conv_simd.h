@@ -1,0 +1,266 @@
+// Kernel bodies of the direct sparse conv engine (see conv_impl.h), written once against a small
+// vector interface `Vec` and included by conv_avx512.cpp and conv_avx2.cpp, each of which defines
+// `Vec` for its instruction set inside its own namespace before including this file. Everything
+// here has internal linkage except the two task entry points, so no code compiled for one ISA can
+// be merged into the other by the linker.
+//
+// Vec must provide: T, W (floats per vector), zero(), load(p) (aligned), loadu(p), load_part(p, n)
+// (first n lanes), load_lanes(p, lo, hi), bcast(x), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
+// (aligned), storeu(p, v), store_part(p, v, n), hsum(v).
+
+namespace {
+
+constexpr int kRows[] = {1, 2, 3, 4, 6, 8, 12, 16};
+constexpr int kNumRows = 8;
+constexpr int kMaxVecs = 4;  // vectors per row held in registers; wider rows are cut into chunks
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Smallest tabulated register-tile height that covers `rows` output rows.
+inline int row_slot(int64_t rows) {
+  int i = 0;
+  while (i < kNumRows - 1 && kRows[i] < rows) ++i;
+  return i;
+}
+
+// Forward / grad-input micro-kernel, one output channel o, an R x V register tile:
+//   acc[r][v] = init + sum_{e in list(o, b)} val[e] * copy[off[e] + r * rstep + v * W]
+// Loop order: the whole tile stays in registers while the kept weights stream by, so each weight
+// costs one broadcast and R*V FMAs whose input operand is an aligned L1 load. An unstructured pattern
+// offers no input reuse across weights (a variant sharing copy rows between the kept kh of one kernel
+// column was measured slower, even at 2:4), so one load per FMA is the floor this loop sits on.
+// init is `bias` or (kLoad) the partial sums at pin (row stride in_rs); stores the whole tile to pout
+// (row stride out_rs); ragged tiles go through a scratch tile in the caller. kLoad and kStep (the
+// compile-time row step V * W for unit stride with one chunk per row, else 0 = run-time rstep) are
+// template parameters, and the weight loop is a do-while (cnt >= 1; empty lists get one zero
+// weight), because any run-time branch or zero-trip loop around the tile made GCC keep it in memory.
+template <int R, int V, bool kLoad, int kStep>
+void fwd_kernel(const int32_t* __restrict off, const float* __restrict val, int64_t cnt,
+                const float* __restrict cb, int64_t rstep_rt, const float* pin, int64_t in_rs, float bias,
+                float* pout, int64_t out_rs) {
+  const int64_t rstep = kStep ? kStep : rstep_rt;
+  typename Vec::T acc[R][V];
+  if constexpr (kLoad) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = Vec::load(pin + r * in_rs + v * Vec::W);
+  } else {
+    const auto b = Vec::bcast(bias);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = b;
+  }
+  int64_t i = 0;
+  do {  // cnt >= 1: the caller passes a zero weight for empty lists (a plain for loop spills the tile)
+    const float* p = cb + off[i];
+    const auto w = Vec::bcast(val[i]);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = Vec::fma(w, Vec::load(p + r * rstep + v * Vec::W), acc[r][v]);
+  } while (++i < cnt);
+for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) Vec::storeu(pout + r * out_rs + v * Vec::W, acc[r][v]);
+}
+
+// Grad-weight (SDDMM) micro-kernel, one output channel o:
+//   acc[e] += sum_{r < R, v < V} dy[o, oy0 + r, v*W ...] . copy[off[e] + r * rstep + v * W]
+// The R x V tile of dy is loaded into registers once and reused by every kept weight of (o, b);
+// each weight then costs R*V FMAs with one aligned L1 load each and one horizontal sum. Two
+// accumulators halve the FMA dependency chain; out-of-order execution overlaps successive weights.
+template <int R, int V, int kStep>
+void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restrict cb, int64_t rstep_rt,
+               const float* dy, int64_t dy_rs, int64_t rows_valid, int64_t last_lanes,
+               float* __restrict acc) {
+  const int64_t rstep = kStep ? kStep : rstep_rt;
+  typename Vec::T d[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      if (r >= rows_valid)
+        d[r][v] = Vec::zero();
+      else if (v == V - 1 && last_lanes != Vec::W)
+        d[r][v] = Vec::load_part(dy + r * dy_rs + v * Vec::W, last_lanes);
+      else
+        d[r][v] = Vec::loadu(dy + r * dy_rs + v * Vec::W);
+    }
+  for (int64_t i = 0; i < cnt; ++i) {
+    const float* p = cb + off[i];
+    auto a0 = Vec::zero(), a1 = Vec::zero();
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) {
+        if (((r * V + v) & 1) == 0)
+          a0 = Vec::fma(d[r][v], Vec::load(p + r * rstep + v * Vec::W), a0);
+        else
+          a1 = Vec::fma(d[r][v], Vec::load(p + r * rstep + v * Vec::W), a1);
+      }
+    acc[i] += Vec::hsum(Vec::add(a0, a1));
+  }
+}
+
+// Block copies (see conv_impl.h) for the common case of unit stride and no upsampling along the
+// width: every copy row is a shifted window of one source row, read with lane-masked loads so the
+// zero padding costs nothing and no read leaves the row. Other geometries use the scalar builder.
+void fill_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst) {
+  if (p.sw != 1 || p.uw != 1) {
+    build_copy(p, src_n, b, oy0, rows_valid, dst);
+    return;
+  }
+  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
+  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const auto zero = Vec::zero();
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+    const float* src_c = src_n + (c_lo + cl) * p.Hs * p.Ws;
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const int64_t shift = kw * p.dw - p.pl;  // copy column x reads source column x + shift
+      int64_t xa = -shift, xb = p.Ws - shift;  // valid copy columns [xa, xb), clipped to [0, Wo)
+      xa = xa < 0 ? 0 : xa > p.Wo ? p.Wo : xa;
+      xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
+      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        const int64_t t = (oy0 * p.sh + rr) - p.pt;
+        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) {
+          for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, zero);
+          continue;
+        }
+        const float* s = src_c + (t / p.uh) * p.Ws + shift;
+        for (int64_t x = 0; x < p.Wo_r; x += Vec::W) {
+          const int64_t lo = xa - x, hi = xb - x;
+          if (lo <= 0 && hi >= Vec::W)
+            Vec::store(d + x, Vec::loadu(s + x));
+          else if (hi <= 0 || lo >= Vec::W)
+            Vec::store(d + x, zero);
+          else
+            Vec::store(d + x, Vec::load_lanes(s + x, lo < 0 ? 0 : lo, hi > Vec::W ? Vec::W : hi));
+        }
+      }
+    }
+  }
+}
+
+// Pulls the source rows of channel block b of this tile towards L2 while the previous block computes,
+// so building its copies does not wait on memory.
+void prefetch_block(const Plan& p, const float* src_n, int64_t b, int64_t oy0) {
+  if (b >= p.nb) return;
+  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
+  int64_t r_lo = (oy0 * p.sh - p.pt) / p.uh, r_hi = (oy0 * p.sh + p.rows_copy - p.pt) / p.uh + 1;
+  r_lo = r_lo < 0 ? 0 : r_lo;
+  r_hi = r_hi > p.Hs ? p.Hs : r_hi;
+  if (r_hi <= r_lo) return;
+  for (int64_t c = c_lo; c < c_hi; ++c) {
+    const char* a = reinterpret_cast<const char*>(src_n + (c * p.Hs + r_lo) * p.Ws);
+    const int64_t bytes = (r_hi - r_lo) * p.Ws * int64_t(sizeof(float));
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(a + o, _MM_HINT_T1);
+  }
+}
+
+using FwdFn = void (*)(const int32_t*, const float*, int64_t, const float*, int64_t, const float*, int64_t,
+                       float, float*, int64_t);
+using GwFn = void (*)(const int32_t*, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
+                      float*);
+
+// Register tiles larger than this would spill; the planner never asks for them.
+constexpr int kMaxTile = 32;
+
+template <int RI, int V, bool kLoad, bool kFixed>
+constexpr FwdFn fwd_entry() {
+  if constexpr (kRows[RI] * V <= kMaxTile) return &fwd_kernel<kRows[RI], V, kLoad, kFixed ? V * Vec::W : 0>;
+  else return nullptr;
+}
+template <int RI, int V, bool kFixed>
+constexpr GwFn gw_entry() {
+  if constexpr (kRows[RI] * V <= kMaxTile) return &gw_kernel<kRows[RI], V, kFixed ? V * Vec::W : 0>;
+  else return nullptr;
+}
+
+// Tables indexed [row slot][vectors - 1]; the *Fixed variants serve stride-1 rows of <= 4 vectors.
+#define EBS_ROW_ENTRIES(F, RI, ...) {F<RI, 1, __VA_ARGS__>(), F<RI, 2, __VA_ARGS__>(), F<RI, 3, __VA_ARGS__>(), F<RI, 4, __VA_ARGS__>()}
+#define EBS_TABLE(F, ...)                                                                                \
+  {EBS_ROW_ENTRIES(F, 0, __VA_ARGS__), EBS_ROW_ENTRIES(F, 1, __VA_ARGS__), EBS_ROW_ENTRIES(F, 2, __VA_ARGS__), \
+   EBS_ROW_ENTRIES(F, 3, __VA_ARGS__), EBS_ROW_ENTRIES(F, 4, __VA_ARGS__), EBS_ROW_ENTRIES(F, 5, __VA_ARGS__), \
+   EBS_ROW_ENTRIES(F, 6, __VA_ARGS__), EBS_ROW_ENTRIES(F, 7, __VA_ARGS__)}
+constexpr FwdFn kFwd[2][2][kNumRows][kMaxVecs] = {{EBS_TABLE(fwd_entry, false, false), EBS_TABLE(fwd_entry, false, true)},
+                                                  {EBS_TABLE(fwd_entry, true, false), EBS_TABLE(fwd_entry, true, true)}};
+constexpr GwFn kGw[2][kNumRows][kMaxVecs] = {EBS_TABLE(gw_entry, false), EBS_TABLE(gw_entry, true)};
+
+#undef EBS_TABLE
+#undef EBS_ROW_ENTRIES
+
+}  // namespace
+
+// Task (n, tile): for each channel block, build its copies, then for each output channel run the
+// register tile over the kept weights of that block.
+// Why this order: tasks own whole output tiles (no races, no reduction); the channel block is the
+// unit of input reuse, its copies built once and then read by every output channel while they sit
+// in L1/L2; output channels innermost means each copy is reused Co times before it is evicted.
+// The price is a partial-sum pass per (output channel, block): the tile's partial sums live in
+// `partial` (Co x R x Wo_r, L2-resident) between blocks; the first block starts from the bias and the
+// last writes the output directly, so a single-block problem never touches `partial`.
+void fwd_task(const Plan& p, const float* src, const float* bias, float* out, int64_t task, float* copy,
+              float* partial) {
+  const int64_t n = task / p.ntiles, oy0 = (task % p.ntiles) * p.R;
+  const int64_t rv = min64(p.R, p.Ho - oy0);
+  const int ri = row_slot(rv);
+  const int64_t rk = kRows[ri];
+  const int64_t rstep = p.sh * p.Wo_r;
+  const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
+  const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
+  const float* src_n = src + n * p.Cs * p.Hs * p.Ws;
+  alignas(64) float tile[16 * kMaxVecs * Vec::W];
+  for (int64_t b = 0; b < p.nb; ++b) {
+    const bool first = b == 0, last = b == p.nb - 1;
+    fill_copy(p, src_n, b, oy0, rv, copy);
+    prefetch_block(p, src_n, b + 1, oy0);
+    for (int64_t o = 0; o < p.Co; ++o) {
+      const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
+      if (s == e && !first && !last) continue;
+      float* part = partial + o * p.R * p.Wo_r;
+      float* yo = out + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      const float bo = bias ? bias[o] : 0.f;
+      for (int64_t c0 = 0; c0 < p.nvec; c0 += kMaxVecs) {
+        const int64_t nv = min64(kMaxVecs, p.nvec - c0);
+        const int64_t col = c0 * p.vw;
+        const int64_t lanes = c0 + nv == p.nvec ? last_lanes : p.vw;  // valid floats of the last vector
+        const bool ragged = last && (rv < rk || lanes < p.vw);
+        float* dst = !last ? part + col : ragged ? tile : yo + col;
+        static constexpr int32_t kZeroOff = 0;
+        static constexpr float kZeroVal = 0.f;
+        const bool empty = s == e;
+        const int64_t out_rs = !last ? p.Wo_r : ragged ? kMaxVecs * Vec::W : p.Wo;
+        kFwd[!first][fixed][ri][nv - 1](empty ? &kZeroOff : p.off + s, empty ? &kZeroVal : p.val + s, e - s,
+                                        copy + col, rstep, part + col, p.Wo_r, bo, dst, out_rs);
+        if (ragged)
+          for (int64_t r = 0; r < rv; ++r)
+            std::memcpy(yo + r * p.Wo + col, tile + r * kMaxVecs * Vec::W, ((nv - 1) * p.vw + lanes) * sizeof(float));
+      }
+    }
+  }
+}
+
+// Task (n, tile) of grad-weight, the SDDMM dw[e] = sum_{n, y, x} dy[n, o, y, x] * V[n, c, y*sh + kh*dh,
+// x*sw + kw*dw] restricted to kept entries e = (o, c, kh, kw): the same blocking as the forward (the
+// copies of x are the "input", dy is read in place), and every kept weight adds its dot product over
+// the tile to acc (one float per entry, per thread, summed over threads at the end). Nothing is
+// computed at pruned positions, and no dense (Co, Ci*KH*KW) gradient is ever formed.
+// Why this order rather than parallel over output channels: a thread owning output channels would
+// have to rebuild every copy of x itself; owning (n, tile) it builds each copy once, at the cost of
+// one nnz-sized accumulator per thread.
+void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc) {
+  const int64_t n = task / p.ntiles, oy0 = (task % p.ntiles) * p.R;
+  const int64_t rv = min64(p.R, p.Ho - oy0);
+  const int ri = row_slot(rv);
+  const int64_t rstep = p.sh * p.Wo_r;
+  const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
+  const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
+  const float* src_n = src + n * p.Cs * p.Hs * p.Ws;
+  for (int64_t b = 0; b < p.nb; ++b) {
+    fill_copy(p, src_n, b, oy0, rv, copy);
+    prefetch_block(p, src_n, b + 1, oy0);
+    for (int64_t o = 0; o < p.Co; ++o) {
+      const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
+      if (s == e) continue;
+      const float* dyo = dy + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      for (int64_t c0 = 0; c0 < p.nvec; c0 += kMaxVecs) {
+        const int64_t nv = min64(kMaxVecs, p.nvec - c0);
+        const int64_t col = c0 * p.vw;
+        kGw[fixed][ri][nv - 1](p.off + s, e - s, copy + col, rstep, dyo + col, p.Wo, rv,
+                        c0 + nv == p.nvec ? last_lanes : p.vw, acc + s);
+      }
+    }
+  }
+}

@@ -1,0 +1,280 @@
+// fp32 SIMD micro-kernels of the sparse linear ops (see linear_kernels.h for the layouts).
+// The file is built with the AVX2+FMA baseline; the AVX-512 variants carry a target attribute and
+// are only called when cpu_has_avx512() says so.
+#include <immintrin.h>
+
+#include <cstdlib>
+
+#include "linear_kernels.h"
+
+#define EB_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+
+namespace ebsparse::linear_detail {
+
+// EBSPARSE_CPU_NO_AVX512=1 forces the AVX2 kernels (to test them on an AVX-512 machine).
+bool cpu_has_avx512() {
+  static const bool has = [] {
+    const char* off = std::getenv("EBSPARSE_CPU_NO_AVX512");
+    if (off && off[0] == '1') return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  }();
+  return has;
+}
+
+// ---- SpMM on a transposed panel -------------------------------------------------------------------
+// One output row r keeps its NB outputs in registers while it walks its kept weights: each kept
+// weight costs one index load, one broadcast and NB / lanes fused multiply-adds whose second
+// operand is an aligned load from the panel row of its column (within the current k-block, which
+// stays in L1/L2). The entries alternate between two accumulator sets so that 8 independent FMA
+// chains hide the FMA latency.
+
+EB_AVX512 void spmm_rows_f32_avx512(const Entry<float>* ent, const int32_t* bptr, int64_t r0,
+                                    int64_t r1, const float* panel, float* tile) {
+  constexpr int NB = kNbAvx512;
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t j = bptr[r];
+    const int64_t e = bptr[r + 1];
+    if (j == e) continue;
+    float* t = tile + r * NB;
+    __m512 a0 = _mm512_load_ps(t), a1 = _mm512_load_ps(t + 16);
+    __m512 a2 = _mm512_load_ps(t + 32), a3 = _mm512_load_ps(t + 48);
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    __m512 b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+    for (; j + 1 < e; j += 2) {
+      const float* p = panel + ent[j].off;
+      const __m512 w = _mm512_set1_ps(ent[j].val);
+      a0 = _mm512_fmadd_ps(w, _mm512_load_ps(p), a0);
+      a1 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 16), a1);
+      a2 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 32), a2);
+      a3 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 48), a3);
+      const float* q = panel + ent[j + 1].off;
+      const __m512 v = _mm512_set1_ps(ent[j + 1].val);
+      b0 = _mm512_fmadd_ps(v, _mm512_load_ps(q), b0);
+      b1 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 16), b1);
+      b2 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 32), b2);
+      b3 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 48), b3);
+    }
+    if (j < e) {
+      const float* p = panel + ent[j].off;
+      const __m512 w = _mm512_set1_ps(ent[j].val);
+      a0 = _mm512_fmadd_ps(w, _mm512_load_ps(p), a0);
+      a1 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 16), a1);
+      a2 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 32), a2);
+      a3 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 48), a3);
+    }
+    _mm512_store_ps(t, _mm512_add_ps(a0, b0));
+    _mm512_store_ps(t + 16, _mm512_add_ps(a1, b1));
+    _mm512_store_ps(t + 32, _mm512_add_ps(a2, b2));
+    _mm512_store_ps(t + 48, _mm512_add_ps(a3, b3));
+  }
+}
+
+void spmm_rows_f32_avx2(const Entry<float>* ent, const int32_t* bptr, int64_t r0, int64_t r1,
+                        const float* panel, float* tile) {
+  constexpr int NB = kNbAvx2;
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t j = bptr[r];
+    const int64_t e = bptr[r + 1];
+    if (j == e) continue;
+    float* t = tile + r * NB;
+    __m256 a0 = _mm256_load_ps(t), a1 = _mm256_load_ps(t + 8);
+    __m256 a2 = _mm256_load_ps(t + 16), a3 = _mm256_load_ps(t + 24);
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    for (; j + 1 < e; j += 2) {
+      const float* p = panel + ent[j].off;
+      const __m256 w = _mm256_set1_ps(ent[j].val);
+      a0 = _mm256_fmadd_ps(w, _mm256_load_ps(p), a0);
+      a1 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 8), a1);
+      a2 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 16), a2);
+      a3 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 24), a3);
+      const float* q = panel + ent[j + 1].off;
+      const __m256 v = _mm256_set1_ps(ent[j + 1].val);
+      b0 = _mm256_fmadd_ps(v, _mm256_load_ps(q), b0);
+      b1 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 8), b1);
+      b2 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 16), b2);
+      b3 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 24), b3);
+    }
+    if (j < e) {
+      const float* p = panel + ent[j].off;
+      const __m256 w = _mm256_set1_ps(ent[j].val);
+      a0 = _mm256_fmadd_ps(w, _mm256_load_ps(p), a0);
+      a1 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 8), a1);
+      a2 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 16), a2);
+      a3 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 24), a3);
+    }
+    _mm256_store_ps(t, _mm256_add_ps(a0, b0));
+    _mm256_store_ps(t + 8, _mm256_add_ps(a1, b1));
+    _mm256_store_ps(t + 16, _mm256_add_ps(a2, b2));
+    _mm256_store_ps(t + 24, _mm256_add_ps(a3, b3));
+  }
+}
+
+// ---- SDDMM row ---------------------------------------------------------------------------------
+// The L values a = dY^T[m, chunk] stay in registers; kept columns are taken 8 at a time, each with
+// its own accumulator (8 independent FMA chains), and the 8 partial vectors are reduced together
+// by a transposing add tree, so the horizontal-sum cost is shared by 8 outputs, which land in
+// acc[j .. j + 8) as one vector update (acc is in CSR order).
+
+EB_AVX512 static inline __m256 reduce8_avx512(const __m512* s) {
+  __m256 h[8];
+#pragma GCC unroll 8
+  for (int e = 0; e < 8; ++e)
+    h[e] = _mm256_add_ps(_mm512_extractf32x8_ps(s[e], 0), _mm512_extractf32x8_ps(s[e], 1));
+  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
+EB_AVX512 void sddmm_row_f32_avx512(const float* a, const float* xt, const int32_t* idx,
+                                    int64_t j0, int64_t j1, float* acc) {
+  constexpr int L = kLAvx512, V = L / 16;
+  __m512 y[V];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) y[v] = _mm512_load_ps(a + 16 * v);
+  int64_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    __m512 s[8];
+#pragma GCC unroll 8
+    for (int e = 0; e < 8; ++e) s[e] = _mm512_mul_ps(y[0], _mm512_load_ps(xt + int64_t(idx[j + e]) * L));
+#pragma GCC unroll 8
+    for (int v = 1; v < V; ++v)
+#pragma GCC unroll 8
+      for (int e = 0; e < 8; ++e)
+        s[e] = _mm512_fmadd_ps(y[v], _mm512_load_ps(xt + int64_t(idx[j + e]) * L + 16 * v), s[e]);
+    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), reduce8_avx512(s)));
+  }
+  for (; j < j1; ++j) {
+    const float* p = xt + int64_t(idx[j]) * L;
+    __m512 s0 = _mm512_mul_ps(y[0], _mm512_load_ps(p));
+    __m512 s1 = _mm512_mul_ps(y[1], _mm512_load_ps(p + 16));
+#pragma GCC unroll 8
+    for (int v = 2; v < V; v += 2) {
+      s0 = _mm512_fmadd_ps(y[v], _mm512_load_ps(p + 16 * v), s0);
+      s1 = _mm512_fmadd_ps(y[v + 1], _mm512_load_ps(p + 16 * v + 16), s1);
+    }
+    const __m512 u = _mm512_add_ps(s0, s1);
+    const __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(u, 0), _mm512_extractf32x8_ps(u, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_hadd_ps(q, q);
+    acc[j] += _mm_cvtss_f32(_mm_hadd_ps(q, q));
+  }
+}
+
+static inline __m128 reduce4_avx2(const __m256* s) {
+  const __m256 h01 = _mm256_hadd_ps(s[0], s[1]), h23 = _mm256_hadd_ps(s[2], s[3]);
+  const __m256 q = _mm256_hadd_ps(h01, h23);
+  return _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+}
+
+void sddmm_row_f32_avx2(const float* a, const float* xt, const int32_t* idx, int64_t j0,
+                        int64_t j1, float* acc) {
+  constexpr int L = kLAvx2, V = L / 8;
+  __m256 y[V];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) y[v] = _mm256_load_ps(a + 8 * v);
+  int64_t j = j0;
+  for (; j < j1; j += 4) {
+    // Up to 4 kept columns at a time; missing ones repeat the last and are not written back.
+    const int n = j1 - j < 4 ? int(j1 - j) : 4;
+    const float* p[4];
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) p[e] = xt + int64_t(idx[j + (e < n ? e : n - 1)]) * L;
+    __m256 s[4];
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) s[e] = _mm256_mul_ps(y[0], _mm256_load_ps(p[e]));
+#pragma GCC unroll 8
+    for (int v = 1; v < V; ++v)
+#pragma GCC unroll 4
+      for (int e = 0; e < 4; ++e) s[e] = _mm256_fmadd_ps(y[v], _mm256_load_ps(p[e] + 8 * v), s[e]);
+    alignas(16) float out[4];
+    _mm_store_ps(out, reduce4_avx2(s));
+    for (int e = 0; e < n; ++e) acc[j + e] += out[e];
+  }
+}
+
+// ---- transpose ---------------------------------------------------------------------------------
+// dst[c * ldd + r] = src[r * lds + c]: 8x8 blocks in registers (unpack / shuffle / lane swap), so
+// that both the reads and the writes are 32-byte rows; scalar for the ragged edges.
+
+static inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  __m256 t[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// 16x16 with zmm: pairs interleaved, then 4x4 blocks within 128-bit lanes, then lanes gathered
+// across rows with two rounds of shuffle_f32x4. Loads and stores are whole 64-byte lines. (The
+// all-ones masked forms compute the same as the plain intrinsics, whose GCC 12 expansion trips
+// -Wuninitialized.)
+EB_AVX512 static inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_mask_unpacklo_ps(r[i], 0xFFFF, r[i], r[i + 1]);
+    t[i + 1] = _mm512_mask_unpackhi_ps(r[i], 0xFFFF, r[i], r[i + 1]);
+  }
+  // r[4g + j], lane L: column 4L + j of rows 4g .. 4g + 3.
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 u0 = _mm512_mask_shuffle_f32x4(r[j], 0xFFFF, r[j], r[4 + j], 0x88);   // lanes 0, 2
+    const __m512 u1 = _mm512_mask_shuffle_f32x4(r[j], 0xFFFF, r[j], r[4 + j], 0xDD);   // lanes 1, 3
+    const __m512 v0 = _mm512_mask_shuffle_f32x4(r[8 + j], 0xFFFF, r[8 + j], r[12 + j], 0x88);
+    const __m512 v1 = _mm512_mask_shuffle_f32x4(r[8 + j], 0xFFFF, r[8 + j], r[12 + j], 0xDD);
+    _mm512_storeu_ps(dst + (0 + j) * ldd, _mm512_mask_shuffle_f32x4(u0, 0xFFFF, u0, v0, 0x88));
+    _mm512_storeu_ps(dst + (4 + j) * ldd, _mm512_mask_shuffle_f32x4(u1, 0xFFFF, u1, v1, 0x88));
+    _mm512_storeu_ps(dst + (8 + j) * ldd, _mm512_mask_shuffle_f32x4(u0, 0xFFFF, u0, v0, 0xDD));
+    _mm512_storeu_ps(dst + (12 + j) * ldd, _mm512_mask_shuffle_f32x4(u1, 0xFFFF, u1, v1, 0xDD));
+  }
+}
+
+EB_AVX512 static void transpose_f32_avx512(const float* src, int64_t lds, int64_t rows,
+                                           int64_t cols, float* dst, int64_t ldd) {
+  const int64_t r16 = rows & ~int64_t(15), c16 = cols & ~int64_t(15);
+  for (int64_t r = 0; r < r16; r += 16)
+    for (int64_t c = 0; c < c16; c += 16)
+      transpose16x16(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = (r < r16 ? c16 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                   int64_t ldd) {
+  if (cpu_has_avx512()) return transpose_f32_avx512(src, lds, rows, cols, dst, ldd);
+  const int64_t r8 = rows & ~int64_t(7), c8 = cols & ~int64_t(7);
+  for (int64_t r = 0; r < r8; r += 8)
+    for (int64_t c = 0; c < c8; c += 8) transpose8x8(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = (r < r8 ? c8 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+}  // namespace ebsparse::linear_detail

@@ -1,0 +1,186 @@
+"""The experiment config: one YAML file (``configs/*.yaml``) → dataclasses that rebuild everything.
+
+Sections: ``model`` (a model type and its config fields), ``diffusion`` (:class:`DiffusionConfig`),
+``data`` (:class:`DataConfig`), ``training`` (:class:`TrainConfig`), ``sampling`` (:class:`SamplingConfig`).
+Unknown keys are errors, because a typo in a paper setting would otherwise silently change a result.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..data import DataConfig
+from .schedule import DiffusionConfig
+
+__all__ = ["TrainConfig", "SamplingConfig", "ExperimentConfig", "load_config", "apply_overrides"]
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+def _from_dict(cls, d: Mapping[str, Any], section: str):
+    if not isinstance(d, Mapping):
+        raise ValueError(f"config section '{section}' must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{section}: unknown keys {unknown}; expected a subset of {sorted(cls.__dataclass_fields__)}")
+    return cls(**dict(d))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. ``warmup``: steps of linear learning-rate warm-up (0 = none);
+    ``grad_clip``: max global grad norm (0 = none); ``*_every``: intervals in steps (0 = never)."""
+
+    batch_size: int = 64
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 0
+    grad_clip: float = 1.0
+    ema_rate: float = 0.9999
+    log_every: int = 50
+    sample_every: int = 0
+    ckpt_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        for name in ("lr", "eps", "weight_decay", "grad_clip", "ema_rate"):
+            setattr(self, name, float(getattr(self, name)))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        for name in ("batch_size", "steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"training.{name} must be a positive int, got {v!r}")
+        for name in ("warmup", "log_every", "sample_every", "ckpt_every", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"training.{name} must be an int >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"training.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"training.ema_rate must be in [0, 1), got {self.ema_rate}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"training.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class SamplingConfig:
+    """How samples are drawn (``ebsparse sample`` and the trainer's grids)."""
+
+    sampler: str = "ddim"
+    timesteps: int = 100
+    eta: float = 0.0
+    skip_type: str = "uniform"
+    num_samples: int = 64
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampling.sampler={self.sampler!r}; expected 'ddim' or 'ddpm'")
+        if self.skip_type not in ("uniform", "quad"):
+            raise ValueError(f"sampling.skip_type={self.skip_type!r}; expected 'uniform' or 'quad'")
+        if not isinstance(self.timesteps, int) or self.timesteps < 1:
+            raise ValueError(f"sampling.timesteps must be a positive int, got {self.timesteps!r}")
+        self.eta = float(self.eta)
+        if self.eta < 0:
+            raise ValueError(f"sampling.eta must be >= 0, got {self.eta}")
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise ValueError(f"sampling.num_samples must be a positive int, got {self.num_samples!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    model: dict[str, Any]
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a config must be a mapping of sections, got {type(d).__name__}")
+        sections = {"model", "diffusion", "data", "training", "sampling"}
+        unknown = sorted(set(d) - sections)
+        if unknown:
+            raise ValueError(f"config: unknown sections {unknown}; expected a subset of {sorted(sections)}")
+        if "model" not in d:
+            raise ValueError("config: the 'model' section is required (e.g. model: {type: ddpm_unet, ...})")
+        from ..models import build_model  # validates the model section early, before any training
+
+        import torch
+
+        model = dict(d["model"])
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            build_model(model)
+        return cls(
+            model=model,
+            diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
+            data=DataConfig.from_dict(d.get("data", {})),
+            training=_from_dict(TrainConfig, d.get("training", {}), "training"),
+            sampling=_from_dict(SamplingConfig, d.get("sampling", {}), "sampling"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model": copy.deepcopy(self.model), "diffusion": self.diffusion.to_dict(), "data": self.data.to_dict(),
+               "training": asdict(self.training), "sampling": asdict(self.sampling)}
+        out["training"]["betas"] = list(self.training.betas)
+        return out
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number was meant
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict, in place."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r}: expected SECTION.KEY=VALUE, e.g. training.steps=100")
+        key, value = item.split("=", 1)
+        *path, leaf = key.split(".")
+        node = d
+        for p in path:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = _parse_scalar(value)
+    return d
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config; errors name the file and the offending key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        bundled = Path(__file__).resolve().parents[2] / "configs" / f"{path.name}"
+        hint = f" (a bundled config exists at {bundled})" if bundled.is_file() and bundled != path else ""
+        raise FileNotFoundError(f"config file {str(path)!r} not found{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config file {str(path)!r}: {e}") from e

