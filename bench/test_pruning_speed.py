@@ -1,0 +1,66 @@
+"""Training step of the CIFAR-10 DDPM U-Net, dense vs channel-pruned (CPU, batch 8, forward + backward).
+
+Rows: ``dense``, ``pruned-0.3``, ``pruned-0.5`` (magnitude pruning, the reference's per-group rule),
+and each of them in ``channels_last`` memory format, which is what recovers part of the gap between
+the MAC ratio and the wall-clock ratio on CPU (see ebsparse/pruning/README.md). "useful GFLOP" is
+3 x 2 x MACs x batch (forward, grad-input and grad-weight) with the papers' counter.
+
+Run: ``pytest bench/test_pruning_speed.py --benchmark`` (EBSPARSE_BENCH_THREADS sets the threads).
+On a shared machine, wall-clock ratios are noise; measure CPU time with one thread instead:
+``EBSPARSE_BENCH_THREADS=1 pytest bench/test_pruning_speed.py --benchmark --benchmark-timer time.process_time``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+
+BATCH = 8
+RATIOS = [0.0, 0.3, 0.5]
+
+
+@functools.lru_cache(maxsize=None)
+def _model(ratio: float):
+    from ebsparse.metrics.counting import count_macs
+    from ebsparse.models import DDPMUNet, DDPMUNetConfig
+    from ebsparse.pruning import PruningConfig, prune
+
+    torch.manual_seed(0)
+    dense = DDPMUNet(DDPMUNetConfig())
+    inputs = (torch.randn(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
+    model = dense if ratio == 0 else prune(dense, inputs, PruningConfig(pruning_ratio=ratio)).model
+    macs = count_macs(copy.deepcopy(model).to("meta"), *(t.to("meta") for t in inputs)).macs
+    return model, macs
+
+
+def _train_step(model, channels_last: bool):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 3, 32, 32, generator=g)
+    t = torch.randint(0, 1000, (BATCH,), generator=g)
+    eps = torch.randn(BATCH, 3, 32, 32, generator=g)
+    model = copy.deepcopy(model).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = torch.mean((model(x, t) - eps) ** 2)
+        loss.backward()
+
+    return step
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r}")
+def test_unet_cifar10_train_step(benchmark, record, ratio, channels_last):
+    model, macs = _model(ratio)
+    step = _train_step(model, channels_last)
+    benchmark.group = "cifar10 U-Net train step, batch 8"
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    provider = ("dense" if ratio == 0 else f"pruned-{ratio}") + ("-channels_last" if channels_last else "")
+    gflop = 3 * 2 * macs * BATCH / 1e9
+    record("cifar10 U-Net train step b8", provider, benchmark.stats.stats.median, gflop)
