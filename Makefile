@@ -17,12 +17,15 @@ $(VENV)/.deps: requirements.txt requirements-test.txt
 setup: $(VENV)/.deps
 
 build: setup
+	@echo "build: start $$(date -u +%T)"
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
 cmake: setup
-	PYTHON=$(PY) bash tools/cmake_build.sh
+	@echo "cmake: start $$(date -u +%T)"
+	PYTHON=$(abspath $(PY)) bash tools/cmake_build.sh
 
 test: build cmake
+	@echo "tests: start $$(date -u +%T)"
 	$(PY) -m pytest tests/ -q
 
 bench: build

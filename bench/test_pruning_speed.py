@@ -22,7 +22,7 @@ BATCH = 8
 RATIOS = [0.0, 0.3, 0.5]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(ratio: float):
     from ebsparse.metrics.counting import count_macs
     from ebsparse.models import DDPMUNet, DDPMUNetConfig

@@ -16,6 +16,9 @@ build_dir=${BUILD_DIR:-$root/build-cmake}
 generator=()
 if [[ ! -f "$build_dir/CMakeCache.txt" ]] && command -v ninja >/dev/null; then generator=(-G Ninja); fi
 
-cmake -S "$root" -B "$build_dir" "${generator[@]}" -DPython_EXECUTABLE="$(command -v "$PYTHON")" "$@"
+python_path=$(command -v "$PYTHON")
+case "$python_path" in /*) ;; *) python_path="$PWD/$python_path" ;; esac  # CMake needs it absolute
+
+cmake -S "$root" -B "$build_dir" "${generator[@]}" -DPython_EXECUTABLE="$python_path" "$@"
 cmake --build "$build_dir" -j "${JOBS:-2}"
 echo "built: $(find "$build_dir" -maxdepth 1 -name 'libebsparse*.so' -print -quit)"
