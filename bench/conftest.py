@@ -56,7 +56,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     table = speedup_table()
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    terminalreporter.write_sep("=", "ebsparse speed-up (median of rounds, forward + backward)")
+    terminalreporter.write_sep("=", "ebsparse speed-up (minimum over rounds, forward + backward)")
     terminalreporter.write_line(header)
     terminalreporter.write_line(table)
     out_dir = os.path.join(os.path.dirname(__file__), "results")

@@ -106,7 +106,9 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    # x * sigmoid(x) as one fused kernel: the same function, half the memory traffic, which is
+    # what limits the speed-up of a channel-pruned model (the memory-bound ops shrink only 2x).
+    return F.silu(x)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 
-def time_call(fn: Callable[[], object], device: torch.device, reps: int = 3, warmup: int = 1) -> float:
+def time_call(fn: Callable[[], object], device: torch.device, reps: int = 2, warmup: int = 1) -> float:
     """Minimum seconds of `fn()` over `reps` runs after `warmup` runs (the minimum is the least
     noisy estimate on a shared machine)."""
 
