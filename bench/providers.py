@@ -103,3 +103,41 @@ def conv_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.
             layer(x).sum().backward()
         return step
     raise ValueError(provider)
+
+
+SPARSITIES = [0.0, 0.5, 0.75, 0.9, 0.95, "2:4"]
+
+
+def skip_unavailable(provider: str, sparsity) -> None:
+    import pytest
+
+    if provider == "sparseprop" and not HAS_SPARSEPROP:
+        pytest.skip("sparseprop not installed (pip install pybind11; pip install --no-build-isolation sparseprop)")
+    if provider in ("torch-csr", "sparseprop", "ebsparse-native") and sparsity == 0.0:
+        pytest.skip("a sparse kernel at 0% sparsity says nothing")
+
+
+def bench_linear_1024(benchmark, record, provider: str, sparsity) -> None:
+    """linear 1024->1024 on a (1024, 1024) input; useful GFLOP = 3 ops x 2 x nnz x batch."""
+    skip_unavailable(provider, sparsity)
+    torch.manual_seed(0)
+    x, w = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    mask = make_mask(w, sparsity)
+    step = linear_step(provider, x, w, mask)
+    benchmark.group = f"linear 1024x1024 sparsity={sparsity}"
+    benchmark.pedantic(step, rounds=9, warmup_rounds=2)
+    gflop = 3 * 2 * int(mask.sum()) * 1024 / 1e9
+    record(f"linear sparsity={sparsity}", provider, benchmark.stats.stats.min, gflop)
+
+
+def bench_conv_256_3x3(benchmark, record, provider: str, sparsity) -> None:
+    """conv 256->256 3x3 pad 1 on (8, 256, 32, 32); useful GFLOP = 3 ops x 2 x nnz x N·Ho·Wo."""
+    skip_unavailable(provider, sparsity)
+    torch.manual_seed(0)
+    x, w = torch.randn(8, 256, 32, 32), torch.randn(256, 256, 3, 3)
+    mask = make_mask(w, sparsity)
+    step = conv_step(provider, x, w, mask, padding=1)
+    benchmark.group = f"conv 256x256x3x3 sparsity={sparsity}"
+    benchmark.pedantic(step, rounds=7, warmup_rounds=1)
+    gflop = 3 * 2 * int(mask.sum()) * 8 * 32 * 32 / 1e9
+    record(f"conv sparsity={sparsity}", provider, benchmark.stats.stats.min, gflop)

@@ -11,6 +11,7 @@ if "TRITON_INTERPRET" not in os.environ:
     if not _torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -22,3 +23,20 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the duration of a test: on a shared 2-core machine, 2 OpenMP
+    threads contend and run ~10x slower. The kernel tests keep 2 threads, to exercise the
+    parallel paths."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Cached feature networks go to a per-session folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("EBSPARSE_CACHE", str(tmp_path_factory.getbasetemp() / "ebsparse-cache"))

@@ -4,18 +4,11 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads contend and run ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Cached feature networks go to a per-session folder, never to the user's ~/.cache."""
-    monkeypatch.setenv("EBSPARSE_CACHE", str(tmp_path_factory.getbasetemp() / "ebsparse-cache"))
+def _isolated_cache(isolated_cache, monkeypatch):
+    """No user-set Inception weights leak into the FID tests."""
     monkeypatch.delenv("EBSPARSE_INCEPTION_WEIGHTS", raising=False)
