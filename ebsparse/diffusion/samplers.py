@@ -44,6 +44,14 @@ def _steps(seq: list[int]):
     return list(zip(reversed(seq), reversed(nxt), strict=True))
 
 
+def _step_alpha_bars(schedule: NoiseSchedule, x: torch.Tensor, i: int, j: int):
+    """The batch's timestep tensor t = i, and alpha_bar at steps i and j shaped to broadcast over x."""
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    at = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
+    at_j = schedule.alpha_bar(torch.full_like(t, j)).to(x.dtype).view(-1, 1, 1, 1)
+    return t, at, at_j
+
+
 @torch.no_grad()
 def ddim_sample(
     model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, timesteps: int = 100,
@@ -58,12 +66,9 @@ def ddim_sample(
         raise ValueError(f"ddim_sample: eta must be >= 0, got {eta}")
     seq = seq if seq is not None else timestep_sequence(schedule.num_timesteps, timesteps, skip_type)
     x = x_T
-    b = x.shape[0]
     steps = _steps(seq)
     for i, j in (progress(steps) if progress else steps):
-        t = torch.full((b,), i, dtype=torch.long, device=x.device)
-        at = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
-        at_next = schedule.alpha_bar(torch.full_like(t, j)).to(x.dtype).view(-1, 1, 1, 1)
+        t, at, at_next = _step_alpha_bars(schedule, x, i, j)
         et = model_fn(x, t)
         x0 = (x - et * (1 - at).sqrt()) / at.sqrt()
         c1 = eta * ((1 - at / at_next) * (1 - at_next) / (1 - at)).sqrt()
@@ -85,12 +90,9 @@ def ddpm_sample(
     timesteps = schedule.num_timesteps if timesteps is None else timesteps
     seq = seq if seq is not None else timestep_sequence(schedule.num_timesteps, timesteps, skip_type)
     x = x_T
-    b = x.shape[0]
     steps = _steps(seq)
     for i, j in (progress(steps) if progress else steps):
-        t = torch.full((b,), i, dtype=torch.long, device=x.device)
-        at = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
-        atm1 = schedule.alpha_bar(torch.full_like(t, j)).to(x.dtype).view(-1, 1, 1, 1)
+        t, at, atm1 = _step_alpha_bars(schedule, x, i, j)
         beta_t = 1 - at / atm1
         e = model_fn(x, t)
         x0 = ((1 / at).sqrt() * x - (1 / at - 1).sqrt() * e).clamp(-1, 1)
