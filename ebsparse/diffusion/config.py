@@ -1,7 +1,10 @@
 """The experiment config: one YAML file (``configs/*.yaml``) → dataclasses that rebuild everything.
 
 Sections: ``model`` (a model type and its config fields), ``diffusion`` (:class:`DiffusionConfig`),
-``data`` (:class:`DataConfig`), ``training`` (:class:`TrainConfig`), ``sampling`` (:class:`SamplingConfig`).
+``data`` (:class:`DataConfig`), ``training`` (:class:`TrainConfig`), ``sampling`` (:class:`SamplingConfig`),
+and optional algorithm sections (:data:`ALGORITHM_SECTIONS`: ``sparsity`` for sparse-to-sparse
+training, ``earlybird`` for Early-Bird tickets), kept here as plain mappings and parsed into their
+own config dataclasses by the packages that own them.
 Unknown keys are errors, because a typo in a paper setting would otherwise silently change a result.
 """
 
@@ -16,9 +19,11 @@ from typing import Any, Mapping
 from ..data import DataConfig
 from .schedule import DiffusionConfig
 
-__all__ = ["TrainConfig", "SamplingConfig", "ExperimentConfig", "load_config", "apply_overrides"]
+__all__ = ["ALGORITHM_SECTIONS", "TrainConfig", "SamplingConfig", "ExperimentConfig", "load_config", "apply_overrides"]
 
 OPTIMIZERS = ("adam", "adamw")
+#: Sections owned by algorithm packages (``ebsparse.s2s``, ``ebsparse.earlybird``); stored verbatim.
+ALGORITHM_SECTIONS = ("sparsity", "earlybird")
 
 
 def _from_dict(cls, d: Mapping[str, Any], section: str):
@@ -103,12 +108,14 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    #: ``{section: mapping}`` for the :data:`ALGORITHM_SECTIONS` present in the file
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         if not isinstance(d, Mapping):
             raise ValueError(f"a config must be a mapping of sections, got {type(d).__name__}")
-        sections = {"model", "diffusion", "data", "training", "sampling"}
+        sections = {"model", "diffusion", "data", "training", "sampling", *ALGORITHM_SECTIONS}
         unknown = sorted(set(d) - sections)
         if unknown:
             raise ValueError(f"config: unknown sections {unknown}; expected a subset of {sorted(sections)}")
@@ -118,6 +125,12 @@ class ExperimentConfig:
 
         import torch
 
+        algorithms = {}
+        for name in ALGORITHM_SECTIONS:
+            if d.get(name) is not None:
+                if not isinstance(d[name], Mapping):
+                    raise ValueError(f"config section '{name}' must be a mapping, got {type(d[name]).__name__}")
+                algorithms[name] = copy.deepcopy(dict(d[name]))
         model = dict(d["model"])
         with torch.device("meta"):  # shapes only: no memory, no init cost
             build_model(model)
@@ -127,12 +140,14 @@ class ExperimentConfig:
             data=DataConfig.from_dict(d.get("data", {})),
             training=_from_dict(TrainConfig, d.get("training", {}), "training"),
             sampling=_from_dict(SamplingConfig, d.get("sampling", {}), "sampling"),
+            algorithms=algorithms,
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"model": copy.deepcopy(self.model), "diffusion": self.diffusion.to_dict(), "data": self.data.to_dict(),
                "training": asdict(self.training), "sampling": asdict(self.sampling)}
         out["training"]["betas"] = list(self.training.betas)
+        out.update(copy.deepcopy(self.algorithms))
         return out
 
 

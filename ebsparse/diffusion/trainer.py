@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from .config import ExperimentConfig
 from .ema import EMA
 from .images import save_grid
 from .losses import epsilon_loss, sample_timesteps
+from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
 
@@ -97,15 +98,33 @@ def model_from_checkpoint(path, use_ema: bool = True) -> tuple[nn.Module, Experi
 
 
 class Trainer:
-    """Owns model, EMA, optimizer, data order and RNG state for one run directory."""
+    """Owns model, EMA, optimizer, data order and RNG state for one run directory.
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, device: str | torch.device = "cpu"):
+    ``model``: train this module instead of building ``config.model`` (e.g. a physically pruned
+    model; it must accept the same inputs). ``timestep_range``: (low, high) inclusive, to train
+    only on a timestep region. ``plugins``: see :mod:`ebsparse.diffusion.plugins`.
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, device: str | torch.device = "cpu", *,
+                 model: nn.Module | None = None, timestep_range: tuple[int, int] | None = None,
+                 plugins: Sequence[TrainerPlugin] = ()):
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         tc = config.training
         torch.manual_seed(tc.seed)
-        self.model = build_model(config.model).to(self.device)
+        names = [p.name for p in plugins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Trainer(plugins=...): plugin names must be unique, got {names}")
+        self.plugins = list(plugins)
+        T = config.diffusion.num_timesteps
+        if timestep_range is not None and not (0 <= timestep_range[0] <= timestep_range[1] < T):
+            raise ValueError(f"Trainer(timestep_range={timestep_range}): expected 0 <= low <= high < {T}")
+        self.timestep_range = timestep_range
+        model = build_model(config.model) if model is None else model
+        for p in self.plugins:
+            model = p.prepare_model(self, model)
+        self.model = model.to(self.device)
         self.ema = EMA(self.model, tc.ema_rate)
         self.optimizer = _make_optimizer(self.model, tc)
         self.schedule = NoiseSchedule(config.diffusion)
@@ -113,6 +132,8 @@ class Trainer:
         self.order = BatchOrder(len(self.dataset), tc.batch_size, tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
+        for p in self.plugins:
+            p.attach(self)
 
     # --- state -------------------------------------------------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -125,7 +146,11 @@ class Trainer:
         if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                "torch_version": torch.__version__}
+                "torch_version": torch.__version__, "plugins": {}}
+        for p in self.plugins:
+            p_tensors, p_meta = p.state_tensors()
+            tensors.update({f"plugin/{p.name}/{k}": v for k, v in p_tensors.items()})
+            meta["plugins"][p.name] = p_meta
         return tensors, meta
 
     def save(self) -> Path:
@@ -149,6 +174,10 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.step = int(meta["step"])
+        for p in self.plugins:
+            if p.name not in meta.get("plugins", {}):
+                raise ValueError(f"cannot resume: the checkpoint holds no state for plugin {p.name!r}")
+            p.load_state_tensors(part(f"plugin/{p.name}/"), meta["plugins"][p.name])
 
     # --- one step ----------------------------------------------------------------------------
     def _batch(self, step: int) -> torch.Tensor:
@@ -171,8 +200,9 @@ class Trainer:
         tc, dc = self.config.training, self.config.diffusion
         self.model.train()
         x0 = self._batch(self.step)
+        low, high = self.timestep_range or (0, dc.num_timesteps - 1)
         t = sample_timesteps(x0.shape[0], dc.num_timesteps, antithetic=dc.timestep_sampling == "antithetic",
-                             generator=self.generator).to(self.device)
+                             low=low, high=high, generator=self.generator).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
         loss = epsilon_loss(self.model, self.schedule, x0, t, noise, dc.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
@@ -180,14 +210,20 @@ class Trainer:
         lr = self._lr(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if tc.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=False))
-        else:
-            grad_norm = float("nan")
-        self.optimizer.step()
+        do_step = all([p.after_backward(self) for p in self.plugins])  # every plugin sees every step
+        grad_norm = float("nan")
+        if do_step:
+            if tc.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=False))
+            self.optimizer.step()
+        for p in self.plugins:
+            p.after_optimizer_step(self)
         self.ema.update(self.model)
         self.step += 1
-        return {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
+        stats = {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
+        for p in self.plugins:
+            p.after_step(self, stats)
+        return stats
 
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()

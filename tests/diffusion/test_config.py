@@ -47,3 +47,16 @@ def test_errors_name_the_problem(tmp_path, digits_config_path):
         apply_overrides({}, ["steps=3"])
     assert apply_overrides({}, ["training.lr=1e-3", "model.ch_mult=[1, 2]"]) == {
         "training": {"lr": 1e-3}, "model": {"ch_mult": [1, 2]}}
+
+
+def test_algorithm_sections_are_kept_verbatim_and_round_trip(digits_config_path):
+    import yaml
+
+    raw = yaml.safe_load(Path(digits_config_path).read_text())
+    raw["sparsity"] = {"method": "rigl", "sparsity": 0.9}
+    cfg = ExperimentConfig.from_dict(raw)
+    assert cfg.algorithms == {"sparsity": {"method": "rigl", "sparsity": 0.9}}
+    assert ExperimentConfig.from_dict(cfg.to_dict()).algorithms == cfg.algorithms
+    raw["earlybird"] = [1, 2]
+    with pytest.raises(ValueError, match="earlybird"):
+        ExperimentConfig.from_dict(raw)

@@ -77,3 +77,61 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert seq_a == seq_b
     epoch0 = sum(seq_a[:3], [])
     assert len(set(epoch0)) == 9  # one epoch without repeats; the 10th image is dropped
+
+
+def test_plugins_see_every_step_and_their_state_resumes(tiny_digits_config, tmp_path):
+    """A plugin's hooks run in order every step, it can skip the optimizer, and its state is checkpointed."""
+    from ebsparse.diffusion.plugins import TrainerPlugin
+
+    class Counter(TrainerPlugin):
+        name = "counter"
+
+        def __init__(self):
+            self.calls, self.count = [], torch.zeros(())
+
+        def after_backward(self, trainer):
+            self.calls.append("backward")
+            return trainer.step % 2 == 0  # skip the optimizer on odd steps
+
+        def after_optimizer_step(self, trainer):
+            self.calls.append("optimizer")
+
+        def after_step(self, trainer, stats):
+            self.calls.append("step")
+            self.count += 1
+
+        def state_tensors(self):
+            return {"count": self.count.clone()}, {"calls": len(self.calls)}
+
+        def load_state_tensors(self, tensors, meta):
+            self.count = tensors["count"].clone()
+
+    plugin = Counter()
+    trainer = Trainer(tiny_digits_config, tmp_path / "run", plugins=[plugin])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()  # step 0: optimizer runs
+    after0 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()  # step 1: optimizer skipped
+    assert plugin.calls == ["backward", "optimizer", "step"] * 2
+    assert any(not torch.equal(before[k], after0[k]) for k in before)
+    assert all(torch.equal(after0[k], v) for k, v in trainer.model.state_dict().items())
+    trainer.save()
+    resumed = Counter()
+    again = Trainer(tiny_digits_config, tmp_path / "run", plugins=[resumed])
+    again.load()
+    assert int(resumed.count) == 2 and again.step == 2
+
+
+def test_timestep_range_restricts_training_timesteps(tiny_digits_config, tmp_path, monkeypatch):
+    seen = []
+    import ebsparse.diffusion.trainer as trainer_module
+
+    real = trainer_module.epsilon_loss
+    monkeypatch.setattr(trainer_module, "epsilon_loss", lambda m, s, x0, t, n, r: seen.append(t.clone()) or real(m, s, x0, t, n, r))
+    trainer = Trainer(tiny_digits_config, tmp_path / "run", timestep_range=(240, 460))
+    for _ in range(3):
+        trainer.train_step()
+    t = torch.cat(seen)
+    assert int(t.min()) >= 240 and int(t.max()) <= 460
+    with pytest.raises(ValueError, match="timestep_range"):
+        Trainer(tiny_digits_config, tmp_path / "bad", timestep_range=(500, 1000))
