@@ -52,6 +52,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    if "sparsity" in cfg.algorithms:  # sparse-to-sparse training (Static/RigL/MagRan-DM)
+        from .s2s.command import run as run_sparse
+
+        return run_sparse(cfg, run_dir, args)
     summary = train(cfg, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(f"trained to step {summary['step']} in {summary['elapsed_s']:.1f}s; checkpoint: {run_dir / 'checkpoint.safetensors'}")
     return 0
@@ -77,7 +81,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .diffusion.images import save_grid, save_images
-    from .diffusion.trainer import model_from_checkpoint, sample_images
+    from .diffusion.trainer import sample_images
+    from .s2s.command import model_from_checkpoint  # any run; sparse ones keep their masks
 
     model, cfg, meta = model_from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
     changes = {k: v for k, v in {"sampler": args.sampler, "timesteps": args.timesteps, "eta": args.eta,
@@ -141,6 +146,7 @@ register("train", "train a diffusion model from a YAML config", _configure_train
 register("sample", "draw samples from a checkpoint (PNG folder and grid)", _configure_sample, _run_sample)
 register("fid", "FID between two image folders (Inception, local weights) or a domain FID", _configure_fid, _run_fid)
 from .pruning import command as _prune_command  # noqa: E402,F401  (registers 'prune')
+from .earlybird import command as _earlybird_command  # noqa: E402,F401  (registers 'eb-train', 'demo')
 
 
 def build_parser() -> argparse.ArgumentParser:

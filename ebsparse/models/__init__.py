@@ -10,15 +10,17 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from .chirodiff import ChiroDiff, ChiroDiffConfig
 from .ddpm_unet import DDPMUNet, DDPMUNetConfig
 from .dit import DIT_SIZES, DiT, DiTConfig, dit_config
 
-__all__ = ["DDPMUNet", "DDPMUNetConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config", "MODEL_TYPES", "build_model"]
+__all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config", "MODEL_TYPES", "build_model"]
 
 #: type name -> (config class, model class)
 MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {
     "ddpm_unet": (DDPMUNetConfig, DDPMUNet),
     "dit": (DiTConfig, DiT),
+    "chirodiff": (ChiroDiffConfig, ChiroDiff),
 }
 
 

@@ -170,10 +170,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        # Widths come from the layers, not from x: after channel pruning the residual width (x's)
+        # and the attention's inner width (qkv rows / 3) differ.
+        b, n, _ = x.shape
+        inner = self.qkv.out_features // 3
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(out.transpose(1, 2).reshape(b, n, inner))
 
 
 class Mlp(nn.Module):

@@ -9,7 +9,8 @@ Attention scale: the DDIM reference (and the ebsparse U-Net's ``AttnBlock``) com
 *current* width, ``int(c) ** -0.5``; diffusers' default SDPA processor does the same implicitly
 (``1/sqrt(head_dim)`` of the tensors), but its classic processors read the cached ``Attention.scale``,
 so that is reset to the new head size and both processors agree. ``ResnetBlock.in_channels/out_channels`` of
-the ebsparse U-Net are left alone: its ``forward`` uses them only to ask "is there a shortcut conv".
+the ebsparse U-Net are set to the new widths (its ``forward`` asks the structure, not the widths, whether
+there is a shortcut conv); ebsparse DiT's fixed ``pos_embed`` loses the pruned hidden channels.
 """
 
 from __future__ import annotations
@@ -57,7 +58,24 @@ def _patch_embed(name: str, m: nn.Module, pruned: Pruned) -> None:
         m.pos_embed = pos[..., keep].contiguous()
 
 
+def _our_dit(name: str, m: nn.Module, pruned: Pruned) -> None:
+    """ebsparse DiT adds a fixed (non-trainable) sin-cos ``pos_embed`` to the patch embedding."""
+    prefix = f"{name}." if name else ""
+    gone = pruned.get((f"{prefix}x_embedder.proj", "out"))
+    pos = getattr(m, "pos_embed", None)
+    if gone and isinstance(pos, torch.Tensor):
+        keep = sorted(set(range(pos.shape[-1])) - set(gone))
+        m.pos_embed = nn.Parameter(pos.detach()[..., keep].contiguous(), requires_grad=pos.requires_grad)
+
+
+def _our_resnet(name: str, m: nn.Module, pruned: Pruned) -> None:
+    """Keep ``in_channels`` / ``out_channels`` of the ebsparse U-Net's ResnetBlock true after a shrink."""
+    m.in_channels, m.out_channels = m.conv1.in_channels, m.conv2.out_channels
+
+
 _RULES: dict[str, Callable[[str, nn.Module, Pruned], None]] = {
+    "ebsparse.models.dit.DiT": _our_dit,
+    "ebsparse.models.ddpm_unet.ResnetBlock": _our_resnet,
     "diffusers.models.downsampling.Downsample2D": _resample,
     "diffusers.models.upsampling.Upsample2D": _resample,
     "diffusers.models.resnet.ResnetBlock2D": _resnet,

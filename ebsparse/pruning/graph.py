@@ -100,10 +100,9 @@ class DependencyGroups:
 #: to a function (submodule name, submodule) -> list of (member name, kind, reason).
 _FIXED_WIDTH_RULES: dict[str, Callable[[str, nn.Module], list[tuple[str, str, str]]]] = {
     "ebsparse.models.dit.Attention": lambda name, m: [
-        (f"{name}.qkv", "in", ("ebsparse DiT Attention reshapes qkv with the residual width (c // num_heads), "
-                               "so the hidden width cannot shrink without changing the model")),
-        (f"{name}.qkv", "out", ("ebsparse DiT Attention derives the head size from the residual width, "
-                                "so its inner width cannot shrink independently")),
+        (f"{name}.qkv", "out", ("ebsparse DiT Attention's fused qkv rows are (3, heads, head_dim) "
+                                "interleaved; the tracer maps them as one flat width, so its inner width "
+                                "is not pruned (the residual width is)")),
     ],
 }
 

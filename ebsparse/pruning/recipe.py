@@ -32,11 +32,13 @@ __all__ = [
     "RECIPE_FILE",
     "RECIPE_FORMAT",
     "WEIGHTS_FILE",
+    "atomic_write",
     "input_spec",
     "load_pruned",
     "load_recipe",
     "make_inputs",
     "save_pruned",
+    "sha256_file",
 ]
 
 RECIPE_FORMAT = "ebsparse-pruning-recipe-v1"
@@ -99,6 +101,11 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: Public names for other artifacts built on recipes (the Early-Bird timestep router).
+atomic_write = _atomic_write
+sha256_file = _sha256
 
 
 def save_pruned(directory: str | os.PathLike, model: nn.Module, mask: ChannelMask, base: Mapping[str, Any],

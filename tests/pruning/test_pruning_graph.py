@@ -87,9 +87,11 @@ def test_our_dit_marks_what_it_cannot_shrink(our_dit, dit_inputs):
     groups = build_groups(our_dit, dit_inputs)
     assert "final_layer.linear" not in [g.key for g in groups]
     hidden = _group_with(groups, "blocks.0.attn.qkv", "in")
-    assert not hidden.prunable and "residual width" in hidden.unsupported
+    assert hidden.prunable and hidden.size == 64
     ada = [m for m in hidden.members if m.name == "blocks.0.adaLN_modulation.1" and m.kind == "out"][0]
     assert len(ada.idxs) == 6 * 64
+    inner = _group_with(groups, "blocks.0.attn.qkv", "out")
+    assert not inner.prunable and inner.unsupported
     mlp = _group_with(groups, "blocks.0.mlp.fc1", "out")
     assert mlp.prunable and mlp.size == 256
 

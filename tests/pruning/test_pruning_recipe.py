@@ -103,3 +103,19 @@ def test_failed_save_leaves_the_old_files(saved, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RECIPE_FILE, WEIGHTS_FILE])
     for name in (RECIPE_FILE, WEIGHTS_FILE):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_our_dit_round_trip_keeps_the_pruned_pos_embed(tmp_path):
+    """ebsparse DiT: hidden width pruned (its fixed pos_embed with it), replayed from the recipe."""
+    spec = {"type": "dit", "input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 64, "depth": 1,
+            "num_heads": 4, "num_classes": 10}
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    inputs = (torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.tensor([1, 3]))
+    cfg = PruningConfig(pruning_ratio=0.5, on_unsupported="skip")
+    result = prune(model, inputs, cfg)
+    save_pruned(tmp_path, result.model, result.mask, base=spec, example_inputs=inputs, config=cfg)
+    again, _ = load_pruned(tmp_path, build_model)
+    assert again.pos_embed.shape[-1] == 32 == again.x_embedder.proj.out_channels
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(*inputs), result.model.eval()(*inputs), rtol=0, atol=0)

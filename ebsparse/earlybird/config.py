@@ -1,0 +1,125 @@
+"""The ``earlybird:`` section of an experiment config, with the papers' defaults.
+
+Unknown keys are errors (a typo would otherwise silently change a paper setting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .regions import Region, parse_regions, validate_regions
+
+__all__ = ["BASELINES", "EarlyBirdConfig"]
+
+#: Baselines the papers compare against: the unpruned model, the ticket's structure re-initialised
+#: and trained from scratch, and train (dense, full length) -> prune -> finetune.
+BASELINES = ("dense", "scratch", "train_prune_finetune")
+IMPORTANCES = ("magnitude", "taylor")
+REGION_TRAINING = ("routed", "sequential")
+
+
+@dataclass
+class EarlyBirdConfig:
+    """Early-Bird (EB) and timestep-aware Early-Bird (TA-EB) ticket settings.
+
+    - ``pruning_ratio``: the EB ticket's per-group channel pruning ratio, in [0, 1).
+    - ``importance``: ``magnitude`` (the reference) or ``taylor``, for the EB ticket.
+    - ``eta``: largest normalised Hamming distance that counts as "the mask stopped changing" (0.1).
+    - ``queue_length``: masks in the FIFO; the newest is compared with the ``queue_length - 1`` before it (5).
+    - ``pseudo_epoch_steps``: steps between two masks; ``None`` = one real epoch (dataset // batch).
+    - ``max_search_steps``: give up the ticket search after this many dense steps (``None`` =
+      ``training.steps``); without a ticket, the last mask is used and the report says so.
+    - ``regions``: TA-EB regions, a preset name (``cifar10-3`` (default), ``cifar10-2``, ``cifar10-4``)
+      or a list of ``{low, high, pruning_ratio}``.
+    - ``region_importance``: ``magnitude`` (each region's ticket is the EB ticket at its ratio, as in
+      the reference) or ``taylor`` (first-order Taylor from that region's timesteps only).
+    - ``region_training``: ``routed`` (one process; each sample of a batch goes to its region's model,
+      all region models step together) or ``sequential`` (one region model after the other, each on
+      full batches from its region). Multi-process training is ``torchrun ... ebsparse eb-train``.
+    - ``finetune_steps``: steps of training after the ticket; ``None`` = ``training.steps`` minus the
+      ticket step, so every method runs the same number of iterations as the dense model.
+    - ``finetune_warmup``: learning-rate warm-up steps of every training after a ticket (a fresh
+      optimizer meets already trained weights); ``None`` = ``training.warmup``.
+    - ``baselines``: subset of ``dense``, ``scratch``, ``train_prune_finetune``.
+    - ``eval_samples``: images sampled per method for the sample grid and FID.
+    - ``taylor_batch_size``: images per Taylor-importance gradient batch.
+    """
+
+    pruning_ratio: float = 0.3
+    importance: str = "magnitude"
+    eta: float = 0.1
+    queue_length: int = 5
+    pseudo_epoch_steps: int | None = None
+    max_search_steps: int | None = None
+    regions: tuple[Region, ...] = field(default_factory=lambda: parse_regions("cifar10-3"))
+    region_importance: str = "magnitude"
+    region_training: str = "routed"
+    finetune_steps: int | None = None
+    finetune_warmup: int | None = None
+    baselines: tuple[str, ...] = ("dense",)
+    eval_samples: int = 256
+    taylor_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.regions = parse_regions(self.regions)
+        self.baselines = tuple(self.baselines) if not isinstance(self.baselines, str) else (self.baselines,)
+        self.validate()
+
+    def validate(self, num_timesteps: int | None = None) -> None:
+        """Raise ``ValueError`` naming the key and what it must be."""
+        r = self.pruning_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+            raise ValueError(f"earlybird.pruning_ratio must be a number in [0, 1), got {r!r}")
+        self.pruning_ratio = float(r)
+        for name in ("importance", "region_importance"):
+            if getattr(self, name) not in IMPORTANCES:
+                raise ValueError(f"earlybird.{name} must be one of {IMPORTANCES}, got {getattr(self, name)!r}")
+        if self.region_training not in REGION_TRAINING:
+            raise ValueError(f"earlybird.region_training must be one of {REGION_TRAINING}, got {self.region_training!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"earlybird.eta must be a number in [0, 1], got {self.eta!r}")
+        self.eta = float(self.eta)
+        if isinstance(self.queue_length, bool) or not isinstance(self.queue_length, int) or self.queue_length < 2:
+            raise ValueError(f"earlybird.queue_length must be an int >= 2, got {self.queue_length!r}")
+        for name in ("pseudo_epoch_steps", "max_search_steps", "finetune_steps"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"earlybird.{name} must be a positive int or null, got {v!r}")
+        w = self.finetune_warmup
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise ValueError(f"earlybird.finetune_warmup must be an int >= 0 or null, got {w!r}")
+        for name in ("eval_samples", "taylor_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"earlybird.{name} must be a positive int, got {v!r}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"earlybird.baselines: unknown {bad}; expected a subset of {BASELINES}")
+        if num_timesteps is not None:
+            validate_regions(self.regions, num_timesteps)
+
+    def tracked_ratios(self, ta_eb: bool) -> list[float]:
+        """Ratios whose tickets the dense search tracks (EB's, plus each region's for TA-EB)."""
+        ratios = [self.pruning_ratio]
+        if ta_eb:
+            ratios += [r.pruning_ratio for r in self.regions]
+        return sorted(set(ratios))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, num_timesteps: int | None = None) -> EarlyBirdConfig:
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"earlybird: unknown keys {unknown}; expected a subset of {sorted(names)}")
+        cfg = cls(**d)
+        cfg.validate(num_timesteps)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["regions"] = [r.to_dict() for r in self.regions]
+        out["baselines"] = list(self.baselines)
+        return out

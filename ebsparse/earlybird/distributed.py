@@ -1,0 +1,95 @@
+"""Region-parallel TA-EB training with ``torch.distributed`` (front layer).
+
+The ranks are split into one process group per region (rank r trains region ``r % n_regions``);
+inside a group the gradients are averaged (:class:`GradAllReduce`), so a group is data-parallel
+training of its region model. Every group has its own optimizer and EMA (its own Trainer), its
+own timesteps (``timestep_range``), and every member its own data order (seed offset). Launch with
+``torchrun --nproc-per-node N ebsparse eb-train CONFIG --ta-eb`` (gloo on CPU, NCCL on GPUs) or, in
+tests, ``torch.multiprocessing.spawn``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["region_ranks", "train_regions_distributed"]
+
+
+def region_ranks(world_size: int, n_regions: int) -> list[list[int]]:
+    """Ranks of each region's process group: region i gets ranks i, i + n, i + 2n, ..."""
+    if world_size < n_regions:
+        raise ValueError(f"region-parallel training needs at least one process per region: "
+                         f"world_size={world_size} < {n_regions} regions")
+    return [list(range(i, world_size, n_regions)) for i in range(n_regions)]
+
+
+def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | None:
+    """Every rank trains its region's ticket; rank 0 returns the stage result (others ``None``).
+
+    The time reported is the wall-clock of the whole parallel phase on rank 0 (barrier to barrier),
+    i.e. regions are counted as running at the same time on separate processes.
+    """
+    import torch.distributed as dist
+
+    from ..diffusion.trainer import Trainer
+    from ..pruning.config import PruningConfig
+    from ..pruning.masks import ChannelMask
+    from ..pruning.recipe import load_pruned, load_recipe, save_pruned
+    from ..models import build_model
+    from .pipeline import train_loop, with_steps
+    from .plugin import GradAllReduce, StageClock
+    from .router import TimestepRouter, save_router
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    regions = run.eb.regions
+    groups_ranks = region_ranks(world, len(regions))
+    groups = [dist.new_group(r, backend=dist.get_backend()) for r in groups_ranks]  # every rank creates every group
+    i = rank % len(regions)
+    member = groups_ranks[i].index(rank)
+    name = f"region{i}"
+    ticket = search["tickets"][name]
+    steps = run._finetune_steps(ticket["step"])
+    out_dir = run.run_dir / "ta_eb_parallel"
+    dist.barrier()
+    t0 = time.perf_counter()
+    clock = StageClock()
+    if steps > 0:
+        model = run._load_ticket(name)
+        trainer = Trainer(with_steps(run.config, steps, seed_offset=1 + i + 1000 * member, warmup=run.eb.finetune_warmup),
+                          out_dir / name / f"member{member}", model=model,
+                          timestep_range=(regions[i].low, min(regions[i].high, run.T - 1)),
+                          plugins=[GradAllReduce(groups[i]), clock])
+        train_loop(trainer, steps, clock, f"{name} (rank {rank})", run.progress and member == 0)
+        final = trainer.model
+        trainer.ema.copy_to(final)
+    else:
+        final = run._load_ticket(name)
+    if member == 0:
+        recipe = load_recipe(run.run_dir / "tickets" / name)
+        save_pruned(out_dir / name / "final", final.eval(), ChannelMask.from_json(recipe["groups"]), base=run.spec,
+                    example_inputs=run.inputs, config=PruningConfig.from_dict(recipe["pruning"]),
+                    extra={"train_s": clock.train_s, "steps": steps})
+    dist.barrier()
+    wall_s = time.perf_counter() - t0
+    if rank != 0:
+        return None
+    models, masks, configs, train_s = [], [], [], []
+    for k in range(len(regions)):
+        m, recipe = load_pruned(out_dir / f"region{k}" / "final", build_model)
+        models.append(m)
+        masks.append(ChannelMask.from_json(recipe["groups"]))
+        configs.append(PruningConfig.from_dict(recipe["pruning"]))
+        train_s.append(recipe["extra"]["train_s"])
+    save_router(run.run_dir / "models" / "ta_eb", TimestepRouter(models, regions), run.spec, run.inputs, masks, configs,
+                extra={"region_training": "processes", "world_size": world})
+    per_region = [run._finetune_steps(search["tickets"][f"region{k}"]["step"]) for k in range(len(regions))]
+    last = max((search["tickets"][f"region{k}"] for k in range(len(regions))), key=lambda t: t["step"])
+    search_s = last["train_s"] + last["tracking_s"]
+    (out_dir / "ranks.json").write_text(json.dumps({"groups": groups_ranks, "region_train_s": train_s}) + "\n")
+    return {"iterations": last["step"] + max(per_region), "search_steps": last["step"], "train_steps": per_region,
+            "time_s": search_s + wall_s, "train_s": wall_s, "search_s": search_s, "region_train_s": train_s,
+            "ticket_found": all(search["tickets"][f"region{k}"]["found"] for k in range(len(regions))),
+            "region_training": "processes", "world_size": world}

@@ -1,0 +1,423 @@
+"""EB-Diff-Train end to end (front layer: wires tickets, pruning and regions to the Trainer).
+
+Stages, each finished by a marker ``stages/<name>.json`` in the run directory, each resumable from
+its own checkpoint (``<stage>/checkpoint.safetensors``):
+
+``search``   dense training with ticket tracking (EB, and one ticket per TA-EB region); every
+             ticket is shrunk physically from the EMA weights at its pseudo-epoch and written as a
+             pruning recipe (``tickets/<name>/``). Continues to ``training.steps`` when a baseline
+             needs the full dense model, otherwise stops once every ticket is resolved.
+``eb``       the EB ticket trained further (weights kept, no re-init).
+``ta_eb``    the region tickets trained on their own timesteps (routed batch or one after another);
+             written as one :class:`TimestepRouter` artifact.
+``scratch``, ``train_prune_finetune``   the baselines.
+``eval_<method>``  samples, sample grid, FID, #params, MACs, sampling time.
+
+Timing is measured wall-clock of training steps (``StageClock``); mask computation is timed
+separately and charged to EB and TA-EB (not to the dense baseline, which does not need it).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..diffusion.checkpoint import atomic_write_bytes, load_checkpoint
+from ..diffusion.config import ExperimentConfig
+from ..diffusion.trainer import CHECKPOINT_NAME, Trainer
+from ..models import build_model
+from ..pruning.command import example_inputs
+from ..pruning.config import PruningConfig
+from ..pruning.importance import epsilon_loss
+from ..pruning.masks import ChannelMask
+from ..pruning.recipe import load_pruned, load_recipe, save_pruned
+from ..pruning.shrinking import shrink
+from .config import EarlyBirdConfig
+from .heatmap import save_distance_heatmap
+from .plugin import StageClock, TicketPlugin, TicketSpec
+from .router import TimestepRouter, load_router, save_router
+
+__all__ = ["EBRun", "train_loop", "with_steps"]
+
+
+def with_steps(config: ExperimentConfig, steps: int, seed_offset: int = 0, warmup: int | None = None
+               ) -> ExperimentConfig:
+    """A copy of ``config`` whose training runs ``steps`` steps (checkpoints are written by the loop)."""
+    tc = dataclasses.replace(config.training, steps=max(int(steps), 1), sample_every=0,
+                             seed=config.training.seed + seed_offset,
+                             warmup=config.training.warmup if warmup is None else warmup)
+    return dataclasses.replace(config, training=tc)
+
+
+def train_loop(trainer: Trainer, steps: int, clock: StageClock, desc: str, progress: bool = True,
+               save_every: int = 0, after_step: Callable[[Trainer], bool] | None = None) -> None:
+    """Train to ``steps`` (resuming from the stage checkpoint if there is one), timing only the steps.
+
+    ``after_step(trainer) -> stop`` runs after every step. A checkpoint is written every
+    ``save_every`` steps (0: ``training.ckpt_every``) and at the end.
+    """
+    from tqdm.auto import tqdm
+
+    ckpt = trainer.run_dir / CHECKPOINT_NAME
+    if ckpt.exists():
+        trainer.load(ckpt)
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    every = save_every or trainer.config.training.ckpt_every
+    tracking = [p for p in trainer.plugins if isinstance(p, TicketPlugin)]
+    bar = tqdm(total=steps, initial=trainer.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
+    stop = after_step(trainer) if (after_step and trainer.step) else False
+    try:
+        while trainer.step < steps and not stop:
+            before = sum(p.tracking_s for p in tracking)
+            t0 = time.perf_counter()
+            stats = trainer.train_step()
+            clock.train_s += time.perf_counter() - t0 - (sum(p.tracking_s for p in tracking) - before)
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"{desc}: loss became {stats['loss']} at step {trainer.step}; lower training.lr")
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
+            stop = after_step(trainer) if after_step else False
+            if (every and trainer.step % every == 0) or trainer.step == steps or stop:
+                trainer.save()
+    finally:
+        bar.close()
+    trainer.save()
+
+
+def _say(text: str) -> None:
+    """Print without breaking a running progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+class EBRun:
+    """One run directory of ``ebsparse eb-train``. Call :meth:`run`; every stage is skipped if done."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, ta_eb: bool = False,
+                 progress: bool = True, log: Callable[[str], None] = _say, fid: bool = True):
+        self.config = config
+        self.T = config.diffusion.num_timesteps
+        self.eb = EarlyBirdConfig.from_dict(config.algorithms.get("earlybird"), self.T)
+        self.run_dir = Path(run_dir)
+        self.ta_eb = ta_eb
+        self.progress = progress
+        self.log = log
+        self.fid = fid
+        self.inputs = example_inputs(config.model)
+        self.spec = dict(config.model)
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def marker(self, name: str) -> dict[str, Any] | None:
+        p = self.run_dir / "stages" / f"{name}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def mark(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        _write_json(self.run_dir / "stages" / f"{name}.json", data)
+        return data
+
+    def _stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        done = self.marker(name)
+        if done is not None:
+            self.log(f"[{name}] already done (stages/{name}.json)")
+            return done
+        return self.mark(name, fn())
+
+    def methods(self) -> list[str]:
+        out = ["dense"] if "dense" in self.eb.baselines else []
+        out.append("eb")
+        if self.ta_eb:
+            out.append("ta_eb")
+        out += [b for b in ("scratch", "train_prune_finetune") if b in self.eb.baselines]
+        return out
+
+    def run(self) -> dict[str, Any]:
+        """All stages. Under ``torch.distributed`` rank 0 runs everything except the region training,
+        which every rank joins (:mod:`.distributed`); other ranks return ``{}``."""
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        if rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.run_dir / "config.json", {**self.config.to_dict(), "earlybird": self.eb.to_dict(),
+                                                       "ta_eb": self.ta_eb})
+            search = self._stage("search", self.search)
+            self._stage("eb", lambda: self.train_ticket("eb", search))
+        if distributed:
+            dist.barrier()
+            search = self.marker("search")
+        if self.ta_eb:
+            if distributed:
+                if self.marker("ta_eb") is None:
+                    from .distributed import train_regions_distributed
+
+                    result = train_regions_distributed(self, search)
+                    if rank == 0:
+                        self.mark("ta_eb", result)
+            else:
+                self._stage("ta_eb", lambda: self.train_regions(search))
+        if rank != 0:
+            return {}
+        if "scratch" in self.eb.baselines:
+            self._stage("scratch", lambda: self.train_scratch(search))
+        if "train_prune_finetune" in self.eb.baselines:
+            self._stage("train_prune_finetune", lambda: self.train_prune_finetune(search))
+        results = {m: self._stage(f"eval_{m}", lambda m=m: self.evaluate(m)) for m in self.methods()}
+        from .report import write_report
+
+        return write_report(self, search, results)
+
+    # --- tickets -----------------------------------------------------------------------------
+    def ticket_specs(self) -> list[TicketSpec]:
+        eb = self.eb
+        specs = [TicketSpec("eb", PruningConfig(pruning_ratio=eb.pruning_ratio, importance=eb.importance,
+                                                taylor_t_range=(0, self.T - 1)), self._taylor(0, self.T - 1, eb.importance))]
+        if self.ta_eb:
+            for i, r in enumerate(eb.regions):
+                rng = (r.low, min(r.high, self.T - 1))
+                specs.append(TicketSpec(f"region{i}", PruningConfig(pruning_ratio=r.pruning_ratio,
+                                                                    importance=eb.region_importance, taylor_t_range=rng),
+                                        self._taylor(*rng, eb.region_importance)))
+        return specs
+
+    def _taylor(self, lo: int, hi: int, importance: str):
+        if importance != "taylor":
+            return None
+        from ..data import build_dataset
+        from ..diffusion.schedule import NoiseSchedule
+
+        ds = build_dataset(self.config.data)
+        n = min(self.eb.taylor_batch_size, len(ds))
+        images = getattr(ds, "images", None)
+        x0 = (images[:n] if isinstance(images, torch.Tensor) else torch.stack([ds[i][0] for i in range(n)])).float()
+        alphas = NoiseSchedule(self.config.diffusion).alphas_cumprod.float()
+        seed = self.config.training.seed
+        return lambda step: epsilon_loss(x0, alphas, (lo, hi), torch.Generator().manual_seed(seed * 7919 + step))
+
+    def pseudo_epoch_steps(self) -> int:
+        from ..data import build_dataset
+
+        if self.eb.pseudo_epoch_steps:
+            return self.eb.pseudo_epoch_steps
+        return max(1, len(build_dataset(self.config.data)) // self.config.training.batch_size)
+
+    def search(self) -> dict[str, Any]:
+        eb, tc = self.eb, self.config.training
+        needs_dense = bool({"dense", "train_prune_finetune"} & set(eb.baselines))
+        give_up = min(eb.max_search_steps or tc.steps, tc.steps)
+        steps = tc.steps if needs_dense else give_up
+        every = self.pseudo_epoch_steps()
+        plugin = TicketPlugin(self.ticket_specs(), self.inputs, every, eb.eta, eb.queue_length, give_up_step=give_up)
+        clock = StageClock()
+        trainer = Trainer(with_steps(self.config, steps), self.run_dir / "dense", plugins=[plugin, clock])
+        tickets: dict[str, dict[str, Any]] = {}
+
+        def snapshot(tr: Trainer) -> bool:
+            for name in plugin.pending:
+                tickets[name] = self._save_ticket(name, plugin, tr, clock)
+            plugin.pending.clear()
+            return not needs_dense and plugin.all_resolved()
+
+        self.log(f"[search] dense training with ticket tracking: mask every {every} steps, eta {eb.eta}, "
+                 f"FIFO of {eb.queue_length}; tickets {[s.name for s in plugin.specs.values()]}")
+        train_loop(trainer, steps, clock, "dense + ticket search", self.progress, save_every=every, after_step=snapshot)
+        if not plugin.all_resolved():  # the run ended between two pseudo-epochs
+            plugin.record(trainer, give_up=True)
+            snapshot(trainer)
+            trainer.save()
+        for name in plugin.trackers:  # on resume, earlier tickets were written by the first process
+            tickets.setdefault(name, json.loads((self.run_dir / "tickets" / name / "ticket.json").read_text()))
+        figures = {}
+        for name, tracker in plugin.trackers.items():
+            d = tracker.distances()
+            ratio = plugin.specs[name].config.pruning_ratio
+            verdict = (f"ticket at pseudo-epoch {tracker.ticket_epoch} (step {tracker.ticket_step})" if tracker.found
+                       else "no ticket")
+            figures[name] = str(save_distance_heatmap(
+                d, self.run_dir / "figures" / f"distance_{name}.png", ticket_epoch=tracker.ticket_epoch,
+                title=f"{name} @ {ratio:g}: {verdict}"))
+            _write_json(self.run_dir / "figures" / f"distance_{name}.json",
+                        {"steps": tracker.steps, "ticket_epoch": tracker.ticket_epoch, "distances": d.tolist()})
+        return {"pseudo_epoch_steps": every, "dense_steps": trainer.step, "dense_train_s": clock.train_s,
+                "tracking_s": plugin.tracking_s, "tickets": tickets, "figures": figures}
+
+    def _save_ticket(self, name: str, plugin: TicketPlugin, trainer: Trainer, clock: StageClock) -> dict[str, Any]:
+        tracker = plugin.trackers[name]
+        found = plugin.resolved[name]
+        mask = tracker.ticket_mask if found else tracker.masks[-1]
+        config = plugin.specs[name].config
+        dense = copy.deepcopy(trainer.model).cpu()
+        trainer.ema.copy_to(dense)  # the ticket keeps the EMA weights it was found on (as the reference)
+        pruned = shrink(dense.eval(), mask, self.inputs)
+        info = {"name": name, "found": found, "pruning_ratio": config.pruning_ratio, "importance": config.importance,
+                "epoch": tracker.ticket_epoch if found else len(tracker.masks) - 1, "step": trainer.step,
+                "train_s": clock.train_s, "tracking_s": plugin.tracking_s, "density": mask.density(),
+                "max_distance_so_far": float(tracker.distances().max()) if tracker.masks else 0.0,
+                "ema_rate": trainer.config.training.ema_rate}
+        out = self.run_dir / "tickets" / name
+        save_pruned(out, pruned, mask, base=self.spec, example_inputs=self.inputs, config=config, extra=info)
+        _write_json(out / "ticket.json", info)
+        self.log(f"[search] {name} @ {config.pruning_ratio:g}: " + (
+            f"ticket found at pseudo-epoch {info['epoch']} (step {trainer.step})" if found else
+            f"NO ticket by step {trainer.step}; using the last mask (pseudo-epoch {info['epoch']})"))
+        return info
+
+    def _load_ticket(self, name: str) -> nn.Module:
+        model, _ = load_pruned(self.run_dir / "tickets" / name, build_model)
+        return model.train()
+
+    # --- training after the ticket -----------------------------------------------------------
+    def _finetune(self, stage: str, model: nn.Module, steps: int, timestep_range=None, seed_offset: int = 0,
+                  from_scratch: bool = False) -> tuple[nn.Module, float]:
+        """Train ``model`` for ``steps`` in ``<run>/<stage>``; returns (EMA weights model, train seconds)."""
+        if steps <= 0:
+            return model.eval(), 0.0
+        clock = StageClock()
+        warmup = None if from_scratch else self.eb.finetune_warmup
+        trainer = Trainer(with_steps(self.config, steps, seed_offset, warmup), self.run_dir / stage, model=model,
+                          timestep_range=timestep_range, plugins=[clock])
+        train_loop(trainer, steps, clock, stage, self.progress)
+        out = copy.deepcopy(trainer.model)
+        trainer.ema.copy_to(out)
+        return out.eval(), clock.train_s
+
+    def _finetune_steps(self, ticket_step: int) -> int:
+        return self.eb.finetune_steps if self.eb.finetune_steps is not None else self.config.training.steps - ticket_step
+
+    def train_ticket(self, name: str, search: dict[str, Any]) -> dict[str, Any]:
+        t = search["tickets"][name]
+        steps = self._finetune_steps(t["step"])
+        model, train_s = self._finetune(name, self._load_ticket(name), steps)
+        recipe = load_recipe(self.run_dir / "tickets" / name)
+        save_pruned(self.run_dir / "models" / name, model, ChannelMask.from_json(recipe["groups"]), base=self.spec,
+                    example_inputs=self.inputs, config=PruningConfig.from_dict(recipe["pruning"]))
+        return {"iterations": t["step"] + steps, "search_steps": t["step"], "train_steps": steps,
+                "time_s": t["train_s"] + t["tracking_s"] + train_s, "train_s": train_s,
+                "search_s": t["train_s"] + t["tracking_s"], "ticket_found": t["found"]}
+
+    def train_regions(self, search: dict[str, Any]) -> dict[str, Any]:
+        regions = self.eb.regions
+        names = [f"region{i}" for i in range(len(regions))]
+        tickets = [search["tickets"][n] for n in names]
+        recipes = [load_recipe(self.run_dir / "tickets" / n) for n in names]
+        masks = [ChannelMask.from_json(r["groups"]) for r in recipes]
+        configs = [PruningConfig.from_dict(r["pruning"]) for r in recipes]
+        last = max(tickets, key=lambda t: t["step"])
+        search_s = last["train_s"] + last["tracking_s"]
+        if self.eb.region_training == "routed":
+            steps = self._finetune_steps(last["step"])
+            router = TimestepRouter([self._load_ticket(n) for n in names], regions)
+            router, train_s = self._finetune("ta_eb", router, steps)
+            per_region = [steps] * len(regions)
+        else:
+            models, train_s, per_region = [], 0.0, []
+            for i, (n, r, t) in enumerate(zip(names, regions, tickets)):
+                steps = self._finetune_steps(t["step"])
+                m, s = self._finetune(f"ta_eb/{n}", self._load_ticket(n), steps,
+                                      timestep_range=(r.low, min(r.high, self.T - 1)), seed_offset=i + 1)
+                models.append(m)
+                train_s += s
+                per_region.append(steps)
+            router = TimestepRouter(models, regions).eval()
+        save_router(self.run_dir / "models" / "ta_eb", router, self.spec, self.inputs, masks, configs,
+                    extra={"region_training": self.eb.region_training})
+        return {"iterations": last["step"] + max(per_region), "search_steps": last["step"],
+                "train_steps": per_region, "time_s": search_s + train_s, "train_s": train_s, "search_s": search_s,
+                "ticket_found": all(t["found"] for t in tickets), "region_training": self.eb.region_training}
+
+    def train_scratch(self, search: dict[str, Any]) -> dict[str, Any]:
+        recipe = load_recipe(self.run_dir / "tickets" / "eb")
+        mask = ChannelMask.from_json(recipe["groups"])
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.training.seed + 12345)
+            fresh = build_model(self.spec)  # the ticket's structure, new random weights
+        model = shrink(fresh, mask, self.inputs).train()
+        steps = self.config.training.steps
+        model, train_s = self._finetune("scratch", model, steps, from_scratch=True)
+        save_pruned(self.run_dir / "models" / "scratch", model, mask, base=self.spec, example_inputs=self.inputs,
+                    config=PruningConfig.from_dict(recipe["pruning"]))
+        return {"iterations": steps, "train_steps": steps, "time_s": train_s, "train_s": train_s, "search_s": 0.0}
+
+    def _dense_final(self) -> nn.Module:
+        tensors, _ = load_checkpoint(self.run_dir / "dense" / CHECKPOINT_NAME)
+        model = build_model(self.spec)
+        model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, strict=True)
+        return model.eval()
+
+    def train_prune_finetune(self, search: dict[str, Any]) -> dict[str, Any]:
+        from ..pruning.pipeline import prune
+
+        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        result = prune(self._dense_final(), self.inputs, config)
+        steps = self._finetune_steps(search["tickets"]["eb"]["step"])
+        model, train_s = self._finetune("train_prune_finetune", result.model.train(), steps)
+        save_pruned(self.run_dir / "models" / "train_prune_finetune", model, result.mask, base=self.spec,
+                    example_inputs=self.inputs, config=config)
+        dense_s = search["dense_train_s"]
+        return {"iterations": search["dense_steps"] + steps, "train_steps": steps, "time_s": dense_s + train_s,
+                "train_s": train_s, "search_s": dense_s}
+
+    def dense_result(self, search: dict[str, Any]) -> dict[str, Any]:
+        return {"iterations": search["dense_steps"], "train_steps": search["dense_steps"],
+                "time_s": search["dense_train_s"], "train_s": search["dense_train_s"], "search_s": 0.0}
+
+    # --- evaluation --------------------------------------------------------------------------
+    def final_model(self, method: str) -> nn.Module:
+        if method == "dense":
+            return self._dense_final()
+        if method == "ta_eb":
+            return load_router(self.run_dir / "models" / "ta_eb", build_model)[0]
+        return load_pruned(self.run_dir / "models" / method, build_model)[0]
+
+    def evaluate(self, method: str) -> dict[str, Any]:
+        from ..diffusion.images import save_grid
+        from ..diffusion.samplers import timestep_sequence
+        from ..diffusion.trainer import sample_images
+        from ..metrics.counting import count_macs, count_params
+
+        model = self.final_model(method).eval()
+        n = self.eb.eval_samples
+        sc = self.config.sampling
+        t0 = time.perf_counter()
+        x = sample_images(model, self.config, n, seed=self.config.training.seed, model_fn=model)
+        sample_s = time.perf_counter() - t0
+        grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png")
+        fid = None
+        if self.fid and self.config.data.type == "digits":
+            from ..metrics.domain_fid import digits_fid
+
+            fid = digits_fid(x)
+        meta_inputs = example_inputs(self.spec, device="meta")
+        if isinstance(model, TimestepRouter):
+            from .regions import sampling_shares
+
+            shares = sampling_shares(model.regions, timestep_sequence(self.T, sc.timesteps, sc.skip_type))
+            region_macs = [count_macs(copy.deepcopy(m).to("meta"), *meta_inputs).macs for m in model.models]
+            macs = sum(s * m for s, m in zip(shares, region_macs))
+            params = count_params(model)
+            extra = {"region_params": [count_params(m) for m in model.models], "region_macs": region_macs,
+                     "sampling_shares": shares}
+        else:
+            macs = count_macs(copy.deepcopy(model).to("meta"), *meta_inputs).macs
+            params = count_params(model)
+            extra = {}
+        if method == "dense":
+            extra.update(self.dense_result(self.marker("search")))
+        else:
+            extra.update(self.marker(method) or {})
+        return {"method": method, "params": params, "macs": macs, "fid": fid, "samples": n,
+                "sample_s": sample_s, "grid": str(grid), **extra}

@@ -1,0 +1,121 @@
+"""The one config object behind Static-DM, RigL-DM and MagRan-DM, with the paper's defaults.
+
+The ``sparsity:`` section of an experiment YAML parses into :class:`SparsityConfig`; unknown keys and
+out-of-range values raise a ``ValueError`` that names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["SparsityConfig", "METHODS", "DISTRIBUTIONS", "LAYER_KINDS", "DECAYS"]
+
+METHODS = ("static", "rigl", "magran")
+DISTRIBUTIONS = ("erk", "er", "uniform")
+LAYER_KINDS = ("conv", "linear", "rnn")
+DECAYS = ("constant", "cosine")
+
+
+@dataclass
+class SparsityConfig:
+    """Every knob of sparse-to-sparse training.
+
+    ``sparsity`` is the fraction of zeros over all sparsified weights (the paper's S).
+    ``distribution``: "erk" (ER for 2-D weights, ERK for convolutions, as the paper does), "er"
+    (only the two channel dims, kernels ignored) or "uniform". ``update_every`` is ΔT_e and
+    ``prune_fraction`` is p: 1100 / 0.05 are the paper's Latent-Diffusion exploration frequency and
+    its recommended pruning rate (ChiroDiff used ΔT_e = 800). ``prune_fraction_decay="cosine"``
+    decays p to 0 between ``begin_step`` and ``end_step`` (RigL); the paper keeps it constant.
+    ``layers``: the kinds of weights to sparsify; ``exclude``: globs of parameter names left dense;
+    ``custom_sparsity``: glob -> sparsity for layers that keep their own level (left out of the ERK
+    budget). ``optimizer_safe`` declares an optimizer other than Adam/AdamW safe to use (its state is
+    then not touched on mask updates). ``backend`` goes to the sparse modules (None = auto).
+    """
+
+    method: str = "static"
+    sparsity: float = 0.5
+    distribution: str = "erk"
+    erk_power_scale: float = 1.0
+    update_every: int = 1100
+    prune_fraction: float = 0.05
+    prune_fraction_decay: str = "constant"
+    begin_step: int = 0
+    end_step: int | None = None
+    layers: tuple[str, ...] = LAYER_KINDS
+    exclude: tuple[str, ...] = ()
+    custom_sparsity: dict[str, float] = field(default_factory=dict)
+    skip_optimizer_step: bool = True
+    optimizer_safe: bool = False
+    backend: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        self.exclude = tuple(self.exclude)
+        self.custom_sparsity = dict(self.custom_sparsity)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"sparsity.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        if self.method not in METHODS:
+            raise bad("method", f"one of {METHODS}")
+        if not isinstance(self.sparsity, (int, float)) or isinstance(self.sparsity, bool) \
+                or not 0.0 <= self.sparsity < 1.0:
+            raise bad("sparsity", "a number in [0, 1) (the fraction of zeros)")
+        if self.distribution not in DISTRIBUTIONS:
+            raise bad("distribution", f"one of {DISTRIBUTIONS}")
+        if not isinstance(self.erk_power_scale, (int, float)) or self.erk_power_scale < 0:
+            raise bad("erk_power_scale", "a number >= 0")
+        if not isinstance(self.update_every, int) or isinstance(self.update_every, bool) or self.update_every < 1:
+            raise bad("update_every", "an integer >= 1")
+        if not isinstance(self.prune_fraction, (int, float)) or not 0.0 < self.prune_fraction < 1.0:
+            raise bad("prune_fraction", "a number in (0, 1)")
+        if self.prune_fraction_decay not in DECAYS:
+            raise bad("prune_fraction_decay", f"one of {DECAYS}")
+        if not isinstance(self.begin_step, int) or self.begin_step < 0:
+            raise bad("begin_step", "an integer >= 0")
+        if self.end_step is not None and (not isinstance(self.end_step, int) or self.end_step <= self.begin_step):
+            raise bad("end_step", f"None or an integer > begin_step={self.begin_step}")
+        unknown = [k for k in self.layers if k not in LAYER_KINDS]
+        if not self.layers or unknown:
+            raise bad("layers", f"a non-empty subset of {LAYER_KINDS}")
+        for pattern, s in self.custom_sparsity.items():
+            if not isinstance(pattern, str) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
+                raise ValueError(
+                    f"sparsity.custom_sparsity: expected glob -> sparsity in [0, 1), got {pattern!r}: {s!r}")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise bad("backend", "None or a backend name")
+        if not isinstance(self.seed, int):
+            raise bad("seed", "an integer")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SparsityConfig":
+        """Parse the YAML ``sparsity:`` section (a mapping); rejects unknown keys."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"sparsity: expected a mapping, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"sparsity: unknown keys {unknown}; expected a subset of {sorted(names)}")
+        d = dict(d)
+        for key in ("layers", "exclude"):
+            if isinstance(d.get(key), str):
+                d[key] = (d[key],)
+        if isinstance(d.get("sparsity"), int) and not isinstance(d.get("sparsity"), bool):
+            d["sparsity"] = float(d["sparsity"])
+        for key in ("prune_fraction", "erk_power_scale"):
+            if isinstance(d.get(key), int) and not isinstance(d.get(key), bool):
+                d[key] = float(d[key])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["layers"], out["exclude"] = list(self.layers), list(self.exclude)
+        return out
+
+    def replace(self, **changes: Any) -> "SparsityConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,246 @@
+"""Static-DM, RigL-DM and MagRan-DM: one object per method, applied to any model and its optimizer.
+
+Usage with your own loop::
+
+    sp = RigL(sparsity=0.9, distribution="erk", update_every=1100, prune_fraction=0.05)
+    model = sp.apply(model, optimizer)        # swaps in sparse modules, rebinds the optimizer
+    for batch in data:
+        optimizer.zero_grad(); loss(model, batch).backward()
+        if sp.step():                          # False on RigL update steps: the step is skipped
+            optimizer.step()                   # a post-hook re-zeroes in-place-masked weights
+
+Masks live in the model's ``state_dict`` (``<module>.mask`` / ``<module>.<weight>_mask``); the
+schedule position and the sparsifier's generator are in :meth:`Sparsifier.state_dict`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import SparsityConfig
+from .distribution import layer_densities
+from .masks import drop_smallest, grow_largest, kept_count, random_mask
+from .optim import check_optimizer, rebind_parameters, reset_moments
+from .schedule import UpdateSchedule
+from .targets import InPlaceTarget, Target, build_targets, find_candidates
+
+__all__ = ["Sparsifier", "Static", "RigL", "MagRan", "from_config"]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average ``t`` over ranks so every rank chooses from the same scores."""
+    t = t.detach().clone()
+    torch.distributed.all_reduce(t)
+    return t.div_(torch.distributed.get_world_size())
+
+
+class Sparsifier:
+    """Common part: ER/ERK densities, exact-count random masks, the update schedule and state."""
+
+    method = "static"
+
+    def __init__(self, config: SparsityConfig | None = None, **kwargs: Any):
+        if config is not None and kwargs:
+            raise ValueError(f"{type(self).__name__}: pass either config or keyword knobs, not both")
+        if config is None:
+            config = SparsityConfig(method=self.method, **kwargs)
+        elif not isinstance(config, SparsityConfig):
+            raise TypeError(f"config: expected a SparsityConfig, got {type(config).__name__}")
+        if config.method != self.method:
+            raise ValueError(f"config.method: {type(self).__name__} expects {self.method!r}, got {config.method!r}")
+        self.config = config
+        self.schedule = UpdateSchedule(config)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.targets: list[Target] = []
+        self.densities: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.steps = 0  # optimizer steps taken (or skipped) so far
+        self.updates = 0
+        self.last_update: dict[str, Any] = {}
+        self._hooks: list[Any] = []
+
+    # --- setup -----------------------------------------------------------------------------
+    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """Sparsify ``model`` in place with random exact-count masks; returns it.
+
+        Pass the ``optimizer`` already built on ``model`` (it is pointed at the swapped modules'
+        parameters), or call :meth:`attach_optimizer` later. Every rank draws the same masks (the
+        generator is seeded by ``config.seed``).
+        """
+        if self.targets:
+            raise RuntimeError(f"{type(self).__name__}.apply: already applied to a model")
+        if optimizer is not None:
+            check_optimizer(optimizer, self.config.optimizer_safe)
+        cfg = self.config
+        candidates = find_candidates(model, cfg.layers, cfg.exclude)
+        if not candidates:
+            raise ValueError(f"model: no weights of the kinds {cfg.layers} to sparsify (exclude={cfg.exclude})")
+        custom = {}
+        for c in candidates:
+            for pattern, s in cfg.custom_sparsity.items():
+                if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.module_name, pattern):
+                    custom[c.name] = s
+                    break
+        self.densities = layer_densities({c.name: c.shape for c in candidates}, cfg.sparsity, cfg.distribution,
+                                         cfg.erk_power_scale, custom)
+        masks = {}
+        for c in candidates:
+            weight = getattr(model.get_submodule(c.module_name), c.attr)
+            n = weight.numel()
+            masks[c.name] = random_mask(c.shape, kept_count(n, self.densities[c.name]), self.generator,
+                                        weight.device)
+        self.targets, rebound = build_targets(model, candidates, masks, cfg.backend)
+        if optimizer is not None:
+            rebind_parameters(optimizer, rebound)
+            self.attach_optimizer(optimizer)
+        self._set_dense_grad()
+        return model
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Use ``optimizer`` (built on the sparsified model): checked, and hooked to re-zero the
+        in-place-masked weights after each of its steps."""
+        check_optimizer(optimizer, self.config.optimizer_safe)
+        for h in self._hooks:
+            h.remove()
+        self.optimizer = optimizer
+        self._hooks = [optimizer.register_step_post_hook(lambda *_: self.reapply())]
+        for t in self.targets:
+            reset_moments(optimizer, t.weight, t.mask)
+
+    def reapply(self) -> None:
+        """Zero every weight outside its mask (in-place-masked weights can drift under weight decay)."""
+        for t in self.targets:
+            if isinstance(t, InPlaceTarget):
+                t.reapply()
+
+    # --- training ----------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Call after ``backward()``; updates masks when the schedule says so. Returns whether the
+        optimizer should step (False on update steps of a method with ``skip_optimizer_step``)."""
+        if not self.targets:
+            raise RuntimeError(f"{type(self).__name__}.step: call apply(model, optimizer) first")
+        self.steps += 1
+        t = self.steps
+        updated = self.method != "static" and self.schedule.is_update(t)
+        if updated:
+            self._update(self.schedule.prune_fraction(t))
+        self._set_dense_grad()
+        return not (updated and self.config.skip_optimizer_step)
+
+    def _set_dense_grad(self) -> None:
+        """Set the dense-gradient flag for the coming backward (the (steps + 1)-th)."""
+        dense = self.method == "rigl" and self.schedule.is_update(self.steps + 1)
+        for t in self.targets:
+            t.set_dense_grad(dense)
+
+    def _grow_scores(self, target: Target) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _update(self, fraction: float) -> None:
+        """Drop the ``fraction`` of active weights with the smallest |W| and grow as many by the
+        method's score; per layer, so every layer keeps its exact count."""
+        distributed = _distributed()
+        dropped = 0
+        for target in self.targets:
+            mask, weight = target.mask, target.weight
+            n_active = int(mask.sum())
+            k = int(fraction * n_active)
+            if k == 0 or n_active == mask.numel():
+                continue
+            drop_scores = weight.abs()
+            grow_scores = self._grow_scores(target)
+            if distributed:  # a rank's local gradient differs from its neighbours'
+                drop_scores = _all_reduce_mean(drop_scores)
+                grow_scores = _all_reduce_mean(grow_scores)
+            grow_scores = grow_scores.abs()
+            kept = drop_smallest(mask, drop_scores, k)
+            grow = grow_largest(kept, grow_scores, k)
+            new_mask = kept | grow
+            weight.mul_(kept)  # grown weights start at exactly zero
+            target.set_mask(new_mask)
+            if weight.grad is not None:
+                weight.grad.mul_(new_mask)  # the dense gradient must not leak into a taken step
+            if self.optimizer is not None:
+                reset_moments(self.optimizer, weight, kept)
+            dropped += k
+        self.updates += 1
+        self.last_update = {"step": self.steps, "prune_fraction": fraction, "regrown": dropped}
+
+    # --- reporting and state -----------------------------------------------------------------
+    @property
+    def kept(self) -> int:
+        return sum(int(t.mask.sum()) for t in self.targets)
+
+    @property
+    def total(self) -> int:
+        return sum(t.mask.numel() for t in self.targets)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> its current bool mask."""
+        return {t.name: t.mask for t in self.targets}
+
+    @torch.no_grad()
+    def mask_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Zero, in place, the sparsified weights of a state dict (e.g. EMA weights) outside the masks."""
+        for t in self.targets:
+            if t.name in state:
+                state[t.name].mul_(t.mask.to(state[t.name].device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule position and generator; the masks themselves are in the model's state dict."""
+        return {"steps": self.steps, "updates": self.updates, "generator": self.generator.get_state(),
+                "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config")
+        if saved is not None and saved != self.config.to_dict():
+            raise ValueError(f"cannot resume: the saved sparsity config {saved} differs from {self.config.to_dict()}")
+        self.steps, self.updates = int(state["steps"]), int(state["updates"])
+        self.generator.set_state(state["generator"])
+        self._set_dense_grad()
+
+
+class Static(Sparsifier):
+    """Static-DM: random ER/ERK masks at initialisation, fixed for the whole run."""
+
+    method = "static"
+
+
+class RigL(Sparsifier):
+    """RigL-DM: drop by magnitude, grow where the dense gradient is largest (computed on update
+    steps only)."""
+
+    method = "rigl"
+
+    def _grow_scores(self, target: Target) -> torch.Tensor:
+        grad = target.weight.grad
+        if grad is None:
+            raise RuntimeError(f"RigL: {target.name} has no gradient on an update step; call step() after backward()")
+        return grad
+
+
+class MagRan(Sparsifier):
+    """MagRan-DM (SET-style): drop by magnitude, grow at random. The generator is seeded alike on
+    every rank, so random growth needs no communication."""
+
+    method = "magran"
+
+    def _grow_scores(self, target: Target) -> torch.Tensor:
+        return torch.rand(target.mask.shape, generator=self.generator).to(target.mask.device)
+
+
+_CLASSES = {"static": Static, "rigl": RigL, "magran": MagRan}
+
+
+def from_config(config: SparsityConfig) -> Sparsifier:
+    """The sparsifier object for ``config.method``."""
+    return _CLASSES[config.method](config)

@@ -1,0 +1,134 @@
+"""EB-Diff-Train on a tiny model: the ticket appears during training, stages resume exactly,
+region-parallel training runs in two gloo processes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebsparse.diffusion.trainer import Trainer
+from ebsparse.earlybird.pipeline import EBRun
+from ebsparse.earlybird.plugin import TicketPlugin, TicketSpec
+from ebsparse.pruning import PruningConfig, plan
+from ebsparse.pruning.command import example_inputs
+from tests.earlybird.conftest import tiny_config
+
+SMALL_RUN = ["training.steps=10", "earlybird.pseudo_epoch_steps=2", "earlybird.queue_length=3",
+             "earlybird.regions=celeba-2", "earlybird.baselines=[]", "training.ema_rate=0.5"]
+
+
+def test_ticket_found_while_a_tiny_model_trains(tmp_path):
+    cfg = tiny_config("training.ema_rate=0.5", "training.steps=40")
+    inputs = example_inputs(cfg.model)
+    spec = TicketSpec("eb", PruningConfig(pruning_ratio=0.5))
+    plugin = TicketPlugin([spec], inputs, every=2, eta=0.1, queue_length=3)
+    trainer = Trainer(cfg, tmp_path, plugins=[plugin])
+    masks_at = {}
+    while trainer.step < 40 and not plugin.all_resolved():
+        trainer.train_step()
+        if trainer.step % 2 == 0:  # the tracker's mask is the pruner's mask on the EMA weights now
+            masks_at[trainer.step] = plan(trainer.model, inputs, spec.config, ema_state=trainer.ema.state_dict()).mask
+    tracker = plugin.trackers["eb"]
+    assert tracker.found, f"no ticket in 40 steps; distances:\n{tracker.distances()}"
+    for s, m in zip(tracker.steps, tracker.masks):
+        assert m.keep.keys() == masks_at[s].keep.keys() and all(torch.equal(m[k], masks_at[s][k]) for k in m)
+    d = tracker.distances()
+    assert d.max() > 0  # the masks did move before settling
+    first = next(e for e in range(2, len(d)) if all(d[e, e - j] <= 0.1 for j in (1, 2)))
+    assert tracker.ticket_epoch == first and tracker.ticket_step == 2 * (first + 1)
+
+
+def _final_state(run_dir):
+    from safetensors.torch import load_file
+
+    return {**{f"eb/{k}": v for k, v in load_file(str(run_dir / "models/eb/model.safetensors")).items()},
+            **{f"ta/{k}": v for k, v in load_file(str(run_dir / "models/ta_eb/router.safetensors")).items()}}
+
+
+def _tickets(run_dir):
+    t = json.loads((run_dir / "stages/search.json").read_text())["tickets"]
+    return {k: (v["found"], v["epoch"], v["step"]) for k, v in t.items()}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One uninterrupted tiny EB + TA-EB run (shared: the resume and the gloo tests start from it)."""
+    run_dir = tmp_path_factory.mktemp("eb") / "a"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the function-scoped tests: same threads, same bits
+    try:
+        EBRun(tiny_config(*SMALL_RUN), run_dir, ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+def test_small_run_outputs(small_run):
+    results = json.loads((small_run / "results.json").read_text())["results"]
+    assert set(results) == {"eb", "ta_eb"} and results["ta_eb"]["region_training"] == "routed"
+    assert results["eb"]["params"] < json.loads((small_run / "stages/search.json").read_text())["tickets"]["eb"]["density"] * 1e9
+    for name in ("distance_eb.png", "distance_region0.png", "distance_region1.png", "samples_eb.png", "samples_ta_eb.png"):
+        assert (small_run / "figures" / name).is_file()
+    assert "EB-Diff-Train (TA-EB)" in (small_run / "table.md").read_text()
+
+
+def test_stages_resume_exactly_after_crashes(small_run, tmp_path, monkeypatch):
+    cfg = tiny_config(*SMALL_RUN)
+    real = Trainer.train_step
+    calls = {"n": 0, "crash_at": None}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == calls["crash_at"]:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", flaky)
+    search_steps = _tickets(small_run)["eb"][2]
+    for crash_at in (search_steps - 1, 3):  # inside the ticket search, then inside the EB finetune
+        calls.update(n=0, crash_at=crash_at)
+        with pytest.raises(KeyboardInterrupt):
+            EBRun(cfg, tmp_path / "b", ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+    calls.update(n=0, crash_at=None)
+    EBRun(cfg, tmp_path / "b", ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+    assert _tickets(tmp_path / "b") == _tickets(small_run)
+    a, b = _final_state(small_run), _final_state(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path):
+    from ebsparse.cli import main
+
+    (tmp_path / "stages").mkdir()
+    assert main(["eb-train", "configs/digits_eb.yaml", "--run-dir", str(tmp_path)]) == 2
+    assert main(["eb-train", "configs/digits_eb.yaml", "--run-dir", str(tmp_path / "new"), "--resume"]) == 2
+
+
+def test_region_parallel_gloo_two_processes(small_run, tmp_path, monkeypatch):
+    """The finished search and EB stages of ``small_run`` are reused; two processes train one region each."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    from ebsparse.earlybird.router import load_router
+    from ebsparse.models import build_model
+    from ebsparse.pruning.recipe import load_pruned
+    from tests.earlybird.conftest import DEMO, TINY
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("ta_eb", "ta_eb.json", "eval_ta_eb.json"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from eb_dist_worker import run_rank
+
+    mp.spawn(run_rank, args=(2, str(tmp_path / "init"), str(run), str(DEMO), [*TINY, *SMALL_RUN]), nprocs=2, join=True)
+    stage = json.loads((run / "stages/ta_eb.json").read_text())
+    assert stage["region_training"] == "processes" and stage["world_size"] == 2
+    assert json.loads((run / "ta_eb_parallel/ranks.json").read_text())["groups"] == [[0], [1]]
+    router, doc = load_router(run / "models/ta_eb", build_model)
+    assert len(router.models) == 2 and doc["extra"]["region_training"] == "processes"
+    for k in range(2):  # each process trained its region's ticket
+        ticket, _ = load_pruned(run / f"tickets/region{k}", build_model)
+        assert any(not torch.equal(a, b) for a, b in zip(ticket.state_dict().values(),
+                                                         router.models[k].state_dict().values()))
+    assert json.loads((run / "stages/eval_ta_eb.json").read_text())["region_training"] == "processes"

@@ -1,0 +1,221 @@
+"""Static / RigL / MagRan on small models: exact counts, RigL's growth criterion, optimizer state,
+in-place RNN masking, masks in the state dict."""
+
+import pytest
+import torch
+from torch import nn
+
+from ebsparse.nn import SparseConv2d, SparseLinear
+from ebsparse.s2s import MagRan, RigL, Static
+from tests.s2s.s2s_models import ConvNet, GRUNet, conv_batch
+
+
+def _train(model, sp, opt, steps, seed=0):
+    for i in range(steps):
+        x, y = conv_batch(seed + i)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        if sp.step():
+            opt.step()
+
+
+def test_apply_swaps_modules_with_erk_counts(convnet):
+    opt = torch.optim.AdamW(convnet.parameters(), lr=1e-2)
+    sp = Static(sparsity=0.8)
+    sp.apply(convnet, opt)
+    assert isinstance(convnet.conv1, SparseConv2d) and isinstance(convnet.fc2, SparseLinear)
+    # the optimizer now trains the swapped modules' parameters
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in convnet.parameters()}
+    for t in sp.targets:
+        n = t.mask.numel()
+        assert int(t.mask.sum()) == n - round((1 - sp.densities[t.name]) * n)
+        assert (t.weight[~t.mask] == 0).all()
+    assert sp.kept / sp.total == pytest.approx(0.2, abs=0.01)
+    assert sp.densities["conv1.weight"] > sp.densities["fc1.weight"]  # ERK: small layers denser
+
+
+@pytest.mark.parametrize("cls", [RigL, MagRan])
+def test_counts_never_drift(convnet, cls):
+    opt = torch.optim.Adam(convnet.parameters(), lr=1e-2)
+    sp = cls(sparsity=0.7, update_every=2, prune_fraction=0.3)
+    sp.apply(convnet, opt)
+    before = {t.name: int(t.mask.sum()) for t in sp.targets}
+    masks0 = {t.name: t.mask.clone() for t in sp.targets}
+    _train(convnet, sp, opt, 30)
+    assert sp.updates == 15
+    assert {t.name: int(t.mask.sum()) for t in sp.targets} == before
+    assert any((t.mask != masks0[t.name]).any() for t in sp.targets)  # the masks did move
+    for t in sp.targets:
+        assert (t.weight[~t.mask] == 0).all()
+
+
+def test_dense_gradient_only_on_update_steps(convnet):
+    opt = torch.optim.Adam(convnet.parameters(), lr=1e-2)
+    sp = RigL(sparsity=0.7, update_every=3)
+    sp.apply(convnet, opt)
+    seen = []
+    for i in range(6):
+        seen.append(convnet.fc1.dense_weight_grad)
+        x, y = conv_batch(i)
+        opt.zero_grad()
+        nn.functional.mse_loss(convnet(x), y).backward()
+        if i in (0, 2):  # a sparse step's gradient is zero off the mask, the update step's is not
+            off = convnet.fc1.weight.grad[~convnet.fc1.mask]
+            assert (off == 0).all() if i == 0 else (off != 0).any()
+        stepped = sp.step()
+        assert stepped == (i not in (2, 5))  # RigL skips the optimizer step on update steps
+        if stepped:
+            opt.step()
+    assert seen == [False, False, True, False, False, True]
+    # random growth needs no gradient: MagRan never asks for the dense one
+    model = ConvNet()
+    magran = MagRan(sparsity=0.5, update_every=1)
+    magran.apply(model, torch.optim.Adam(model.parameters()))
+    assert not model.fc1.dense_weight_grad
+
+
+def test_rigl_grows_where_dense_gradient_is_largest_and_resets_moments():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sp = RigL(sparsity=0.6, update_every=4, prune_fraction=0.25, backend="native")
+    sp.apply(model, opt)
+    layer = model[0]
+    x = torch.randn(16, 12)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        assert sp.step()
+        opt.step()
+    state = opt.state[layer.weight]
+    old_mask = layer.mask.clone()
+    old_w = layer.weight.detach().clone()
+    old_m, old_v = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    assert (old_v[old_mask] > 0).all()
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    grad = layer.weight.grad.clone()  # the dense gradient of the update step
+    assert not sp.step()
+    n_active = int(old_mask.sum())
+    k = int(0.25 * n_active)
+    # expected: drop the k smallest |W| among active, grow the k largest |grad| among the rest
+    w_scores = torch.where(old_mask, old_w.abs(), torch.tensor(float("inf")))
+    dropped = torch.zeros_like(old_mask).flatten()
+    dropped[torch.argsort(w_scores.flatten(), stable=True)[:k]] = True
+    kept = old_mask & ~dropped.view_as(old_mask)
+    g_scores = torch.where(kept, torch.tensor(-1.0), grad.abs())
+    grown = torch.zeros_like(old_mask).flatten()
+    grown[torch.argsort(g_scores.flatten(), descending=True, stable=True)[:k]] = True
+    grown = grown.view_as(old_mask)
+    assert torch.equal(layer.mask, kept | grown)
+    assert int(layer.mask.sum()) == n_active
+    assert (layer.weight[grown] == 0).all()
+    assert torch.equal(layer.weight[kept], old_w[kept])
+    changed = ~kept
+    assert (state["exp_avg"][changed] == 0).all() and (state["exp_avg_sq"][changed] == 0).all()
+    assert torch.equal(state["exp_avg"][kept], old_m[kept]) and torch.equal(state["exp_avg_sq"][kept], old_v[kept])
+    # the next (sparse) step trains the grown weights from zero
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    assert sp.step()
+    opt.step()
+    assert (layer.weight[grown] != 0).any() and (layer.weight[~layer.mask] == 0).all()
+
+
+def test_gru_weights_stay_sparse_and_train(grunet):
+    opt = torch.optim.AdamW(grunet.parameters(), lr=1e-2, weight_decay=0.1)
+    sp = RigL(sparsity=0.8, update_every=3, prune_fraction=0.2)
+    sp.apply(grunet, opt)
+    names = {t.name for t in sp.targets}
+    assert {f"rnn.weight_{k}_l{n}{d}" for k in ("ih", "hh") for n in (0, 1) for d in ("", "_reverse")} <= names
+    rnn = {t.name: t for t in sp.targets if t.kind == "rnn"}
+    start = {n: t.weight.detach().clone() for n, t in rnn.items()}
+    counts = {n: int(t.mask.sum()) for n, t in rnn.items()}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(13):  # ends on a sparse step, after 4 updates
+        x, y = torch.randn(4, 7, 5, generator=g), torch.randn(4, 7, 3, generator=g)
+        opt.zero_grad()
+        nn.functional.mse_loss(grunet(x), y).backward()
+        if sp.step():
+            opt.step()
+    assert sp.updates == 4
+    for n, t in rnn.items():
+        w = getattr(grunet.rnn, n.split(".")[-1])
+        assert w is t.weight and int(t.mask.sum()) == counts[n]
+        assert (w[~t.mask] == 0).all(), n  # really sparse, weight decay included
+        assert (w.grad[~t.mask] == 0).all(), n  # the gradient hook keeps the kept positions only
+        assert (opt.state[w]["exp_avg_sq"][~t.mask] == 0).all(), n
+        assert (w[t.mask] != start[n][t.mask]).any(), n  # and it did train
+    assert "rnn.weight_ih_l0_mask" in grunet.state_dict()
+
+
+def test_layers_and_exclude_select_weights(grunet):
+    sp = Static(sparsity=0.5, layers=("linear",))
+    sp.apply(grunet)
+    assert [t.name for t in sp.targets] == ["head.weight"]
+    sp2 = Static(sparsity=0.5, exclude=("head",))
+    sp2.apply(GRUNet())
+    assert "head.weight" not in {t.name for t in sp2.targets}
+    with pytest.raises(ValueError, match="no weights"):
+        Static(sparsity=0.5, layers=("conv",)).apply(GRUNet())
+
+
+def test_optimizer_errors(convnet):
+    sgd = torch.optim.SGD(convnet.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="SGD.*optimizer_safe=True"):
+        RigL(sparsity=0.5).apply(convnet, sgd)
+    model = ConvNet()
+    RigL(sparsity=0.5, optimizer_safe=True).apply(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="expects 'rigl'"):
+        from ebsparse.s2s import SparsityConfig
+        RigL(SparsityConfig(method="static"))
+
+
+def test_masks_survive_state_dict_round_trip(convnet, grunet):
+    sp = MagRan(sparsity=0.6, update_every=1, prune_fraction=0.5)
+    opt = torch.optim.Adam(convnet.parameters())
+    sp.apply(convnet, opt)
+    _train(convnet, sp, opt, 3)
+    state = convnet.state_dict()
+    fresh = ConvNet()
+    sp2 = MagRan(sparsity=0.6, update_every=1, prune_fraction=0.5, seed=1)  # different initial masks
+    sp2.apply(fresh)
+    fresh.load_state_dict(state)
+    for a, b in zip(sp.targets, sp2.targets):
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
+    x, _ = conv_batch(99)
+    assert torch.equal(convnet(x), fresh(x))  # the kernel index followed the loaded mask
+    sp2.load_state_dict(sp.state_dict() | {"config": sp2.config.to_dict()})
+    assert sp2.steps == 3 and torch.equal(sp2.generator.get_state(), sp.generator.get_state())
+
+
+def test_chirodiff_trains_with_sparse_gru():
+    """The paper's sketch model under RigL: every GRU weight (both directions, every layer) is
+    sparsified and stays exactly sparse while it trains with AdamW weight decay."""
+    from ebsparse.models import ChiroDiff, ChiroDiffConfig
+
+    torch.manual_seed(0)
+    model = ChiroDiff(ChiroDiffConfig(hidden_size=16, num_layers=3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    sp = RigL(sparsity=0.75, update_every=4, prune_fraction=0.2)
+    sp.apply(model, opt)
+    rnn = [t for t in sp.targets if t.kind == "rnn"]
+    assert len(rnn) == 12  # ih and hh x 3 layers x 2 directions
+    counts = {t.name: int(t.mask.sum()) for t in rnn}
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(17):
+        x0 = torch.randn(8, 12, 3, generator=g) * 0.1
+        noise = torch.randn(8, 12, 3, generator=g)
+        t = torch.randint(0, 1000, (8,), generator=g)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x0 + noise, t), noise)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        if sp.step():
+            opt.step()
+    assert sp.updates == 4
+    for t in rnn:
+        assert int(t.mask.sum()) == counts[t.name] < t.mask.numel()
+        assert (t.weight[~t.mask] == 0).all()
+    assert sum(losses[-4:]) < sum(losses[:4])
