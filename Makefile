@@ -1,6 +1,8 @@
 # Two entry points, each doing its own set-up on a fresh machine:
-#   make demo   set up, build, run the main job (for now: the kernel speed-up benchmarks)
+#   make demo   set up, build, run the main job: `ebsparse demo` (Early-Bird and TA-EB tickets on the
+#               embedded digits data, ~10 min on 2 cores; outputs in runs/demo)
 #   make test   set up, build (pip and CMake), run the test suite
+#   make bench  set up, build, run every speed-up benchmark (pytest bench/ --benchmark)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -33,7 +35,8 @@ bench: build
 	$(PIP) install -q --no-build-isolation sparseprop==0.1.14 || echo "sparseprop failed to install; its rows are skipped"
 	$(PY) -m pytest bench/ --benchmark -q
 
-demo: bench
+demo: build
+	$(PY) -m ebsparse demo
 
 clean:
 	rm -rf build build-cmake ebsparse/_C*.so *.egg-info

@@ -15,9 +15,9 @@
 // stay in L1/L2 instead of the whole panel; the entries (panel offset, weight value) are gathered
 // once per call in (k-block, row) order so that every pass reads them sequentially. KB trades the
 // panel's cache footprint against the per-(row, k-block) cost of re-loading T[r, :] (measured:
-// 128 and 512 were no better at 90-95% sparsity). Parallel over batch blocks in ONE parallel
-// region per call (no shared outputs; every thread builds its own entry list); with fewer blocks
-// than threads (small N), over output rows instead.
+// 128 and 512 were no better at 90-95% sparsity). The entry list is built once per call by all
+// threads together (row-parallel), then the work is parallel over batch blocks (no shared
+// outputs); with fewer blocks than threads (small N), over output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
 // the reduction, so it is cut into chunks of L (128) columns; per chunk, X and dY are transposed
@@ -154,44 +154,58 @@ void unpack_tile(const T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_
   transpose(tile + r0 * NB, NB, r1 - r0, nb, out + n0 * R + r0, R);
 }
 
-// The kept weights of S (R, C) in (k-block, row) order; see linear_kernels.h.
+// The kept weights of S (R, C) in (k-block, row) order; see linear_kernels.h. The arrays live in
+// per-thread scratch of the calling thread (slot 2), reused between calls.
 template <typename T>
 struct Blocked {
   int64_t nkb;
-  std::vector<int32_t> bptr;   // nkb * R + 1
-  std::vector<Entry<T>> ent;   // nnz
+  const int32_t* bptr;   // nkb * R + 1
+  const Entry<T>* ent;   // nnz
 };
 
-// S[r, idx[j]] = w[r * rs + idx[j] * cs] for j in [ptr[r], ptr[r + 1]). Serial, one pass,
-// O(nnz + nkb * R): per k-block, every row advances a cursor through its (sorted) indices, which
-// emits the entries directly in (k-block, row) order. The weight reads of one k-block stay within
-// KB rows or columns of W, so the column-wise reads of grad-input (cs = K) hit L2 instead of
-// missing on every 4 KB-strided load. The batch-parallel path has every thread build its own copy
-// inside its one parallel region, cheaper than an extra fork/join.
+// S[r, idx[j]] = w[r * rs + idx[j] * cs] for j in [ptr[r], ptr[r + 1]). Built once per call and
+// shared by every thread, in two row-parallel passes: count each row's entries per k-block, a
+// prefix sum over (k-block, row) (O(nkb * R), serial), then every row writes its entries straight
+// into their slots (in index order within a slot, as the pattern lists them). A row's weights are read in order, so the forward's row-wise reads stream;
+// for grad-input (cs = K, column-wise reads through the CSC pattern) a row is a column of W.
+// Reading the values costs one pass over the dense-shaped weight per call: they change every
+// optimizer step, so only the positions could be cached.
 template <typename T>
 Blocked<T> build_blocked(const int32_t* ptr, const int32_t* idx, int64_t R, int64_t C, const T* w,
                          int64_t rs, int64_t cs, int NB, int kb_shift) {
-  Blocked<T> b;
-  b.nkb = std::max<int64_t>(1, ((C - 1) >> kb_shift) + 1);
-  const int64_t nkb = b.nkb;
-  b.bptr.resize(nkb * R + 1);
-  b.ent.resize(ptr[R]);
-  std::vector<int32_t> cursor(ptr, ptr + R);
-  int32_t* bp = b.bptr.data();
-  Entry<T>* ent = b.ent.data();
-  int32_t pos = 0;
-  for (int64_t blk = 0; blk < nkb; ++blk) {
-    const int64_t hi = (blk + 1) << kb_shift;
-    for (int64_t r = 0; r < R; ++r) {
-      bp[blk * R + r] = pos;
-      int32_t j = cursor[r];
-      const int32_t e = ptr[r + 1];
-      for (; j < e && idx[j] < hi; ++j) ent[pos++] = {int32_t(idx[j] * NB), w[r * rs + idx[j] * cs]};
-      cursor[r] = j;
+  const int64_t nkb = std::max<int64_t>(1, ((C - 1) >> kb_shift) + 1);
+  const int64_t nnz = ptr[R];
+  // One scratch block: bptr (nkb * R + 1 int32, rounded up to keep the entries 8-byte aligned),
+  // then the entries.
+  const int64_t nb_ptr = (nkb * R + 2) & ~int64_t(1);
+  static_assert(sizeof(Entry<T>) % sizeof(int32_t) == 0, "Entry must be a whole number of int32");
+  const int64_t words = nb_ptr + nnz * int64_t(sizeof(Entry<T>) / sizeof(int32_t)) + 2;
+  int32_t* bp = scratch<int32_t>(2, words);
+  Entry<T>* ent = reinterpret_cast<Entry<T>*>(bp + nb_ptr + (sizeof(Entry<T>) > 8 ? 2 : 0));
+  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t blk = 0; blk < nkb; ++blk) bp[blk * R + r] = 0;
+      for (int32_t j = ptr[r]; j < ptr[r + 1]; ++j) ++bp[(int64_t(idx[j]) >> kb_shift) * R + r];
     }
+  });
+  int32_t pos = 0;
+  for (int64_t k = 0; k < nkb * R; ++k) {
+    const int32_t c = bp[k];
+    bp[k] = pos;
+    pos += c;
   }
   bp[nkb * R] = pos;
-  return b;
+  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t> cursor(nkb);  // next free slot of this row in every k-block
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t blk = 0; blk < nkb; ++blk) cursor[blk] = bp[blk * R + r];
+      for (int32_t j = ptr[r]; j < ptr[r + 1]; ++j) {
+        const int64_t c = idx[j];
+        ent[cursor[c >> kb_shift]++] = {int32_t(c * NB), w[r * rs + c * cs]};
+      }
+    }
+  });
+  return {nkb, bp, ent};
 }
 
 // out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by ptr / idx / values as in build_blocked.
@@ -206,12 +220,12 @@ void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const int32_t
   };
   auto rows = [&](const Blocked<T>& S, const T* panel, T* tile, int64_t r0, int64_t r1) {
     for (int64_t blk = 0; blk < S.nkb; ++blk)
-      kern.spmm_rows(S.ent.data(), S.bptr.data() + blk * R, r0, r1, panel, tile);
+      kern.spmm_rows(S.ent, S.bptr + blk * R, r0, r1, panel, tile);
   };
   const int64_t nthreads = at::get_num_threads();
+  const Blocked<T> S = build_blocked<T>(ptr, idx, R, C, w, rs, cs, NB, kern.kb_shift);
   if (nblocks >= 2 * nthreads) {
     at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      const Blocked<T> S = build_blocked<T>(ptr, idx, R, C, w, rs, cs, NB, kern.kb_shift);
       T* panel = scratch<T>(0, C * NB);
       T* tile = scratch<T>(1, R * NB);
       for (int64_t b = b0; b < b1; ++b) {
@@ -224,7 +238,6 @@ void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const int32_t
     return;
   }
   // Few batch blocks (small N): one shared panel per block, output rows split between threads.
-  const Blocked<T> S = build_blocked<T>(ptr, idx, R, C, w, rs, cs, NB, kern.kb_shift);
   T* panel = scratch<T>(0, C * NB);
   T* tile = scratch<T>(1, R * NB);
   for (int64_t b = 0; b < nblocks; ++b) {

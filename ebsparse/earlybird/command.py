@@ -90,6 +90,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not DEMO_CONFIG.is_file():
         raise FileNotFoundError(f"the demo config {DEMO_CONFIG} is missing (it ships in the repository's configs/)")
+    if getattr(args, "threads", None) is None:
+        # The demo's models are tiny (per-op overhead dominates) and a second OpenMP thread competes
+        # with everything else on the machine: on the shared 2-core development machine one thread
+        # ran the dense steps 3-6x faster than two. --threads overrides.
+        torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
     print(f"ebsparse demo: Early-Bird (EB) and timestep-aware Early-Bird (TA-EB) tickets on the embedded digits "
           f"data ({DEMO_CONFIG.name}), {torch.get_num_threads()} torch threads; output in {run_dir}/")

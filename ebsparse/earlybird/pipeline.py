@@ -153,8 +153,13 @@ class EBRun:
         rank = dist.get_rank() if distributed else 0
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.run_dir / "config.json", {**self.config.to_dict(), "earlybird": self.eb.to_dict(),
-                                                       "ta_eb": self.ta_eb})
+            wanted = json.loads(json.dumps({**self.config.to_dict(), "earlybird": self.eb.to_dict(), "ta_eb": self.ta_eb}))
+            saved = self.run_dir / "config.json"
+            if saved.is_file() and json.loads(saved.read_text()) != wanted:
+                # finished stages are reused as they are: they must come from the same settings
+                raise ValueError(f"{saved} was written with other settings than this run's; finished stages would "
+                                 "not match. Use a new run directory")
+            _write_json(saved, wanted)
             search = self._stage("search", self.search)
             self._stage("eb", lambda: self.train_ticket("eb", search))
         if distributed:
@@ -245,10 +250,16 @@ class EBRun:
         for name, tracker in plugin.trackers.items():
             d = tracker.distances()
             ratio = plugin.specs[name].config.pruning_ratio
-            verdict = (f"ticket at pseudo-epoch {tracker.ticket_epoch} (step {tracker.ticket_step})" if tracker.found
-                       else "no ticket")
+            used = tickets[name]
+            if used["found"]:
+                verdict, marked = f"ticket at pseudo-epoch {used['epoch']} (step {used['step']})", used["epoch"]
+            else:
+                verdict, marked = f"no ticket by step {used['step']}", None
+                if tracker.found:  # the dense run went on (for a baseline) and the masks settled later
+                    verdict += f"; settled later at step {tracker.ticket_step}"
+                    tickets[name] = {**used, "settled_later_step": tracker.ticket_step}
             figures[name] = str(save_distance_heatmap(
-                d, self.run_dir / "figures" / f"distance_{name}.png", ticket_epoch=tracker.ticket_epoch,
+                d, self.run_dir / "figures" / f"distance_{name}.png", ticket_epoch=marked,
                 title=f"{name} @ {ratio:g}: {verdict}"))
             _write_json(self.run_dir / "figures" / f"distance_{name}.json",
                         {"steps": tracker.steps, "ticket_epoch": tracker.ticket_epoch, "distances": d.tolist()})

@@ -52,15 +52,21 @@ def _notes(run, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> l
                              f"masks can still mostly reflect the initialisation.")
         else:
             notes.append(f"- ticket `{name}` (pruning_ratio {t['pruning_ratio']:g}): **no ticket appeared** by step "
-                         f"{t['step']} (the masks kept moving more than eta {eb.eta}); the last mask was pruned instead.")
+                         f"{t['step']} (the masks kept moving more than eta {eb.eta}); the last mask was pruned instead." +
+                         (f" (The dense run went on and its masks settled at step {t['settled_later_step']}, after the "
+                          f"search limit max_search_steps.)" if t.get("settled_later_step") else ""))
     if "ta_eb" in results:
         from .regions import weighted_ratio
 
         r = results["ta_eb"]
-        how = ("routed batch: one process, every sample goes to its region's model and all region models step "
-               "together, so the time is the sum over regions (no parallel hardware assumed)"
-               if r.get("region_training") == "routed" else
-               "one region model after the other in one process: the time is the sum over regions")
+        how = {
+            "routed": "routed batch: one process, every sample goes to its region's model and all region models "
+                      "step together, so the time is the sum over regions (no parallel hardware assumed)",
+            "sequential": "one region model after the other in one process: the time is the sum over regions",
+            "processes": f"{r.get('world_size')} processes (torch.distributed), one process group per region: the "
+                         "time is the wall-clock of the parallel phase, i.e. regions count as running at the same "
+                         "time, each on its own processes (the per-region seconds are in results.json)",
+        }.get(r.get("region_training"), str(r.get("region_training")))
         notes.append(f"- TA-EB regions {', '.join(map(str, eb.regions))} (timestep-weighted average ratio "
                      f"{weighted_ratio(eb.regions, run.T):.3f}); #params is the sum of the region models, MACs the "
                      f"average per sampling step over the sampler's timesteps. Timing: {how}.")

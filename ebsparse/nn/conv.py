@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
@@ -64,5 +65,10 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         backend = self._backend_for(shape_key, lambda: resolve_conv2d_backend(
             input, self.weight, self.bias, self.mask, index, list(self.stride), list(self.padding),
             list(self.dilation), self.backend))
+        if backend == "dense" and not self.dense_weight_grad:
+            # Plain autograd: one fused convolution backward and no custom-op overhead, so a layer
+            # that runs dense costs what nn.Conv2d costs (the multiply masks the weight's gradient too).
+            return F.conv2d(input, self.masked_weight(), self.bias, self.stride, self.padding,
+                            self.dilation)
         return sparse_conv2d(input, self.weight, self.bias, self.mask, self.stride, self.padding, self.dilation,
                              index=index, backend=backend, dense_weight_grad=self.dense_weight_grad)

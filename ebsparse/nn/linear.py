@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
@@ -44,5 +45,8 @@ class SparseLinear(SparsityMixin, nn.Linear):
         shape_key = (tuple(input.shape), input.dtype, input.device.type)
         backend = self._backend_for(shape_key, lambda: resolve_linear_backend(
             input, self.weight, self.bias, self.mask, index, self.backend))
+        if backend == "dense" and not self.dense_weight_grad:
+            # Plain autograd, as nn.Linear: no custom-op overhead (see SparseConv2d.forward).
+            return F.linear(input, self.masked_weight(), self.bias)
         return sparse_linear(input, self.weight, self.bias, self.mask, index=index, backend=backend,
                              dense_weight_grad=self.dense_weight_grad)

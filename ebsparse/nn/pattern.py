@@ -37,6 +37,8 @@ class SparsityMixin:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
         self._index: PatternIndex | None = None
         self._index_key = None
+        self._mask_values: torch.Tensor | None = None
+        self._mask_values_key = None
         self._resolved: dict[tuple, str] = {}
         self.set_mask(mask)
 
@@ -67,6 +69,18 @@ class SparsityMixin:
             self._index_key = key
             self._resolved.clear()
         return self._index
+
+    def masked_weight(self) -> torch.Tensor:
+        """``weight * mask`` for the dense path. The mask is converted to the weight's dtype once per
+        mask version: multiplying by the bool mask would convert it (a weight-sized copy) on every
+        call, and ``torch.where`` is slower still on the CPU."""
+        if torch.compiler.is_compiling():
+            return self.weight * self.mask.to(self.weight.dtype)
+        key = (self.mask.data_ptr(), self.mask._version, self.weight.dtype, self.weight.device)
+        if self._mask_values is None or key != self._mask_values_key:
+            self._mask_values = self.mask.to(self.weight.dtype)
+            self._mask_values_key = key
+        return self.weight * self._mask_values
 
     def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
                      mask: torch.Tensor | None) -> None:

@@ -61,6 +61,8 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.targets: list[Target] = []
         self.densities: dict[str, float] = {}
+        self.dense_layers: dict[str, int] = {}  # weights the distribution made dense -> numel
+        self._applied = False
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps = 0  # optimizer steps taken (or skipped) so far
         self.updates = 0
@@ -75,7 +77,7 @@ class Sparsifier:
         parameters), or call :meth:`attach_optimizer` later. Every rank draws the same masks (the
         generator is seeded by ``config.seed``).
         """
-        if self.targets:
+        if self._applied:
             raise RuntimeError(f"{type(self).__name__}.apply: already applied to a model")
         if optimizer is not None:
             check_optimizer(optimizer, self.config.optimizer_safe)
@@ -91,13 +93,19 @@ class Sparsifier:
                     break
         self.densities = layer_densities({c.name: c.shape for c in candidates}, cfg.sparsity, cfg.distribution,
                                          cfg.erk_power_scale, custom)
-        masks = {}
+        # A weight the distribution makes dense stays a plain module: nothing to mask or update, and the
+        # dense module is the fastest way to run it (the sparse op's dense fallback adds overhead).
+        sparse, masks = [], {}
         for c in candidates:
             weight = getattr(model.get_submodule(c.module_name), c.attr)
-            n = weight.numel()
-            masks[c.name] = random_mask(c.shape, kept_count(n, self.densities[c.name]), self.generator,
-                                        weight.device)
-        self.targets, rebound = build_targets(model, candidates, masks, cfg.backend)
+            n_keep = kept_count(weight.numel(), self.densities[c.name])
+            if n_keep == weight.numel():
+                self.dense_layers[c.name] = n_keep
+                continue
+            sparse.append(c)
+            masks[c.name] = random_mask(c.shape, n_keep, self.generator, weight.device)
+        self.targets, rebound = build_targets(model, sparse, masks, cfg.backend)
+        self._applied = True
         if optimizer is not None:
             rebind_parameters(optimizer, rebound)
             self.attach_optimizer(optimizer)
@@ -125,7 +133,7 @@ class Sparsifier:
     def step(self) -> bool:
         """Call after ``backward()``; updates masks when the schedule says so. Returns whether the
         optimizer should step (False on update steps of a method with ``skip_optimizer_step``)."""
-        if not self.targets:
+        if not self._applied:
             raise RuntimeError(f"{type(self).__name__}.step: call apply(model, optimizer) first")
         self.steps += 1
         t = self.steps
@@ -178,14 +186,15 @@ class Sparsifier:
     # --- reporting and state -----------------------------------------------------------------
     @property
     def kept(self) -> int:
-        return sum(int(t.mask.sum()) for t in self.targets)
+        """Kept weights over all sparsified layers, the ones the distribution made dense included."""
+        return sum(int(t.mask.sum()) for t in self.targets) + sum(self.dense_layers.values())
 
     @property
     def total(self) -> int:
-        return sum(t.mask.numel() for t in self.targets)
+        return sum(t.mask.numel() for t in self.targets) + sum(self.dense_layers.values())
 
     def masks(self) -> dict[str, torch.Tensor]:
-        """Parameter name -> its current bool mask."""
+        """Parameter name -> its current bool mask (layers made dense have none)."""
         return {t.name: t.mask for t in self.targets}
 
     @torch.no_grad()

@@ -92,6 +92,8 @@ def test_stages_resume_exactly_after_crashes(small_run, tmp_path, monkeypatch):
             EBRun(cfg, tmp_path / "b", ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
     calls.update(n=0, crash_at=None)
     EBRun(cfg, tmp_path / "b", ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+    with pytest.raises(ValueError, match="other settings"):  # finished stages are never reused for another config
+        EBRun(tiny_config(*SMALL_RUN, "earlybird.eta=0.2"), tmp_path / "b", ta_eb=True, progress=False, fid=False).run()
     assert _tickets(tmp_path / "b") == _tickets(small_run)
     a, b = _final_state(small_run), _final_state(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -132,3 +134,48 @@ def test_region_parallel_gloo_two_processes(small_run, tmp_path, monkeypatch):
         assert any(not torch.equal(a, b) for a, b in zip(ticket.state_dict().values(),
                                                          router.models[k].state_dict().values()))
     assert json.loads((run / "stages/eval_ta_eb.json").read_text())["region_training"] == "processes"
+
+
+@pytest.mark.slow  # ~8 s: five trainings; run with -m slow
+def test_sequential_regions_and_all_baselines(tmp_path):
+    overrides = [o for o in SMALL_RUN if not o.startswith("earlybird.baselines")]
+    cfg = tiny_config(*overrides, "earlybird.region_training=sequential", "training.steps=8",
+                      "earlybird.baselines=[dense, scratch, train_prune_finetune]")
+    out = EBRun(cfg, tmp_path, ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+    r = out["results"]
+    assert list(r) == ["dense", "eb", "ta_eb", "scratch", "train_prune_finetune"]
+    search = out["search"]
+    assert search["dense_steps"] == 8  # a baseline needs the full dense run, so the search went on
+    assert r["scratch"]["params"] == r["eb"]["params"] and r["train_prune_finetune"]["params"] == r["eb"]["params"]
+    assert r["dense"]["params"] > r["eb"]["params"]
+    assert r["train_prune_finetune"]["iterations"] == 8 + r["eb"]["train_steps"]
+    assert r["ta_eb"]["region_training"] == "sequential"
+    eb_ticket = search["tickets"]["eb"]
+    assert r["eb"]["iterations"] == 8 and r["eb"]["search_steps"] == eb_ticket["step"]
+    for k in range(2):  # each region model trained in its own directory, on its own timesteps
+        assert (tmp_path / f"ta_eb/region{k}/checkpoint.safetensors").is_file()
+    assert "Train-prune-finetune" in out["table"] and "Scratch" in out["table"]
+
+
+def test_timestep_aware_taylor_tickets(tmp_path):
+    """region_importance: taylor scores each region's channels from that region's timesteps only,
+    with a loss seeded by the step (so a resumed search computes the same masks)."""
+    cfg = tiny_config("earlybird.region_importance=taylor", "earlybird.regions=celeba-2", "earlybird.taylor_batch_size=4")
+    run = EBRun(cfg, tmp_path, ta_eb=True, progress=False, fid=False)
+    specs = {s.name: s for s in run.ticket_specs()}
+    assert specs["eb"].loss_fn is None and specs["eb"].config.importance == "magnitude"
+    assert specs["region1"].config.importance == "taylor" and specs["region1"].config.taylor_t_range == (440, 999)
+    model = torch.nn.Module()
+    seen = []
+    model.forward = lambda x, t: (seen.append(t.clone()), torch.zeros_like(x))[1]
+    specs["region1"].loss_fn(7)(model)
+    specs["region1"].loss_fn(7)(model)
+    specs["region1"].loss_fn(8)(model)
+    assert all(bool(((t >= 440) & (t <= 999)).all()) for t in seen)
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+    plugin = TicketPlugin(list(specs.values()), run.inputs, every=1)
+    trainer = Trainer(cfg, tmp_path / "t", plugins=[plugin])
+    trainer.train_step()
+    masks = {k: t.masks[-1] for k, t in plugin.trackers.items()}
+    assert set(masks) == {"eb", "region0", "region1"}
+    assert masks["region1"].density() < masks["region0"].density()  # 0.8 vs 0.3 of the channels removed

@@ -3,6 +3,8 @@ in-place RNN masking, masks in the state dict."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ebsparse.nn import SparseConv2d, SparseLinear
@@ -219,3 +221,37 @@ def test_chirodiff_trains_with_sparse_gru():
         assert int(t.mask.sum()) == counts[t.name] < t.mask.numel()
         assert (t.weight[~t.mask] == 0).all()
     assert sum(losses[-4:]) < sum(losses[:4])
+
+
+@settings(max_examples=8)
+@given(st.floats(0.05, 0.95), st.floats(0.01, 0.99), st.sampled_from(["erk", "er", "uniform"]),
+       st.sampled_from([RigL, MagRan]))
+def test_counts_exact_for_any_sparsity_and_fraction(sparsity, fraction, distribution, cls):
+    torch.manual_seed(0)
+    model = ConvNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = cls(sparsity=sparsity, distribution=distribution, update_every=1, prune_fraction=fraction)
+    sp.apply(model, opt)
+    before = {t.name: int(t.mask.sum()) for t in sp.targets}
+    for t in sp.targets:
+        n = t.mask.numel()
+        assert before[t.name] == n - round((1 - sp.densities[t.name]) * n)
+    _train(model, sp, opt, 4)
+    assert sp.updates == 4
+    assert {t.name: int(t.mask.sum()) for t in sp.targets} == before
+    assert all((t.weight[~t.mask] == 0).all() for t in sp.targets)
+
+
+def test_layers_made_dense_stay_plain_modules(convnet):
+    sp = RigL(sparsity=0.5, distribution="uniform", custom_sparsity={"conv1": 0.0}, update_every=1)
+    opt = torch.optim.Adam(convnet.parameters())
+    sp.apply(convnet, opt)
+    assert type(convnet.conv1) is nn.Conv2d and "conv1.mask" not in convnet.state_dict()
+    assert sp.dense_layers == {"conv1.weight": convnet.conv1.weight.numel()}
+    assert "conv1.weight" not in sp.masks() and isinstance(convnet.conv2, SparseConv2d)
+    sparse_total = sum(t.mask.numel() for t in sp.targets)
+    assert sp.total == sparse_total + 8 * 3 * 9
+    assert sp.kept == sum(int(t.mask.sum()) for t in sp.targets) + 8 * 3 * 9
+    assert sp.total - sp.kept == sum(round(0.5 * t.mask.numel()) for t in sp.targets)
+    _train(convnet, sp, opt, 2)
+    assert (convnet.conv1.weight != 0).all()
