@@ -1,6 +1,7 @@
 """Benchmarks run only with `pytest bench/ --benchmark`; at the end they print a speed-up table.
 
 Each benchmark records (group, provider, seconds, useful GFLOP) in `RESULTS`; the summary divides
+the dense time measured alternately with the provider (when the benchmark pairs them), else
 the fastest dense provider's time of the same group (``dense`` or a ``dense-<variant>`` such as
 ``dense-channels_last``) by each provider's time, so a variant never looks faster by beating a slow
 dense baseline. The table is also written to
@@ -34,20 +35,23 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def record():
-    """record(group, provider, seconds, gflop): store one row for the summary table."""
+    """record(group, provider, seconds, gflop, baseline=None): store one row for the summary table.
+    ``baseline``: dense seconds measured alternately with this provider (see
+    ``bench.providers.paired_minimum``); the row's speed-up uses it instead of the group's dense row."""
 
-    def _record(group: str, provider: str, seconds: float, gflop: float) -> None:
-        RESULTS[group][provider] = (seconds, gflop)
+    def _record(group: str, provider: str, seconds: float, gflop: float, baseline: float | None = None) -> None:
+        RESULTS[group][provider] = (seconds, gflop, baseline)
 
     return _record
 
 
 def speedup_table() -> str:
-    lines = ["| group | provider | ms | speed-up vs dense | useful GFLOP/s |", "|---|---|---|---|---|"]
+    lines = ["| group | provider | ms | dense ms | speed-up vs dense | useful GFLOP/s |", "|---|---|---|---|---|---|"]
     for group, rows in RESULTS.items():
-        dense = min((s for p, (s, _) in rows.items() if p == "dense" or p.startswith("dense-")), default=float("nan"))
-        for provider, (seconds, gflop) in rows.items():
-            lines.append(f"| {group} | {provider} | {seconds * 1e3:.2f} | {dense / seconds:.2f}x | "
+        dense = min((s for p, (s, _, _) in rows.items() if p == "dense" or p.startswith("dense-")), default=float("nan"))
+        for provider, (seconds, gflop, baseline) in rows.items():
+            base = dense if baseline is None else baseline
+            lines.append(f"| {group} | {provider} | {seconds * 1e3:.2f} | {base * 1e3:.2f} | {base / seconds:.2f}x | "
                          f"{gflop / seconds:.1f} |")
     return "\n".join(lines)
 

@@ -10,11 +10,11 @@ PROVIDERS = ["torch-csr", "sparseprop"]
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("sparsity", SPARSITIES, ids=str)
-def test_peer_linear_1024(benchmark, record, provider, sparsity):
-    bench_linear_1024(benchmark, record, provider, sparsity)
+def test_peer_linear_1024(record, provider, sparsity):
+    bench_linear_1024(record, provider, sparsity)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("sparsity", SPARSITIES, ids=str)
-def test_peer_conv_256_3x3(benchmark, record, provider, sparsity):
-    bench_conv_256_3x3(benchmark, record, provider, sparsity)
+def test_peer_conv_256_3x3(record, provider, sparsity):
+    bench_conv_256_3x3(record, provider, sparsity)

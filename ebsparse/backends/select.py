@@ -4,7 +4,8 @@ The key is (op, device, dtype, threads, shapes, density rounded to 0.01, bias). 
 runs a forward + grad-input + grad-weight a few times once per key, in interleaved rounds (so a
 burst of load on a shared machine hits every candidate alike), keeping each one's minimum; a
 sparse backend wins only if it beats dense by `MARGIN`, so that measurement noise near the
-break-even density cannot make a sparse layer slower than its dense fallback. Under
+break-even density cannot make a sparse layer slower than its dense fallback. "dense" is timed as
+the modules run it (plain autograd ops on the masked weight; see ``ebsparse.ops.linear`` / ``conv``). Under
 `torch.compile` nothing can be timed, so an unmeasured key gets dense there (measure in eager
 first: one eager step warms the cache). Set EBSPARSE_AUTOTUNE_CACHE to a JSON path to keep the
 choices across processes.

@@ -62,7 +62,11 @@ def _notes(run, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> l
         how = {
             "routed": "routed batch: one process, every sample goes to its region's model and all region models "
                       "step together, so the time is the sum over regions (no parallel hardware assumed)",
-            "sequential": "one region model after the other in one process: the time is the sum over regions",
+            "sequential": "one region model after the other in one process: the time is the sum over regions" + (
+                f"; run region-parallel (one machine per region, as the papers train them), the same measured "
+                f"steps would take search + the slowest region = {r['search_s'] + max(r['region_train_s']):.1f} s, "
+                f"a speed-up of {results['dense']['time_s'] / (r['search_s'] + max(r['region_train_s'])):.2f}x vs dense"
+                if r.get("region_train_s") and results.get("dense", {}).get("time_s") else ""),
             "processes": f"{r.get('world_size')} processes (torch.distributed), one process group per region: the "
                          "time is the wall-clock of the parallel phase, i.e. regions count as running at the same "
                          "time, each on its own processes (the per-region seconds are in results.json)",

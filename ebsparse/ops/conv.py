@@ -156,6 +156,16 @@ def resolve_conv2d_backend(input, weight, bias, mask, index: PatternIndex, strid
             _sparse_conv2d_grad_input(grad, weight, mask, *tensors, list(input.shape), stride, padding, dilation, name)
             _sparse_conv2d_grad_weight(grad, input, mask, *tensors, stride, padding, dilation, name, False)
 
+        if name == "dense":  # what a SparseConv2d on the dense path runs: plain autograd ops
+            mask_values = mask.to(weight.dtype)
+
+            def step():
+                w = weight * mask_values
+                torch.nn.functional.conv2d(input, w, bias, stride, padding, dilation)
+                _, grad_w, _ = torch.ops.aten.convolution_backward(
+                    grad, input, w, None, stride, padding, dilation, False, [0, 0], 1, [True, True, False])
+                grad_w.mul_(mask_values)
+
         return time_call(step, input.device)
 
     return resolve_backend(backend, "conv2d", input.device, input.dtype, measure, key)

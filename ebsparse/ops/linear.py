@@ -136,6 +136,15 @@ def resolve_linear_backend(input, weight, bias, mask, index: PatternIndex, backe
             _sparse_linear_grad_input(grad, weight, mask, *tensors, name)
             _sparse_linear_grad_weight(grad, x2d, mask, *tensors, name, False)
 
+        if name == "dense":  # what a SparseLinear on the dense path runs: plain autograd ops
+            mask_values = mask.to(weight.dtype)
+
+            def step():
+                w = weight * mask_values
+                torch.nn.functional.linear(x2d, w, bias)
+                grad.mm(w)
+                grad.t().mm(x2d).mul_(mask_values)
+
         return time_call(step, input.device)
 
     return resolve_backend(backend, "linear", input.device, input.dtype, measure, key)

@@ -34,10 +34,4 @@ class HFDiTCall(nn.Module):
         return self.inner(x, timestep=t, class_labels=y).sample
 
 
-class HFUNetCall(nn.Module):
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, t):
-        return self.inner(x, t).sample
+from ebsparse.models.diffusers_compat import UNet2DCall as HFUNetCall  # noqa: E402,F401  (tests' name)

@@ -9,6 +9,7 @@ import yaml
 
 from ebsparse.metrics.counting import count_macs, count_params
 from ebsparse.models import build_model
+from ebsparse.models.diffusers_compat import DDPM_CIFAR10_32, UNet2DCall
 from ebsparse.pruning import PruningConfig, plan, shrink
 
 
@@ -57,24 +58,13 @@ def test_church_at_0_5():
     assert round(p1 / 1e6, 1) == 28.5  # the paper's table
 
 
-#: google/ddpm-cifar10-32's UNet2DModel configuration, built offline (no download).
-DDPM_CIFAR10_32 = dict(
-    act_fn="silu", attention_head_dim=None, block_out_channels=[128, 256, 256, 256], center_input_sample=False,
-    down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"], downsample_padding=0,
-    flip_sin_to_cos=False, freq_shift=1, in_channels=3, layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-6,
-    norm_num_groups=32, out_channels=3, sample_size=32, time_embedding_type="positional",
-    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
-
-
 def test_diffusers_ddpm_cifar10_32_matches_torch_pruning():
     """The issue's reference: torch-pruning's magnitude pruner at 0.5 on this model gives
     35.75M -> 8.97M params and 6.06G -> 1.52G MACs (6.0655G: the issue truncates, we round)."""
     from diffusers import UNet2DModel
 
-    from tests.pruning.pruning_models import HFUNetCall
-
     with torch.device("meta"):
-        model = HFUNetCall(UNet2DModel(**DDPM_CIFAR10_32))
+        model = UNet2DCall(UNet2DModel(**DDPM_CIFAR10_32))
     x = _inputs(32)
     p0, m0 = count_params(model), count_macs(model, *x).macs
     assert (round(p0 / 1e6, 2), int(m0 / 1e7) / 100) == (35.75, 6.06)
