@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .config_fields import checked_fields
+
 __all__ = ["ChiroDiffConfig", "ChiroDiff"]
 
 
@@ -47,11 +49,7 @@ class ChiroDiffConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ChiroDiffConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ChiroDiffConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d))
 
 
 class RandomFourierTime(nn.Module):

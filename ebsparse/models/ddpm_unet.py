@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_fields import checked_fields
+
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
 
 
@@ -81,11 +83,7 @@ class DDPMUNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DDPMUNetConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"DDPMUNetConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**dict(d))
+        return cls(**checked_fields(cls, d))
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:

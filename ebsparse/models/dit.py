@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_fields import checked_fields
+
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
 #: name -> (depth, hidden_size, num_heads), from the DiT paper's Table 1.
@@ -74,11 +76,7 @@ class DiTConfig:
         d = dict(d)
         if "size" in d:
             d = {**dit_config(d.pop("size"), d.pop("patch_size", 2)).to_dict(), **d}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"DiTConfig: unknown keys {unknown}; expected a subset of {sorted(known)} or 'size'")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, also=" or 'size'"))
 
 
 def dit_config(size: str, patch_size: int = 2, **overrides: Any) -> DiTConfig:
