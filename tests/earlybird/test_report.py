@@ -28,3 +28,11 @@ def test_notes_are_honest_about_early_and_missing_tickets():
     text = "\n".join(_notes(run, search, {"eb": _row(1.0)}))
     assert "earliest pseudo-epoch the FIFO allows" in text
     assert "**no ticket appeared** by step 100" in text and "settled at step 140" in text
+
+
+def test_sequential_regions_report_summed_and_region_parallel_time():
+    run = SimpleNamespace(eb=EarlyBirdConfig(), T=1000, config=SimpleNamespace(data=SimpleNamespace(type="digits")))
+    ta_eb = _row(70.0, region_training="sequential", search_s=10.0, region_train_s=[30.0, 20.0, 10.0])
+    text = "\n".join(_notes(run, {"pseudo_epoch_steps": 10, "tickets": {}}, {"dense": _row(80.0), "ta_eb": ta_eb}))
+    assert "the time is the sum over regions" in text
+    assert "search + the slowest region = 40.0 s" in text and "2.00x vs dense" in text
