@@ -22,93 +22,53 @@ bool cpu_has_avx512() {
   return has;
 }
 
-// ---- SpMM on a transposed panel -------------------------------------------------------------------
-// One output row r keeps its NB outputs in registers while it walks its kept weights: each kept
-// weight costs one index load, one broadcast and NB / lanes fused multiply-adds whose second
-// operand is an aligned load from the panel row of its column (within the current k-block, which
-// stays in L1/L2). The entries alternate between two accumulator sets so that 8 independent FMA
-// chains hide the FMA latency.
+// ---- SpMM on a transposed panel (the kernel body is linear_spmm.h) ------------------------------
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+namespace avx512 {
+namespace {
+struct Vec {
+  using T = __m512;
+  static constexpr int W = 16;
+  static inline T zero() { return _mm512_setzero_ps(); }
+  static inline T load(const float* p) { return _mm512_load_ps(p); }
+  static inline T bcast(float x) { return _mm512_set1_ps(x); }
+  static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static inline void store(float* p, T v) { _mm512_store_ps(p, v); }
+};
+}  // namespace
+#include "linear_spmm.h"
+}  // namespace avx512
+#pragma GCC pop_options
+
+namespace avx2 {
+namespace {
+struct Vec {
+  using T = __m256;
+  static constexpr int W = 8;
+  static inline T zero() { return _mm256_setzero_ps(); }
+  static inline T load(const float* p) { return _mm256_load_ps(p); }
+  static inline T bcast(float x) { return _mm256_set1_ps(x); }
+  static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
+};
+}  // namespace
+#include "linear_spmm.h"
+}  // namespace avx2
+
+static_assert(4 * 16 == kNbAvx512 && 4 * 8 == kNbAvx2, "panel widths must match linear_spmm.h");
 
 EB_AVX512 void spmm_rows_f32_avx512(const Entry<float>* ent, const int32_t* bptr, int64_t r0,
                                     int64_t r1, const float* panel, float* tile) {
-  constexpr int NB = kNbAvx512;
-  for (int64_t r = r0; r < r1; ++r) {
-    int64_t j = bptr[r];
-    const int64_t e = bptr[r + 1];
-    if (j == e) continue;
-    float* t = tile + r * NB;
-    __m512 a0 = _mm512_load_ps(t), a1 = _mm512_load_ps(t + 16);
-    __m512 a2 = _mm512_load_ps(t + 32), a3 = _mm512_load_ps(t + 48);
-    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-    __m512 b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
-    for (; j + 1 < e; j += 2) {
-      const float* p = panel + ent[j].off;
-      const __m512 w = _mm512_set1_ps(ent[j].val);
-      a0 = _mm512_fmadd_ps(w, _mm512_load_ps(p), a0);
-      a1 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 16), a1);
-      a2 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 32), a2);
-      a3 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 48), a3);
-      const float* q = panel + ent[j + 1].off;
-      const __m512 v = _mm512_set1_ps(ent[j + 1].val);
-      b0 = _mm512_fmadd_ps(v, _mm512_load_ps(q), b0);
-      b1 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 16), b1);
-      b2 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 32), b2);
-      b3 = _mm512_fmadd_ps(v, _mm512_load_ps(q + 48), b3);
-    }
-    if (j < e) {
-      const float* p = panel + ent[j].off;
-      const __m512 w = _mm512_set1_ps(ent[j].val);
-      a0 = _mm512_fmadd_ps(w, _mm512_load_ps(p), a0);
-      a1 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 16), a1);
-      a2 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 32), a2);
-      a3 = _mm512_fmadd_ps(w, _mm512_load_ps(p + 48), a3);
-    }
-    _mm512_store_ps(t, _mm512_add_ps(a0, b0));
-    _mm512_store_ps(t + 16, _mm512_add_ps(a1, b1));
-    _mm512_store_ps(t + 32, _mm512_add_ps(a2, b2));
-    _mm512_store_ps(t + 48, _mm512_add_ps(a3, b3));
-  }
+  avx512::spmm_rows(ent, bptr, r0, r1, panel, tile);
 }
 
 void spmm_rows_f32_avx2(const Entry<float>* ent, const int32_t* bptr, int64_t r0, int64_t r1,
                         const float* panel, float* tile) {
-  constexpr int NB = kNbAvx2;
-  for (int64_t r = r0; r < r1; ++r) {
-    int64_t j = bptr[r];
-    const int64_t e = bptr[r + 1];
-    if (j == e) continue;
-    float* t = tile + r * NB;
-    __m256 a0 = _mm256_load_ps(t), a1 = _mm256_load_ps(t + 8);
-    __m256 a2 = _mm256_load_ps(t + 16), a3 = _mm256_load_ps(t + 24);
-    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
-    for (; j + 1 < e; j += 2) {
-      const float* p = panel + ent[j].off;
-      const __m256 w = _mm256_set1_ps(ent[j].val);
-      a0 = _mm256_fmadd_ps(w, _mm256_load_ps(p), a0);
-      a1 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 8), a1);
-      a2 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 16), a2);
-      a3 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 24), a3);
-      const float* q = panel + ent[j + 1].off;
-      const __m256 v = _mm256_set1_ps(ent[j + 1].val);
-      b0 = _mm256_fmadd_ps(v, _mm256_load_ps(q), b0);
-      b1 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 8), b1);
-      b2 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 16), b2);
-      b3 = _mm256_fmadd_ps(v, _mm256_load_ps(q + 24), b3);
-    }
-    if (j < e) {
-      const float* p = panel + ent[j].off;
-      const __m256 w = _mm256_set1_ps(ent[j].val);
-      a0 = _mm256_fmadd_ps(w, _mm256_load_ps(p), a0);
-      a1 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 8), a1);
-      a2 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 16), a2);
-      a3 = _mm256_fmadd_ps(w, _mm256_load_ps(p + 24), a3);
-    }
-    _mm256_store_ps(t, _mm256_add_ps(a0, b0));
-    _mm256_store_ps(t + 8, _mm256_add_ps(a1, b1));
-    _mm256_store_ps(t + 16, _mm256_add_ps(a2, b2));
-    _mm256_store_ps(t + 24, _mm256_add_ps(a3, b3));
-  }
+  avx2::spmm_rows(ent, bptr, r0, r1, panel, tile);
 }
 
 // ---- SDDMM row ---------------------------------------------------------------------------------
