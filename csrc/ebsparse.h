@@ -22,6 +22,13 @@ at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor
 // dW (M, K): dW[m, k] = sum_n dY[n, m] X[n, k] at kept (m, k), zero elsewhere (SDDMM).
 at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx);
+// Both gradients in one pass over grad_output (CPU): (dX, dW), each empty (0, 0) unless asked for.
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
+                                                       const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const at::Tensor& row_ptr,
+                                                       const at::Tensor& col_idx, bool input_grad,
+                                                       bool weight_grad);
 
 // ---- conv2d (groups = 1): weight (Co, Ci, KH, KW), input (N, Ci, H, W) ------------------------------
 at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,

@@ -16,6 +16,9 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("csr_linear_grad_input(Tensor grad_output, Tensor weight, Tensor col_ptr, Tensor row_idx) -> Tensor");
   m.def("csr_linear_grad_weight(Tensor grad_output, Tensor input, Tensor row_ptr, Tensor col_idx) -> Tensor");
   m.def(
+      "csr_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor row_ptr, "
+      "Tensor col_idx, bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+  m.def(
       "csr_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor row_ptr, Tensor col_idx, "
       "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def(

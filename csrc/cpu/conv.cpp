@@ -14,6 +14,7 @@
 
 #include "../ebsparse.h"
 #include "conv_impl.h"
+#include "tasks.h"
 
 namespace ebsparse {
 
@@ -145,24 +146,6 @@ struct ThreadBuffers {
   float* copy_of(int64_t t) { return copy.data_ptr<float>() + t * copy_stride; }
   float* extra_of(int64_t t) { return extra_stride ? extra.data_ptr<float>() + t * extra_stride : nullptr; }
 };
-
-// Runs f(task, thread) for every task on torch's pool. Threads pull tasks from a shared counter
-// instead of taking a fixed half each: on a shared machine one core is often descheduled, and a
-// static split then leaves the other idling at the barrier.
-template <class F>
-void run_tasks(int64_t ntasks, F&& f) {
-  const int64_t pool = at::get_num_threads();  // ThreadBuffers holds this many slices
-  if (pool == 1 || ntasks == 1 || at::in_parallel_region()) {  // nested: thread ids are not ours
-    for (int64_t t = 0; t < ntasks; ++t) f(t, 0);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min(pool, ntasks), 1, [&](int64_t, int64_t) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_INTERNAL_ASSERT(tid >= 0 && tid < pool, "conv: thread id ", tid, " outside the pool of ", pool);
-    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) f(t, tid);
-  });
-}
 
 void run_forward(const convk::Plan& p, const float* src, const float* bias, float* out, bool avx512) {
   const int64_t partial = p.nb > 1 ? p.Co * p.R * p.Wo_r : 0;

@@ -1,88 +1,88 @@
-// Sparse linear kernels on the CPU. The weight is the dense-shaped (M, K) tensor read in place at
-// the kept positions of a CSR (row_ptr, col_idx) or CSC (col_ptr, row_idx) pattern.
+// Sparse linear kernels on the CPU. The weight is the dense-shaped (M, K) tensor; the pattern is
+// its CSR (row_ptr, col_idx), from which a plan (linear_plan.h: entry lists in k-blocked order for
+// S = W o mask and for its transpose) is built once per pattern and cached.
 //
 // Forward and grad-input are one operation, out (N, R) = in (N, C) . S^T with S sparse (R, C):
-//   forward     R = M, C = K, S = W o mask             (rows of S from the CSR pattern)
-//   grad-input  R = K, C = M, S = (W o mask)^T         (rows of S from the CSC pattern: a gather,
-//                                                       so every thread owns its outputs)
+//   forward     R = M, C = K, S = W o mask             (values gathered from W, row-wise)
+//   grad-input  R = K, C = M, S = (W o mask)^T         (the transposed plan: a gather, so every
+//                                                       thread owns its outputs)
 // A sparse row cannot share weight loads between outputs, so the kernel vectorises along the
 // batch instead: each thread transposes a block of NB batch rows into a panel P (C, NB) and builds
 // the transposed output tile T (R, NB),
 //   T[r, :] += S[r, c] * P[c, :]     for every kept (r, c),
-// holding T[r, :] in registers while row r's kept weights are walked (linear_simd.cpp): one
+// holding T[r, :] in registers while row r's kept weights are walked (linear_spmm.h): one
 // broadcast and NB / lanes FMAs with aligned panel loads per kept weight. Columns are split into
 // k-blocks of KB (256) so that the panel rows one pass over all R rows touches (KB * NB values)
-// stay in L1/L2 instead of the whole panel; the entries (panel offset, weight value) are gathered
-// once per call in (k-block, row) order so that every pass reads them sequentially. KB trades the
-// panel's cache footprint against the per-(row, k-block) cost of re-loading T[r, :] (measured:
-// 128 and 512 were no better at 90-95% sparsity). The entry list is built once per call by all
-// threads together (row-parallel), then the work is parallel over batch blocks (no shared
-// outputs); with fewer blocks than threads (small N), over output rows instead.
+// stay in L1/L2 instead of the whole panel; the plan lists the entries in (k-block, row) order so
+// that every pass reads them sequentially. KB trades the panel's cache footprint against the
+// per-(row, k-block) cost of re-loading T[r, :] (measured: 64, 128 and 512 were no better at
+// 90-95% sparsity). Work is parallel over batch blocks (no shared outputs), handed out
+// dynamically (tasks.h); with fewer blocks than threads (small N), over output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
-// the reduction, so it is cut into chunks of L (128) columns; per chunk, X and dY are transposed
-// into L2-resident panels, a row m keeps dY^T[m, chunk] in registers, and the kept X^T rows are
-// dotted with it 8 at a time (one shared horizontal reduction per 8 outputs). Sums accumulate in
-// a compact array in CSR order and dW (zeros elsewhere) is written once at the end. Parallel over
-// chunks (each thread transposes only its own chunks and keeps its own partial sums, which the
-// last thread to finish adds up); with fewer chunks than that, over rows m with shared panels.
+// the reduction, so it is cut into chunks of 2 * NB columns; per chunk, X and dY are transposed
+// into L2-resident panels, a row m keeps dY^T[m, chunk] in registers, and the kept X^T rows of one
+// k-block are dotted with it 8 at a time (one shared horizontal reduction per 8 outputs). Sums
+// accumulate per thread in a compact array in plan order; dW (zeros elsewhere) is written row by
+// row at the end. The backward runs both gradients in one pass over the chunks, so dY is
+// transposed once for the grad-input SpMM and the SDDMM.
 //
 // fp32 has AVX2 and AVX-512 kernels (run-time choice); fp64 uses the portable loops below.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "../ebsparse.h"
 #include "linear_kernels.h"
+#include "linear_plan.h"
+#include "tasks.h"
 
 namespace ebsparse {
 namespace {
 
-using linear_detail::Entry;
+using linear_detail::BlockedPattern;
+using linear_detail::LinearPlan;
 
 // ---- portable micro-kernels (fp64, and the reference shape of the SIMD ones) ---------------------
 
 template <typename T, int NB>
-void spmm_rows_generic(const Entry<T>* ent, const int32_t* bptr, int64_t r0, int64_t r1,
-                       const T* panel, T* tile) {
+void spmm_rows_generic(const int32_t* col, const T* val, const int32_t* bptr, int64_t r0,
+                       int64_t r1, const T* panel, T* tile) {
   for (int64_t r = r0; r < r1; ++r) {
     if (bptr[r] == bptr[r + 1]) continue;
     T acc[NB];
     T* t = tile + r * NB;
     for (int i = 0; i < NB; ++i) acc[i] = t[i];
-    for (int64_t j = bptr[r]; j < bptr[r + 1]; ++j) {
-      const T v = ent[j].val;
-      const T* p = panel + ent[j].off;
+    for (int64_t e = bptr[r]; e < bptr[r + 1]; ++e) {
+      const T v = val[e];
+      const T* p = panel + int64_t(col[e]) * NB;
       for (int i = 0; i < NB; ++i) acc[i] += v * p[i];
     }
     for (int i = 0; i < NB; ++i) t[i] = acc[i];
   }
 }
 
-template <typename T, int L>
-void sddmm_row_generic(const T* a, const T* xt, const int32_t* idx, int64_t j0, int64_t j1,
-                       T* acc) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const T* p = xt + int64_t(idx[j]) * L;
+template <typename T, int NB>
+void sddmm_generic(const T* a_lo, const T* a_hi, const T* x_lo, const T* x_hi, const int32_t* col,
+                   int64_t e0, int64_t e1, T* acc) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const T* p = x_lo + int64_t(col[e]) * NB;
+    const T* q = x_hi + int64_t(col[e]) * NB;
     T s = 0;
-    for (int i = 0; i < L; ++i) s += a[i] * p[i];
-    acc[j] += s;
+    for (int i = 0; i < NB; ++i) s += a_lo[i] * p[i] + a_hi[i] * q[i];
+    acc[e] += s;
   }
 }
 
-// The micro-kernels and blocking of one dtype / ISA. KB = 256 columns keeps one k-block of the
-// panel at 32-64 KB whatever the panel width.
+// The micro-kernels and panel width of one dtype / ISA.
 template <typename T>
 struct Kernels {
-  int nb;        // panel width (batch rows) of the SpMM
-  int kb_shift;  // k-block: 2^kb_shift columns per pass over the rows
-  int l;         // batch chunk of the SDDMM
-  void (*spmm_rows)(const Entry<T>*, const int32_t*, int64_t, int64_t, const T*, T*);
-  void (*sddmm_row)(const T*, const T*, const int32_t*, int64_t, int64_t, T*);
+  int nb;  // panel width (batch rows); the SDDMM reduces over chunks of 2 * nb
+  void (*spmm_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*);
+  void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
 };
 
 template <typename T>
@@ -91,28 +91,29 @@ Kernels<T> pick_kernels();
 template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
-  if (d::cpu_has_avx512())
-    return {d::kNbAvx512, 8, d::kLAvx512, d::spmm_rows_f32_avx512, d::sddmm_row_f32_avx512};
-  return {d::kNbAvx2, 8, d::kLAvx2, d::spmm_rows_f32_avx2, d::sddmm_row_f32_avx2};
+  if (d::cpu_has_avx512()) return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::sddmm_f32_avx512};
+  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::sddmm_f32_avx2};
 }
 
 template <>
 Kernels<double> pick_kernels<double>() {
-  return {16, 8, 32, spmm_rows_generic<double, 16>, sddmm_row_generic<double, 32>};
+  return {16, spmm_rows_generic<double, 16>, sddmm_generic<double, 16>};
 }
 
 // Per-thread scratch, 64-byte aligned, grown on demand and kept between calls: the panels and
-// transposed copies are rewritten on every call, and reusing the pages avoids paying a page fault
-// per 4 KB of fresh scratch (a large share of the fixed cost at high sparsity). `slot` tells
-// apart the buffers a thread holds at the same time.
+// values are rewritten on every call, and reusing the pages avoids paying a page fault per 4 KB of
+// fresh scratch (a large share of the fixed cost at high sparsity). `slot` tells apart the
+// buffers a thread holds at the same time.
+enum Slot { kPanel, kTile, kPanel2, kValues, kValues2, kPartial, kSlots };
+
 template <typename T>
-T* scratch(int slot, int64_t n) {
+T* scratch(Slot slot, int64_t n) {
   struct Buf {
     void* p = nullptr;
     size_t bytes = 0;
     ~Buf() { std::free(p); }
   };
-  thread_local Buf bufs[3];
+  thread_local Buf bufs[kSlots];
   Buf& b = bufs[slot];
   const size_t need = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) & ~size_t(63);
   if (b.bytes < need) {
@@ -140,8 +141,8 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 template <typename T>
 void pack_panel(const T* A, int64_t N, int64_t C, int64_t n0, int NB, int64_t c0, int64_t c1,
                 T* P) {
-  const int64_t nb = std::min<int64_t>(NB, N - n0);
-  transpose(A + n0 * C + c0, C, nb, c1 - c0, P + c0 * NB, NB);
+  const int64_t nb = std::clamp<int64_t>(N - n0, 0, NB);
+  if (nb > 0) transpose(A + n0 * C + c0, C, nb, c1 - c0, P + c0 * NB, NB);
   if (nb < NB)
     for (int64_t c = c0; c < c1; ++c) std::fill(P + c * NB + nb, P + (c + 1) * NB, T(0));
 }
@@ -154,190 +155,212 @@ void unpack_tile(const T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_
   transpose(tile + r0 * NB, NB, r1 - r0, nb, out + n0 * R + r0, R);
 }
 
-// The kept weights of S (R, C) in (k-block, row) order; see linear_kernels.h. The arrays live in
-// per-thread scratch of the calling thread (slot 2), reused between calls.
+// vals[e] = from[src[e]], in parallel.
 template <typename T>
-struct Blocked {
-  int64_t nkb;
-  const int32_t* bptr;   // nkb * R + 1
-  const Entry<T>* ent;   // nnz
-};
-
-// S[r, idx[j]] = w[r * rs + idx[j] * cs] for j in [ptr[r], ptr[r + 1]). Built once per call and
-// shared by every thread, in two row-parallel passes: count each row's entries per k-block, a
-// prefix sum over (k-block, row) (O(nkb * R), serial), then every row writes its entries straight
-// into their slots (in index order within a slot, as the pattern lists them). A row's weights are read in order, so the forward's row-wise reads stream;
-// for grad-input (cs = K, column-wise reads through the CSC pattern) a row is a column of W.
-// Reading the values costs one pass over the dense-shaped weight per call: they change every
-// optimizer step, so only the positions could be cached.
-template <typename T>
-Blocked<T> build_blocked(const int32_t* ptr, const int32_t* idx, int64_t R, int64_t C, const T* w,
-                         int64_t rs, int64_t cs, int NB, int kb_shift) {
-  const int64_t nkb = std::max<int64_t>(1, ((C - 1) >> kb_shift) + 1);
-  const int64_t nnz = ptr[R];
-  // One scratch block: bptr (nkb * R + 1 int32, rounded up to keep the entries 8-byte aligned),
-  // then the entries.
-  const int64_t nb_ptr = (nkb * R + 2) & ~int64_t(1);
-  static_assert(sizeof(Entry<T>) % sizeof(int32_t) == 0, "Entry must be a whole number of int32");
-  const int64_t words = nb_ptr + nnz * int64_t(sizeof(Entry<T>) / sizeof(int32_t)) + 2;
-  int32_t* bp = scratch<int32_t>(2, words);
-  Entry<T>* ent = reinterpret_cast<Entry<T>*>(bp + nb_ptr + (sizeof(Entry<T>) > 8 ? 2 : 0));
-  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t blk = 0; blk < nkb; ++blk) bp[blk * R + r] = 0;
-      for (int32_t j = ptr[r]; j < ptr[r + 1]; ++j) ++bp[(int64_t(idx[j]) >> kb_shift) * R + r];
-    }
+void gather(const int32_t* src, int64_t n, const T* from, T* vals) {
+  at::parallel_for(0, n, 16384, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) vals[e] = from[src[e]];
   });
-  int32_t pos = 0;
-  for (int64_t k = 0; k < nkb * R; ++k) {
-    const int32_t c = bp[k];
-    bp[k] = pos;
-    pos += c;
-  }
-  bp[nkb * R] = pos;
-  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
-    std::vector<int32_t> cursor(nkb);  // next free slot of this row in every k-block
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t blk = 0; blk < nkb; ++blk) cursor[blk] = bp[blk * R + r];
-      for (int32_t j = ptr[r]; j < ptr[r + 1]; ++j) {
-        const int64_t c = idx[j];
-        ent[cursor[c >> kb_shift]++] = {int32_t(c * NB), w[r * rs + c * cs]};
-      }
-    }
-  });
-  return {nkb, bp, ent};
 }
 
-// out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by ptr / idx / values as in build_blocked.
+// out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by a plan pattern and its values.
 template <typename T>
-void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const int32_t* ptr,
-                     const int32_t* idx, const T* w, int64_t rs, int64_t cs, const T* bias,
-                     const Kernels<T>& kern, T* out) {
+void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const BlockedPattern& S,
+                     const T* vals, const T* bias, const Kernels<T>& kern, T* out) {
   const int NB = kern.nb;
   const int64_t nblocks = (N + NB - 1) / NB;
   auto init_tile = [&](T* tile, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * NB, tile + (r + 1) * NB, bias ? bias[r] : T(0));
   };
-  auto rows = [&](const Blocked<T>& S, const T* panel, T* tile, int64_t r0, int64_t r1) {
+  auto rows = [&](const T* panel, T* tile, int64_t r0, int64_t r1) {
     for (int64_t blk = 0; blk < S.nkb; ++blk)
-      kern.spmm_rows(S.ent, S.bptr + blk * R, r0, r1, panel, tile);
+      kern.spmm_rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
   };
   const int64_t nthreads = at::get_num_threads();
-  const Blocked<T> S = build_blocked<T>(ptr, idx, R, C, w, rs, cs, NB, kern.kb_shift);
   if (nblocks >= 2 * nthreads) {
-    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      T* panel = scratch<T>(0, C * NB);
-      T* tile = scratch<T>(1, R * NB);
-      for (int64_t b = b0; b < b1; ++b) {
-        pack_panel(in, N, C, b * NB, NB, 0, C, panel);
-        init_tile(tile, 0, R);
-        rows(S, panel, tile, 0, R);
-        unpack_tile(tile, N, R, b * NB, NB, 0, R, out);
-      }
+    run_tasks(nblocks, [&](int64_t b, int64_t) {
+      T* panel = scratch<T>(kPanel, C * NB);
+      T* tile = scratch<T>(kTile, R * NB);
+      pack_panel(in, N, C, b * NB, NB, 0, C, panel);
+      init_tile(tile, 0, R);
+      rows(panel, tile, 0, R);
+      unpack_tile(tile, N, R, b * NB, NB, 0, R, out);
     });
     return;
   }
   // Few batch blocks (small N): one shared panel per block, output rows split between threads.
-  T* panel = scratch<T>(0, C * NB);
-  T* tile = scratch<T>(1, R * NB);
+  T* panel = scratch<T>(kPanel, C * NB);
+  T* tile = scratch<T>(kTile, R * NB);
   for (int64_t b = 0; b < nblocks; ++b) {
     at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) { pack_panel(in, N, C, b * NB, NB, c0, c1, panel); });
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
       init_tile(tile, r0, r1);
-      rows(S, panel, tile, r0, r1);
+      rows(panel, tile, r0, r1);
       unpack_tile(tile, N, R, b * NB, NB, r0, r1, out);
     });
   }
 }
 
+// acc[e] += dY^T[m, chunk] . X^T[col[e], chunk] for the entries of rows [m0, m1) of the forward
+// pattern, k-block by k-block (so the X^T rows one pass reads stay in L1/L2). yt and xt hold one
+// chunk of 2 * NB batch rows as two panels each: (lo, hi) = (p, p + rows * NB).
 template <typename T>
-void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, const int32_t* rp,
-                    const int32_t* ci, at::Tensor& y) {
+void sddmm_rows(const BlockedPattern& S, int64_t M, int64_t K, const T* yt, const T* xt, int NB,
+                int64_t m0, int64_t m1, const Kernels<T>& kern, T* acc) {
+  const int32_t* bp = S.bptr.data();
+  for (int64_t blk = 0; blk < S.nkb; ++blk)
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t e0 = bp[blk * M + m], e1 = bp[blk * M + m + 1];
+      if (e0 < e1)
+        kern.sddmm(yt + m * NB, yt + (M + m) * NB, xt, xt + K * NB, S.col.data(), e0, e1, acc);
+    }
+}
+
+// dW[m, :] = 0 except dW[m, col[e]] = sum_{u < parts} part[u * nnz + e] for row m's entries e of
+// the forward pattern; parallel over rows.
+template <typename T>
+void write_weight_grad(const BlockedPattern& S, int64_t M, int64_t K, const T* part, int64_t parts,
+                       int64_t nnz, T* dw) {
+  const int32_t* bp = S.bptr.data();
+  const int32_t* col = S.col.data();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      T* row = dw + m * K;
+      std::fill(row, row + K, T(0));
+      for (int64_t blk = 0; blk < S.nkb; ++blk)
+        for (int32_t e = bp[blk * M + m]; e < bp[blk * M + m + 1]; ++e) {
+          T sum = part[e];
+          for (int64_t u = 1; u < parts; ++u) sum += part[u * nnz + e];
+          row[col[e]] = sum;
+        }
+    }
+  });
+}
+
+template <typename T>
+void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, const at::Tensor& rp,
+                    const at::Tensor& ci, at::Tensor& y) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
-  const Kernels<T> kern = pick_kernels<T>();
-  spmm_transposed<T>(x.data_ptr<T>(), N, K, M, rp, ci, w.data_ptr<T>(), K, 1, bias, kern,
+  const auto plan = linear_detail::linear_plan(rp, ci, M, K);
+  T* vals = scratch<T>(kValues, plan->nnz);
+  gather(plan->fwd.src.data(), plan->nnz, w.const_data_ptr<T>(), vals);
+  spmm_transposed<T>(x.const_data_ptr<T>(), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
                      y.data_ptr<T>());
 }
 
+// Grad-input and grad-weight in one pass over the batch where both are wanted and the batch is
+// large enough: each thread transposes its chunks of dY once and uses them for both (the
+// grad-input SpMM on the transposed pattern, and the SDDMM against its chunks of X), keeping its
+// own partial sums of dW, which the last thread to finish adds up. Small batches run the two
+// separately, parallel over output rows instead.
 template <typename T>
-void linear_grad_input(const at::Tensor& dy, const at::Tensor& w, const int32_t* cp,
-                       const int32_t* ri, at::Tensor& dx) {
-  const int64_t N = dy.size(0), M = w.size(0), K = w.size(1);
+void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, int64_t K,
+                     const at::Tensor& rp_t, const at::Tensor& ci_t, at::Tensor* dx, at::Tensor* dw) {
+  const int64_t N = dy.size(0), M = dy.size(1);
+  const auto plan = linear_detail::linear_plan(rp_t, ci_t, M, K);
   const Kernels<T> kern = pick_kernels<T>();
-  spmm_transposed<T>(dy.data_ptr<T>(), N, M, K, cp, ri, w.data_ptr<T>(), 1, K, nullptr, kern,
-                     dx.data_ptr<T>());
-}
-
-template <typename T>
-void linear_grad_weight(const at::Tensor& dy, const at::Tensor& x, const int32_t* rp,
-                        const int32_t* ci, at::Tensor& dw) {
-  const int64_t N = x.size(0), K = x.size(1), M = dy.size(1);
-  const Kernels<T> kern = pick_kernels<T>();
-  const int L = kern.l;
-  const int64_t nch = (N + L - 1) / L, nnz = rp[M];
-  const T* xp = x.data_ptr<T>();
-  const T* yp = dy.data_ptr<T>();
-  T* dwp = dw.data_ptr<T>();
-  // Chunk c of X^T is the panel of batch rows [c * L, c * L + L): xt[k * L + i] = X[c * L + i, k].
-  // The dot products accumulate over the chunks in a compact array in CSR order (contiguous
-  // vector updates, small enough to stay in L2 with the chunks); dW is written once at the end.
-  const int64_t nthreads = at::get_num_threads();
-  if (nch >= 2 * nthreads) {
-    // Each thread owns a range of chunks: it transposes them into its own L2-resident panels and
-    // keeps its own partial sums (no memory-sized transposed copies); the partials are added at
-    // the end.
-    const int64_t nt = nthreads;
-    T* part = scratch<T>(2, nt * nnz);
-    std::atomic<int64_t> done{0};
-    at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-      T* xt = scratch<T>(0, K * L);
-      T* yt = scratch<T>(1, M * L);
-      for (int64_t t = t0; t < t1; ++t) {
-        T* acc = part + t * nnz;
+  const int NB = kern.nb;
+  const int64_t nnz = plan->nnz;
+  const int32_t* rp = rp_t.const_data_ptr<int32_t>();
+  const int32_t* ci = ci_t.const_data_ptr<int32_t>();
+  const T* yp = dy.const_data_ptr<T>();
+  const T* xp = dw ? x.const_data_ptr<T>() : nullptr;
+  // Grad-input values in its plan order, through the compact CSR values (W read row-wise once).
+  T* gi_vals = nullptr;
+  if (dx) {
+    T* csr_vals = scratch<T>(kValues, nnz);
+    const T* wp = w.const_data_ptr<T>();
+    at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int32_t j = rp[m]; j < rp[m + 1]; ++j) csr_vals[j] = wp[m * K + ci[j]];
+    });
+    gi_vals = scratch<T>(kValues2, nnz);
+    gather(plan->gi.src.data(), nnz, csr_vals, gi_vals);
+  }
+  T* dwp = dw ? dw->data_ptr<T>() : nullptr;
+  const int64_t nch = (N + 2 * NB - 1) / (2 * NB);
+  const int64_t nt = at::get_num_threads();
+  if (nch >= 2 * nt) {
+    T* part = dw ? scratch<T>(kPartial, nt * nnz) : nullptr;
+    T* dxp = dx ? dx->data_ptr<T>() : nullptr;
+    // A thread zeroes its partial sums when it takes its first chunk (some may take none).
+    std::vector<char> started(nt, 0);
+    run_tasks(nch, [&](int64_t c, int64_t tid) {
+      T* yt = scratch<T>(kPanel, 2 * M * NB);
+      T* acc = dw ? part + tid * nnz : nullptr;
+      if (dw && !started[tid]) {
         std::fill(acc, acc + nnz, T(0));
-        std::memset(dwp + t * M / nt * K, 0, sizeof(T) * ((t + 1) * M / nt - t * M / nt) * K);
-        for (int64_t c = t * nch / nt; c < (t + 1) * nch / nt; ++c) {
-          pack_panel(xp, N, K, c * L, L, 0, K, xt);
-          pack_panel(yp, N, M, c * L, L, 0, M, yt);
-          for (int64_t m = 0; m < M; ++m)
-            if (rp[m] < rp[m + 1]) kern.sddmm_row(yt + m * L, xt, ci, rp[m], rp[m + 1], acc);
+        started[tid] = 1;
+      }
+      const int64_t n0 = c * 2 * NB;
+      pack_panel(yp, N, M, n0, NB, 0, M, yt);
+      pack_panel(yp, N, M, n0 + NB, NB, 0, M, yt + M * NB);
+      if (dx) {
+        T* tile = scratch<T>(kTile, K * NB);
+        for (int h = 0; h < 2 && n0 + h * NB < N; ++h) {
+          std::fill(tile, tile + K * NB, T(0));
+          for (int64_t blk = 0; blk < plan->gi.nkb; ++blk)
+            kern.spmm_rows(plan->gi.col.data(), gi_vals, plan->gi.bptr.data() + blk * K, 0, K,
+                           yt + h * M * NB, tile);
+          unpack_tile(tile, N, K, n0 + h * NB, NB, 0, K, dxp);
         }
-        // The last task to finish adds the partial sums into dW (O(nnz)): no second parallel
-        // region. acq_rel makes every other task's writes visible to it.
-        if (done.fetch_add(1, std::memory_order_acq_rel) == nt - 1)
-          for (int64_t m = 0; m < M; ++m)
-            for (int32_t j = rp[m]; j < rp[m + 1]; ++j) {
-              T sum = part[j];
-              for (int64_t u = 1; u < nt; ++u) sum += part[u * nnz + j];
-              dwp[m * K + ci[j]] = sum;
-            }
+      }
+      if (dw) {
+        T* xt = scratch<T>(kPanel2, 2 * K * NB);
+        pack_panel(xp, N, K, n0, NB, 0, K, xt);
+        pack_panel(xp, N, K, n0 + NB, NB, 0, K, xt + K * NB);
+        sddmm_rows(plan->fwd, M, K, yt, xt, NB, 0, M, kern, acc);
       }
     });
+    if (dw)
+      for (int64_t u = 0; u < nt; ++u)
+        if (!started[u]) std::fill(part + u * nnz, part + (u + 1) * nnz, T(0));
+    // dW row by row (zeros, then the kept positions, summed over the threads' partials), so that
+    // every thread writes its own rows and each row is written while it is in cache.
+    if (dw) write_weight_grad(plan->fwd, M, K, part, nt, nnz, dwp);
     return;
   }
-  // Few chunks: transpose them all once, shared, and split the output rows between the threads.
-  T* xt = scratch<T>(0, nch * K * L);
-  T* yt = scratch<T>(1, nch * M * L);
-  at::parallel_for(0, 2 * nch, 1, [&](int64_t t0, int64_t t1) {
+  if (dx)
+    spmm_transposed<T>(yp, N, M, K, plan->gi, gi_vals, nullptr, kern, dx->data_ptr<T>());
+  if (!dw) return;
+  // Few chunks: transpose them all once, shared, and split the rows m of dW between the threads.
+  T* yt = scratch<T>(kPanel, nch * 2 * M * NB);
+  T* xt = scratch<T>(kPanel2, nch * 2 * K * NB);
+  at::parallel_for(0, 4 * nch, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t >> 1;
+      const int64_t c = t >> 2, h = (t >> 1) & 1, n0 = (2 * c + h) * NB;
       if (t & 1)
-        pack_panel(yp, N, M, c * L, L, 0, M, yt + c * M * L);
+        pack_panel(yp, N, M, n0, NB, 0, M, yt + (2 * c + h) * M * NB);
       else
-        pack_panel(xp, N, K, c * L, L, 0, K, xt + c * K * L);
+        pack_panel(xp, N, K, n0, NB, 0, K, xt + (2 * c + h) * K * NB);
     }
   });
-  T* acc = scratch<T>(2, nnz);
+  T* acc = scratch<T>(kPartial, nnz);
+  const int32_t* bp = plan->fwd.bptr.data();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    std::fill(acc + rp[m0], acc + rp[m1], T(0));
+    for (int64_t blk = 0; blk < plan->fwd.nkb; ++blk)
+      std::fill(acc + bp[blk * M + m0], acc + bp[blk * M + m1], T(0));
     for (int64_t c = 0; c < nch; ++c)
-      for (int64_t m = m0; m < m1; ++m)
-        if (rp[m] < rp[m + 1])
-          kern.sddmm_row(yt + (c * M + m) * L, xt + c * K * L, ci, rp[m], rp[m + 1], acc);
-    std::memset(dwp + m0 * K, 0, sizeof(T) * (m1 - m0) * K);
-    for (int64_t m = m0; m < m1; ++m)
-      for (int32_t j = rp[m]; j < rp[m + 1]; ++j) dwp[m * K + ci[j]] = acc[j];
+      sddmm_rows(plan->fwd, M, K, yt + c * 2 * M * NB, xt + c * 2 * K * NB, NB, m0, m1, kern, acc);
   });
+  write_weight_grad(plan->fwd, M, K, acc, 1, nnz, dwp);
+}
+
+// Grad-input alone, from the CSC pattern (the op's own arguments): the plan of S = (W o mask)^T is
+// that of a forward pattern over (K, M), whose flat sources k * M + m index W^T.
+template <typename T>
+void grad_input_from_csc(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& cp,
+                         const at::Tensor& ri, at::Tensor& dx) {
+  const int64_t N = dy.size(0), M = w.size(0), K = w.size(1);
+  const auto plan = linear_detail::linear_plan(cp, ri, K, M);
+  T* vals = scratch<T>(kValues, plan->nnz);
+  const int32_t* src = plan->fwd.src.data();
+  const T* wp = w.const_data_ptr<T>();
+  at::parallel_for(0, plan->nnz, 16384, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) vals[e] = wp[(src[e] % M) * K + src[e] / M];
+  });
+  spmm_transposed<T>(dy.const_data_ptr<T>(), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>(),
+                     dx.data_ptr<T>());
 }
 
 }  // namespace
@@ -350,8 +373,8 @@ at::Tensor csr_linear(const at::Tensor& input, const at::Tensor& weight,
   auto y = at::empty({x.size(0), w.size(0)}, x.options());
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear", [&] {
-    linear_forward<scalar_t>(x, w, b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-                             row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), y);
+    linear_forward<scalar_t>(x, w, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, row_ptr,
+                             col_idx, y);
   });
   return y;
 }
@@ -362,7 +385,7 @@ at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor
   auto w = weight.contiguous();
   auto dx = at::empty({dy.size(0), w.size(1)}, dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_grad_input", [&] {
-    linear_grad_input<scalar_t>(dy, w, col_ptr.data_ptr<int32_t>(), row_idx.data_ptr<int32_t>(), dx);
+    grad_input_from_csc<scalar_t>(dy, w, col_ptr, row_idx, dx);
   });
   return dx;
 }
@@ -373,9 +396,28 @@ at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tenso
   auto x = input.contiguous();
   auto dw = at::empty({dy.size(1), x.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_grad_weight", [&] {
-    linear_grad_weight<scalar_t>(dy, x, row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), dw);
+    linear_backward<scalar_t>(dy, x, at::Tensor(), x.size(1), row_ptr, col_idx, nullptr, &dw);
   });
   return dw;
+}
+
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
+                                                       const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const at::Tensor& row_ptr,
+                                                       const at::Tensor& col_idx, bool input_grad,
+                                                       bool weight_grad) {
+  auto dy = grad_output.contiguous();
+  auto x = input.contiguous();
+  auto w = weight.contiguous();
+  // What was not asked for comes back empty (a schema cannot return None).
+  at::Tensor dx = at::empty({input_grad ? dy.size(0) : 0, input_grad ? w.size(1) : 0}, dy.options());
+  at::Tensor dw = at::empty({weight_grad ? w.size(0) : 0, weight_grad ? w.size(1) : 0}, dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_backward", [&] {
+    linear_backward<scalar_t>(dy, x, w, w.size(1), row_ptr, col_idx, input_grad ? &dx : nullptr,
+                              weight_grad ? &dw : nullptr);
+  });
+  return {dx, dw};
 }
 
 }  // namespace ebsparse

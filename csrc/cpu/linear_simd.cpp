@@ -61,21 +61,21 @@ struct Vec {
 
 static_assert(4 * 16 == kNbAvx512 && 4 * 8 == kNbAvx2, "panel widths must match linear_spmm.h");
 
-EB_AVX512 void spmm_rows_f32_avx512(const Entry<float>* ent, const int32_t* bptr, int64_t r0,
-                                    int64_t r1, const float* panel, float* tile) {
-  avx512::spmm_rows(ent, bptr, r0, r1, panel, tile);
+EB_AVX512 void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                                    int64_t r0, int64_t r1, const float* panel, float* tile) {
+  avx512::spmm_rows(col, val, bptr, r0, r1, panel, tile);
 }
 
-void spmm_rows_f32_avx2(const Entry<float>* ent, const int32_t* bptr, int64_t r0, int64_t r1,
-                        const float* panel, float* tile) {
-  avx2::spmm_rows(ent, bptr, r0, r1, panel, tile);
+void spmm_rows_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
+                        int64_t r1, const float* panel, float* tile) {
+  avx2::spmm_rows(col, val, bptr, r0, r1, panel, tile);
 }
 
-// ---- SDDMM row ---------------------------------------------------------------------------------
-// The L values a = dY^T[m, chunk] stay in registers; kept columns are taken 8 at a time, each with
-// its own accumulator (8 independent FMA chains), and the 8 partial vectors are reduced together
-// by a transposing add tree, so the horizontal-sum cost is shared by 8 outputs, which land in
-// acc[j .. j + 8) as one vector update (acc is in CSR order).
+// ---- SDDMM -------------------------------------------------------------------------------------
+// The 2 * NB values of a = dY^T[m, chunk] stay in registers (8 vectors: lo half, hi half); kept
+// columns are taken 8 (AVX2: 4) at a time, each with its own accumulator (independent FMA chains),
+// and the partial vectors are reduced together by a transposing add tree, so the horizontal-sum
+// cost is shared by 8 outputs, which land in acc[e .. e + 8) as one vector update.
 
 EB_AVX512 static inline __m256 reduce8_avx512(const __m512* s) {
   __m256 h[8];
@@ -88,38 +88,43 @@ EB_AVX512 static inline __m256 reduce8_avx512(const __m512* s) {
   return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 
-EB_AVX512 void sddmm_row_f32_avx512(const float* a, const float* xt, const int32_t* idx,
-                                    int64_t j0, int64_t j1, float* acc) {
-  constexpr int L = kLAvx512, V = L / 16;
+EB_AVX512 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo,
+                                const float* x_hi, const int32_t* col, int64_t e0, int64_t e1,
+                                float* acc) {
+  constexpr int NB = kNbAvx512, H = NB / 16, V = 2 * H;
   __m512 y[V];
-#pragma GCC unroll 8
-  for (int v = 0; v < V; ++v) y[v] = _mm512_load_ps(a + 16 * v);
-  int64_t j = j0;
-  for (; j + 8 <= j1; j += 8) {
+#pragma GCC unroll 4
+  for (int v = 0; v < H; ++v) {
+    y[v] = _mm512_load_ps(a_lo + 16 * v);
+    y[H + v] = _mm512_load_ps(a_hi + 16 * v);
+  }
+  // (A lambda would not inherit the target attribute, so the loads stay in this body.)
+  auto xp = [&](int64_t c, int v) { return v < H ? x_lo + c * NB + 16 * v : x_hi + c * NB + 16 * (v - H); };
+  int64_t e = e0;
+  for (; e + 8 <= e1; e += 8) {
     __m512 s[8];
 #pragma GCC unroll 8
-    for (int e = 0; e < 8; ++e) s[e] = _mm512_mul_ps(y[0], _mm512_load_ps(xt + int64_t(idx[j + e]) * L));
+    for (int u = 0; u < 8; ++u) s[u] = _mm512_mul_ps(y[0], _mm512_load_ps(xp(col[e + u], 0)));
 #pragma GCC unroll 8
     for (int v = 1; v < V; ++v)
 #pragma GCC unroll 8
-      for (int e = 0; e < 8; ++e)
-        s[e] = _mm512_fmadd_ps(y[v], _mm512_load_ps(xt + int64_t(idx[j + e]) * L + 16 * v), s[e]);
-    _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), reduce8_avx512(s)));
+      for (int u = 0; u < 8; ++u) s[u] = _mm512_fmadd_ps(y[v], _mm512_load_ps(xp(col[e + u], v)), s[u]);
+    _mm256_storeu_ps(acc + e, _mm256_add_ps(_mm256_loadu_ps(acc + e), reduce8_avx512(s)));
   }
-  for (; j < j1; ++j) {
-    const float* p = xt + int64_t(idx[j]) * L;
-    __m512 s0 = _mm512_mul_ps(y[0], _mm512_load_ps(p));
-    __m512 s1 = _mm512_mul_ps(y[1], _mm512_load_ps(p + 16));
+  for (; e < e1; ++e) {
+    const int64_t c = col[e];
+    __m512 s0 = _mm512_mul_ps(y[0], _mm512_load_ps(xp(c, 0)));
+    __m512 s1 = _mm512_mul_ps(y[1], _mm512_load_ps(xp(c, 1)));
 #pragma GCC unroll 8
     for (int v = 2; v < V; v += 2) {
-      s0 = _mm512_fmadd_ps(y[v], _mm512_load_ps(p + 16 * v), s0);
-      s1 = _mm512_fmadd_ps(y[v + 1], _mm512_load_ps(p + 16 * v + 16), s1);
+      s0 = _mm512_fmadd_ps(y[v], _mm512_load_ps(xp(c, v)), s0);
+      s1 = _mm512_fmadd_ps(y[v + 1], _mm512_load_ps(xp(c, v + 1)), s1);
     }
     const __m512 u = _mm512_add_ps(s0, s1);
     const __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(u, 0), _mm512_extractf32x8_ps(u, 1));
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     q = _mm_hadd_ps(q, q);
-    acc[j] += _mm_cvtss_f32(_mm_hadd_ps(q, q));
+    acc[e] += _mm_cvtss_f32(_mm_hadd_ps(q, q));
   }
 }
 
@@ -129,29 +134,37 @@ static inline __m128 reduce4_avx2(const __m256* s) {
   return _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
 }
 
-void sddmm_row_f32_avx2(const float* a, const float* xt, const int32_t* idx, int64_t j0,
-                        int64_t j1, float* acc) {
-  constexpr int L = kLAvx2, V = L / 8;
+void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,
+                    const int32_t* col, int64_t e0, int64_t e1, float* acc) {
+  constexpr int NB = kNbAvx2, H = NB / 8, V = 2 * H;
   __m256 y[V];
-#pragma GCC unroll 8
-  for (int v = 0; v < V; ++v) y[v] = _mm256_load_ps(a + 8 * v);
-  int64_t j = j0;
-  for (; j < j1; j += 4) {
-    // Up to 4 kept columns at a time; missing ones repeat the last and are not written back.
-    const int n = j1 - j < 4 ? int(j1 - j) : 4;
-    const float* p[4];
 #pragma GCC unroll 4
-    for (int e = 0; e < 4; ++e) p[e] = xt + int64_t(idx[j + (e < n ? e : n - 1)]) * L;
+  for (int v = 0; v < H; ++v) {
+    y[v] = _mm256_load_ps(a_lo + 8 * v);
+    y[H + v] = _mm256_load_ps(a_hi + 8 * v);
+  }
+  for (int64_t e = e0; e < e1; e += 4) {
+    // Up to 4 kept columns at a time; missing ones repeat the last and are not written back.
+    const int n = e1 - e < 4 ? int(e1 - e) : 4;
+    const float* lo[4];
+    const float* hi[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      const int64_t c = col[e + (u < n ? u : n - 1)];
+      lo[u] = x_lo + c * NB;
+      hi[u] = x_hi + c * NB;
+    }
     __m256 s[4];
 #pragma GCC unroll 4
-    for (int e = 0; e < 4; ++e) s[e] = _mm256_mul_ps(y[0], _mm256_load_ps(p[e]));
+    for (int u = 0; u < 4; ++u) s[u] = _mm256_mul_ps(y[0], _mm256_load_ps(lo[u]));
 #pragma GCC unroll 8
     for (int v = 1; v < V; ++v)
 #pragma GCC unroll 4
-      for (int e = 0; e < 4; ++e) s[e] = _mm256_fmadd_ps(y[v], _mm256_load_ps(p[e] + 8 * v), s[e]);
+      for (int u = 0; u < 4; ++u)
+        s[u] = _mm256_fmadd_ps(y[v], _mm256_load_ps(v < H ? lo[u] + 8 * v : hi[u] + 8 * (v - H)), s[u]);
     alignas(16) float out[4];
     _mm_store_ps(out, reduce4_avx2(s));
-    for (int e = 0; e < n; ++e) acc[j + e] += out[e];
+    for (int u = 0; u < n; ++u) acc[e + u] += out[u];
   }
 }
 

@@ -4,7 +4,7 @@
 // defines `Vec` (the AVX-512 copy inside a target pragma). Layouts: linear_kernels.h.
 //
 // One output row r keeps its NB = 4 * W outputs in registers while it walks its kept weights: each
-// kept weight costs one index load, one broadcast and 4 fused multiply-adds whose second operand
+// kept weight costs one column load, one broadcast and 4 fused multiply-adds whose second operand
 // is an aligned load from the panel row of its column (within the current k-block, which stays in
 // L1/L2). The entries alternate between two accumulator sets so that 8 independent FMA chains hide
 // the FMA latency.
@@ -13,8 +13,8 @@ namespace {
 
 constexpr int kVecs = 4;  // vectors per output row: NB = kVecs * Vec::W
 
-inline void spmm_rows(const Entry<float>* ent, const int32_t* bptr, int64_t r0, int64_t r1,
-                      const float* panel, float* tile) {
+inline void spmm_rows(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
+                      int64_t r1, const float* panel, float* tile) {
   constexpr int NB = kVecs * Vec::W;
   for (int64_t r = r0; r < r1; ++r) {
     int64_t j = bptr[r];
@@ -28,18 +28,18 @@ inline void spmm_rows(const Entry<float>* ent, const int32_t* bptr, int64_t r0, 
       b[v] = Vec::zero();
     }
     for (; j + 1 < e; j += 2) {
-      const float* p = panel + ent[j].off;
-      const auto w = Vec::bcast(ent[j].val);
-      const float* q = panel + ent[j + 1].off;
-      const auto u = Vec::bcast(ent[j + 1].val);
+      const float* p = panel + int64_t(col[j]) * NB;
+      const auto w = Vec::bcast(val[j]);
+      const float* q = panel + int64_t(col[j + 1]) * NB;
+      const auto u = Vec::bcast(val[j + 1]);
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) a[v] = Vec::fma(w, Vec::load(p + v * Vec::W), a[v]);
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) b[v] = Vec::fma(u, Vec::load(q + v * Vec::W), b[v]);
     }
     if (j < e) {
-      const float* p = panel + ent[j].off;
-      const auto w = Vec::bcast(ent[j].val);
+      const float* p = panel + int64_t(col[j]) * NB;
+      const auto w = Vec::bcast(val[j]);
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) a[v] = Vec::fma(w, Vec::load(p + v * Vec::W), a[v]);
     }

@@ -57,12 +57,29 @@ at::Tensor csr_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::T
   return csr_linear_grad_weight(grad_output, input, row_ptr, col_idx);
 }
 
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, bool input_grad, bool weight_grad) {
+  check_float(grad_output, "grad_output");
+  check_same(grad_output, input, "grad_output", "input");
+  check_same(grad_output, weight, "grad_output", "weight");
+  TORCH_CHECK(weight.dim() == 2, "weight: expected (M, K), got ", weight.sizes());
+  TORCH_CHECK(grad_output.dim() == 2 && grad_output.size(1) == weight.size(0),
+              "grad_output: expected (N, ", weight.size(0), "), got ", grad_output.sizes());
+  TORCH_CHECK(input.dim() == 2 && input.size(0) == grad_output.size(0) && input.size(1) == weight.size(1),
+              "input: expected (", grad_output.size(0), ", ", weight.size(1), "), got ", input.sizes());
+  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1), "row_ptr", "col_idx", input);
+  check_pattern_extent(row_ptr, col_idx, "row_ptr", "col_idx");
+  return csr_linear_backward(grad_output, input, weight, row_ptr, col_idx, input_grad, weight_grad);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
   m.impl("csr_linear", &csr_linear_cpu);
   m.impl("csr_linear_grad_input", &csr_linear_grad_input_cpu);
   m.impl("csr_linear_grad_weight", &csr_linear_grad_weight_cpu);
+  m.impl("csr_linear_backward", &csr_linear_backward_cpu);
 }
 
 }  // namespace ebsparse

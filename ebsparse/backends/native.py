@@ -25,6 +25,12 @@ def _register_fakes() -> None:
     torch.library.register_fake(lib + "csr_linear_grad_weight")(
         lambda grad_output, input, row_ptr, col_idx: input.new_empty((grad_output.shape[1], input.shape[1])))
 
+    def linear_backward_fake(grad_output, input, weight, row_ptr, col_idx, input_grad, weight_grad):
+        return (grad_output.new_empty(tuple(input.shape) if input_grad else (0, 0)),
+                grad_output.new_empty(tuple(weight.shape) if weight_grad else (0, 0)))
+
+    torch.library.register_fake(lib + "csr_linear_backward")(linear_backward_fake)
+
     def conv_fake(input, weight, bias, row_ptr, col_idx, stride, padding, dilation):
         ho = out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
         wo = out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
@@ -78,6 +84,11 @@ class NativeBackend(Backend):
 
     def linear_grad_weight(self, grad_output, input, mask, index):
         return torch.ops.ebsparse.csr_linear_grad_weight(grad_output, input, index[0], index[1])
+
+    def linear_backward(self, grad_output, input, weight, mask, index):
+        if grad_output.device.type != "cpu":  # the fused kernel is CPU-only
+            return super().linear_backward(grad_output, input, weight, mask, index)
+        return torch.ops.ebsparse.csr_linear_backward(grad_output, input, weight, index[0], index[1], True, True)
 
     def conv2d_forward(self, input, weight, bias, mask, index, stride, padding, dilation):
         return torch.ops.ebsparse.csr_conv2d(input, weight, bias, index[0], index[1], stride, padding, dilation)

@@ -51,6 +51,19 @@ def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, backend, den
     return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
 
 
+@torch.library.custom_op("ebsparse::sparse_linear_backward", mutates_args=())
+def _sparse_linear_backward(grad_output: _T, input: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
+                            col_ptr: _T, row_idx: _T, backend: str) -> tuple[_T, _T]:
+    """Both gradients at once (kept positions only), so a backend can share the work between them."""
+    return get_backend(backend).linear_backward(grad_output, input, weight, mask,
+                                                (row_ptr, col_idx, col_ptr, row_idx))
+
+
+@_sparse_linear_backward.register_fake
+def _(grad_output, input, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
+    return input.new_empty(input.shape), weight.new_empty(weight.shape)
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense_weight_grad = inputs
     ctx.save_for_backward(input, weight, mask, row_ptr, col_idx, col_ptr, row_idx)
@@ -62,9 +75,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_output):
     input, weight, mask, *index = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not ctx.dense_weight_grad:
+        grad_input, grad_weight = _sparse_linear_backward(grad_output, input, weight, mask, *index, ctx.backend)
+    elif ctx.needs_input_grad[0]:
         grad_input = _sparse_linear_grad_input(grad_output, weight, mask, *index, ctx.backend)
-    if ctx.needs_input_grad[1]:
+    if ctx.needs_input_grad[1] and grad_weight is None:
         grad_weight = _sparse_linear_grad_weight(grad_output, input, mask, *index, ctx.backend,
                                                  ctx.dense_weight_grad)
     if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -133,8 +148,7 @@ def resolve_linear_backend(input, weight, bias, mask, index: PatternIndex, backe
 
         def step():
             _sparse_linear(x2d, weight, bias, mask, *tensors, name, False)
-            _sparse_linear_grad_input(grad, weight, mask, *tensors, name)
-            _sparse_linear_grad_weight(grad, x2d, mask, *tensors, name, False)
+            _sparse_linear_backward(grad, x2d, weight, mask, *tensors, name)
 
         if name == "dense":  # what a SparseLinear on the dense path runs: plain autograd ops
             mask_values = mask.to(weight.dtype)

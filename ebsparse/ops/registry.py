@@ -42,6 +42,12 @@ class Backend:
     def linear_grad_weight(self, grad_output, input, mask, index: Index):
         raise NotImplementedError
 
+    def linear_backward(self, grad_output, input, weight, mask, index: Index):
+        """(grad-input, grad-weight) of one step; backends that can share work between the two
+        (the native CPU kernels transpose grad_output once for both) override this."""
+        return (self.linear_grad_input(grad_output, weight, mask, index),
+                self.linear_grad_weight(grad_output, input, mask, index))
+
     # conv2d
     def conv2d_forward(self, input, weight, bias, mask, index: Index, stride, padding, dilation):
         raise NotImplementedError

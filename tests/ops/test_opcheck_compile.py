@@ -22,6 +22,18 @@ def test_opcheck_linear(backend):
                           (x, w, b, mask, *index.tensors(), backend, False))
 
 
+@pytest.mark.parametrize("backend", usable_backends("linear", CPU, torch.float64))
+def test_opcheck_linear_backward(backend):
+    """The fused backward op (both gradients in one call) on its own."""
+    x = torch.randn(5, 12, dtype=torch.float64)
+    w = torch.randn(7, 12, dtype=torch.float64)
+    dy = torch.randn(5, 7, dtype=torch.float64)
+    mask = torch.rand(7, 12) < 0.4
+    index = build_index(mask)
+    torch.library.opcheck(torch.ops.ebsparse.sparse_linear_backward.default,
+                          (dy, x, w, mask, *index.tensors(), backend))
+
+
 @pytest.mark.parametrize("backend", usable_backends("conv2d", CPU, torch.float64))
 def test_opcheck_conv2d(backend):
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
@@ -40,6 +52,10 @@ def test_opcheck_native_kernels():
     x, w = torch.randn(5, 12, dtype=torch.float64), torch.randn(7, 12, dtype=torch.float64)
     index = build_index(torch.rand(7, 12) < 0.4)
     torch.library.opcheck(torch.ops.ebsparse.csr_linear.default, (x, w, None, index.row_ptr, index.col_idx))
+    dy = torch.randn(5, 7, dtype=torch.float64)
+    for input_grad, weight_grad in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.ebsparse.csr_linear_backward.default,
+                              (dy, x, w, index.row_ptr, index.col_idx, input_grad, weight_grad))
     torch.library.opcheck(torch.ops.ebsparse.prune_2_4.default, (w,))
     xc, wc = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(3, 4, 3, 3, dtype=torch.float64)
     ic = build_index(torch.rand(3, 4, 3, 3) < 0.4)

@@ -1,0 +1,50 @@
+// Private to csrc/cpu/linear*.cpp: the k-blocked entry lists of a linear sparsity pattern, built
+// once per pattern and cached, so that a training step only gathers the weight values.
+//
+// A pattern changes when the mask does (every ΔT steps under RigL, never under static sparsity);
+// the weight values change every step. Counting, prefix sums and scattering the kept positions
+// into (k-block, row) order used to be paid on every call; now a call finds the plan of its
+// (row_ptr, col_idx) in a small cache and gathers nnz values in plan order (one streaming pass).
+//
+// The cache holds weak references to the index tensors: an entry is valid while both tensors are
+// alive and unmodified (same TensorImpl, same version counter, same shape), so a freed pattern
+// whose memory is reused can never hit a stale plan.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace ebsparse::linear_detail {
+
+// The entries of a sparse S (rows, cols) in (k-block, row) order: bptr[b * rows + r] ..
+// bptr[b * rows + r + 1] are row r's entries whose column lies in k-block b (columns
+// [b << kb_shift, (b + 1) << kb_shift)), in increasing column order. col[e] is the column,
+// src[e] where the value comes from (see LinearPlan).
+struct BlockedPattern {
+  int64_t rows = 0;
+  int64_t nkb = 0;
+  std::vector<int32_t> bptr;  // nkb * rows + 1
+  std::vector<int32_t> col;   // nnz
+  std::vector<int32_t> src;   // nnz
+};
+
+// The two views of one (M, K) pattern given by its CSR (row_ptr, col_idx):
+//   fwd  S = W o mask (M rows over K columns); src = flat index m * K + k into W, so the forward
+//        gathers its values straight from the dense-shaped weight (row-wise, streaming);
+//   gi   S = (W o mask)^T (K rows over M columns); src = the entry's position j in CSR order, so
+//        grad-input gathers from the compact CSR values (L2-resident) instead of reading W by
+//        columns.
+struct LinearPlan {
+  int64_t M = 0, K = 0, nnz = 0;
+  BlockedPattern fwd, gi;
+};
+
+constexpr int kKbShift = 8;  // 256 columns per k-block (see linear.cpp)
+
+// The cached plan of this pattern (built on first use). Thread-safe.
+std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                              int64_t M, int64_t K);
+
+}  // namespace ebsparse::linear_detail
