@@ -14,6 +14,7 @@
 
 #include "../ebsparse.h"
 #include "conv_impl.h"
+#include "pattern_cache.h"
 #include "tasks.h"
 
 namespace ebsparse {
@@ -89,33 +90,51 @@ void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
 }
 
 // Kept weights grouped by (output channel o, source channel block b), as the engine reads them.
+// Positions only: built once per pattern and tiling and cached (pattern_cache.h); the values are
+// gathered on every call through `pos`.
 struct PackedPattern {
-  std::vector<int64_t> bptr;
-  std::vector<int32_t> off;
-  std::vector<float> val;
-  std::vector<int64_t> pos;  // grad-weight only: flat index of the entry in the dense weight
+  std::vector<int64_t> bptr;  // (Co * nb + 1)
+  std::vector<int32_t> off;   // per entry: float offset of its tap in the block copy
+  std::vector<int64_t> pos;   // per entry: flat index of the weight in the dense weight tensor
 };
 
 // Counting sort of the kept weights into (o, b) buckets. `each(visit)` must call
-// visit(o, c, kh, kw, value, flat_pos) once per kept weight, in the same order both times;
-// (c, kh, kw) is the tap in the engine's source tensor and kernel orientation.
+// visit(o, c, kh, kw, flat_pos) once per kept weight, in the same order both times; (c, kh, kw) is
+// the tap in the engine's source tensor and kernel orientation.
 template <class Each>
-void pack(const convk::Plan& p, int64_t nnz, bool want_pos, Each each, PackedPattern& pk) {
-  pk.bptr.assign(p.Co * p.nb + 1, 0);
-  each([&](int64_t o, int64_t c, int64_t, int64_t, float, int64_t) { ++pk.bptr[o * p.nb + c / p.Cb + 1]; });
-  for (size_t i = 1; i < pk.bptr.size(); ++i) pk.bptr[i] += pk.bptr[i - 1];
-  std::vector<int64_t> cursor(pk.bptr.begin(), pk.bptr.end() - 1);
-  pk.off.resize(nnz);
-  pk.val.resize(want_pos ? 0 : nnz);
-  pk.pos.resize(want_pos ? nnz : 0);
-  each([&](int64_t o, int64_t c, int64_t kh, int64_t kw, float v, int64_t flat) {
+std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, Each each) {
+  auto pk = std::make_shared<PackedPattern>();
+  pk->bptr.assign(p.Co * p.nb + 1, 0);
+  each([&](int64_t o, int64_t c, int64_t, int64_t, int64_t) { ++pk->bptr[o * p.nb + c / p.Cb + 1]; });
+  for (size_t i = 1; i < pk->bptr.size(); ++i) pk->bptr[i] += pk->bptr[i - 1];
+  std::vector<int64_t> cursor(pk->bptr.begin(), pk->bptr.end() - 1);
+  pk->off.resize(nnz);
+  pk->pos.resize(nnz);
+  each([&](int64_t o, int64_t c, int64_t kh, int64_t kw, int64_t flat) {
     const int64_t k = cursor[o * p.nb + c / p.Cb]++;
-    pk.off[k] = static_cast<int32_t>((((c % p.Cb) * p.KW + kw) * p.rows_copy + kh * p.dh) * p.Wo_r);
-    if (want_pos)
-      pk.pos[k] = flat;
-    else
-      pk.val[k] = v;
+    pk->off[k] = static_cast<int32_t>((((c % p.Cb) * p.KW + kw) * p.rows_copy + kh * p.dh) * p.Wo_r);
+    pk->pos[k] = flat;
   });
+  return pk;
+}
+
+// The pack of (a, b) (CSR or CSC) for this kind of engine and tiling, from the cache when it is
+// there. Every plan field `pack` reads, and the geometry `each` decodes with, is part of the key.
+template <class Each>
+std::shared_ptr<const PackedPattern> cached_pack(int64_t kind, const at::Tensor& a, const at::Tensor& b,
+                                                 const Geometry& g, const convk::Plan& p, int64_t nnz,
+                                                 Each each) {
+  static PatternCache<PackedPattern> cache(256);
+  return cache.get(a, b, {kind, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh, g.Co, g.Ci, g.KH, g.KW, nnz},
+                   [&] { return pack(p, nnz, each); });
+}
+
+// vals[k] = w[pos[k]]: this call's weight values in pack order.
+at::Tensor gather_values(const PackedPattern& pk, const float* w) {
+  at::Tensor vals = at::empty({int64_t(pk.pos.size())}, at::kFloat);
+  float* v = vals.data_ptr<float>();
+  for (size_t k = 0; k < pk.pos.size(); ++k) v[k] = w[pk.pos[k]];
+  return vals;
 }
 
 // Engine plan for forward or grad-weight: source x, kept weights of output row co from CSR.
@@ -303,18 +322,15 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const bool avx512 = have_avx512();
   convk::Plan p = conv_plan(g, Kind::kForward, avx512, rp[g.Co]);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  const float* wp = w.data_ptr<float>();
-  PackedPattern pk;
-  pack(p, rp[g.Co], false,
-       [&](auto&& visit) {
-         for (int64_t co = 0; co < g.Co; ++co)
-           for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
-             const int64_t col = ci[j];
-             visit(co, col / KK, (col % KK) / g.KW, col % g.KW, wp[co * Kc + col], 0);
-           }
-       },
-       pk);
-  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = pk.val.data();
+  const auto pk = cached_pack(0, row_ptr, col_idx, g, p, rp[g.Co], [&](auto&& visit) {
+    for (int64_t co = 0; co < g.Co; ++co)
+      for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+        const int64_t col = ci[j];
+        visit(co, col / KK, (col % KK) / g.KW, col % g.KW, co * Kc + col);
+      }
+  });
+  const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
+  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
   run_forward(p, x.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), avx512);
   return y;
 }
@@ -349,18 +365,15 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   p.pt = (g.KH - 1) * g.dh - g.ph, p.pl = (g.KW - 1) * g.dw - g.pw, p.uh = g.sh, p.uw = g.sw;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
   choose_tiling(p, Kind::kForward, avx512, cp[Kc]);
-  const float* wp = w.data_ptr<float>();
-  PackedPattern pk;
-  pack(p, cp[Kc], false,
-       [&](auto&& visit) {
-         for (int64_t col = 0; col < Kc; ++col) {
-           const int64_t c = col / KK, kh = (col % KK) / g.KW, kw = col % g.KW;
-           for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
-             visit(c, ri[j], g.KH - 1 - kh, g.KW - 1 - kw, wp[ri[j] * Kc + col], 0);
-         }
-       },
-       pk);
-  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = pk.val.data();
+  const auto pk = cached_pack(1, col_ptr, row_idx, g, p, cp[Kc], [&](auto&& visit) {
+    for (int64_t col = 0; col < Kc; ++col) {
+      const int64_t c = col / KK, kh = (col % KK) / g.KW, kw = col % g.KW;
+      for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
+        visit(c, ri[j], g.KH - 1 - kh, g.KW - 1 - kw, ri[j] * Kc + col);
+    }
+  });
+  const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
+  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
   run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
   return dx;
 }
@@ -390,17 +403,14 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   const bool avx512 = have_avx512();
   convk::Plan p = conv_plan(g, Kind::kGradWeight, avx512, nnz);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  PackedPattern pk;
-  pack(p, nnz, true,
-       [&](auto&& visit) {
-         for (int64_t co = 0; co < g.Co; ++co)
-           for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
-             const int64_t col = ci[j];
-             visit(co, col / KK, (col % KK) / g.KW, col % g.KW, 0.f, co * Kc + col);
-           }
-       },
-       pk);
-  p.bptr = pk.bptr.data(), p.off = pk.off.data(), p.val = nullptr;
+  const auto pk = cached_pack(2, row_ptr, col_idx, g, p, nnz, [&](auto&& visit) {
+    for (int64_t co = 0; co < g.Co; ++co)
+      for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
+        const int64_t col = ci[j];
+        visit(co, col / KK, (col % KK) / g.KW, col % g.KW, co * Kc + col);
+      }
+  });
+  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = nullptr;
   ThreadBuffers buf(p, nnz, true);
   const float* xp = x.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
@@ -415,10 +425,13 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   float* dwp = dw.data_ptr<float>();
   std::memset(dwp, 0, dw.numel() * sizeof(float));
   const int64_t nt = at::get_num_threads();
+  std::vector<const float*> parts(nt);
+  for (int64_t t = 0; t < nt; ++t) parts[t] = buf.extra_of(t);
+  const int64_t* pos = pk->pos.data();
   for (int64_t k = 0; k < nnz; ++k) {
     float s = 0.f;
-    for (int64_t t = 0; t < nt; ++t) s += buf.extra_of(t)[k];
-    dwp[pk.pos[k]] = s;
+    for (int64_t t = 0; t < nt; ++t) s += parts[t][k];
+    dwp[pos[k]] = s;
   }
   return dw;
 }

@@ -1,10 +1,7 @@
 // Building and caching the k-blocked plans of linear sparsity patterns (see linear_plan.h).
 #include "linear_plan.h"
 
-#include <c10/util/intrusive_ptr.h>
-
-#include <list>
-#include <mutex>
+#include "pattern_cache.h"
 
 namespace ebsparse::linear_detail {
 namespace {
@@ -29,6 +26,13 @@ void bucket(int64_t rows, int64_t cols, int64_t nnz, Each each, BlockedPattern& 
 }
 
 std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, int64_t M, int64_t K) {
+  // Built once per pattern, so it can afford to check what every kernel call then trusts.
+  for (int64_t m = 0; m < M; ++m)
+    TORCH_CHECK(rp[m] <= rp[m + 1], "row_ptr: expected non-decreasing offsets, got ", rp[m], " then ",
+                rp[m + 1], " at row ", m);
+  for (int64_t j = 0; j < rp[M]; ++j)
+    TORCH_CHECK(ci[j] >= 0 && ci[j] < K, "col_idx: expected indices in [0, ", K, "), got ", ci[j],
+                " at position ", j);
   auto plan = std::make_shared<LinearPlan>();
   plan->M = M;
   plan->K = K;
@@ -46,44 +50,15 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
   return plan;
 }
 
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-
-struct CacheEntry {
-  WeakImpl row_ptr, col_idx;
-  int64_t row_ptr_version, col_idx_version;
-  std::shared_ptr<const LinearPlan> plan;
-
-  bool matches(const at::Tensor& rp, const at::Tensor& ci, int64_t M, int64_t K) const {
-    return row_ptr._unsafe_get_target() == rp.unsafeGetTensorImpl() &&
-           col_idx._unsafe_get_target() == ci.unsafeGetTensorImpl() && !row_ptr.expired() &&
-           !col_idx.expired() && row_ptr_version == rp._version() && col_idx_version == ci._version() &&
-           plan->M == M && plan->K == K && plan->nnz == ci.numel();
-  }
-};
-
-// Enough for every sparse linear layer of a model to keep its plan; least recently used first out.
-constexpr size_t kCacheSize = 256;
-
 }  // namespace
 
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                               int64_t M, int64_t K) {
-  static std::mutex mutex;
-  static std::list<CacheEntry> cache;  // most recently used first
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (auto it = cache.begin(); it != cache.end(); ++it)
-      if (it->matches(row_ptr, col_idx, M, K)) {
-        cache.splice(cache.begin(), cache, it);
-        return it->plan;
-      }
-  }
-  auto plan = build(row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), M, K);
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.push_front({WeakImpl(row_ptr.getIntrusivePtr()), WeakImpl(col_idx.getIntrusivePtr()),
-                    row_ptr._version(), col_idx._version(), plan});
-  if (cache.size() > kCacheSize) cache.pop_back();
-  return plan;
+  // Enough for every sparse linear layer of a model to keep its plan; least recently used out.
+  static PatternCache<LinearPlan> cache(256);
+  return cache.get(row_ptr, col_idx, {M, K, col_idx.numel()}, [&] {
+    return build(row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), M, K);
+  });
 }
 
 }  // namespace ebsparse::linear_detail

@@ -1,14 +1,9 @@
 // Private to csrc/cpu/linear*.cpp: the k-blocked entry lists of a linear sparsity pattern, built
 // once per pattern and cached, so that a training step only gathers the weight values.
 //
-// A pattern changes when the mask does (every ΔT steps under RigL, never under static sparsity);
-// the weight values change every step. Counting, prefix sums and scattering the kept positions
-// into (k-block, row) order used to be paid on every call; now a call finds the plan of its
-// (row_ptr, col_idx) in a small cache and gathers nnz values in plan order (one streaming pass).
-//
-// The cache holds weak references to the index tensors: an entry is valid while both tensors are
-// alive and unmodified (same TensorImpl, same version counter, same shape), so a freed pattern
-// whose memory is reused can never hit a stale plan.
+// Counting, prefix sums and scattering the kept positions into (k-block, row) order used to be
+// paid on every call; now a call finds the plan of its (row_ptr, col_idx) in a PatternCache
+// (pattern_cache.h) and gathers nnz values in plan order (one streaming pass).
 #pragma once
 #include <ATen/ATen.h>
 
