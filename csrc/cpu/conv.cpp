@@ -2,8 +2,9 @@
 //
 // float32 runs the blocked engine of conv_impl.h (AVX-512 when the CPU has it, AVX2+FMA otherwise);
 // float64 runs the plain loops at the end of this file (correct, parallel, not tuned).
-// This file turns CSR/CSC into a per-call plan, owns the thread pool loop and the per-thread
-// buffers, and builds the per-block input copies the SIMD kernels read.
+// This file turns CSR/CSC into a plan (the packing of the kept positions is cached per pattern and
+// tiling; values are gathered per call), owns the thread pool loop and the per-thread buffers, and
+// builds the per-block input copies the SIMD kernels read.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
