@@ -79,3 +79,14 @@ def test_native_op_direct_call_checks_in_cpp():
         torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="col_idx: expected a 1-D int32"):
         torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(5, dtype=torch.int32), torch.zeros(0))
+    # Indices out of range or offsets going backwards are caught when the plan is built.
+    rp = torch.tensor([0, 1, 1, 1, 2], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"col_idx: expected indices in \[0, 8\), got 8"):
+        torch.ops.ebsparse.csr_linear(x, w, None, rp, torch.tensor([0, 8], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing offsets"):
+        torch.ops.ebsparse.csr_linear(x, w, None, torch.tensor([0, 2, 1, 1, 2], dtype=torch.int32),
+                                      torch.tensor([0, 1], dtype=torch.int32))
+    dy = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="input: expected \\(3, 8\\)"):
+        torch.ops.ebsparse.csr_linear_backward(dy, torch.randn(3, 7), w, rp, torch.tensor([0, 1], dtype=torch.int32),
+                                               True, True)

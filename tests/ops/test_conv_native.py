@@ -1,0 +1,63 @@
+"""The native CPU conv kernels called directly: the cached packing of a pattern must follow the
+pattern's tensors (never stale when they are edited in place or when the geometry changes)."""
+
+import pytest
+import torch
+
+from ebsparse.formats import build_index
+from ebsparse.ops.extension import extension_error
+
+pytestmark = pytest.mark.skipif(extension_error() is not None, reason="ebsparse._C not built")
+
+ONE = [1, 1]
+
+
+def _reference(x, w, dy, mask, padding):
+    wm = (w * mask).requires_grad_()
+    x = x.clone().requires_grad_()
+    y = torch.nn.functional.conv2d(x, wm, None, 1, padding)
+    y.backward(dy)
+    return y.detach(), x.grad, wm.grad * mask
+
+
+def _per_row_mask(co, ci, kh, kw, kept, seed):
+    """Every output channel keeps exactly `kept` taps, so two such masks have equal row pointers."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(co, ci * kh * kw, dtype=torch.bool)
+    for r in range(co):
+        mask[r, torch.randperm(ci * kh * kw, generator=g)[:kept]] = True
+    return mask.view(co, ci, kh, kw)
+
+
+def test_packing_follows_in_place_pattern_changes():
+    x, w = torch.randn(2, 8, 9, 9), torch.randn(6, 8, 3, 3)
+    first, second = _per_row_mask(6, 8, 3, 3, 20, 0), _per_row_mask(6, 8, 3, 3, 20, 1)
+    index = build_index(first)
+    rp, ci = index.row_ptr, index.col_idx
+    y, _, _ = _reference(x, w, torch.zeros(2, 6, 9, 9), first, 1)
+    torch.testing.assert_close(torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, ONE, ONE, ONE), y)
+    ci.copy_(build_index(second).col_idx)  # same tensors, new pattern: bumps the version counter
+    dy = torch.randn(2, 6, 9, 9)
+    y, _, dw = _reference(x, w, dy, second, 1)
+    torch.testing.assert_close(torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, ONE, ONE, ONE), y)
+    got_dw = torch.ops.ebsparse.csr_conv2d_grad_weight(dy, x, rp, ci, list(w.shape), ONE, ONE, ONE)
+    torch.testing.assert_close(got_dw, dw, atol=1e-4, rtol=1e-4)
+
+
+def test_one_pattern_on_several_geometries():
+    """The same pattern tensors on inputs of other sizes and paddings: the packing depends on the
+    tiling, so each geometry must get its own (results match the reference every time)."""
+    w = torch.randn(5, 4, 3, 3)
+    mask = torch.rand(5, 4, 3, 3) < 0.4
+    index = build_index(mask)
+    for _ in range(2):
+        for size, padding in [(7, 1), (16, 0), (5, 2), (33, 1)]:
+            x = torch.randn(2, 4, size, size)
+            ref = torch.nn.functional.conv2d(x, w * mask, None, 1, padding)
+            out = torch.ops.ebsparse.csr_conv2d(x, w, None, index.row_ptr, index.col_idx, ONE, [padding] * 2, ONE)
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+            dy = torch.randn_like(ref)
+            dx = torch.ops.ebsparse.csr_conv2d_grad_input(dy, w, index.col_ptr, index.row_idx, list(x.shape),
+                                                          ONE, [padding] * 2, ONE)
+            ref_dx = torch.nn.grad.conv2d_input(x.shape, w * mask, dy, 1, padding)
+            torch.testing.assert_close(dx, ref_dx, atol=1e-4, rtol=1e-4)
