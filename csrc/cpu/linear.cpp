@@ -12,12 +12,12 @@
 //   T[r, :] += S[r, c] * P[c, :]     for every kept (r, c),
 // holding T[r, :] in registers while row r's kept weights are walked (linear_spmm.h): one
 // broadcast and NB / lanes FMAs with aligned panel loads per kept weight. Columns are split into
-// k-blocks of KB (256) so that the panel rows one pass over all R rows touches (KB * NB values)
-// stay in L1/L2 instead of the whole panel; the plan lists the entries in (k-block, row) order so
-// that every pass reads them sequentially. KB trades the panel's cache footprint against the
-// per-(row, k-block) cost of re-loading T[r, :] (measured: 64, 128 and 512 were no better at
-// 90-95% sparsity). Work is parallel over batch blocks (no shared outputs), handed out
-// dynamically (tasks.h); with fewer blocks than threads (small N), over output rows instead.
+// k-blocks of KB (256, or 128 for denser patterns) so that the panel rows one pass over all R rows
+// touches (KB * NB values) stay in L1/L2 instead of the whole panel; the plan lists the entries in
+// (k-block, row) order so that every pass reads them sequentially. KB trades the panel's cache
+// footprint against the per-(row, k-block) cost of re-loading T[r, :] (chosen by density,
+// linear_plan.h). Work is parallel over batch blocks (no shared outputs), handed out dynamically
+// (tasks.h); with fewer blocks than threads (small N), over output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
 // the reduction, so it is cut into chunks of 2 * NB columns; per chunk, X and dY are transposed

@@ -9,17 +9,17 @@ namespace {
 // Entries (row r, column c, source s) listed by `each(emit)` in increasing column order within
 // every row, bucketed into (k-block, row) order by a counting sort.
 template <typename Each>
-void bucket(int64_t rows, int64_t cols, int64_t nnz, Each each, BlockedPattern& out) {
+void bucket(int64_t rows, int64_t cols, int64_t nnz, int kb_shift, Each each, BlockedPattern& out) {
   out.rows = rows;
-  out.nkb = std::max<int64_t>(1, ((cols - 1) >> kKbShift) + 1);
+  out.nkb = std::max<int64_t>(1, ((cols - 1) >> kb_shift) + 1);
   out.bptr.assign(out.nkb * rows + 1, 0);
   out.col.resize(nnz);
   out.src.resize(nnz);
-  each([&](int64_t r, int64_t c, int64_t) { ++out.bptr[(c >> kKbShift) * rows + r + 1]; });
+  each([&](int64_t r, int64_t c, int64_t) { ++out.bptr[(c >> kb_shift) * rows + r + 1]; });
   for (int64_t i = 0; i < out.nkb * rows; ++i) out.bptr[i + 1] += out.bptr[i];
   std::vector<int32_t> cursor(out.bptr.begin(), out.bptr.end() - 1);
   each([&](int64_t r, int64_t c, int64_t s) {
-    const int32_t e = cursor[(c >> kKbShift) * rows + r]++;
+    const int32_t e = cursor[(c >> kb_shift) * rows + r]++;
     out.col[e] = int32_t(c);
     out.src[e] = int32_t(s);
   });
@@ -43,9 +43,10 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
     for (int64_t m = 0; m < M; ++m)
       for (int32_t j = rp[m]; j < rp[m + 1]; ++j) emit_rck(m, ci[j], j);
   };
-  bucket(M, K, plan->nnz, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
+  const int kb_shift = k_block_shift(double(plan->nnz) / double(std::max<int64_t>(M * K, 1)));
+  bucket(M, K, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
          plan->fwd);
-  bucket(K, M, plan->nnz, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
+  bucket(K, M, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
   return plan;
 }
