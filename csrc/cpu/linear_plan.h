@@ -39,9 +39,9 @@ struct LinearPlan {
 // k-block width (columns per pass over the rows), 2^shift. Sparse rows want wide blocks (each
 // (row, k-block) pass re-loads the row's output tile, so a pass needs enough kept weights); dense
 // ones want narrow blocks whose panel rows stay in L1. Measured on 1024 x 1024 (interleaved A/B in
-// one process, 1 and 2 threads): 256 best at 90-95% sparsity (64 and 128 are 10-40% slower), 128
-// best at 50% (256 is 16% slower).
-inline int k_block_shift(double density) { return density >= 0.25 ? 7 : 8; }
+// one process, 1 and 2 threads): 128 best at 50% (256 is 16% slower), 256 best at 90% (64 and 128
+// are 10-40% slower), 512 by 3-5% at 95%.
+inline int k_block_shift(double density) { return density >= 0.25 ? 7 : density >= 0.075 ? 8 : 9; }
 
 // The cached plan of this pattern (built on first use). Thread-safe.
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,
