@@ -12,8 +12,7 @@ Front layer (wires the core to the trainer and the command line): :mod:`.plugin`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ebsparse._lazy import lazy_getattr
 
 _EXPORTS = {
     "EarlyBirdConfig": "config", "BASELINES": "config",
@@ -26,9 +25,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -14,8 +14,7 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ebsparse._lazy import lazy_getattr
 
 _EXPORTS = {
     "PruningError": "errors",
@@ -31,9 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
