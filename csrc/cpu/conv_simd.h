@@ -1,12 +1,10 @@
 // Kernel bodies of the direct sparse conv engine (see conv_impl.h), written once against a small
-// vector interface `Vec` and included by conv_avx512.cpp and conv_avx2.cpp, each of which defines
+// vector interface `Vec` and included by conv_avx512.cpp and conv_avx2.cpp, each of which aliases
 // `Vec` for its instruction set inside its own namespace before including this file. Everything
 // here has internal linkage except the two task entry points, so no code compiled for one ISA can
 // be merged into the other by the linker.
 //
-// Vec must provide: T, W (floats per vector), zero(), load(p) (aligned), loadu(p), load_part(p, n)
-// (first n lanes), load_lanes(p, lo, hi), bcast(x), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
-// (aligned), storeu(p, v), store_part(p, v, n), hsum(v).
+// Vec is one of the adapters of simd_vec.h (its interface is listed there).
 
 namespace {
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "linear_kernels.h"
+#include "simd_vec.h"
 
 #define EB_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
@@ -27,35 +28,13 @@ bool cpu_has_avx512() {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
 namespace avx512 {
-namespace {
-struct Vec {
-  using T = __m512;
-  static constexpr int W = 16;
-  static inline T zero() { return _mm512_setzero_ps(); }
-  static inline T load(const float* p) { return _mm512_load_ps(p); }
-  static inline T bcast(float x) { return _mm512_set1_ps(x); }
-  static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
-  static inline void store(float* p, T v) { _mm512_store_ps(p, v); }
-};
-}  // namespace
+using Vec = simd::Avx512;
 #include "linear_spmm.h"
 }  // namespace avx512
 #pragma GCC pop_options
 
 namespace avx2 {
-namespace {
-struct Vec {
-  using T = __m256;
-  static constexpr int W = 8;
-  static inline T zero() { return _mm256_setzero_ps(); }
-  static inline T load(const float* p) { return _mm256_load_ps(p); }
-  static inline T bcast(float x) { return _mm256_set1_ps(x); }
-  static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
-};
-}  // namespace
+using Vec = simd::Avx2;
 #include "linear_spmm.h"
 }  // namespace avx2
 
