@@ -22,38 +22,40 @@ def make_mask(weight: torch.Tensor, sparsity: float | str) -> torch.Tensor:
     return random_mask(weight.shape, 1.0 - float(sparsity), generator=torch.Generator().manual_seed(0))
 
 
+def training_step(loss, *tensors: torch.Tensor):
+    """One step as a training loop runs it: the gradients of `tensors` set to None first (what
+    ``optimizer.zero_grad()`` does by default), so backward hands over fresh gradients instead of
+    adding into the last step's; then ``loss().backward()``."""
+
+    def step():
+        for t in tensors:
+            t.grad = None
+        loss().backward()
+    return step
+
+
 def linear_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor):
     """A zero-argument callable running one fwd+bwd of the linear layer with `provider`."""
     w = (weight * mask).detach().requires_grad_()
     x = x.detach().requires_grad_()
     if provider == "dense":
-        def step():
-            F.linear(x, w * mask).sum().backward()
-        return step
+        return training_step(lambda: F.linear(x, w * mask).sum(), x, w)
     if provider.startswith("ebsparse"):
         # through the module, as users run it (auto resolves once, outside the timing)
         layer = ebsparse.SparseLinear.from_dense(_dense_linear(w.detach()), mask=mask,
                                                  backend=provider.split("-", 1)[1])
-
-        def step():
-            layer(x).sum().backward()
+        step = training_step(lambda: layer(x).sum(), x, *layer.parameters())
         step()
         return step
     if provider == "torch-csr":
         # PyTorch's own sparse path: y^T = W_csr @ x^T, weight gradient through the sparse tensor.
         w_sparse = w.detach().to_sparse_coo().coalesce().requires_grad_()
-
-        def step():
-            torch.sparse.mm(w_sparse, x.t()).sum().backward()
-        return step
+        return training_step(lambda: torch.sparse.mm(w_sparse, x.t()).sum(), x, w_sparse)
     if provider == "sparseprop":
         from sparseprop.modules.linear import SparseLinear
 
         layer = SparseLinear.from_dense(_dense_linear(w.detach()))
-
-        def step():
-            layer(x).sum().backward()
-        return step
+        return training_step(lambda: layer(x).sum(), x, *layer.parameters())
     raise ValueError(provider)
 
 
@@ -75,35 +77,27 @@ def conv_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.
     w = (weight * mask).detach().requires_grad_()
     x = x.detach().requires_grad_()
     if provider == "dense":
-        def step():
-            F.conv2d(x, w * mask, None, 1, padding).sum().backward()
-        return step
+        return training_step(lambda: F.conv2d(x, w * mask, None, 1, padding).sum(), x, w)
     if provider.startswith("ebsparse"):
         layer = ebsparse.SparseConv2d.from_dense(_dense_conv(w.detach(), padding), mask=mask,
                                                  backend=provider.split("-", 1)[1])
-
-        def step():
-            layer(x).sum().backward()
+        step = training_step(lambda: layer(x).sum(), x, *layer.parameters())
         step()
         return step
     if provider == "torch-csr":
         # im2col + torch.sparse.mm, the route PyTorch offers for a sparse conv weight
         w_sparse = w.detach().reshape(w.shape[0], -1).to_sparse_coo().coalesce().requires_grad_()
-        n, _, h, wd = x.shape
 
-        def step():
+        def loss():
             cols = F.unfold(x, w.shape[2:], padding=padding)  # (N, Ci*kh*kw, L)
             flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)
-            torch.sparse.mm(w_sparse, flat).sum().backward()
-        return step
+            return torch.sparse.mm(w_sparse, flat).sum()
+        return training_step(loss, x, w_sparse)
     if provider == "sparseprop":
         from sparseprop.modules.conv2d import SparseConv2d
 
         layer = SparseConv2d.from_dense(_dense_conv(w.detach(), padding), vectorizing_over_on=False)
-
-        def step():
-            layer(x).sum().backward()
-        return step
+        return training_step(lambda: layer(x).sum(), x, *layer.parameters())
     raise ValueError(provider)
 
 

@@ -1,4 +1,7 @@
-"""`sparse_conv2d`: conv2d with a sparse weight (groups = 1), grad-weight only at kept positions."""
+"""`sparse_conv2d`: conv2d with a sparse weight (groups = 1), grad-weight only at kept positions.
+
+`torch.library` custom ops (forward, grad-input, grad-weight) for torch.compile; eager calls run the
+same functions through a plain autograd.Function (ebsparse.ops.eager)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 
 from ebsparse.formats import PatternIndex, build_index
 from ebsparse.ops.checks import check_bias, check_like, check_mask, check_tensor, pair
+from ebsparse.ops.eager import eager_function
 from ebsparse.ops.registry import get_backend, resolve_backend
 from ebsparse.ops.timing import time_call
 
@@ -16,49 +20,29 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-@torch.library.custom_op("ebsparse::sparse_conv2d", mutates_args=())
-def _sparse_conv2d(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-                   row_idx: _T, stride: list[int], padding: list[int], dilation: list[int], backend: str,
-                   dense_weight_grad: bool) -> _T:
+# ---- implementations (shared by the custom ops and the eager autograd.Function) ------------------
+
+def _forward(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+             row_idx: _T, stride: list[int], padding: list[int], dilation: list[int], backend: str,
+             dense_weight_grad: bool) -> _T:
     return get_backend(backend).conv2d_forward(input, weight, bias, mask, (row_ptr, col_idx, col_ptr, row_idx),
                                                stride, padding, dilation)
 
 
-@_sparse_conv2d.register_fake
-def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
-      dense_weight_grad):
-    ho = _out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    wo = _out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    return input.new_empty((input.shape[0], weight.shape[0], ho, wo))
-
-
-@torch.library.custom_op("ebsparse::sparse_conv2d_grad_input", mutates_args=())
-def _sparse_conv2d_grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-                              row_idx: _T, input_size: list[int], stride: list[int], padding: list[int],
-                              dilation: list[int], backend: str) -> _T:
+def _grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+                row_idx: _T, input_size: list[int], stride: list[int], padding: list[int],
+                dilation: list[int], backend: str) -> _T:
     return get_backend(backend).conv2d_grad_input(grad_output, weight, mask, (row_ptr, col_idx, col_ptr, row_idx),
                                                   input_size, stride, padding, dilation)
 
 
-@_sparse_conv2d_grad_input.register_fake
-def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, input_size, stride, padding, dilation,
-      backend):
-    return grad_output.new_empty(input_size)
-
-
-@torch.library.custom_op("ebsparse::sparse_conv2d_grad_weight", mutates_args=())
-def _sparse_conv2d_grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-                               row_idx: _T, stride: list[int], padding: list[int], dilation: list[int],
-                               backend: str, dense: bool) -> _T:
+def _grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+                 row_idx: _T, stride: list[int], padding: list[int], dilation: list[int],
+                 backend: str, dense: bool) -> _T:
     if dense:  # the full gradient, e.g. for RigL's growth criterion every ΔT steps
         return torch.nn.grad.conv2d_weight(input, list(mask.shape), grad_output, stride, padding, dilation)
     return get_backend(backend).conv2d_grad_weight(grad_output, input, mask, (row_ptr, col_idx, col_ptr, row_idx),
                                                    list(mask.shape), stride, padding, dilation)
-
-
-@_sparse_conv2d_grad_weight.register_fake
-def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend, dense):
-    return grad_output.new_empty(mask.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -71,22 +55,57 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_output):
+def _gradients(grad_input_fn, grad_weight_fn, ctx, grad_output):
     input, weight, mask, *index = ctx.saved_tensors
     stride, padding, dilation = ctx.conv
     grad_input = grad_weight = grad_bias = None
+    # Both kernels want it dense; made so once here, not once in each (`sum()` gives an expanded one).
+    grad_output = grad_output.contiguous()
     if ctx.needs_input_grad[0]:
-        grad_input = _sparse_conv2d_grad_input(grad_output, weight, mask, *index, list(input.shape), stride,
-                                               padding, dilation, ctx.backend)
+        grad_input = grad_input_fn(grad_output, weight, mask, *index, list(input.shape), stride, padding, dilation,
+                                   ctx.backend)
     if ctx.needs_input_grad[1]:
-        grad_weight = _sparse_conv2d_grad_weight(grad_output, input, mask, *index, stride, padding, dilation,
-                                                 ctx.backend, ctx.dense_weight_grad)
+        grad_weight = grad_weight_fn(grad_output, input, mask, *index, stride, padding, dilation, ctx.backend,
+                                     ctx.dense_weight_grad)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad_output.sum((0, 2, 3))
     return (grad_input, grad_weight, grad_bias) + (None,) * 10
 
 
-_sparse_conv2d.register_autograd(_backward, setup_context=_setup_context)
+# ---- custom ops: what torch.compile traces (opaque nodes with fake kernels) ----------------------
+
+_sparse_conv2d = torch.library.custom_op("ebsparse::sparse_conv2d", _forward, mutates_args=())
+_sparse_conv2d_grad_input = torch.library.custom_op("ebsparse::sparse_conv2d_grad_input", _grad_input,
+                                                    mutates_args=())
+_sparse_conv2d_grad_weight = torch.library.custom_op("ebsparse::sparse_conv2d_grad_weight", _grad_weight,
+                                                     mutates_args=())
+
+
+@_sparse_conv2d.register_fake
+def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
+      dense_weight_grad):
+    ho = _out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    wo = _out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    return input.new_empty((input.shape[0], weight.shape[0], ho, wo))
+
+
+@_sparse_conv2d_grad_input.register_fake
+def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, input_size, stride, padding, dilation,
+      backend):
+    return grad_output.new_empty(input_size)
+
+
+@_sparse_conv2d_grad_weight.register_fake
+def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend, dense):
+    return grad_output.new_empty(mask.shape)
+
+
+_sparse_conv2d.register_autograd(
+    lambda ctx, grad_output: _gradients(_sparse_conv2d_grad_input, _sparse_conv2d_grad_weight, ctx, grad_output),
+    setup_context=_setup_context)
+# Eager calls skip the custom-op dispatch (ebsparse.ops.eager), running the same code.
+_EagerSparseConv2d = eager_function("SparseConv2dFunction", _forward, _setup_context,
+                                    lambda ctx, grad_output: _gradients(_grad_input, _grad_weight, ctx, grad_output))
 
 
 def check_conv2d_args(input, weight, bias, mask, stride, padding, dilation):
@@ -134,8 +153,8 @@ def sparse_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         if index is None:
             index = build_index(mask)
         name = resolve_conv2d_backend(input, weight, bias, mask, index, stride, padding, dilation, backend)
-    return _sparse_conv2d(input, weight, bias, mask, *index.tensors(), stride, padding, dilation, name,
-                          dense_weight_grad)
+    op = _sparse_conv2d if torch.compiler.is_compiling() else _EagerSparseConv2d.apply
+    return op(input, weight, bias, mask, *index.tensors(), stride, padding, dilation, name, dense_weight_grad)
 
 
 def resolve_conv2d_backend(input, weight, bias, mask, index: PatternIndex, stride, padding, dilation,
@@ -148,13 +167,13 @@ def resolve_conv2d_backend(input, weight, bias, mask, index: PatternIndex, strid
 
     def measure(name: str) -> float:
         # forward + grad-input + grad-weight, the work of one training step of this layer
-        out = _sparse_conv2d(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
+        out = _forward(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
         grad = torch.ones_like(out)
 
-        def step():
-            _sparse_conv2d(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
-            _sparse_conv2d_grad_input(grad, weight, mask, *tensors, list(input.shape), stride, padding, dilation, name)
-            _sparse_conv2d_grad_weight(grad, input, mask, *tensors, stride, padding, dilation, name, False)
+        def step():  # the functions the eager autograd.Function runs
+            _forward(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
+            _grad_input(grad, weight, mask, *tensors, list(input.shape), stride, padding, dilation, name)
+            _grad_weight(grad, input, mask, *tensors, stride, padding, dilation, name, False)
 
         if name == "dense":  # what a SparseConv2d on the dense path runs: plain autograd ops
             mask_values = mask.to(weight.dtype)

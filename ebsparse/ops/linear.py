@@ -1,67 +1,55 @@
 """`sparse_linear`: y = x (W o mask)^T + b, with grad-weight computed only at kept positions.
 
-Three `torch.library` custom ops (forward, grad-input, grad-weight) take the backend by name, so
-`torch.compile` sees opaque ops with fake kernels, and the backward runs the same backend.
+`torch.library` custom ops (forward, grad-input, grad-weight, both gradients at once) take the
+backend by name, so `torch.compile` sees opaque ops with fake kernels and the backward runs the same
+backend. Eager calls run the same functions through a plain autograd.Function (ebsparse.ops.eager).
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 
 from ebsparse.formats import PatternIndex, build_index
 from ebsparse.ops.checks import check_bias, check_like, check_mask, check_tensor
+from ebsparse.ops.eager import eager_function
 from ebsparse.ops.registry import get_backend, resolve_backend
 from ebsparse.ops.timing import time_call
 
 _T = torch.Tensor
 
 
-@torch.library.custom_op("ebsparse::sparse_linear", mutates_args=())
-def _sparse_linear(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T,
-                   col_ptr: _T, row_idx: _T, backend: str, dense_weight_grad: bool) -> _T:
+# ---- implementations (shared by the custom ops and the eager autograd.Function) ------------------
+
+def _forward(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T,
+             col_ptr: _T, row_idx: _T, backend: str, dense_weight_grad: bool) -> _T:
     return get_backend(backend).linear_forward(input, weight, bias, mask, (row_ptr, col_idx, col_ptr, row_idx))
 
 
-@_sparse_linear.register_fake
-def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense_weight_grad):
-    return input.new_empty((input.shape[0], weight.shape[0]))
-
-
-@torch.library.custom_op("ebsparse::sparse_linear_grad_input", mutates_args=())
-def _sparse_linear_grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
-                              col_ptr: _T, row_idx: _T, backend: str) -> _T:
+def _grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+                row_idx: _T, backend: str) -> _T:
     return get_backend(backend).linear_grad_input(grad_output, weight, mask, (row_ptr, col_idx, col_ptr, row_idx))
 
 
-@_sparse_linear_grad_input.register_fake
-def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
-    return grad_output.new_empty((grad_output.shape[0], weight.shape[1]))
-
-
-@torch.library.custom_op("ebsparse::sparse_linear_grad_weight", mutates_args=())
-def _sparse_linear_grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T,
-                               col_ptr: _T, row_idx: _T, backend: str, dense: bool) -> _T:
+def _grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+                 row_idx: _T, backend: str, dense: bool) -> _T:
     if dense:  # the full gradient, e.g. for RigL's growth criterion every ΔT steps
         return grad_output.t().mm(input)
     return get_backend(backend).linear_grad_weight(grad_output, input, mask, (row_ptr, col_idx, col_ptr, row_idx))
 
 
-@_sparse_linear_grad_weight.register_fake
-def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense):
-    return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
-
-
-@torch.library.custom_op("ebsparse::sparse_linear_backward", mutates_args=())
-def _sparse_linear_backward(grad_output: _T, input: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
-                            col_ptr: _T, row_idx: _T, backend: str) -> tuple[_T, _T]:
+def _backward_both(grad_output: _T, input: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
+                   col_ptr: _T, row_idx: _T, backend: str) -> tuple[_T, _T]:
     """Both gradients at once (kept positions only), so a backend can share the work between them."""
     return get_backend(backend).linear_backward(grad_output, input, weight, mask,
                                                 (row_ptr, col_idx, col_ptr, row_idx))
 
 
-@_sparse_linear_backward.register_fake
-def _(grad_output, input, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
-    return input.new_empty(input.shape), weight.new_empty(weight.shape)
+class _Kernels(NamedTuple):
+    grad_input: Callable
+    grad_weight: Callable
+    backward_both: Callable
 
 
 def _setup_context(ctx, inputs, output):
@@ -72,22 +60,58 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_output):
+def _gradients(kernels: _Kernels, ctx, grad_output):
     input, weight, mask, *index = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not ctx.dense_weight_grad:
-        grad_input, grad_weight = _sparse_linear_backward(grad_output, input, weight, mask, *index, ctx.backend)
+        grad_input, grad_weight = kernels.backward_both(grad_output, input, weight, mask, *index, ctx.backend)
     elif ctx.needs_input_grad[0]:
-        grad_input = _sparse_linear_grad_input(grad_output, weight, mask, *index, ctx.backend)
+        grad_input = kernels.grad_input(grad_output, weight, mask, *index, ctx.backend)
     if ctx.needs_input_grad[1] and grad_weight is None:
-        grad_weight = _sparse_linear_grad_weight(grad_output, input, mask, *index, ctx.backend,
-                                                 ctx.dense_weight_grad)
+        grad_weight = kernels.grad_weight(grad_output, input, mask, *index, ctx.backend, ctx.dense_weight_grad)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = grad_output.sum(0)
     return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-_sparse_linear.register_autograd(_backward, setup_context=_setup_context)
+# ---- custom ops: what torch.compile traces (opaque nodes with fake kernels) ----------------------
+
+_sparse_linear = torch.library.custom_op("ebsparse::sparse_linear", _forward, mutates_args=())
+_sparse_linear_grad_input = torch.library.custom_op("ebsparse::sparse_linear_grad_input", _grad_input,
+                                                    mutates_args=())
+_sparse_linear_grad_weight = torch.library.custom_op("ebsparse::sparse_linear_grad_weight", _grad_weight,
+                                                     mutates_args=())
+_sparse_linear_backward = torch.library.custom_op("ebsparse::sparse_linear_backward", _backward_both,
+                                                  mutates_args=())
+
+
+@_sparse_linear.register_fake
+def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense_weight_grad):
+    return input.new_empty((input.shape[0], weight.shape[0]))
+
+
+@_sparse_linear_grad_input.register_fake
+def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
+    return grad_output.new_empty((grad_output.shape[0], weight.shape[1]))
+
+
+@_sparse_linear_grad_weight.register_fake
+def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, backend, dense):
+    return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
+
+
+@_sparse_linear_backward.register_fake
+def _(grad_output, input, weight, mask, row_ptr, col_idx, col_ptr, row_idx, backend):
+    return input.new_empty(input.shape), weight.new_empty(weight.shape)
+
+
+_TRACED = _Kernels(_sparse_linear_grad_input, _sparse_linear_grad_weight, _sparse_linear_backward)
+_EAGER = _Kernels(_grad_input, _grad_weight, _backward_both)
+_sparse_linear.register_autograd(lambda ctx, grad_output: _gradients(_TRACED, ctx, grad_output),
+                                 setup_context=_setup_context)
+# Eager calls skip the custom-op dispatch (ebsparse.ops.eager), running the same code.
+_EagerSparseLinear = eager_function("SparseLinearFunction", _forward, _setup_context,
+                                    lambda ctx, grad_output: _gradients(_EAGER, ctx, grad_output))
 
 
 def check_linear_args(input, weight, bias, mask) -> None:
@@ -132,7 +156,8 @@ def sparse_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
             index = build_index(mask)
         name = resolve_linear_backend(input, weight, bias, mask, index, backend)
     x2d = input.reshape(-1, weight.shape[1])
-    out = _sparse_linear(x2d, weight, bias, mask, *index.tensors(), name, dense_weight_grad)
+    op = _sparse_linear if torch.compiler.is_compiling() else _EagerSparseLinear.apply
+    out = op(x2d, weight, bias, mask, *index.tensors(), name, dense_weight_grad)
     return out.reshape(*input.shape[:-1], weight.shape[0])
 
 
@@ -146,9 +171,9 @@ def resolve_linear_backend(input, weight, bias, mask, index: PatternIndex, backe
         # forward + grad-input + grad-weight, the work of one training step of this layer
         grad = torch.ones(x2d.shape[0], weight.shape[0], dtype=input.dtype, device=input.device)
 
-        def step():
-            _sparse_linear(x2d, weight, bias, mask, *tensors, name, False)
-            _sparse_linear_backward(grad, x2d, weight, mask, *tensors, name)
+        def step():  # the functions the eager autograd.Function runs
+            _forward(x2d, weight, bias, mask, *tensors, name, False)
+            _backward_both(grad, x2d, weight, mask, *tensors, name)
 
         if name == "dense":  # what a SparseLinear on the dense path runs: plain autograd ops
             mask_values = mask.to(weight.dtype)

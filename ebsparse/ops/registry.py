@@ -61,10 +61,12 @@ class Backend:
 
 _BACKENDS: dict[str, Backend] = {}
 _selector: Callable[..., str] | None = None
+_usable: set[tuple] = set()  # (backend, op, device, dtype) already checked by resolve_backend
 
 
 def register_backend(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _usable.clear()
     return backend
 
 
@@ -92,9 +94,12 @@ def resolve_backend(requested: str | None, op: str, device: torch.device, dtype:
 
     requested = requested or os.environ.get("EBSPARSE_BACKEND") or "auto"
     if requested != "auto":
-        reasons = get_backend(requested).unavailable_reasons(op, device, dtype)
-        if reasons:
-            raise RuntimeError(f"backend {requested!r} cannot run {op} on {device}/{dtype}: " + "; ".join(reasons))
+        checked = (requested, op, torch.device(device), dtype)
+        if checked not in _usable:  # what a backend supports does not change while it runs
+            reasons = get_backend(requested).unavailable_reasons(op, device, dtype)
+            if reasons:
+                raise RuntimeError(f"backend {requested!r} cannot run {op} on {device}/{dtype}: " + "; ".join(reasons))
+            _usable.add(checked)
         return requested
     if _selector is None:
         return "dense"
