@@ -11,6 +11,9 @@ launch (slow; meant for tests).
 
 from ._common import unavailable_reasons
 from .compress_2_4 import compress_2_4, compress_2_4_reference
+from .csr_conv2d import csr_conv2d, csr_conv2d_reference
+from .csr_conv2d_grad_input import csr_conv2d_grad_input, csr_conv2d_grad_input_reference
+from .csr_conv2d_grad_weight import csr_conv2d_grad_weight, csr_conv2d_grad_weight_reference
 from .csr_linear import csr_linear, csr_linear_reference
 from .csr_linear_grad_input import csr_linear_grad_input, csr_linear_grad_input_reference
 from .csr_linear_grad_weight import csr_linear_grad_weight, csr_linear_grad_weight_reference
@@ -24,6 +27,12 @@ __all__ = [
     "csr_linear_grad_input_reference",
     "csr_linear_grad_weight",
     "csr_linear_grad_weight_reference",
+    "csr_conv2d",
+    "csr_conv2d_reference",
+    "csr_conv2d_grad_input",
+    "csr_conv2d_grad_input_reference",
+    "csr_conv2d_grad_weight",
+    "csr_conv2d_grad_weight_reference",
     "compress_2_4",
     "compress_2_4_reference",
     "decompress_2_4",
