@@ -22,8 +22,21 @@ def test_unavailable_rows_carry_reasons():
     assert all(not r["reasons"] for r in dense)
     native_bf16 = [r for r in rows if r["backend"] == "native" and r["dtype"] == "bfloat16"]
     assert native_bf16 and all("bfloat16" in " ".join(r["reasons"]) for r in native_bf16)
-    triton_conv = [r for r in rows if r["backend"] == "triton" and r["op"] == "conv2d"]
-    assert all(any("no conv2d kernel" in why for why in r["reasons"]) for r in triton_conv)
+    triton_bf16 = [r for r in rows if r["backend"] == "triton" and r["dtype"] == "bfloat16"]
+    assert {r["op"] for r in triton_bf16} >= {"linear", "conv2d"}
+    assert all("bfloat16" in " ".join(r["reasons"]) for r in triton_bf16)
+
+
+def test_missing_op_is_a_reason():
+    from ebsparse.ops.registry import Backend
+
+    class LinearOnly(Backend):
+        name = "linear-only"
+        ops = frozenset({"linear"})
+
+    assert LinearOnly().unavailable_reasons("linear", torch.device("cpu"), torch.float32) == []
+    assert any("no conv2d kernel" in why
+               for why in LinearOnly().unavailable_reasons("conv2d", torch.device("cpu"), torch.float32))
 
 
 def test_auto_choice_is_cached_and_never_slower_than_dense(monkeypatch):
