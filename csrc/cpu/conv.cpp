@@ -63,7 +63,10 @@ enum class Kind { kForward, kGradWeight };
 // two accumulators and a load (24 / 12).
 void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
   p.vw = avx512 ? 16 : 8;
-  p.Wo_r = (p.Wo + p.vw - 1) / p.vw * p.vw;
+  // Rows narrower than half a vector share it between images (conv_impl.h).
+  p.G = 2 * p.Wo <= p.vw ? std::clamp<int64_t>(p.vw / std::max<int64_t>(p.Wo, 1), 1, std::max<int64_t>(p.N, 1)) : 1;
+  p.ngroups = (p.N + p.G - 1) / p.G;
+  p.Wo_r = (p.G * p.Wo + p.vw - 1) / p.vw * p.vw;
   p.nvec = p.Wo_r / p.vw;
   const int64_t max_tile = avx512 ? (kind == Kind::kForward ? 16 : 24) : 12;
   const int64_t v0 = std::min<int64_t>(p.nvec, 4);
@@ -170,7 +173,7 @@ struct ThreadBuffers {
 void run_forward(const convk::Plan& p, const float* src, const float* bias, float* out, bool avx512) {
   const int64_t partial = p.nb > 1 ? p.Co * p.R * p.Wo_r : 0;
   ThreadBuffers buf(p, partial, false);
-  run_tasks(p.N * p.ntiles, [&](int64_t t, int64_t tid) {
+  run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
     if (avx512)
       convk::avx512::fwd_task(p, src, bias, out, t, buf.copy_of(tid), buf.extra_of(tid));
     else
@@ -265,33 +268,35 @@ namespace convk {
 
 int64_t copy_floats(const Plan& p) { return p.Cb * p.KW * p.rows_copy * p.Wo_r; }
 
-void build_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst) {
+int64_t dy_tile_floats(const Plan& p) { return p.G > 1 ? p.Co * p.R * p.Wo_r : 0; }
+
+void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+                float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = std::min(p.Cs, c_lo + p.Cb);
   const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const int64_t images = std::min(p.G, p.N - n0);
   const bool contiguous = p.sw == 1 && p.uw == 1;
   for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
-    const float* src_c = src_n + (c_lo + cl) * p.Hs * p.Ws;
     for (int64_t kw = 0; kw < p.KW; ++kw) {
       // Copy column x reads virtual column x*sw + kw*dw, i.e. source column (x*sw + shift) / uw.
       const int64_t shift = kw * p.dw - p.pl;
       const int64_t xa = std::clamp<int64_t>(-shift, 0, p.Wo);
       const int64_t xb = std::clamp<int64_t>(p.Ws - shift, xa, p.Wo);
-      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
-      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+      float* d_row = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d_row += p.Wo_r) {
+        std::fill(d_row, d_row + p.Wo_r, 0.f);
         const int64_t t = (oy0 * p.sh + rr) - p.pt;
-        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) {
-          for (int64_t x = 0; x < p.Wo_r; ++x) d[x] = 0.f;
-          continue;
-        }
-        const float* s = src_c + (t / p.uh) * p.Ws;
-        if (contiguous) {  // rows are short: an inlined loop beats three library calls
-          for (int64_t x = 0; x < xa; ++x) d[x] = 0.f;
-          for (int64_t x = xa; x < xb; ++x) d[x] = s[x + shift];
-          for (int64_t x = xb; x < p.Wo_r; ++x) d[x] = 0.f;
-        } else {
-          for (int64_t x = 0; x < p.Wo_r; ++x) {
-            const int64_t u = x * p.sw + shift;
-            d[x] = (x < p.Wo && u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws) ? s[u / p.uw] : 0.f;
+        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) continue;
+        for (int64_t g = 0; g < images; ++g) {
+          const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws;
+          float* d = d_row + g * p.Wo;
+          if (contiguous) {  // rows are short: an inlined loop beats a library call
+            for (int64_t x = xa; x < xb; ++x) d[x] = s[x + shift];
+          } else {
+            for (int64_t x = 0; x < p.Wo; ++x) {
+              const int64_t u = x * p.sw + shift;
+              if (u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws) d[x] = s[u / p.uw];
+            }
           }
         }
       }
@@ -413,13 +418,16 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   });
   p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = nullptr;
   ThreadBuffers buf(p, nnz, true);
+  const int64_t tile_floats = (convk::dy_tile_floats(p) + 15) / 16 * 16;
+  const at::Tensor dy_tiles = at::empty({at::get_num_threads() * tile_floats}, at::kFloat);
   const float* xp = x.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
-  run_tasks(p.N * p.ntiles, [&](int64_t t, int64_t tid) {
+  run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
+    float* tiles = tile_floats ? dy_tiles.data_ptr<float>() + tid * tile_floats : nullptr;
     if (avx512)
-      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid));
+      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles);
     else
-      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid));
+      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles);
   });
   // Serial on purpose: O(nnz * threads) adds are cheap, while waking the pool for a second parallel
   // region costs a scheduler quantum whenever another process holds a core.

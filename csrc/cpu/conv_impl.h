@@ -9,9 +9,12 @@
 //   grad-weight: S = x as in forward; the engine walks the same tiles and forms dot products with dy.
 // The engine computes O[n, o, y, x] = sum_{(c, kh, kw) kept in row o} w * V[n, c, y*sh + kh*dh, x*sw + kw*dw].
 //
-// Work is cut into tasks (image n, tile of R output rows). For each block of Cb source channels the
-// task builds, in a small per-thread buffer, one copy of V per kernel column kw:
-//   copy[cl][kw][rr][x] = V[n, c0 + cl, oy0*sh + rr, x*sw + kw*dw],  x < Wo (zero up to Wo_r)
+// Work is cut into tasks (group of G images from n0, tile of R output rows). For each block of Cb
+// source channels the task builds, in a small per-thread buffer, one copy of V per kernel column kw:
+//   copy[cl][kw][rr][g * Wo + x] = V[n0 + g, c0 + cl, oy0*sh + rr, x*sw + kw*dw],  x < Wo, g < G
+// (zero up to Wo_r). G = 1 unless a row is narrower than half a vector: then G images sit side by
+// side in one vector row (4 maps of width 4 fill a 16-lane AVX-512 vector instead of a quarter of
+// it; the deep levels of a U-Net are 4x4 and 8x8), and every kernel below runs unchanged on them.
 // so every load of the inner loops is an aligned full vector at a per-weight constant offset
 // (((cl * KW + kw) * rows_copy + kh * dh) * Wo_r) and the row step is sh * Wo_r. Cb trades L1 fit of
 // the copies against the partial-sum pass each (output channel, block) pair costs (see choose_tiling).
@@ -31,7 +34,9 @@ struct Plan {
   int64_t KH, KW, sh, sw, dh, dw;  // convolution over the virtual input V
   int64_t pt, pl, uh, uw;          // V from S: padding (may be negative) and upsampling
   int64_t vw;                      // floats per SIMD vector (16 AVX-512, 8 AVX2)
-  int64_t Wo_r;                    // Wo rounded up to vw: length of a copy row
+  int64_t G;                       // images side by side in a copy row (G * Wo <= Wo_r)
+  int64_t ngroups;                 // image groups: ceil(N / G)
+  int64_t Wo_r;                    // G * Wo rounded up to vw: length of a copy row
   int64_t nvec;                    // Wo_r / vw
   int64_t R;                       // output rows per task tile
   int64_t ntiles;                  // tiles per image: ceil(Ho / R)
@@ -46,15 +51,22 @@ struct Plan {
 // partial-sum buffer (Co * R * Wo_r).
 int64_t copy_floats(const Plan& p);
 
-// Fills the copies of channel block b for the tile starting at output row oy0 with rows_valid rows.
-void build_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst);
+// Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S and the tile
+// starting at output row oy0 with rows_valid rows.
+void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+                float* dst);
 
-// One task (n, tile) of the forward engine: out (N, Co, Ho, Wo) for that tile, bias may be null.
-// One task of the grad-weight engine: acc[e] += sum over the tile of dy * V at entry e's tap.
+// Floats of the per-thread dy tiles grad-weight gathers when G > 1 (Co * R * Wo_r), else 0.
+int64_t dy_tile_floats(const Plan& p);
+
+// One task (image group, tile) of the forward engine: out (N, Co, Ho, Wo) for that tile, bias may
+// be null. One task of the grad-weight engine: acc[e] += sum over the tile of dy * V at entry e's
+// tap; dy_tiles: dy_tile_floats(p) of scratch.
 #define EBS_CONV_ISA_DECLS                                                                              \
   void fwd_task(const Plan& p, const float* src, const float* bias, float* out, int64_t task,          \
                 float* copy, float* partial);                                                          \
-  void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc);
+  void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc, \
+               float* dy_tiles);
 
 namespace avx512 { EBS_CONV_ISA_DECLS }
 namespace avx2 { EBS_CONV_ISA_DECLS }

@@ -92,13 +92,23 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
 }
 
 // Block copies (see conv_impl.h) for the common case of unit stride and no upsampling along the
-// width: every copy row is a shifted window of one source row, read with lane-masked loads so the
-// zero padding costs nothing and no read leaves the row. Other geometries use the scalar builder.
-void fill_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_t rows_valid, float* dst) {
+// width: every copy row is a shifted window of one source row (per image of the group), read with
+// lane-masked loads so the zero padding costs nothing and no read leaves the row. Other geometries
+// use the scalar builder.
+void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+                       float* dst);
+
+void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+               float* dst) {
   if (p.sw != 1 || p.uw != 1) {
-    build_copy(p, src_n, b, oy0, rows_valid, dst);
+    build_copy(p, src, n0, b, oy0, rows_valid, dst);
     return;
   }
+  if (p.G > 1) {
+    fill_copy_grouped(p, src, n0, b, oy0, rows_valid, dst);
+    return;
+  }
+  const float* src_n = src + n0 * p.Cs * p.Hs * p.Ws;
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
   const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   const auto zero = Vec::zero();
@@ -131,20 +141,51 @@ void fill_copy(const Plan& p, const float* src_n, int64_t b, int64_t oy0, int64_
   }
 }
 
+// The same for a row shared by G images (G * Wo <= one vector, so Wo_r == W): each image's window
+// lands in its own lanes [g * Wo, (g + 1) * Wo); the loads of one row are added together (the
+// masked-off lanes of each are zero).
+void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+                       float* dst) {
+  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
+  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const int64_t images = min64(p.G, p.N - n0);
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const int64_t shift = kw * p.dw - p.pl;
+      int64_t xa = -shift, xb = p.Ws - shift;  // valid columns [xa, xb) of each image, within [0, Wo)
+      xa = xa < 0 ? 0 : xa > p.Wo ? p.Wo : xa;
+      xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
+      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        const int64_t t = (oy0 * p.sh + rr) - p.pt;
+        auto v = Vec::zero();
+        if (rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs && xa < xb)
+          for (int64_t g = 0; g < images; ++g) {
+            // lane g * Wo + x reads column x + shift of image n0 + g's row
+            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws + shift - g * p.Wo;
+            v = Vec::add(v, Vec::load_lanes(s, g * p.Wo + xa, g * p.Wo + xb));
+          }
+        Vec::store(d, v);
+      }
+    }
+  }
+}
+
 // Pulls the source rows of channel block b of this tile towards L2 while the previous block computes,
 // so building its copies does not wait on memory.
-void prefetch_block(const Plan& p, const float* src_n, int64_t b, int64_t oy0) {
+void prefetch_block(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0) {
   if (b >= p.nb) return;
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
   int64_t r_lo = (oy0 * p.sh - p.pt) / p.uh, r_hi = (oy0 * p.sh + p.rows_copy - p.pt) / p.uh + 1;
   r_lo = r_lo < 0 ? 0 : r_lo;
   r_hi = r_hi > p.Hs ? p.Hs : r_hi;
   if (r_hi <= r_lo) return;
-  for (int64_t c = c_lo; c < c_hi; ++c) {
-    const char* a = reinterpret_cast<const char*>(src_n + (c * p.Hs + r_lo) * p.Ws);
-    const int64_t bytes = (r_hi - r_lo) * p.Ws * int64_t(sizeof(float));
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(a + o, _MM_HINT_T1);
-  }
+  for (int64_t n = n0; n < min64(p.N, n0 + p.G); ++n)
+    for (int64_t c = c_lo; c < c_hi; ++c) {
+      const char* a = reinterpret_cast<const char*>(src + ((n * p.Cs + c) * p.Hs + r_lo) * p.Ws);
+      const int64_t bytes = (r_hi - r_lo) * p.Ws * int64_t(sizeof(float));
+      for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(a + o, _MM_HINT_T1);
+    }
 }
 
 using FwdFn = void (*)(const int32_t*, const float*, int64_t, const float*, int64_t, const float*, int64_t,
@@ -191,19 +232,19 @@ constexpr GwFn kGw[2][kNumRows][kMaxVecs] = {EBS_TABLE(gw_entry, false), EBS_TAB
 // last writes the output directly, so a single-block problem never touches `partial`.
 void fwd_task(const Plan& p, const float* src, const float* bias, float* out, int64_t task, float* copy,
               float* partial) {
-  const int64_t n = task / p.ntiles, oy0 = (task % p.ntiles) * p.R;
+  const int64_t n = task / p.ntiles * p.G, oy0 = (task % p.ntiles) * p.R;
+  const int64_t images = min64(p.G, p.N - n);
   const int64_t rv = min64(p.R, p.Ho - oy0);
   const int ri = row_slot(rv);
   const int64_t rk = kRows[ri];
   const int64_t rstep = p.sh * p.Wo_r;
   const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
   const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
-  const float* src_n = src + n * p.Cs * p.Hs * p.Ws;
   alignas(64) float tile[16 * kMaxVecs * Vec::W];
   for (int64_t b = 0; b < p.nb; ++b) {
     const bool first = b == 0, last = b == p.nb - 1;
-    fill_copy(p, src_n, b, oy0, rv, copy);
-    prefetch_block(p, src_n, b + 1, oy0);
+    fill_copy(p, src, n, b, oy0, rv, copy);
+    prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
       if (s == e && !first && !last) continue;
@@ -214,7 +255,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
         const int64_t nv = min64(kMaxVecs, p.nvec - c0);
         const int64_t col = c0 * p.vw;
         const int64_t lanes = c0 + nv == p.nvec ? last_lanes : p.vw;  // valid floats of the last vector
-        const bool ragged = last && (rv < rk || lanes < p.vw);
+        const bool ragged = last && (rv < rk || lanes < p.vw || p.G > 1);
         float* dst = !last ? part + col : ragged ? tile : yo + col;
         static constexpr int32_t kZeroOff = 0;
         static constexpr float kZeroVal = 0.f;
@@ -222,7 +263,12 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
         const int64_t out_rs = !last ? p.Wo_r : ragged ? kMaxVecs * Vec::W : p.Wo;
         kFwd[!first][fixed][ri][nv - 1](empty ? &kZeroOff : p.off + s, empty ? &kZeroVal : p.val + s, e - s,
                                         copy + col, rstep, part + col, p.Wo_r, bo, dst, out_rs);
-        if (ragged)
+        if (ragged && p.G > 1)  // one vector holds a row of each image of the group
+          for (int64_t g = 0; g < images; ++g)
+            for (int64_t r = 0; r < rv; ++r)
+              std::memcpy(yo + g * p.Co * p.Ho * p.Wo + r * p.Wo, tile + r * kMaxVecs * Vec::W + g * p.Wo,
+                          p.Wo * sizeof(float));
+        else if (ragged)
           for (int64_t r = 0; r < rv; ++r)
             std::memcpy(yo + r * p.Wo + col, tile + r * kMaxVecs * Vec::W, ((nv - 1) * p.vw + lanes) * sizeof(float));
       }
@@ -238,26 +284,39 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
 // Why this order rather than parallel over output channels: a thread owning output channels would
 // have to rebuild every copy of x itself; owning (n, tile) it builds each copy once, at the cost of
 // one nnz-sized accumulator per thread.
-void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc) {
-  const int64_t n = task / p.ntiles, oy0 = (task % p.ntiles) * p.R;
+void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc,
+             float* dy_tiles) {
+  const int64_t n = task / p.ntiles * p.G, oy0 = (task % p.ntiles) * p.R;
   const int64_t rv = min64(p.R, p.Ho - oy0);
   const int ri = row_slot(rv);
   const int64_t rstep = p.sh * p.Wo_r;
   const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
   const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
-  const float* src_n = src + n * p.Cs * p.Hs * p.Ws;
+  if (p.G > 1) {
+    // dy of the group laid out as the copies are (image g in lanes [g * Wo, (g + 1) * Wo)), once per
+    // task for every output channel, zero in the unused lanes and rows.
+    const int64_t images = min64(p.G, p.N - n);
+    std::memset(dy_tiles, 0, p.Co * p.R * p.Wo_r * sizeof(float));
+    for (int64_t o = 0; o < p.Co; ++o)
+      for (int64_t g = 0; g < images; ++g)
+        for (int64_t r = 0; r < rv; ++r)
+          std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (((n + g) * p.Co + o) * p.Ho + oy0 + r) * p.Wo,
+                      p.Wo * sizeof(float));
+  }
   for (int64_t b = 0; b < p.nb; ++b) {
-    fill_copy(p, src_n, b, oy0, rv, copy);
-    prefetch_block(p, src_n, b + 1, oy0);
+    fill_copy(p, src, n, b, oy0, rv, copy);
+    prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
       if (s == e) continue;
-      const float* dyo = dy + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      const bool grouped = p.G > 1;
+      const float* dyo = grouped ? dy_tiles + o * p.R * p.Wo_r : dy + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      const int64_t dy_rs = grouped ? p.Wo_r : p.Wo;
       for (int64_t c0 = 0; c0 < p.nvec; c0 += kMaxVecs) {
         const int64_t nv = min64(kMaxVecs, p.nvec - c0);
         const int64_t col = c0 * p.vw;
-        kGw[fixed][ri][nv - 1](p.off + s, e - s, copy + col, rstep, dyo + col, p.Wo, rv,
-                        c0 + nv == p.nvec ? last_lanes : p.vw, acc + s);
+        kGw[fixed][ri][nv - 1](p.off + s, e - s, copy + col, rstep, dyo + col, dy_rs, rv,
+                               c0 + nv == p.nvec && !grouped ? last_lanes : p.vw, acc + s);
       }
     }
   }

@@ -61,3 +61,57 @@ def test_one_pattern_on_several_geometries():
                                                           ONE, [padding] * 2, ONE)
             ref_dx = torch.nn.grad.conv2d_input(x.shape, w * mask, dy, 1, padding)
             torch.testing.assert_close(dx, ref_dx, atol=1e-4, rtol=1e-4)
+
+
+# Maps narrower than half a vector put several images side by side in one vector row (conv_impl.h):
+# batch sizes that leave a partial last group, strides (grad-input then upsamples dy), enough
+# channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
+SMALL_MAPS = [
+    # n, ci, co, h, w, k, stride, padding, density
+    (5, 16, 12, 4, 4, 3, 1, 1, 0.3),
+    (3, 8, 6, 8, 8, 3, 1, 1, 0.5),
+    (8, 256, 32, 4, 4, 3, 1, 1, 0.05),
+    (7, 12, 10, 5, 5, 3, 1, 1, 0.4),
+    (4, 6, 5, 7, 6, 3, 2, 1, 0.6),
+    (6, 10, 8, 3, 3, 1, 1, 0, 0.5),
+    (9, 4, 4, 1, 1, 1, 1, 0, 1.0),
+]
+
+
+def check_small_maps():
+    torch.manual_seed(0)
+    for n, ci, co, h, w, k, stride, padding, density in SMALL_MAPS:
+        x, wt = torch.randn(n, ci, h, w), torch.randn(co, ci, k, k)
+        mask = torch.rand(co, ci, k, k) < density
+        index = build_index(mask)
+        geo = ([stride] * 2, [padding] * 2, ONE)
+        wm = (wt * mask).requires_grad_()
+        xr = x.clone().requires_grad_()
+        y = torch.nn.functional.conv2d(xr, wm, None, stride, padding)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        ops = torch.ops.ebsparse
+        torch.testing.assert_close(ops.csr_conv2d(x, wt, None, index.row_ptr, index.col_idx, *geo), y.detach(),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ops.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape),
+                                                             *geo), xr.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape),
+                                                              *geo), wm.grad * mask, atol=1e-4, rtol=1e-4)
+
+
+def test_images_share_vectors_on_small_maps():
+    check_small_maps()
+
+
+def test_images_share_vectors_on_small_maps_avx2():
+    """The same through the AVX2 kernels (8-lane vectors: other group sizes), in a fresh process since
+    the instruction set is chosen once per process."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u; s = u.spec_from_file_location('conv_native', %r); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_small_maps()" % os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CONV_AVX2="1"),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
