@@ -3,6 +3,7 @@
 
 #include "../ebsparse.h"
 #include "checks.h"
+#include "pattern_cache.h"
 
 namespace ebsparse {
 namespace {
@@ -14,20 +15,25 @@ void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArr
 }
 
 // The kernels index the weight, the block copies and grad_weight by these values, so a malformed
-// pattern must not reach them: nnz must match, and every index must lie in [0, cols).
+// pattern must not reach them: nnz must match, and every index must lie in [0, cols). A pattern
+// that passed is remembered (pattern_cache.h: the same tensors, unmodified), since a training step
+// calls the three conv ops on the same pattern and the pattern changes rarely.
 void check_pattern_values(const at::Tensor& ptr, const at::Tensor& idx, int64_t cols, const char* ptr_name,
                           const char* idx_name) {
-  const int32_t* p = ptr.data_ptr<int32_t>();
-  const int64_t rows = ptr.numel() - 1;
-  TORCH_CHECK(p[0] == 0 && p[rows] == idx.numel(), ptr_name, ": expected to start at 0 and end at ", idx_name,
-              ".numel() = ", idx.numel(), ", got ", p[0], " and ", p[rows]);
-  for (int64_t r = 0; r < rows; ++r)
-    TORCH_CHECK(p[r] <= p[r + 1], ptr_name, ": expected non-decreasing values, got ", p[r], " then ", p[r + 1]);
-  if (idx.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(idx);
-    TORCH_CHECK(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < cols, idx_name, ": expected values in [0, ", cols,
-                "), got [", lo.item<int32_t>(), ", ", hi.item<int32_t>(), "]");
-  }
+  static PatternCache<bool> valid(1024);
+  valid.get(ptr, idx, {cols}, [&] {
+    const int32_t* p = ptr.data_ptr<int32_t>();
+    const int64_t rows = ptr.numel() - 1;
+    TORCH_CHECK(p[0] == 0 && p[rows] == idx.numel(), ptr_name, ": expected to start at 0 and end at ", idx_name,
+                ".numel() = ", idx.numel(), ", got ", p[0], " and ", p[rows]);
+    for (int64_t r = 0; r < rows; ++r)
+      TORCH_CHECK(p[r] <= p[r + 1], ptr_name, ": expected non-decreasing values, got ", p[r], " then ", p[r + 1]);
+    const int32_t* v = idx.data_ptr<int32_t>();
+    for (int64_t j = 0; j < idx.numel(); ++j)
+      TORCH_CHECK(v[j] >= 0 && v[j] < cols, idx_name, ": expected values in [0, ", cols, "), got ", v[j],
+                  " at position ", j);
+    return std::make_shared<const bool>(true);
+  });
 }
 
 at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,

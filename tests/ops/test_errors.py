@@ -90,3 +90,26 @@ def test_native_op_direct_call_checks_in_cpp():
     with pytest.raises(RuntimeError, match="input: expected \\(3, 8\\)"):
         torch.ops.ebsparse.csr_linear_backward(dy, torch.randn(3, 7), w, rp, torch.tensor([0, 1], dtype=torch.int32),
                                                True, True)
+
+
+def test_native_conv_pattern_values_checked_even_when_remembered():
+    """The conv ops remember patterns that passed their checks; an in-place edit must be checked again."""
+    import ebsparse.ops.extension as ext
+
+    if ext.extension_error() is not None:
+        pytest.skip(ext.extension_error())
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    one = [1, 1]
+    rp = torch.tensor([0, 1, 1, 2], dtype=torch.int32)
+    ci = torch.tensor([0, 18], dtype=torch.int32)  # 18 = 2 * 3 * 3 is out of range
+    with pytest.raises(RuntimeError, match=r"col_idx: expected values in \[0, 18\), got 18"):
+        torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, one, one, one)
+    ci[1] = 17
+    torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, one, one, one)  # valid now, and remembered
+    ci[1] = -1
+    with pytest.raises(RuntimeError, match=r"col_idx: expected values in \[0, 18\), got -1"):
+        torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, one, one, one)
+    rp[1] = 2
+    rp[2] = 1
+    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing values"):
+        torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, one, one, one)
