@@ -1,7 +1,8 @@
 """Sparse linear and conv training steps (forward + grad-input + grad-weight) vs dense PyTorch.
 
 Shapes from the kernel issue: linear 1024->1024 on a (1024, 1024) input; conv 256->256 3x3 pad 1
-on (8, 256, 32, 32). "useful GFLOP" counts only the kept weights. Each sparse row is timed alternately
+on (8, 256, 32, 32). "useful GFLOP" counts only the kept weights. Every provider's step starts with
+its gradients set to None, as ``optimizer.zero_grad()`` leaves them (``bench.providers.training_step``). Each sparse row is timed alternately
 with dense in the same rounds (``bench.providers.paired_minimum``) and its speed-up is against that
 paired dense time, so a noisy stretch of a shared machine cannot favour either side. Peer libraries run in
 test_peers.py, collected after this file, so that their thread pools cannot disturb these rows.
