@@ -91,13 +91,40 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
   }
 }
 
-// Block copies (see conv_impl.h) for the common case of unit stride and no upsampling along the
-// width: every copy row is a shifted window of one source row (per image of the group), read with
-// lane-masked loads so the zero padding costs nothing and no read leaves the row. Other geometries
-// use the scalar builder.
+// Block copies (see conv_impl.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
+// for unit stride and no upsampling along the width: each image's window lands in its own lanes
+// [g * Wo, (g + 1) * Wo); the masked loads of one row are added together (their other lanes are 0).
 void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
-                       float* dst);
+                       float* dst) {
+  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
+  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  const int64_t images = min64(p.G, p.N - n0);
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const int64_t shift = kw * p.dw - p.pl;
+      int64_t xa = -shift, xb = p.Ws - shift;  // valid columns [xa, xb) of each image, within [0, Wo)
+      xa = xa < 0 ? 0 : xa > p.Wo ? p.Wo : xa;
+      xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
+      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        const int64_t t = (oy0 * p.sh + rr) - p.pt;
+        auto v = Vec::zero();
+        if (rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs && xa < xb)
+          for (int64_t g = 0; g < images; ++g) {
+            // lane g * Wo + x reads column x + shift of image n0 + g's row
+            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws + shift - g * p.Wo;
+            v = Vec::add(v, Vec::load_lanes(s, g * p.Wo + xa, g * p.Wo + xb));
+          }
+        Vec::store(d, v);
+      }
+    }
+  }
+}
 
+// Block copies (see conv_impl.h) for the common case of unit stride and no upsampling along the
+// width: every copy row is a shifted window of one source row, read with lane-masked loads so the
+// zero padding costs nothing and no read leaves the row. Grouped rows and other geometries go to
+// the builders above.
 void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
                float* dst) {
   if (p.sw != 1 || p.uw != 1) {
@@ -136,36 +163,6 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t o
           else
             Vec::store(d + x, Vec::load_lanes(s + x, lo < 0 ? 0 : lo, hi > Vec::W ? Vec::W : hi));
         }
-      }
-    }
-  }
-}
-
-// The same for a row shared by G images (G * Wo <= one vector, so Wo_r == W): each image's window
-// lands in its own lanes [g * Wo, (g + 1) * Wo); the loads of one row are added together (the
-// masked-off lanes of each are zero).
-void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
-                       float* dst) {
-  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
-  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
-  const int64_t images = min64(p.G, p.N - n0);
-  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const int64_t shift = kw * p.dw - p.pl;
-      int64_t xa = -shift, xb = p.Ws - shift;  // valid columns [xa, xb) of each image, within [0, Wo)
-      xa = xa < 0 ? 0 : xa > p.Wo ? p.Wo : xa;
-      xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
-      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
-      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        const int64_t t = (oy0 * p.sh + rr) - p.pt;
-        auto v = Vec::zero();
-        if (rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs && xa < xb)
-          for (int64_t g = 0; g < images; ++g) {
-            // lane g * Wo + x reads column x + shift of image n0 + g's row
-            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws + shift - g * p.Wo;
-            v = Vec::add(v, Vec::load_lanes(s, g * p.Wo + xa, g * p.Wo + xb));
-          }
-        Vec::store(d, v);
       }
     }
   }
