@@ -270,38 +270,41 @@ int64_t copy_floats(const Plan& p) { return p.Cb * p.KW * p.rows_copy * p.Wo_r; 
 
 int64_t dy_tile_floats(const Plan& p) { return p.G > 1 ? p.Co * p.R * p.Wo_r : 0; }
 
-void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows) {
+  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
+  for (int64_t rr = 0; rr < p.rows_copy; ++rr) {
+    const int64_t t = oy0 * p.sh + rr - p.pt;
+    rows[rr] = rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs ? t / p.uh : -1;
+  }
+}
+
+void source_cols(const Plan& p, int32_t* cols) {
+  for (int64_t kw = 0; kw < p.KW; ++kw)
+    for (int64_t x = 0; x < p.Wo_r; ++x) {
+      const int64_t u = x * p.sw + kw * p.dw - p.pl;  // column of the virtual input V
+      cols[kw * p.Wo_r + x] = x < p.Wo && u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws ? int32_t(u / p.uw) : -1;
+    }
+}
+
+void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, const int32_t* cols,
                 float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = std::min(p.Cs, c_lo + p.Cb);
-  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   const int64_t images = std::min(p.G, p.N - n0);
-  const bool contiguous = p.sw == 1 && p.uw == 1;
-  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl)
     for (int64_t kw = 0; kw < p.KW; ++kw) {
-      // Copy column x reads virtual column x*sw + kw*dw, i.e. source column (x*sw + shift) / uw.
-      const int64_t shift = kw * p.dw - p.pl;
-      const int64_t xa = std::clamp<int64_t>(-shift, 0, p.Wo);
-      const int64_t xb = std::clamp<int64_t>(p.Ws - shift, xa, p.Wo);
+      const int32_t* col = cols + kw * p.Wo_r;
       float* d_row = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d_row += p.Wo_r) {
         std::fill(d_row, d_row + p.Wo_r, 0.f);
-        const int64_t t = (oy0 * p.sh + rr) - p.pt;
-        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) continue;
-        for (int64_t g = 0; g < images; ++g) {
-          const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws;
+        if (rows[rr] < 0) continue;
+        for (int64_t g = 0; g < images; ++g) {  // image g in lanes [g * Wo, (g + 1) * Wo)
+          const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + rows[rr]) * p.Ws;
           float* d = d_row + g * p.Wo;
-          if (contiguous) {  // rows are short: an inlined loop beats a library call
-            for (int64_t x = xa; x < xb; ++x) d[x] = s[x + shift];
-          } else {
-            for (int64_t x = 0; x < p.Wo; ++x) {
-              const int64_t u = x * p.sw + shift;
-              if (u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws) d[x] = s[u / p.uw];
-            }
-          }
+          for (int64_t x = 0; x < p.Wo; ++x)
+            if (col[x] >= 0) d[x] = s[col[x]];
         }
       }
     }
-  }
 }
 
 }  // namespace convk

@@ -51,9 +51,21 @@ struct Plan {
 // partial-sum buffer (Co * R * Wo_r).
 int64_t copy_floats(const Plan& p);
 
-// Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S and the tile
-// starting at output row oy0 with rows_valid rows.
-void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+// rows[rr] for rr < rows_copy: the row of S that copy row rr of the tile starting at output row oy0
+// (rows_valid rows) reads, or -1 where the copy row is zero (padding, an upsampling gap, or below
+// the rows the tile needs). Computed once per task: a division by the upsampling factor per copy
+// row and channel was most of the cost of building the copies.
+void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows);
+
+// cols[kw * Wo_r + x] for kw < KW, x < Wo_r: the column of S that copy column x of kernel column kw
+// reads, or -1 where it is zero (padding, an upsampling gap, x >= Wo). Needed only where the copies
+// are not plain shifted windows (sw != 1 or uw != 1); once per call, not a division per element.
+void source_cols(const Plan& p, int32_t* cols);
+
+// Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S, copy row rr
+// reading source row rows[rr] (source_rows) and copy column x of kernel column kw source column
+// cols[kw * Wo_r + x] (source_cols). Scalar: the general case (strided and grouped) only.
+void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, const int32_t* cols,
                 float* dst);
 
 // Floats of the per-thread dy tiles grad-weight gathers when G > 1 (Co * R * Wo_r), else 0.

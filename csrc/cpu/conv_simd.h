@@ -94,10 +94,8 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
 // Block copies (see conv_impl.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
 // for unit stride and no upsampling along the width: each image's window lands in its own lanes
 // [g * Wo, (g + 1) * Wo); the masked loads of one row are added together (their other lanes are 0).
-void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
-                       float* dst) {
+void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
-  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   const int64_t images = min64(p.G, p.N - n0);
   for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
     for (int64_t kw = 0; kw < p.KW; ++kw) {
@@ -107,15 +105,36 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, i
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        const int64_t t = (oy0 * p.sh + rr) - p.pt;
         auto v = Vec::zero();
-        if (rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs && xa < xb)
+        if (rows[rr] >= 0 && xa < xb)
           for (int64_t g = 0; g < images; ++g) {
             // lane g * Wo + x reads column x + shift of image n0 + g's row
-            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + t / p.uh) * p.Ws + shift - g * p.Wo;
+            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + rows[rr]) * p.Ws + shift - g * p.Wo;
             v = Vec::add(v, Vec::load_lanes(s, g * p.Wo + xa, g * p.Wo + xb));
           }
         Vec::store(d, v);
+      }
+    }
+  }
+}
+
+// Block copies of one image whose columns are not a plain shifted window (strided, or a zero-upsampled
+// grad-input source): each vector gathers its columns through cols (source_cols).
+void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows,
+                        const int32_t* cols, float* dst) {
+  const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
+  for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
+    const float* src_c = src + (n0 * p.Cs + c_lo + cl) * p.Hs * p.Ws;
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const int32_t* col = cols + kw * p.Wo_r;
+      float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
+      for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        if (rows[rr] < 0) {
+          for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, Vec::zero());
+          continue;
+        }
+        const float* s = src_c + rows[rr] * p.Ws;
+        for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, Vec::gather(s, col + x));
       }
     }
   }
@@ -125,19 +144,21 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, i
 // width: every copy row is a shifted window of one source row, read with lane-masked loads so the
 // zero padding costs nothing and no read leaves the row. Grouped rows and other geometries go to
 // the builders above.
-void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0, int64_t rows_valid,
+void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, const int32_t* cols,
                float* dst) {
   if (p.sw != 1 || p.uw != 1) {
-    build_copy(p, src, n0, b, oy0, rows_valid, dst);
+    if (p.G == 1)
+      fill_copy_gathered(p, src, n0, b, rows, cols, dst);
+    else
+      build_copy(p, src, n0, b, rows, cols, dst);
     return;
   }
   if (p.G > 1) {
-    fill_copy_grouped(p, src, n0, b, oy0, rows_valid, dst);
+    fill_copy_grouped(p, src, n0, b, rows, dst);
     return;
   }
   const float* src_n = src + n0 * p.Cs * p.Hs * p.Ws;
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
-  const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   const auto zero = Vec::zero();
   for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
     const float* src_c = src_n + (c_lo + cl) * p.Hs * p.Ws;
@@ -148,12 +169,11 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t o
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        const int64_t t = (oy0 * p.sh + rr) - p.pt;
-        if (rr >= rows_needed || t < 0 || t % p.uh != 0 || t / p.uh >= p.Hs) {
+        if (rows[rr] < 0) {
           for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, zero);
           continue;
         }
-        const float* s = src_c + (t / p.uh) * p.Ws + shift;
+        const float* s = src_c + rows[rr] * p.Ws + shift;
         for (int64_t x = 0; x < p.Wo_r; x += Vec::W) {
           const int64_t lo = xa - x, hi = xb - x;
           if (lo <= 0 && hi >= Vec::W)
@@ -238,9 +258,13 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
   const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
   const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
   alignas(64) float tile[16 * kMaxVecs * Vec::W];
+  std::vector<int64_t> rows(p.rows_copy);
+  source_rows(p, oy0, rv, rows.data());
+  std::vector<int32_t> cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0);
+  if (!cols.empty()) source_cols(p, cols.data());
   for (int64_t b = 0; b < p.nb; ++b) {
     const bool first = b == 0, last = b == p.nb - 1;
-    fill_copy(p, src, n, b, oy0, rv, copy);
+    fill_copy(p, src, n, b, rows.data(), cols.data(), copy);
     prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
@@ -300,8 +324,12 @@ void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, flo
           std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (((n + g) * p.Co + o) * p.Ho + oy0 + r) * p.Wo,
                       p.Wo * sizeof(float));
   }
+  std::vector<int64_t> rows(p.rows_copy);
+  source_rows(p, oy0, rv, rows.data());
+  std::vector<int32_t> cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0);
+  if (!cols.empty()) source_cols(p, cols.data());
   for (int64_t b = 0; b < p.nb; ++b) {
-    fill_copy(p, src, n, b, oy0, rv, copy);
+    fill_copy(p, src, n, b, rows.data(), cols.data(), copy);
     prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];

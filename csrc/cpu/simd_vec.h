@@ -4,7 +4,8 @@
 //
 // Interface: T, W (floats per vector), zero(), load(p) (aligned), loadu(p), load_part(p, n) (first
 // n lanes), load_lanes(p, lo, hi), bcast(x), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
-// (aligned), storeu(p, v), store_part(p, v, n), hsum(v).
+// (aligned), storeu(p, v), store_part(p, v, n), hsum(v), gather(p, idx) (lane i = p[idx[i]], zero
+// and not read where idx[i] < 0).
 //
 // Everything has internal linkage (anonymous namespace), so no copy compiled for one instruction
 // set can be merged by the linker into code built for the other. The AVX-512 adapter carries its
@@ -34,6 +35,10 @@ struct Avx512 {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
   }
   static inline void store(float* p, T v) { _mm512_store_ps(p, v); }
+  static inline T gather(const float* p, const int32_t* idx) {
+    const __m512i i = _mm512_loadu_si512(idx);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), _mm512_cmpge_epi32_mask(i, _mm512_setzero_si512()), i, p, 4);
+  }
   static inline T bcast(float x) { return _mm512_set1_ps(x); }
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
@@ -70,6 +75,11 @@ struct Avx2 {
     return _mm256_maskload_ps(p, m);
   }
   static inline void store(float* p, T v) { _mm256_store_ps(p, v); }
+  static inline T gather(const float* p, const int32_t* idx) {
+    const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
+    const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, i, valid, 4);
+  }
   static inline T bcast(float x) { return _mm256_set1_ps(x); }
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }

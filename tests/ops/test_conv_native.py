@@ -67,27 +67,38 @@ def test_one_pattern_on_several_geometries():
 # batch sizes that leave a partial last group, strides (grad-input then upsamples dy), enough
 # channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
 SMALL_MAPS = [
-    # n, ci, co, h, w, k, stride, padding, density
-    (5, 16, 12, 4, 4, 3, 1, 1, 0.3),
-    (3, 8, 6, 8, 8, 3, 1, 1, 0.5),
-    (8, 256, 32, 4, 4, 3, 1, 1, 0.05),
-    (7, 12, 10, 5, 5, 3, 1, 1, 0.4),
-    (4, 6, 5, 7, 6, 3, 2, 1, 0.6),
-    (6, 10, 8, 3, 3, 1, 1, 0, 0.5),
-    (9, 4, 4, 1, 1, 1, 1, 0, 1.0),
+    # n, ci, co, h, w, k, stride, padding, density, dilation
+    (5, 16, 12, 4, 4, 3, 1, 1, 0.3, 1),
+    (3, 8, 6, 8, 8, 3, 1, 1, 0.5, 1),
+    (8, 256, 32, 4, 4, 3, 1, 1, 0.05, 1),
+    (7, 12, 10, 5, 5, 3, 1, 1, 0.4, 1),
+    (4, 6, 5, 7, 6, 3, 2, 1, 0.6, 1),
+    (6, 10, 8, 3, 3, 1, 1, 0, 0.5, 1),
+    (9, 4, 4, 1, 1, 1, 1, 0, 1.0, 1),
+]
+
+# Strided convolutions on maps wide enough for one image per vector row, whose copies gather their
+# columns (fill_copy_gathered): forward and grad-weight read every stride-th column, grad-input reads
+# a zero-upsampled grad_output. Odd sizes leave ragged last vectors; dilation and padding past the
+# kernel's reach move the gathered columns; several channel blocks.
+STRIDED_MAPS = [
+    (2, 5, 7, 23, 21, 3, 2, 1, 0.5, 1),
+    (3, 8, 6, 40, 37, 3, 2, 2, 0.3, 2),
+    (2, 96, 16, 20, 20, 3, 3, 1, 0.1, 1),
+    (2, 4, 4, 19, 33, 1, 2, 0, 1.0, 1),
 ]
 
 
-def check_small_maps():
+def check_against_reference(cases):
     torch.manual_seed(0)
-    for n, ci, co, h, w, k, stride, padding, density in SMALL_MAPS:
+    for n, ci, co, h, w, k, stride, padding, density, dilation in cases:
         x, wt = torch.randn(n, ci, h, w), torch.randn(co, ci, k, k)
         mask = torch.rand(co, ci, k, k) < density
         index = build_index(mask)
-        geo = ([stride] * 2, [padding] * 2, ONE)
+        geo = ([stride] * 2, [padding] * 2, [dilation] * 2)
         wm = (wt * mask).requires_grad_()
         xr = x.clone().requires_grad_()
-        y = torch.nn.functional.conv2d(xr, wm, None, stride, padding)
+        y = torch.nn.functional.conv2d(xr, wm, None, stride, padding, dilation)
         dy = torch.randn_like(y)
         y.backward(dy)
         ops = torch.ops.ebsparse
@@ -99,19 +110,32 @@ def check_small_maps():
                                                               *geo), wm.grad * mask, atol=1e-4, rtol=1e-4)
 
 
-def test_images_share_vectors_on_small_maps():
-    check_small_maps()
-
-
-def test_images_share_vectors_on_small_maps_avx2():
-    """The same through the AVX2 kernels (8-lane vectors: other group sizes), in a fresh process since
-    the instruction set is chosen once per process."""
+def run_with_avx2_kernels(cases_name):
+    """check_against_reference(<cases_name>) through the AVX2 kernels (8-lane vectors: other group
+    sizes, AVX2 gathers), in a fresh process since the instruction set is chosen once per process."""
     import os
     import subprocess
     import sys
 
     code = ("import importlib.util as u; s = u.spec_from_file_location('conv_native', %r); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_small_maps()" % os.path.abspath(__file__))
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_against_reference(m.%s)"
+            % (os.path.abspath(__file__), cases_name))
     run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CONV_AVX2="1"),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_images_share_vectors_on_small_maps():
+    check_against_reference(SMALL_MAPS)
+
+
+def test_images_share_vectors_on_small_maps_avx2():
+    run_with_avx2_kernels("SMALL_MAPS")
+
+
+def test_strided_copies_gather_their_columns():
+    check_against_reference(STRIDED_MAPS)
+
+
+def test_strided_copies_gather_their_columns_avx2():
+    run_with_avx2_kernels("STRIDED_MAPS")
