@@ -11,12 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.providers import make_mask, paired_minimum
+from bench.providers import ROUNDS, make_mask, paired_minimum
 from ebsparse.formats import build_index
 
 SPARSITIES = [0.9, 0.95, "2:4"]
 PHASES = ["forward", "grad-input", "grad-weight"]
-ROUNDS = {"linear": 15, "conv": 7}
 
 
 def _linear_calls(sparsity):
