@@ -82,7 +82,9 @@ void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
       }
   p.ntiles = (p.Ho + p.R - 1) / p.R;
   p.rows_copy = (p.R - 1) * p.sh + (p.KH - 1) * p.dh + 1;
-  const int64_t per_channel = p.KW * p.rows_copy * p.Wo_r * int64_t(sizeof(float));
+  // Copy rows left out as upsampling gaps are never touched, so they take no cache.
+  const int64_t rows_touched = p.skip_gaps ? (p.rows_copy + p.uh - 1) / p.uh + 1 : p.rows_copy;
+  const int64_t per_channel = p.KW * std::min(rows_touched, p.rows_copy) * p.Wo_r * int64_t(sizeof(float));
   const double density = double(nnz) / double(std::max<int64_t>(p.Co * p.Cs * p.KH * p.KW, 1));
   const int64_t cb_l1 = std::max<int64_t>(kL1CopyBytes / per_channel, 1);
   const int64_t cb_max = std::max<int64_t>(kMaxCopyBytes / per_channel, 1);
@@ -124,12 +126,15 @@ std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, Eac
 
 // The pack of (a, b) (CSR or CSC) for this kind of engine and tiling, from the cache when it is
 // there. Every plan field `pack` reads, and the geometry `each` decodes with, is part of the key.
+// `kind` names the engine (0 forward, 1 grad-input, 2 grad-weight, 3 + phase for the row phases of
+// a strided grad-input, whose tap filter also depends on stride, padding and dilation).
 template <class Each>
 std::shared_ptr<const PackedPattern> cached_pack(int64_t kind, const at::Tensor& a, const at::Tensor& b,
                                                  const Geometry& g, const convk::Plan& p, int64_t nnz,
                                                  Each each) {
   static PatternCache<PackedPattern> cache(256);
-  return cache.get(a, b, {kind, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh, g.Co, g.Ci, g.KH, g.KW, nnz},
+  return cache.get(a, b, {kind, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh, g.Co, g.Ci, g.KH, g.KW, g.sh,
+                          g.ph, g.dh, nnz},
                    [&] { return pack(p, nnz, each); });
 }
 
@@ -148,6 +153,7 @@ convk::Plan conv_plan(const Geometry& g, Kind kind, bool avx512, int64_t nnz) {
   p.Co = g.Co, p.Ho = g.Ho, p.Wo = g.Wo;
   p.KH = g.KH, p.KW = g.KW, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
   p.pt = g.ph, p.pl = g.pw, p.uh = 1, p.uw = 1;
+  p.Ho_out = g.Ho, p.oy_first = 0, p.oy_step = 1, p.skip_gaps = false;
   choose_tiling(p, kind, avx512, nnz);
   return p;
 }
@@ -173,6 +179,10 @@ struct ThreadBuffers {
 void run_forward(const convk::Plan& p, const float* src, const float* bias, float* out, bool avx512) {
   const int64_t partial = p.nb > 1 ? p.Co * p.R * p.Wo_r : 0;
   ThreadBuffers buf(p, partial, false);
+  // Skipped gap rows sit at the same copy positions in every task (their parity is fixed by the
+  // plan), so zeroing the copies once keeps them zero for the whole call; an empty weight list's
+  // stand-in zero weight reads copy rows that may be such gaps, and 0 * garbage could be NaN.
+  if (p.skip_gaps) buf.copy.zero_();
   run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
     if (avx512)
       convk::avx512::fwd_task(p, src, bias, out, t, buf.copy_of(tid), buf.extra_of(tid));
@@ -274,7 +284,10 @@ void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows) 
   const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   for (int64_t rr = 0; rr < p.rows_copy; ++rr) {
     const int64_t t = oy0 * p.sh + rr - p.pt;
-    rows[rr] = rr < rows_needed && t >= 0 && t % p.uh == 0 && t / p.uh < p.Hs ? t / p.uh : -1;
+    const bool gap = t % p.uh != 0;
+    rows[rr] = rr < rows_needed && t >= 0 && !gap && t / p.uh < p.Hs ? t / p.uh
+               : gap && p.skip_gaps                                  ? kSkippedRow
+                                                                     : kZeroRow;
   }
 }
 
@@ -295,6 +308,7 @@ void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const in
       const int32_t* col = cols + kw * p.Wo_r;
       float* d_row = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d_row += p.Wo_r) {
+        if (rows[rr] == kSkippedRow) continue;
         std::fill(d_row, d_row + p.Wo_r, 0.f);
         if (rows[rr] < 0) continue;
         for (int64_t g = 0; g < images; ++g) {  // image g in lanes [g * Wo, (g + 1) * Wo)
@@ -367,23 +381,47 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   auto dx = at::empty({g.N, g.Ci, g.H, g.W}, dy.options());
   if (dx.numel() == 0) return dx;
   const bool avx512 = have_avx512();
-  convk::Plan p{};
-  p.N = g.N, p.Cs = g.Co, p.Hs = g.Ho, p.Ws = g.Wo;
-  p.Co = g.Ci, p.Ho = g.H, p.Wo = g.W;
-  p.KH = g.KH, p.KW = g.KW, p.sh = 1, p.sw = 1, p.dh = g.dh, p.dw = g.dw;
-  p.pt = (g.KH - 1) * g.dh - g.ph, p.pl = (g.KW - 1) * g.dw - g.pw, p.uh = g.sh, p.uw = g.sw;
+  convk::Plan base{};
+  base.N = g.N, base.Cs = g.Co, base.Hs = g.Ho, base.Ws = g.Wo;
+  base.Co = g.Ci, base.Ho = g.H, base.Wo = g.W;
+  base.KH = g.KH, base.KW = g.KW, base.sh = 1, base.sw = 1, base.dh = g.dh, base.dw = g.dw;
+  base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw, base.uh = g.sh, base.uw = g.sw;
+  base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1, base.skip_gaps = false;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  choose_tiling(p, Kind::kForward, avx512, cp[Kc]);
-  const auto pk = cached_pack(1, col_ptr, row_idx, g, p, cp[Kc], [&](auto&& visit) {
-    for (int64_t col = 0; col < Kc; ++col) {
-      const int64_t c = col / KK, kh = (col % KK) / g.KW, kw = col % g.KW;
-      for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
-        visit(c, ri[j], g.KH - 1 - kh, g.KW - 1 - kw, ri[j] * Kc + col);
-    }
-  });
-  const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
-  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
-  run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
+  // The kept taps in the engine's orientation (flipped kernel), those with keep(kh) only.
+  auto taps = [&](auto keep) {
+    return [&, keep](auto&& visit) {
+      for (int64_t col = 0; col < Kc; ++col) {
+        const int64_t c = col / KK, kh = g.KH - 1 - (col % KK) / g.KW, kw = g.KW - 1 - col % g.KW;
+        if (keep(kh))
+          for (int32_t j = cp[col]; j < cp[col + 1]; ++j) visit(c, ri[j], kh, kw, ri[j] * Kc + col);
+      }
+    };
+  };
+  auto run = [&](convk::Plan p, int64_t kind, auto keep) {
+    int64_t nnz = 0;
+    taps(keep)([&](int64_t, int64_t, int64_t, int64_t, int64_t) { ++nnz; });
+    choose_tiling(p, Kind::kForward, avx512, nnz);
+    const auto pk = cached_pack(kind, col_ptr, row_idx, g, p, nnz, taps(keep));
+    const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
+    p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
+    run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
+  };
+  if (g.sh == 1) {
+    run(base, 1, [](int64_t) { return true; });
+    return dx;
+  }
+  // Strided: V is grad_output zero-upsampled by the stride, so the output rows of one phase
+  // (y = phase + sh * y') read only V rows of one parity per tap, and a tap whose rows are all gaps
+  // is left out. One engine per phase, with output stride sh and only its own taps, instead of one
+  // over all rows that multiplies every weight by (sh - 1) zero rows in sh.
+  for (int64_t phase = 0; phase < g.sh && phase < g.H; ++phase) {
+    convk::Plan p = base;
+    p.Ho = (g.H - phase + g.sh - 1) / g.sh;
+    p.sh = g.sh, p.pt = base.pt - phase;
+    p.oy_first = phase, p.oy_step = g.sh, p.skip_gaps = true;
+    run(p, 3 + phase, [&](int64_t kh) { return ((phase + kh * g.dh - base.pt) % g.sh + g.sh) % g.sh == 0; });
+  }
   return dx;
 }
 

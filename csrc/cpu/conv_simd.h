@@ -105,6 +105,7 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, c
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        if (rows[rr] == kSkippedRow) continue;
         auto v = Vec::zero();
         if (rows[rr] >= 0 && xa < xb)
           for (int64_t g = 0; g < images; ++g) {
@@ -129,6 +130,7 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
       const int32_t* col = cols + kw * p.Wo_r;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        if (rows[rr] == kSkippedRow) continue;
         if (rows[rr] < 0) {
           for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, Vec::zero());
           continue;
@@ -169,6 +171,7 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
+        if (rows[rr] == kSkippedRow) continue;
         if (rows[rr] < 0) {
           for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, zero);
           continue;
@@ -257,6 +260,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
   const int64_t rstep = p.sh * p.Wo_r;
   const bool fixed = p.sh == 1 && p.nvec <= kMaxVecs;
   const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
+  const int64_t yo_rs = p.oy_step * p.Wo;  // floats between the output rows of successive engine rows
   alignas(64) float tile[16 * kMaxVecs * Vec::W];
   std::vector<int64_t> rows(p.rows_copy);
   source_rows(p, oy0, rv, rows.data());
@@ -270,7 +274,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
       if (s == e && !first && !last) continue;
       float* part = partial + o * p.R * p.Wo_r;
-      float* yo = out + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      float* yo = out + ((n * p.Co + o) * p.Ho_out + p.oy_first + p.oy_step * oy0) * p.Wo;
       const float bo = bias ? bias[o] : 0.f;
       for (int64_t c0 = 0; c0 < p.nvec; c0 += kMaxVecs) {
         const int64_t nv = min64(kMaxVecs, p.nvec - c0);
@@ -281,17 +285,17 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
         static constexpr int32_t kZeroOff = 0;
         static constexpr float kZeroVal = 0.f;
         const bool empty = s == e;
-        const int64_t out_rs = !last ? p.Wo_r : ragged ? kMaxVecs * Vec::W : p.Wo;
+        const int64_t out_rs = !last ? p.Wo_r : ragged ? kMaxVecs * Vec::W : yo_rs;
         kFwd[!first][fixed][ri][nv - 1](empty ? &kZeroOff : p.off + s, empty ? &kZeroVal : p.val + s, e - s,
                                         copy + col, rstep, part + col, p.Wo_r, bo, dst, out_rs);
         if (ragged && p.G > 1)  // one vector holds a row of each image of the group
           for (int64_t g = 0; g < images; ++g)
             for (int64_t r = 0; r < rv; ++r)
-              std::memcpy(yo + g * p.Co * p.Ho * p.Wo + r * p.Wo, tile + r * kMaxVecs * Vec::W + g * p.Wo,
+              std::memcpy(yo + g * p.Co * p.Ho_out * p.Wo + r * yo_rs, tile + r * kMaxVecs * Vec::W + g * p.Wo,
                           p.Wo * sizeof(float));
         else if (ragged)
           for (int64_t r = 0; r < rv; ++r)
-            std::memcpy(yo + r * p.Wo + col, tile + r * kMaxVecs * Vec::W, ((nv - 1) * p.vw + lanes) * sizeof(float));
+            std::memcpy(yo + r * yo_rs + col, tile + r * kMaxVecs * Vec::W, ((nv - 1) * p.vw + lanes) * sizeof(float));
       }
     }
   }

@@ -1,8 +1,11 @@
 """The native CPU conv kernels called directly: the cached packing of a pattern must follow the
-pattern's tensors (never stale when they are edited in place or when the geometry changes)."""
+pattern's tensors (never stale when they are edited in place or when the geometry changes); the
+copy builders for small maps and strided geometries; the row phases of a strided grad-input."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ebsparse.formats import build_index
 from ebsparse.ops.extension import extension_error
@@ -139,3 +142,26 @@ def test_strided_copies_gather_their_columns():
 
 def test_strided_copies_gather_their_columns_avx2():
     run_with_avx2_kernels("STRIDED_MAPS")
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), ci=st.integers(1, 9), co=st.sampled_from([1, 5, 70]), h=st.integers(1, 20),
+       w=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), dilation=st.integers(1, 2),
+       density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_strided_grad_input_by_row_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw, dilation, density, seed):
+    """Grad-input of a strided conv runs one engine per output-row phase with only that phase's taps,
+    leaving the zero rows of the upsampled grad_output out of its copies: rectangular strides,
+    phases without a single tap (density 0, kernels shorter than the stride), several channel blocks."""
+    if h + 2 * ph - dilation * (kh - 1) < 1 or w + 2 * pw - dilation * (kw - 1) < 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(n, ci, h, w, generator=g), torch.randn(co, ci, kh, kw, generator=g)
+    mask = torch.rand(co, ci, kh, kw, generator=g) < density
+    index = build_index(mask)
+    y = torch.nn.functional.conv2d(x, wt * mask, None, (sh, sw), (ph, pw), dilation)
+    dy = torch.randn(y.shape, generator=g)
+    expected = torch.nn.grad.conv2d_input(x.shape, wt * mask, dy, (sh, sw), (ph, pw), dilation)
+    got = torch.ops.ebsparse.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape), [sh, sw],
+                                                   [ph, pw], [dilation, dilation])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
