@@ -129,9 +129,9 @@ def paired_minimum(step, baseline, rounds: int, warmup: int = 1) -> tuple[float,
 
 
 # Rounds of each paired timing. The ebsparse rows decide the targets, and a 150 ms conv step on
-# a shared 2-core machine needs about a dozen rounds before the two minima settle; the peers are
+# a shared 2-core machine needs more than a dozen rounds before the two minima settle; the peers are
 # several times slower than dense (or far faster than it is), so a few rounds tell their story.
-ROUNDS = {"linear": 15, "conv": 11}
+ROUNDS = {"linear": 15, "conv": 15}
 PEER_ROUNDS = 3
 
 
