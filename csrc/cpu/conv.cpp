@@ -388,19 +388,21 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw, base.uh = g.sh, base.uw = g.sw;
   base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1, base.skip_gaps = false;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  // The kept taps in the engine's orientation (flipped kernel), those with keep(kh) only.
+  // Kernel row of weight column col in the engine's orientation (the kernel flipped).
+  auto engine_kh = [&](int64_t col) { return g.KH - 1 - (col % KK) / g.KW; };
+  // The kept taps whose engine kernel row passes keep(kh).
   auto taps = [&](auto keep) {
     return [&, keep](auto&& visit) {
-      for (int64_t col = 0; col < Kc; ++col) {
-        const int64_t c = col / KK, kh = g.KH - 1 - (col % KK) / g.KW, kw = g.KW - 1 - col % g.KW;
-        if (keep(kh))
-          for (int32_t j = cp[col]; j < cp[col + 1]; ++j) visit(c, ri[j], kh, kw, ri[j] * Kc + col);
-      }
+      for (int64_t col = 0; col < Kc; ++col)
+        if (keep(engine_kh(col)))
+          for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
+            visit(col / KK, ri[j], engine_kh(col), g.KW - 1 - col % g.KW, ri[j] * Kc + col);
     };
   };
   auto run = [&](convk::Plan p, int64_t kind, auto keep) {
     int64_t nnz = 0;
-    taps(keep)([&](int64_t, int64_t, int64_t, int64_t, int64_t) { ++nnz; });
+    for (int64_t col = 0; col < Kc; ++col)
+      if (keep(engine_kh(col))) nnz += cp[col + 1] - cp[col];
     choose_tiling(p, Kind::kForward, avx512, nnz);
     const auto pk = cached_pack(kind, col_ptr, row_idx, g, p, nnz, taps(keep));
     const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());

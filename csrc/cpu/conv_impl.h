@@ -43,7 +43,7 @@ struct Plan {
   int64_t rows_copy;               // rows of V one tile reads: (R - 1) * sh + (KH - 1) * dh + 1
   int64_t Cb, nb;                  // source channels per block, number of blocks
   // Where the forward engine writes: engine output row y is row oy_first + oy_step * y of an output
-  // tensor with Ho_out rows (0, 1, Ho but for the row phases of a strided conv's grad-input, conv.cpp).
+  // tensor with Ho_out rows (0, 1 and Ho, except in the row phases of a strided grad-input, conv.cpp).
   int64_t Ho_out, oy_first, oy_step;
   bool skip_gaps;                  // upsampling-gap rows of V are never read: leave them out of the copies
   const int64_t* bptr;             // (Co * nb + 1): entries of (o, b) are [bptr[o*nb+b], bptr[o*nb+b+1])
@@ -58,14 +58,14 @@ int64_t copy_floats(const Plan& p);
 // rows[rr] for rr < rows_copy: the row of S that copy row rr of the tile starting at output row oy0
 // (rows_valid rows) reads, kZeroRow where the copy row is zero (padding, an upsampling gap, or below
 // the rows the tile needs), kSkippedRow for an upsampling gap when p.skip_gaps (no kept weight reads
-// it, so it is not written). Computed once per task: a division by the upsampling factor per copy
-// row and channel was most of the cost of building the copies.
+// it, so it is not written). Computed once per task rather than per copy row of every channel.
 constexpr int64_t kZeroRow = -1, kSkippedRow = -2;
 void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows);
 
 // cols[kw * Wo_r + x] for kw < KW, x < Wo_r: the column of S that copy column x of kernel column kw
 // reads, or -1 where it is zero (padding, an upsampling gap, x >= Wo). Needed only where the copies
-// are not plain shifted windows (sw != 1 or uw != 1); once per call, not a division per element.
+// are not plain shifted windows (sw != 1 or uw != 1). Once per task: the divisions this used to
+// cost per copied element were most of a strided conv's run time.
 void source_cols(const Plan& p, int32_t* cols);
 
 // Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S, copy row rr

@@ -191,6 +191,18 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
   }
 }
 
+// The source rows (and, for strided or upsampled columns, source columns) a task's copies read:
+// source_rows / source_cols of conv_impl.h, once per task.
+struct CopyMaps {
+  std::vector<int64_t> rows;
+  std::vector<int32_t> cols;
+  CopyMaps(const Plan& p, int64_t oy0, int64_t rows_valid)
+      : rows(p.rows_copy), cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0) {
+    source_rows(p, oy0, rows_valid, rows.data());
+    if (!cols.empty()) source_cols(p, cols.data());
+  }
+};
+
 // Pulls the source rows of channel block b of this tile towards L2 while the previous block computes,
 // so building its copies does not wait on memory.
 void prefetch_block(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0) {
@@ -262,13 +274,10 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
   const int64_t last_lanes = p.Wo - (p.nvec - 1) * p.vw;
   const int64_t yo_rs = p.oy_step * p.Wo;  // floats between the output rows of successive engine rows
   alignas(64) float tile[16 * kMaxVecs * Vec::W];
-  std::vector<int64_t> rows(p.rows_copy);
-  source_rows(p, oy0, rv, rows.data());
-  std::vector<int32_t> cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0);
-  if (!cols.empty()) source_cols(p, cols.data());
+  const CopyMaps maps(p, oy0, rv);
   for (int64_t b = 0; b < p.nb; ++b) {
     const bool first = b == 0, last = b == p.nb - 1;
-    fill_copy(p, src, n, b, rows.data(), cols.data(), copy);
+    fill_copy(p, src, n, b, maps.rows.data(), maps.cols.data(), copy);
     prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
@@ -328,12 +337,9 @@ void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, flo
           std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (((n + g) * p.Co + o) * p.Ho + oy0 + r) * p.Wo,
                       p.Wo * sizeof(float));
   }
-  std::vector<int64_t> rows(p.rows_copy);
-  source_rows(p, oy0, rv, rows.data());
-  std::vector<int32_t> cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0);
-  if (!cols.empty()) source_cols(p, cols.data());
+  const CopyMaps maps(p, oy0, rv);
   for (int64_t b = 0; b < p.nb; ++b) {
-    fill_copy(p, src, n, b, rows.data(), cols.data(), copy);
+    fill_copy(p, src, n, b, maps.rows.data(), maps.cols.data(), copy);
     prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
