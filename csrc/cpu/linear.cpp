@@ -66,6 +66,13 @@ void spmm_rows_generic(const int32_t* col, const T* val, const int32_t* bptr, in
 }
 
 template <typename T, int NB>
+void spmm_rows_init_generic(const int32_t* col, const T* val, const int32_t* bptr, int64_t r0,
+                            int64_t r1, const T* panel, T* tile, const T* init) {
+  for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * NB, tile + (r + 1) * NB, init ? init[r] : T(0));
+  spmm_rows_generic<T, NB>(col, val, bptr, r0, r1, panel, tile);
+}
+
+template <typename T, int NB>
 void sddmm_generic(const T* a_lo, const T* a_hi, const T* x_lo, const T* x_hi, const int32_t* col,
                    int64_t e0, int64_t e1, T* acc) {
   for (int64_t e = e0; e < e1; ++e) {
@@ -82,6 +89,8 @@ template <typename T>
 struct Kernels {
   int nb;  // panel width (batch rows); the SDDMM reduces over chunks of 2 * nb
   void (*spmm_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*);
+  // the first k-block of a tile: rows start from init[r] (or 0) and are all written
+  void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
   void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
 };
 
@@ -91,13 +100,14 @@ Kernels<T> pick_kernels();
 template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
-  if (d::cpu_has_avx512()) return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::sddmm_f32_avx512};
-  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::sddmm_f32_avx2};
+  if (d::cpu_has_avx512())
+    return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512};
+  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2};
 }
 
 template <>
 Kernels<double> pick_kernels<double>() {
-  return {16, spmm_rows_generic<double, 16>, sddmm_generic<double, 16>};
+  return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>};
 }
 
 // Per-thread scratch, 64-byte aligned, grown on demand and kept between calls: the panels and
@@ -125,11 +135,13 @@ T* scratch(Slot slot, int64_t n) {
   return static_cast<T*>(b.p);
 }
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
-void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  linear_detail::transpose_f32(src, lds, rows, cols, dst, ldd);
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols; dst_rows_outer: see transpose_f32.
+void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
+               bool dst_rows_outer) {
+  linear_detail::transpose_f32(src, lds, rows, cols, dst, ldd, dst_rows_outer);
 }
-void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, double* dst, int64_t ldd) {
+void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, double* dst, int64_t ldd,
+               bool) {
   constexpr int64_t B = 16;
   for (int64_t r = 0; r < rows; r += B)
     for (int64_t c = 0; c < cols; c += B)
@@ -137,12 +149,37 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
         for (int64_t cc = c; cc < std::min(c + B, cols); ++cc) dst[cc * ldd + rr] = src[rr * lds + cc];
 }
 
-// P[c * NB + i] = A[n0 + i, c] for c in [c0, c1), i < NB (zero for n0 + i >= N). A is (N, C).
+// A (N, C) activation or gradient as the packing reads it: rows `row_stride` apart, columns either
+// contiguous (col_stride 1) or all one value (col_stride 0: an expanded gradient, such as the one
+// `y.sum()` or `y.mean()` hands back, read in place instead of being copied into a dense tensor).
 template <typename T>
-void pack_panel(const T* A, int64_t N, int64_t C, int64_t n0, int NB, int64_t c0, int64_t c1,
-                T* P) {
+struct RowsView {
+  const T* data;
+  int64_t row_stride;
+  bool repeated;  // col_stride 0
+};
+
+// t itself where RowsView can read it (2-D, columns contiguous or repeated), else a contiguous copy.
+at::Tensor packable(const at::Tensor& t) {
+  return t.dim() == 2 && (t.stride(1) == 1 || t.stride(1) == 0) ? t : t.contiguous();
+}
+
+template <typename T>
+RowsView<T> rows_view(const at::Tensor& t) {  // t from packable()
+  return {t.const_data_ptr<T>(), t.stride(0), t.size(1) > 1 && t.stride(1) == 0};
+}
+
+// P[c * NB + i] = A[n0 + i, c] for c in [c0, c1), i < NB (zero for n0 + i >= N).
+template <typename T>
+void pack_panel(const RowsView<T>& A, int64_t N, int64_t n0, int NB, int64_t c0, int64_t c1, T* P) {
   const int64_t nb = std::clamp<int64_t>(N - n0, 0, NB);
-  if (nb > 0) transpose(A + n0 * C + c0, C, nb, c1 - c0, P + c0 * NB, NB);
+  if (A.repeated) {
+    T column[64];  // NB <= 64 (linear_kernels.h)
+    for (int64_t i = 0; i < NB; ++i) column[i] = i < nb ? A.data[(n0 + i) * A.row_stride] : T(0);
+    for (int64_t c = c0; c < c1; ++c) std::copy(column, column + NB, P + c * NB);
+    return;
+  }
+  if (nb > 0) transpose(A.data + n0 * A.row_stride + c0, A.row_stride, nb, c1 - c0, P + c0 * NB, NB, false);
   if (nb < NB)
     for (int64_t c = c0; c < c1; ++c) std::fill(P + c * NB + nb, P + (c + 1) * NB, T(0));
 }
@@ -152,7 +189,7 @@ template <typename T>
 void unpack_tile(const T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_t r0, int64_t r1,
                  T* out) {
   const int64_t nb = std::min<int64_t>(NB, N - n0);
-  transpose(tile + r0 * NB, NB, r1 - r0, nb, out + n0 * R + r0, R);
+  transpose(tile + r0 * NB, NB, r1 - r0, nb, out + n0 * R + r0, R, true);
 }
 
 // vals[e] = from[src[e]], in parallel.
@@ -163,26 +200,31 @@ void gather(const int32_t* src, int64_t n, const T* from, T* vals) {
   });
 }
 
+// T[r, :] = init[r] (or 0) + sum_c S[r, c] P[c, :] for rows [r0, r1) of a tile: every k-block in
+// turn, the first one starting the rows (no fill pass over the tile).
+template <typename T>
+void tile_rows(const BlockedPattern& S, const T* vals, int64_t R, int64_t r0, int64_t r1,
+               const T* panel, const T* init, const Kernels<T>& kern, T* tile) {
+  kern.spmm_rows_init(S.col.data(), vals, S.bptr.data(), r0, r1, panel, tile, init);
+  for (int64_t blk = 1; blk < S.nkb; ++blk)
+    kern.spmm_rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
+}
+
 // out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by a plan pattern and its values.
 template <typename T>
-void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const BlockedPattern& S,
+void spmm_transposed(const RowsView<T>& in, int64_t N, int64_t C, int64_t R, const BlockedPattern& S,
                      const T* vals, const T* bias, const Kernels<T>& kern, T* out) {
   const int NB = kern.nb;
   const int64_t nblocks = (N + NB - 1) / NB;
-  auto init_tile = [&](T* tile, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * NB, tile + (r + 1) * NB, bias ? bias[r] : T(0));
-  };
   auto rows = [&](const T* panel, T* tile, int64_t r0, int64_t r1) {
-    for (int64_t blk = 0; blk < S.nkb; ++blk)
-      kern.spmm_rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
+    tile_rows(S, vals, R, r0, r1, panel, bias, kern, tile);
   };
   const int64_t nthreads = at::get_num_threads();
   if (nblocks >= 2 * nthreads) {
     run_tasks(nblocks, [&](int64_t b, int64_t) {
       T* panel = scratch<T>(kPanel, C * NB);
       T* tile = scratch<T>(kTile, R * NB);
-      pack_panel(in, N, C, b * NB, NB, 0, C, panel);
-      init_tile(tile, 0, R);
+      pack_panel(in, N, b * NB, NB, 0, C, panel);
       rows(panel, tile, 0, R);
       unpack_tile(tile, N, R, b * NB, NB, 0, R, out);
     });
@@ -192,9 +234,8 @@ void spmm_transposed(const T* in, int64_t N, int64_t C, int64_t R, const Blocked
   T* panel = scratch<T>(kPanel, C * NB);
   T* tile = scratch<T>(kTile, R * NB);
   for (int64_t b = 0; b < nblocks; ++b) {
-    at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) { pack_panel(in, N, C, b * NB, NB, c0, c1, panel); });
+    at::parallel_for(0, C, 256, [&](int64_t c0, int64_t c1) { pack_panel(in, N, b * NB, NB, c0, c1, panel); });
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
-      init_tile(tile, r0, r1);
       rows(panel, tile, r0, r1);
       unpack_tile(tile, N, R, b * NB, NB, r0, r1, out);
     });
@@ -244,7 +285,7 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
   const auto plan = linear_detail::linear_plan(rp, ci, M, K);
   T* vals = scratch<T>(kValues, plan->nnz);
   gather(plan->fwd.src.data(), plan->nnz, w.const_data_ptr<T>(), vals);
-  spmm_transposed<T>(x.const_data_ptr<T>(), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
+  spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
                      y.data_ptr<T>());
 }
 
@@ -263,8 +304,8 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   const int64_t nnz = plan->nnz;
   const int32_t* rp = rp_t.const_data_ptr<int32_t>();
   const int32_t* ci = ci_t.const_data_ptr<int32_t>();
-  const T* yp = dy.const_data_ptr<T>();
-  const T* xp = dw ? x.const_data_ptr<T>() : nullptr;
+  const RowsView<T> yv = rows_view<T>(dy);
+  const RowsView<T> xv = dw ? rows_view<T>(x) : RowsView<T>{nullptr, 0, false};
   // Grad-input values in its plan order, through the compact CSR values (W read row-wise once).
   T* gi_vals = nullptr;
   if (dx) {
@@ -293,22 +334,19 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         started[tid] = 1;
       }
       const int64_t n0 = c * 2 * NB;
-      pack_panel(yp, N, M, n0, NB, 0, M, yt);
-      pack_panel(yp, N, M, n0 + NB, NB, 0, M, yt + M * NB);
+      pack_panel(yv, N, n0, NB, 0, M, yt);
+      pack_panel(yv, N, n0 + NB, NB, 0, M, yt + M * NB);
       if (dx) {
         T* tile = scratch<T>(kTile, K * NB);
         for (int h = 0; h < 2 && n0 + h * NB < N; ++h) {
-          std::fill(tile, tile + K * NB, T(0));
-          for (int64_t blk = 0; blk < plan->gi.nkb; ++blk)
-            kern.spmm_rows(plan->gi.col.data(), gi_vals, plan->gi.bptr.data() + blk * K, 0, K,
-                           yt + h * M * NB, tile);
+          tile_rows<T>(plan->gi, gi_vals, K, 0, K, yt + h * M * NB, nullptr, kern, tile);
           unpack_tile(tile, N, K, n0 + h * NB, NB, 0, K, dxp);
         }
       }
       if (dw) {
         T* xt = scratch<T>(kPanel2, 2 * K * NB);
-        pack_panel(xp, N, K, n0, NB, 0, K, xt);
-        pack_panel(xp, N, K, n0 + NB, NB, 0, K, xt + K * NB);
+        pack_panel(xv, N, n0, NB, 0, K, xt);
+        pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
         sddmm_rows(plan->fwd, M, K, yt, xt, NB, 0, M, kern, acc);
       }
     });
@@ -321,7 +359,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     return;
   }
   if (dx)
-    spmm_transposed<T>(yp, N, M, K, plan->gi, gi_vals, nullptr, kern, dx->data_ptr<T>());
+    spmm_transposed<T>(yv, N, M, K, plan->gi, gi_vals, nullptr, kern, dx->data_ptr<T>());
   if (!dw) return;
   // Few chunks: transpose them all once, shared, and split the rows m of dW between the threads.
   T* yt = scratch<T>(kPanel, nch * 2 * M * NB);
@@ -330,9 +368,9 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t c = t >> 2, h = (t >> 1) & 1, n0 = (2 * c + h) * NB;
       if (t & 1)
-        pack_panel(yp, N, M, n0, NB, 0, M, yt + (2 * c + h) * M * NB);
+        pack_panel(yv, N, n0, NB, 0, M, yt + (2 * c + h) * M * NB);
       else
-        pack_panel(xp, N, K, n0, NB, 0, K, xt + (2 * c + h) * K * NB);
+        pack_panel(xv, N, n0, NB, 0, K, xt + (2 * c + h) * K * NB);
     }
   });
   T* acc = scratch<T>(kPartial, nnz);
@@ -366,7 +404,7 @@ void grad_input_from_csc(const at::Tensor& dy, const at::Tensor& w, const at::Te
       for (int64_t k = k0; k < k1; ++k)
         for (int32_t e = bp[blk * K + k]; e < bp[blk * K + k + 1]; ++e) vals[e] = wp[int64_t(col[e]) * K + k];
   });
-  spmm_transposed<T>(dy.const_data_ptr<T>(), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>(),
+  spmm_transposed<T>(rows_view<T>(dy), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>(),
                      dx.data_ptr<T>());
 }
 
@@ -375,7 +413,7 @@ void grad_input_from_csc(const at::Tensor& dy, const at::Tensor& w, const at::Te
 at::Tensor csr_linear(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
                       const at::Tensor& col_idx) {
-  auto x = input.contiguous();
+  auto x = packable(input);
   auto w = weight.contiguous();
   auto y = at::empty({x.size(0), w.size(0)}, x.options());
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
@@ -388,7 +426,7 @@ at::Tensor csr_linear(const at::Tensor& input, const at::Tensor& weight,
 
 at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                  const at::Tensor& col_ptr, const at::Tensor& row_idx) {
-  auto dy = grad_output.contiguous();
+  auto dy = packable(grad_output);
   auto w = weight.contiguous();
   auto dx = at::empty({dy.size(0), w.size(1)}, dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_grad_input", [&] {
@@ -399,8 +437,8 @@ at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor
 
 at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx) {
-  auto dy = grad_output.contiguous();
-  auto x = input.contiguous();
+  auto dy = packable(grad_output);
+  auto x = packable(input);
   auto dw = at::empty({dy.size(1), x.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_grad_weight", [&] {
     linear_backward<scalar_t>(dy, x, at::Tensor(), x.size(1), row_ptr, col_idx, nullptr, &dw);
@@ -414,8 +452,8 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_ou
                                                        const at::Tensor& row_ptr,
                                                        const at::Tensor& col_idx, bool input_grad,
                                                        bool weight_grad) {
-  auto dy = grad_output.contiguous();
-  auto x = input.contiguous();
+  auto dy = packable(grad_output);
+  auto x = packable(input);
   auto w = weight.contiguous();
   // What was not asked for comes back empty (a schema cannot return None).
   at::Tensor dx = at::empty({input_grad ? dy.size(0) : 0, input_grad ? w.size(1) : 0}, dy.options());

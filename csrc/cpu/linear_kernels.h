@@ -26,6 +26,12 @@ void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* b
                           int64_t r1, const float* panel, float* tile);
 void spmm_rows_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                         int64_t r1, const float* panel, float* tile);
+// The same for the first k-block of a tile: T[r * NB + i] = (init ? init[r] : 0) + the sum, written
+// for every r in [r0, r1) (rows without entries too), so the tile is never filled separately.
+void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
+                               int64_t r1, const float* panel, float* tile, const float* init);
+void spmm_rows_init_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
+                             int64_t r1, const float* panel, float* tile, const float* init);
 
 // acc[e] += sum_{i < NB} a_lo[i] * x_lo[col[e] * NB + i] + a_hi[i] * x_hi[col[e] * NB + i],
 // for e in [e0, e1).
@@ -34,8 +40,9 @@ void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo, c
 void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,
                     const int32_t* col, int64_t e0, int64_t e1, float* acc);
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline).
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline). dst_rows_outer walks
+// dst's rows in the outer loop (dst is the large strided side), else src's.
 void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
-                   int64_t ldd);
+                   int64_t ldd, bool dst_rows_outer);
 
 }  // namespace ebsparse::linear_detail

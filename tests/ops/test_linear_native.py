@@ -68,6 +68,43 @@ def test_fused_backward_non_contiguous_arguments():
     torch.testing.assert_close(dw, dw_ref, **_tol(torch.float32, 600))
 
 
+def _strided(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The values of t (or of a broadcast of them) in a layout the kernels read in place."""
+    n, c = t.shape
+    if layout == "expanded":  # what y.sum() hands back: one value, strides (0, 0)
+        return t[:1, :1].expand(n, c)
+    if layout == "row-broadcast":  # one value per row, strides (1, 0)
+        return t[:, :1].expand(n, c)
+    if layout == "row-slice":  # rows of a wider tensor, strides (c + 3, 1)
+        wide = torch.zeros(n, c + 3, dtype=t.dtype)
+        wide[:, 1:c + 1] = t
+        return wide[:, 1:c + 1]
+    return t
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.sampled_from([1, 70, 300, 651]), k=st.integers(1, 90), m=st.integers(1, 90),
+       dy_layout=st.sampled_from(["expanded", "row-broadcast", "row-slice", "dense"]),
+       x_layout=st.sampled_from(["expanded", "row-slice", "dense"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_strided_arguments_read_in_place(n, k, m, dy_layout, x_layout, dtype, seed):
+    """Expanded gradients and row-strided activations (read without a copy) give the values of
+    their dense copies, on the small-batch and the per-thread paths."""
+    g = torch.Generator().manual_seed(seed)
+    x = _strided(torch.randn(n, k, generator=g, dtype=dtype), x_layout)
+    dy = _strided(torch.randn(n, m, generator=g, dtype=dtype), dy_layout)
+    w = torch.randn(m, k, generator=g, dtype=dtype)
+    mask = torch.rand(m, k, generator=g) < 0.3
+    rp, ci, cp, ri = build_index(mask).tensors()
+    y_ref, dx_ref, dw_ref = _reference(x.contiguous(), w, None, dy.contiguous(), mask)
+    torch.testing.assert_close(ops.csr_linear(x, w, None, rp, ci), y_ref, **_tol(dtype, k))
+    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    torch.testing.assert_close(dx, dx_ref, **_tol(dtype, m))
+    torch.testing.assert_close(dw, dw_ref, **_tol(dtype, n))
+    torch.testing.assert_close(ops.csr_linear_grad_input(dy, w, cp, ri), dx_ref, **_tol(dtype, m))
+    torch.testing.assert_close(ops.csr_linear_grad_weight(dy, x, rp, ci), dw_ref, **_tol(dtype, n))
+
+
 def test_plan_follows_in_place_pattern_changes():
     """The plan cache is keyed by the index tensors and their version counters: editing the pattern
     in place (same tensors, new contents) must not reuse the old plan."""
