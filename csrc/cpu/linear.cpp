@@ -283,10 +283,12 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
                     const at::Tensor& ci, at::Tensor& y) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
   const auto plan = linear_detail::linear_plan(rp, ci, M, K);
-  T* vals = scratch<T>(kValues, plan->nnz);
+  at::Tensor values = at::empty({plan->nnz}, w.options());
+  T* vals = values.data_ptr<T>();
   gather(plan->fwd.src.data(), plan->nnz, w.const_data_ptr<T>(), vals);
   spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
                      y.data_ptr<T>());
+  plan->last_forward.put(w, std::move(values));
 }
 
 // Grad-input and grad-weight in one pass over the batch where both are wanted and the batch is
@@ -306,9 +308,14 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   const int32_t* ci = ci_t.const_data_ptr<int32_t>();
   const RowsView<T> yv = rows_view<T>(dy);
   const RowsView<T> xv = dw ? rows_view<T>(x) : RowsView<T>{nullptr, 0, false};
-  // Grad-input values in its plan order, through the compact CSR values (W read row-wise once).
+  // Grad-input values in its plan order: from the values this step's forward gathered where W is
+  // still that tensor, else through the compact CSR values (W read row-wise once).
   T* gi_vals = nullptr;
-  if (dx) {
+  const at::Tensor fwd_values = dx ? plan->last_forward.get(w) : at::Tensor();
+  if (fwd_values.defined()) {
+    gi_vals = scratch<T>(kValues2, nnz);
+    gather(plan->gi_from_fwd.data(), nnz, fwd_values.const_data_ptr<T>(), gi_vals);
+  } else if (dx) {
     T* csr_vals = scratch<T>(kValues, nnz);
     const T* wp = w.const_data_ptr<T>();
     at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {

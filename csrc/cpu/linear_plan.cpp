@@ -3,6 +3,8 @@
 
 #include "pattern_cache.h"
 
+#include <algorithm>
+
 namespace ebsparse::linear_detail {
 namespace {
 
@@ -48,10 +50,38 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
          plan->fwd);
   bucket(K, M, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
+  // CSR position j -> fwd position (fwd.src is m * K + k; rows in order), then gi -> fwd.
+  std::vector<int32_t> fwd_of_csr(plan->nnz);
+  for (int64_t b = 0; b < plan->fwd.nkb; ++b)
+    for (int64_t m = 0; m < M; ++m) {
+      // Row m's entries of k-block b are a run of its CSR entries, in column order.
+      const int32_t e0 = plan->fwd.bptr[b * M + m], e1 = plan->fwd.bptr[b * M + m + 1];
+      if (e0 == e1) continue;
+      const int32_t* first = std::lower_bound(ci + rp[m], ci + rp[m + 1], plan->fwd.col[e0]);
+      for (int32_t e = e0; e < e1; ++e) fwd_of_csr[(first - ci) + (e - e0)] = e;
+    }
+  plan->gi_from_fwd.resize(plan->nnz);
+  for (int64_t e = 0; e < plan->nnz; ++e) plan->gi_from_fwd[e] = fwd_of_csr[plan->gi.src[e]];
   return plan;
 }
 
 }  // namespace
+
+void ForwardValues::put(const at::Tensor& weight, at::Tensor values) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  weight_ = Weak(weight.getIntrusivePtr());
+  data_ = weight.const_data_ptr();
+  version_ = weight.is_inference() ? -1 : weight._version();
+  values_ = std::move(values);
+}
+
+at::Tensor ForwardValues::get(const at::Tensor& weight) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const bool same = weight_._unsafe_get_target() == weight.unsafeGetTensorImpl() && !weight_.expired() &&
+                    data_ == weight.const_data_ptr() && !weight.is_inference() && version_ == weight._version() &&
+                    values_.defined() && values_.scalar_type() == weight.scalar_type();
+  return same ? values_ : at::Tensor();
+}
 
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                               int64_t M, int64_t K) {

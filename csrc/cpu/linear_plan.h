@@ -6,9 +6,11 @@
 // (pattern_cache.h) and gathers nnz values in plan order (one streaming pass).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace ebsparse::linear_detail {
@@ -25,6 +27,26 @@ struct BlockedPattern {
   std::vector<int32_t> src;   // nnz
 };
 
+// The values the last forward of a pattern gathered, and the weight tensor they came from (its
+// object, storage and version counter): the backward of the same step, whose weight is that tensor
+// unmodified (autograd checks the version of what it saved), reads them instead of reading W again.
+// A weight that died, moved or was modified in place never matches. Thread-safe; a published
+// values tensor is never written again (each forward stores a new one).
+class ForwardValues {
+ public:
+  void put(const at::Tensor& weight, at::Tensor values);
+  // The stored values if `weight` is the tensor they were gathered from, else an undefined tensor.
+  at::Tensor get(const at::Tensor& weight) const;
+
+ private:
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  mutable std::mutex mutex_;
+  Weak weight_{c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  const void* data_ = nullptr;
+  int64_t version_ = -1;
+  at::Tensor values_;
+};
+
 // The two views of one (M, K) pattern given by its CSR (row_ptr, col_idx):
 //   fwd  S = W o mask (M rows over K columns); src = flat index m * K + k into W, so the forward
 //        gathers its values straight from the dense-shaped weight (row-wise, streaming);
@@ -34,6 +56,8 @@ struct BlockedPattern {
 struct LinearPlan {
   int64_t M = 0, K = 0, nnz = 0;
   BlockedPattern fwd, gi;
+  std::vector<int32_t> gi_from_fwd;  // gi entry e is fwd entry gi_from_fwd[e]
+  mutable ForwardValues last_forward;  // values in fwd order, from the last forward of this pattern
 };
 
 // k-block width (columns per pass over the rows), 2^shift. Sparse rows want wide blocks (each

@@ -105,6 +105,26 @@ def test_strided_arguments_read_in_place(n, k, m, dy_layout, x_layout, dtype, se
     torch.testing.assert_close(ops.csr_linear_grad_weight(dy, x, rp, ci), dw_ref, **_tol(dtype, n))
 
 
+@pytest.mark.parametrize("change", ["none", "in-place", "other-tensor", "no-forward"])
+def test_backward_reuses_forward_values_only_for_the_same_weight(change):
+    """The backward reads the values its forward gathered only while the weight is that same tensor,
+    unmodified; a weight changed in place or another tensor with the same pattern is read afresh."""
+    g = torch.Generator().manual_seed(3)
+    x, w, dy = torch.randn(600, 50, generator=g), torch.randn(40, 50, generator=g), torch.randn(600, 40, generator=g)
+    mask = torch.rand(40, 50, generator=g) < 0.3
+    rp, ci, _, _ = build_index(mask).tensors()
+    if change != "no-forward":
+        ops.csr_linear(x, w, None, rp, ci)
+    if change == "in-place":
+        w.mul_(-2.0).add_(1.0)
+    elif change == "other-tensor":
+        w = torch.randn(40, 50, generator=g)
+    _, dx_ref, dw_ref = _reference(x, w, None, dy, mask)
+    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    torch.testing.assert_close(dx, dx_ref, **_tol(torch.float32, 40))
+    torch.testing.assert_close(dw, dw_ref, **_tol(torch.float32, 600))
+
+
 def test_plan_follows_in_place_pattern_changes():
     """The plan cache is keyed by the index tensors and their version counters: editing the pattern
     in place (same tensors, new contents) must not reuse the old plan."""
