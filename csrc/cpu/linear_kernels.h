@@ -40,8 +40,9 @@ void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo, c
 void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,
                     const int32_t* col, int64_t e0, int64_t e1, float* acc);
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline). dst_rows_outer walks
-// dst's rows in the outer loop (dst is the large strided side), else src's.
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline). dst_rows_outer: dst is
+// the large output written once (walk its rows in the outer loop, stream it to memory where its
+// rows are 64-byte aligned); else src is the large strided side (walk its rows outermost).
 void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
                    int64_t ldd, bool dst_rows_outer);
 
