@@ -43,6 +43,7 @@ struct Avx512 {
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static inline void stream(float* p, T v) { _mm512_stream_ps(p, v); }
   static inline void store_part(float* p, T v, int64_t n) {
     _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
   }
@@ -84,6 +85,7 @@ struct Avx2 {
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static inline void stream(float* p, T v) { _mm256_stream_ps(p, v); }
   static inline void store_part(float* p, T v, int64_t n) { _mm256_maskstore_ps(p, lanes(n), v); }
   static inline float hsum(T v) {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
