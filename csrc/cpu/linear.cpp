@@ -174,7 +174,8 @@ template <typename T>
 void pack_panel(const RowsView<T>& A, int64_t N, int64_t n0, int NB, int64_t c0, int64_t c1, T* P) {
   const int64_t nb = std::clamp<int64_t>(N - n0, 0, NB);
   if (A.repeated) {
-    T column[64];  // NB <= 64 (linear_kernels.h)
+    T column[64];
+    TORCH_INTERNAL_ASSERT(NB <= 64, "pack_panel: panel width ", NB, " exceeds 64");
     for (int64_t i = 0; i < NB; ++i) column[i] = i < nb ? A.data[(n0 + i) * A.row_stride] : T(0);
     for (int64_t c = c0; c < c1; ++c) std::copy(column, column + NB, P + c * NB);
     return;
