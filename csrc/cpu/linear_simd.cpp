@@ -237,24 +237,31 @@ EB_AVX512 static inline void transpose16x16(const float* src, int64_t lds, float
   }
 }
 
+// The whole 16x16 blocks of a transpose, walked with dst's rows (dst_rows_outer) or src's rows in
+// the outer loop.
+template <bool kNT>
+EB_AVX512 static void blocks16(const float* src, int64_t lds, int64_t r16, int64_t c16, float* dst,
+                               int64_t ldd, bool dst_rows_outer) {
+  if (dst_rows_outer) {
+    for (int64_t c = 0; c < c16; c += 16)
+      for (int64_t r = 0; r < r16; r += 16)
+        transpose16x16<kNT>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  } else {
+    for (int64_t r = 0; r < r16; r += 16)
+      for (int64_t c = 0; c < c16; c += 16)
+        transpose16x16<kNT>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  }
+}
+
 EB_AVX512 static void transpose_f32_avx512(const float* src, int64_t lds, int64_t rows,
                                            int64_t cols, float* dst, int64_t ldd, bool dst_rows_outer) {
   const int64_t r16 = rows & ~int64_t(15), c16 = cols & ~int64_t(15);
   // Streaming stores (no read of each output line before it is written) where the rows allow.
-  const bool stream = dst_rows_outer && reinterpret_cast<uintptr_t>(dst) % 64 == 0 && ldd % 16 == 0;
-  if (stream) {
-    for (int64_t c = 0; c < c16; c += 16)
-      for (int64_t r = 0; r < r16; r += 16)
-        transpose16x16<true>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  if (dst_rows_outer && reinterpret_cast<uintptr_t>(dst) % 64 == 0 && ldd % 16 == 0) {
+    blocks16<true>(src, lds, r16, c16, dst, ldd, true);
     _mm_sfence();
-  } else if (dst_rows_outer) {
-    for (int64_t c = 0; c < c16; c += 16)
-      for (int64_t r = 0; r < r16; r += 16)
-        transpose16x16<false>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
   } else {
-    for (int64_t r = 0; r < r16; r += 16)
-      for (int64_t c = 0; c < c16; c += 16)
-        transpose16x16<false>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+    blocks16<false>(src, lds, r16, c16, dst, ldd, dst_rows_outer);
   }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = (r < r16 ? c16 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
