@@ -25,7 +25,12 @@
 // k-block are dotted with it 8 at a time (one shared horizontal reduction per 8 outputs). Sums
 // accumulate per thread in a compact array in plan order; dW (zeros elsewhere) is written row by
 // row at the end. The backward runs both gradients in one pass over the chunks, so dY is
-// transposed once for the grad-input SpMM and the SDDMM.
+// transposed once for the grad-input SpMM and the SDDMM. With AVX-512 the two also share one walk
+// of the transposed pattern (backward_rows_f32_avx512): each kept W[m, k] loads dY^T[m, chunk]
+// once for both its grad-input FMAs and its dot product with X^T[k, chunk] (which stays in
+// registers for the row), and the partial sums are then in the transposed plan's order (mapped
+// back through fwd_to_gi when dW is written). Measured at 2 threads, 1024 x 1024 x 1024: the
+// backward 3-7% faster than the two kernels in turn at 90-95%, 8-17% at 1 thread.
 //
 // fp32 has AVX2 and AVX-512 kernels (run-time choice); fp64 uses the portable loops below.
 #include <ATen/Parallel.h>
@@ -92,6 +97,10 @@ struct Kernels {
   // the first k-block of a tile: rows start from init[r] (or 0) and are all written
   void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
   void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
+  // both backward kernels in one walk of the transposed pattern (linear_kernels.h); null where
+  // there is none (AVX2 has too few registers to hold both tiles, fp64)
+  void (*backward_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*,
+                        const T*, const T*, T*, T*, T*, bool);
 };
 
 template <typename T>
@@ -101,13 +110,15 @@ template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
   if (d::cpu_has_avx512())
-    return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512};
-  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2};
+    return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512,
+            d::backward_rows_f32_avx512};
+  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr};
 }
 
 template <>
 Kernels<double> pick_kernels<double>() {
-  return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>};
+  return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>,
+          nullptr};
 }
 
 // Per-thread scratch, 64-byte aligned, grown on demand and kept between calls: the panels and
@@ -258,11 +269,11 @@ void sddmm_rows(const BlockedPattern& S, int64_t M, int64_t K, const T* yt, cons
     }
 }
 
-// dW[m, :] = 0 except dW[m, col[e]] = sum_{u < parts} part[u * nnz + e] for row m's entries e of
-// the forward pattern; parallel over rows.
+// dW[m, :] = 0 except dW[m, col[e]] = sum_{u < parts} part[u * nnz + at(e)] for row m's entries e
+// of the forward pattern, where at(e) = part_of ? part_of[e] : e; parallel over rows.
 template <typename T>
 void write_weight_grad(const BlockedPattern& S, int64_t M, int64_t K, const T* part, int64_t parts,
-                       int64_t nnz, T* dw) {
+                       int64_t nnz, const int32_t* part_of, T* dw) {
   const int32_t* bp = S.bptr.data();
   const int32_t* col = S.col.data();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
@@ -271,8 +282,9 @@ void write_weight_grad(const BlockedPattern& S, int64_t M, int64_t K, const T* p
       std::fill(row, row + K, T(0));
       for (int64_t blk = 0; blk < S.nkb; ++blk)
         for (int32_t e = bp[blk * M + m]; e < bp[blk * M + m + 1]; ++e) {
-          T sum = part[e];
-          for (int64_t u = 1; u < parts; ++u) sum += part[u * nnz + e];
+          const int64_t at = part_of ? part_of[e] : e;
+          T sum = part[at];
+          for (int64_t u = 1; u < parts; ++u) sum += part[u * nnz + at];
           row[col[e]] = sum;
         }
     }
@@ -334,6 +346,8 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     T* dxp = dx ? dx->data_ptr<T>() : nullptr;
     // A thread zeroes its partial sums when it takes its first chunk (some may take none).
     std::vector<char> started(nt, 0);
+    // Both gradients through the fused kernel: the partial sums are then in grad-input order.
+    const bool fused = dx && dw && kern.backward_rows;
     run_tasks(nch, [&](int64_t c, int64_t tid) {
       T* yt = scratch<T>(kPanel, 2 * M * NB);
       T* acc = dw ? part + tid * nnz : nullptr;
@@ -344,6 +358,18 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
       const int64_t n0 = c * 2 * NB;
       pack_panel(yv, N, n0, NB, 0, M, yt);
       pack_panel(yv, N, n0 + NB, NB, 0, M, yt + M * NB);
+      if (fused) {
+        T* xt = scratch<T>(kPanel2, 2 * K * NB);
+        pack_panel(xv, N, n0, NB, 0, K, xt);
+        pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
+        T* tile = scratch<T>(kTile, 2 * K * NB);
+        for (int64_t blk = 0; blk < plan->gi.nkb; ++blk)
+          kern.backward_rows(plan->gi.col.data(), gi_vals, plan->gi.bptr.data() + blk * K, 0, K, yt,
+                             yt + M * NB, xt, xt + K * NB, tile, tile + K * NB, acc, blk == 0);
+        for (int h = 0; h < 2 && n0 + h * NB < N; ++h)
+          unpack_tile(tile + h * K * NB, N, K, n0 + h * NB, NB, 0, K, dxp);
+        return;
+      }
       if (dx) {
         T* tile = scratch<T>(kTile, K * NB);
         for (int h = 0; h < 2 && n0 + h * NB < N; ++h) {
@@ -363,7 +389,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         if (!started[u]) std::fill(part + u * nnz, part + (u + 1) * nnz, T(0));
     // dW row by row (zeros, then the kept positions, summed over the threads' partials), so that
     // every thread writes its own rows and each row is written while it is in cache.
-    if (dw) write_weight_grad(plan->fwd, M, K, part, nt, nnz, dwp);
+    if (dw) write_weight_grad(plan->fwd, M, K, part, nt, nnz, fused ? plan->fwd_to_gi.data() : nullptr, dwp);
     return;
   }
   if (dx)
@@ -389,7 +415,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     for (int64_t c = 0; c < nch; ++c)
       sddmm_rows(plan->fwd, M, K, yt + c * 2 * M * NB, xt + c * 2 * K * NB, NB, m0, m1, kern, acc);
   });
-  write_weight_grad(plan->fwd, M, K, acc, 1, nnz, dwp);
+  write_weight_grad(plan->fwd, M, K, acc, 1, nnz, nullptr, dwp);
 }
 
 // Grad-input alone, from the CSC pattern (the op's own arguments): the plan of S = (W o mask)^T is

@@ -40,6 +40,16 @@ void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo, c
 void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,
                     const int32_t* col, int64_t e0, int64_t e1, float* acc);
 
+// The grad-input SpMM and the SDDMM of one chunk of 2 * NB batch rows in one walk of the transposed
+// pattern S^T (rows r = k, entries e with col[e] = m and val[e] = W[m, k]), AVX-512 only:
+//   T[r * NB + i] (+)= sum_e val[e] * dY[col[e] * NB + i]      for both halves (lo, hi), and
+//   part[e] += sum_i dY[col[e] * NB + i] * X[r * NB + i]       over both halves,
+// for r in [r0, r1). first_block: T starts from zero (rows without entries are written too).
+void backward_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
+                              int64_t r1, const float* dy_lo, const float* dy_hi, const float* x_lo,
+                              const float* x_hi, float* t_lo, float* t_hi, float* part,
+                              bool first_block);
+
 // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline). dst_rows_outer: dst is
 // the large output written once (walk its rows in the outer loop, stream it to memory where its
 // rows are 64-byte aligned); else src is the large strided side (walk its rows outermost).

@@ -1,6 +1,7 @@
 // Building and caching the k-blocked plans of linear sparsity patterns (see linear_plan.h).
 #include "linear_plan.h"
 
+#include "linear_kernels.h"
 #include "pattern_cache.h"
 
 #include <algorithm>
@@ -45,10 +46,12 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
     for (int64_t m = 0; m < M; ++m)
       for (int32_t j = rp[m]; j < rp[m + 1]; ++j) emit_rck(m, ci[j], j);
   };
-  const int kb_shift = k_block_shift(double(plan->nnz) / double(std::max<int64_t>(M * K, 1)));
+  const double density = double(plan->nnz) / double(std::max<int64_t>(M * K, 1));
+  const int kb_shift = k_block_shift(density);
   bucket(M, K, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
          plan->fwd);
-  bucket(K, M, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
+  const int gi_shift = cpu_has_avx512() ? fused_block_shift(density) : kb_shift;
+  bucket(K, M, plan->nnz, gi_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
   // CSR position j -> fwd position (fwd.src is m * K + k; rows in order), then gi -> fwd.
   std::vector<int32_t> fwd_of_csr(plan->nnz);
@@ -61,7 +64,11 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
       for (int32_t e = e0; e < e1; ++e) fwd_of_csr[(first - ci) + (e - e0)] = e;
     }
   plan->gi_from_fwd.resize(plan->nnz);
-  for (int64_t e = 0; e < plan->nnz; ++e) plan->gi_from_fwd[e] = fwd_of_csr[plan->gi.src[e]];
+  plan->fwd_to_gi.resize(plan->nnz);
+  for (int64_t e = 0; e < plan->nnz; ++e) {
+    plan->gi_from_fwd[e] = fwd_of_csr[plan->gi.src[e]];
+    plan->fwd_to_gi[plan->gi_from_fwd[e]] = int32_t(e);
+  }
   return plan;
 }
 

@@ -3,6 +3,7 @@
 // are only called when cpu_has_avx512() says so.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -157,6 +158,123 @@ void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, con
     _mm_store_ps(out, reduce4_avx2(s));
     for (int u = 0; u < n; ++u) acc[e + u] += out[u];
   }
+}
+
+// ---- fused backward: grad-input SpMM and SDDMM in one walk of the transposed pattern -------------
+// Row k of S^T lists the kept (m, k); for each, the panel row dY^T[m, chunk] is loaded once and
+// used twice: broadcast-multiplied by W[m, k] into dX^T[k, chunk] (8 accumulators in registers)
+// and dotted with X^T[k, chunk] (held in 8 registers for the whole row) for dW[m, k]. That is 16
+// FMAs per 8 panel loads, where the two separate kernels each load one panel vector per FMA.
+// The dot vectors go to a small L1 buffer, reduced 16 at a time once it fills (entries of
+// consecutive rows are consecutive, so the buffer maps onto a run of part[]): reducing after every
+// few entries of a row put the reduction's latency on the entry loop's critical path.
+
+// Lane j of the result is the sum of v[j]'s lanes (and of nothing else): pairs interleaved and
+// added within 128-bit blocks, then blocks gathered and added across vectors.
+// Blocks (128-bit) of a then of b, each the sum of a pair of neighbours: (a0+a1, a2+a3, b0+b1, b2+b3).
+EB_AVX512 static inline __m512 add_block_pairs(__m512 a, __m512 b) {
+  constexpr __mmask16 all = 0xFFFF;
+  return _mm512_add_ps(_mm512_mask_shuffle_f32x4(a, all, a, b, 0x88), _mm512_mask_shuffle_f32x4(a, all, a, b, 0xDD));
+}
+
+EB_AVX512 static inline __m512 reduce16_avx512(const __m512* v) {
+  // (The all-ones masked forms compute the same as the plain intrinsics; see transpose16x16.)
+  constexpr __mmask16 all = 0xFFFF;
+  __m512 t[8], u[4];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = v[2 * i], b = v[2 * i + 1];
+    t[i] = _mm512_add_ps(_mm512_mask_unpacklo_ps(a, all, a, b), _mm512_mask_unpackhi_ps(a, all, a, b));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = t[2 * j], b = t[2 * j + 1];
+    u[j] = _mm512_add_ps(_mm512_mask_shuffle_ps(a, all, a, b, 0x44), _mm512_mask_shuffle_ps(a, all, a, b, 0xEE));
+  }
+  return add_block_pairs(add_block_pairs(u[0], u[1]), add_block_pairs(u[2], u[3]));
+}
+
+// part[i] += hsum(dots[i]) for i < n.
+EB_AVX512 static inline void flush_dots(const __m512* dots, int64_t n, float* part) {
+  for (int64_t g = 0; g < n; g += 16) {
+    const __mmask16 m = n - g >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - g)) - 1);
+    _mm512_mask_storeu_ps(part + g, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, part + g), reduce16_avx512(dots + g)));
+  }
+}
+
+template <bool kInit>
+EB_AVX512 static void backward_rows_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                                           int64_t r0, int64_t r1, const float* dy_lo,
+                                           const float* dy_hi, const float* x_lo, const float* x_hi,
+                                           float* t_lo, float* t_hi, float* part) {
+  constexpr int NB = kNbAvx512, H = NB / 16, V = 2 * H;
+  constexpr int64_t kCap = 128;  // dot vectors buffered (8 KB)
+  alignas(64) __m512 dots[kCap + 16];
+  // Lanes past the last entry of a flush are reduced too (into masked-off lanes): keep them finite.
+#pragma GCC unroll 16
+  for (int u = 0; u < 16; ++u) dots[kCap + u] = _mm512_setzero_ps();
+  int64_t base = bptr[r0], filled = 0;  // dots[i] belongs to entry base + i
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t e = bptr[r];
+    const int64_t end = bptr[r + 1];
+    float* tl = t_lo + r * NB;
+    float* th = t_hi + r * NB;
+    if constexpr (!kInit) {
+      if (e == end) continue;
+    }
+    __m512 a[V], x[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < H; ++v) {
+      a[v] = kInit ? _mm512_setzero_ps() : _mm512_load_ps(tl + 16 * v);
+      a[H + v] = kInit ? _mm512_setzero_ps() : _mm512_load_ps(th + 16 * v);
+      x[v] = _mm512_load_ps(x_lo + r * NB + 16 * v);
+      x[H + v] = _mm512_load_ps(x_hi + r * NB + 16 * v);
+    }
+    while (e < end) {
+      const int64_t stop = std::min(end, e + (kCap - filled));
+      for (; e < stop; ++e) {
+        const float* p = dy_lo + int64_t(col[e]) * NB;
+        const float* q = dy_hi + int64_t(col[e]) * NB;
+        const __m512 w = _mm512_set1_ps(val[e]);
+        __m512 d[V];
+#pragma GCC unroll 4
+        for (int v = 0; v < H; ++v) {
+          d[v] = _mm512_load_ps(p + 16 * v);
+          d[H + v] = _mm512_load_ps(q + 16 * v);
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) a[v] = _mm512_fmadd_ps(w, d[v], a[v]);
+        __m512 s0 = _mm512_mul_ps(d[0], x[0]), s1 = _mm512_mul_ps(d[1], x[1]);
+#pragma GCC unroll 4
+        for (int v = 2; v < V; v += 2) {
+          s0 = _mm512_fmadd_ps(d[v], x[v], s0);
+          s1 = _mm512_fmadd_ps(d[v + 1], x[v + 1], s1);
+        }
+        dots[filled++] = _mm512_add_ps(s0, s1);
+      }
+      if (filled == kCap) {
+        flush_dots(dots, filled, part + base);
+        base += filled;
+        filled = 0;
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < H; ++v) {
+      _mm512_store_ps(tl + 16 * v, a[v]);
+      _mm512_store_ps(th + 16 * v, a[H + v]);
+    }
+  }
+  flush_dots(dots, filled, part + base);
+}
+
+EB_AVX512 void backward_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                                        int64_t r0, int64_t r1, const float* dy_lo, const float* dy_hi,
+                                        const float* x_lo, const float* x_hi, float* t_lo, float* t_hi,
+                                        float* part, bool first_block) {
+  if (first_block)
+    backward_rows_avx512<true>(col, val, bptr, r0, r1, dy_lo, dy_hi, x_lo, x_hi, t_lo, t_hi, part);
+  else
+    backward_rows_avx512<false>(col, val, bptr, r0, r1, dy_lo, dy_hi, x_lo, x_hi, t_lo, t_hi, part);
 }
 
 // ---- transpose ---------------------------------------------------------------------------------
