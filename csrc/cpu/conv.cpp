@@ -150,12 +150,26 @@ at::Tensor gather_values(const PackedPattern& pk, const float* w) {
 convk::Plan conv_plan(const Geometry& g, Kind kind, bool avx512, int64_t nnz) {
   convk::Plan p{};
   p.N = g.N, p.Cs = g.Ci, p.Hs = g.H, p.Ws = g.W;
+  p.s_sn = g.Ci * g.H * g.W, p.s_sc = g.H * g.W;  // x is contiguous
   p.Co = g.Co, p.Ho = g.Ho, p.Wo = g.Wo;
   p.KH = g.KH, p.KW = g.KW, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
   p.pt = g.ph, p.pl = g.pw, p.uh = 1, p.uw = 1;
   p.Ho_out = g.Ho, p.oy_first = 0, p.oy_step = 1, p.skip_gaps = false;
   choose_tiling(p, kind, avx512, nnz);
   return p;
+}
+
+// grad_output as the float kernels read it: each (H, W) plane contiguous, images and channels at any
+// stride. An expanded gradient (all strides 0, what `y.sum()` hands back) becomes one plane repeated
+// (strides (0, 0, W, 1)) instead of an (N, C, H, W) copy: 8 MB written and read back per step of a
+// 256-channel 32x32 layer at batch 8, 2.5-3 ms of a 45 ms step measured in place (cold memory).
+at::Tensor planes_readable(const at::Tensor& t) {
+  if (t.dim() != 4) return t.contiguous();
+  const bool planes = (t.stride(3) == 1 || t.size(3) <= 1) && (t.stride(2) == t.size(3) || t.size(2) <= 1);
+  if (planes) return t;
+  const bool repeated = t.numel() > 0 && t.stride(0) == 0 && t.stride(1) == 0 && t.stride(2) == 0 && t.stride(3) == 0;
+  if (repeated) return t.select(0, 0).select(0, 0).contiguous().expand(t.sizes());
+  return t.contiguous();
 }
 
 // Scratch from the caching allocator (64-byte aligned), one slice per thread.
@@ -312,7 +326,7 @@ void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const in
         std::fill(d_row, d_row + p.Wo_r, 0.f);
         if (rows[rr] < 0) continue;
         for (int64_t g = 0; g < images; ++g) {  // image g in lanes [g * Wo, (g + 1) * Wo)
-          const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + rows[rr]) * p.Ws;
+          const float* s = src + (n0 + g) * p.s_sn + (c_lo + cl) * p.s_sc + rows[rr] * p.Ws;
           float* d = d_row + g * p.Wo;
           for (int64_t x = 0; x < p.Wo; ++x)
             if (col[x] >= 0) d[x] = s[col[x]];
@@ -366,7 +380,7 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
                                  const at::Tensor& col_ptr, const at::Tensor& row_idx,
                                  at::IntArrayRef input_size, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
-  auto dy = grad_output.contiguous();
+  auto dy = grad_output.scalar_type() == at::kFloat ? planes_readable(grad_output) : grad_output.contiguous();
   auto w = weight.contiguous();
   const Geometry g = geometry(input_size, w.sizes(), stride, padding, dilation);
   TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected (", g.N,
@@ -383,6 +397,7 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   const bool avx512 = have_avx512();
   convk::Plan base{};
   base.N = g.N, base.Cs = g.Co, base.Hs = g.Ho, base.Ws = g.Wo;
+  base.s_sn = dy.stride(0), base.s_sc = dy.stride(1);
   base.Co = g.Ci, base.Ho = g.H, base.Wo = g.W;
   base.KH = g.KH, base.KW = g.KW, base.sh = 1, base.sw = 1, base.dh = g.dh, base.dw = g.dw;
   base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw, base.uh = g.sh, base.uw = g.sw;
@@ -434,7 +449,7 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  auto dy = grad_output.contiguous();
+  auto dy = grad_output.scalar_type() == at::kFloat ? planes_readable(grad_output) : grad_output.contiguous();
   auto x = input.contiguous();
   const Geometry g = geometry(x.sizes(), weight_size, stride, padding, dilation);
   TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_output: expected (", g.N,
@@ -451,6 +466,7 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   auto dw = at::empty(weight_size, x.options());
   const bool avx512 = have_avx512();
   convk::Plan p = conv_plan(g, Kind::kGradWeight, avx512, nnz);
+  p.dy_sn = dy.stride(0), p.dy_sc = dy.stride(1);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
   const auto pk = cached_pack(2, row_ptr, col_idx, g, p, nnz, [&](auto&& visit) {
     for (int64_t co = 0; co < g.Co; ++co)

@@ -30,6 +30,9 @@ namespace ebsparse::convk {
 
 struct Plan {
   int64_t N, Cs, Hs, Ws;           // source tensor S
+  int64_t s_sn, s_sc;              // S's image and channel strides in floats (its (Hs, Ws) planes are
+                                   // contiguous; 0 where an expanded gradient repeats one plane)
+  int64_t dy_sn, dy_sc;            // the same for dy (grad-weight only)
   int64_t Co, Ho, Wo;              // output channels and spatial size
   int64_t KH, KW, sh, sw, dh, dw;  // convolution over the virtual input V
   int64_t pt, pl, uh, uw;          // V from S: padding (may be negative) and upsampling

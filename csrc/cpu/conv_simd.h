@@ -110,7 +110,7 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, c
         if (rows[rr] >= 0 && xa < xb)
           for (int64_t g = 0; g < images; ++g) {
             // lane g * Wo + x reads column x + shift of image n0 + g's row
-            const float* s = src + (((n0 + g) * p.Cs + c_lo + cl) * p.Hs + rows[rr]) * p.Ws + shift - g * p.Wo;
+            const float* s = src + (n0 + g) * p.s_sn + (c_lo + cl) * p.s_sc + rows[rr] * p.Ws + shift - g * p.Wo;
             v = Vec::add(v, Vec::load_lanes(s, g * p.Wo + xa, g * p.Wo + xb));
           }
         Vec::store(d, v);
@@ -125,7 +125,7 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
                         const int32_t* cols, float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
   for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
-    const float* src_c = src + (n0 * p.Cs + c_lo + cl) * p.Hs * p.Ws;
+    const float* src_c = src + n0 * p.s_sn + (c_lo + cl) * p.s_sc;
     for (int64_t kw = 0; kw < p.KW; ++kw) {
       const int32_t* col = cols + kw * p.Wo_r;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
@@ -159,11 +159,11 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
     fill_copy_grouped(p, src, n0, b, rows, dst);
     return;
   }
-  const float* src_n = src + n0 * p.Cs * p.Hs * p.Ws;
+  const float* src_n = src + n0 * p.s_sn;
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
   const auto zero = Vec::zero();
   for (int64_t cl = 0; cl < c_hi - c_lo; ++cl) {
-    const float* src_c = src_n + (c_lo + cl) * p.Hs * p.Ws;
+    const float* src_c = src_n + (c_lo + cl) * p.s_sc;
     for (int64_t kw = 0; kw < p.KW; ++kw) {
       const int64_t shift = kw * p.dw - p.pl;  // copy column x reads source column x + shift
       int64_t xa = -shift, xb = p.Ws - shift;  // valid copy columns [xa, xb), clipped to [0, Wo)
@@ -214,7 +214,7 @@ void prefetch_block(const Plan& p, const float* src, int64_t n0, int64_t b, int6
   if (r_hi <= r_lo) return;
   for (int64_t n = n0; n < min64(p.N, n0 + p.G); ++n)
     for (int64_t c = c_lo; c < c_hi; ++c) {
-      const char* a = reinterpret_cast<const char*>(src + ((n * p.Cs + c) * p.Hs + r_lo) * p.Ws);
+      const char* a = reinterpret_cast<const char*>(src + n * p.s_sn + c * p.s_sc + r_lo * p.Ws);
       const int64_t bytes = (r_hi - r_lo) * p.Ws * int64_t(sizeof(float));
       for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(a + o, _MM_HINT_T1);
     }
@@ -344,7 +344,7 @@ void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, flo
     for (int64_t o = 0; o < p.Co; ++o)
       for (int64_t g = 0; g < images; ++g)
         for (int64_t r = 0; r < rv; ++r)
-          std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (((n + g) * p.Co + o) * p.Ho + oy0 + r) * p.Wo,
+          std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (n + g) * p.dy_sn + o * p.dy_sc + (oy0 + r) * p.Wo,
                       p.Wo * sizeof(float));
   }
   const CopyMaps maps(p, oy0, rv);
@@ -355,7 +355,7 @@ void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, flo
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
       if (s == e) continue;
       const bool grouped = p.G > 1;
-      const float* dyo = grouped ? dy_tiles + o * p.R * p.Wo_r : dy + ((n * p.Co + o) * p.Ho + oy0) * p.Wo;
+      const float* dyo = grouped ? dy_tiles + o * p.R * p.Wo_r : dy + n * p.dy_sn + o * p.dy_sc + oy0 * p.Wo;
       const int64_t dy_rs = grouped ? p.Wo_r : p.Wo;
       for (int64_t c0 = 0; c0 < p.nvec; c0 += kMaxVecs) {
         const int64_t nv = min64(kMaxVecs, p.nvec - c0);

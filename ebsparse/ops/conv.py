@@ -55,12 +55,21 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _readable_once(grad_output: torch.Tensor) -> torch.Tensor:
+    """grad_output in a layout every backend reads without copying it again, made once here rather
+    than once in each kernel. An expanded gradient (what `y.sum()` hands back: one value, all strides
+    0) becomes one (H, W) plane repeated over images and channels, which the native kernels read in
+    place (dense ones copy it themselves); anything else is made contiguous."""
+    if grad_output.numel() and not any(grad_output.stride()):
+        return grad_output[0, 0].contiguous().expand(grad_output.shape)
+    return grad_output.contiguous()
+
+
 def _gradients(grad_input_fn, grad_weight_fn, ctx, grad_output):
     input, weight, mask, *index = ctx.saved_tensors
     stride, padding, dilation = ctx.conv
     grad_input = grad_weight = grad_bias = None
-    # Both kernels want it dense; made so once here, not once in each (`sum()` gives an expanded one).
-    grad_output = grad_output.contiguous()
+    grad_output = _readable_once(grad_output)
     if ctx.needs_input_grad[0]:
         grad_input = grad_input_fn(grad_output, weight, mask, *index, list(input.shape), stride, padding, dilation,
                                    ctx.backend)

@@ -165,3 +165,70 @@ def test_strided_grad_input_by_row_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw
     got = torch.ops.ebsparse.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape), [sh, sw],
                                                    [ph, pw], [dilation, dilation])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def _grad_layout(dy: torch.Tensor, layout: str) -> torch.Tensor:
+    """dy's values (or a broadcast of them) in a layout a backward can receive."""
+    n, c, h, w = dy.shape
+    if layout == "expanded":  # what y.sum() hands back: one value, all strides 0
+        return dy[:1, :1, :1, :1].expand(n, c, h, w)
+    if layout == "plane-repeated":  # one plane over images and channels (what ops.conv makes of the above)
+        return dy[:1, :1].expand(n, c, h, w)
+    if layout == "batch-expanded":
+        return dy[:1].expand(n, c, h, w)
+    if layout == "channel-slice":  # planes contiguous, channels of a wider tensor
+        wide = torch.zeros(n, c + 2, h, w)
+        wide[:, 1:c + 1] = dy
+        return wide[:, 1:c + 1]
+    if layout == "transposed-planes":  # planes not contiguous: copied
+        return dy.transpose(2, 3).contiguous().transpose(2, 3)
+    return dy
+
+
+@settings(max_examples=40, deadline=None)
+@given(layout=st.sampled_from(["expanded", "plane-repeated", "batch-expanded", "channel-slice",
+                               "transposed-planes", "dense"]),
+       n=st.integers(1, 3), ci=st.integers(1, 9), co=st.integers(1, 20), h=st.integers(1, 12),
+       w=st.integers(1, 12), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_grad_output_strides_read_in_place(layout, n, ci, co, h, w, k, stride, padding, density, seed):
+    """grad_output whose (H, W) planes are contiguous is read at its own image and channel strides
+    (an expanded one through a single repeated plane); the gradients are those of its dense copy.
+    Small maps cover the images-side-by-side copies, stride 2 the gathered ones."""
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(n, ci, h, w, generator=g), torch.randn(co, ci, k, k, generator=g)
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return
+    mask = torch.rand(co, ci, k, k, generator=g) < density
+    index = build_index(mask)
+    geo = ([stride] * 2, [padding] * 2, ONE)
+    wm = (wt * mask).requires_grad_()
+    xr = x.clone().requires_grad_()
+    y = torch.nn.functional.conv2d(xr, wm, None, stride, padding)
+    dy = _grad_layout(torch.randn(y.shape, generator=g), layout)
+    y.backward(dy.contiguous())
+    ops = torch.ops.ebsparse
+    dx = ops.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape), *geo)
+    dw = ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo)
+    torch.testing.assert_close(dx, xr.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dw, wm.grad * mask, atol=1e-4, rtol=1e-4)
+
+
+def test_sum_loss_through_the_module_matches_dense():
+    """The autograd path hands the kernels `y.sum()`'s expanded gradient as one repeated plane."""
+    import ebsparse
+
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1)
+    mask = torch.rand(12, 8, 3, 3, generator=g) < 0.4
+    x = torch.randn(3, 8, 7, 7, generator=g, requires_grad=True)
+    layer = ebsparse.SparseConv2d.from_dense(conv, mask=mask, backend="native")
+    layer(x).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = (conv.weight.detach() * mask).requires_grad_()
+    b_ref = conv.bias.detach().clone().requires_grad_()
+    torch.nn.functional.conv2d(x_ref, w_ref, b_ref, 1, 1).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.weight.grad * mask, w_ref.grad * mask, atol=1e-4, rtol=1e-4)
+    assert not layer.weight.grad[~mask].any()
+    torch.testing.assert_close(layer.bias.grad, b_ref.grad, atol=1e-4, rtol=1e-4)
