@@ -22,40 +22,46 @@ def make_mask(weight: torch.Tensor, sparsity: float | str) -> torch.Tensor:
     return random_mask(weight.shape, 1.0 - float(sparsity), generator=torch.Generator().manual_seed(0))
 
 
-def training_step(loss, *tensors: torch.Tensor):
+def training_step(loss, *tensors: torch.Tensor, upstream: torch.Tensor | None = None):
     """One step as a training loop runs it: the gradients of `tensors` set to None first (what
     ``optimizer.zero_grad()`` does by default), so backward hands over fresh gradients instead of
-    adding into the last step's; then ``loss().backward()``."""
+    adding into the last step's; then ``loss().backward()``. With `upstream`, ``loss()`` is the
+    layer's output and `upstream` its gradient (a dense one, as a real loss further on hands back;
+    ``.sum()``'s is a single value broadcast, which kernels may read without materialising it)."""
 
     def step():
         for t in tensors:
             t.grad = None
-        loss().backward()
+        out = loss()
+        out.backward(upstream) if upstream is not None else out.sum().backward()
     return step
 
 
-def linear_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor):
-    """A zero-argument callable running one fwd+bwd of the linear layer with `provider`."""
+def linear_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                upstream: torch.Tensor | None = None):
+    """A zero-argument callable running one fwd+bwd of the linear layer with `provider`; the loss is
+    the output's sum, or `upstream` is its gradient (see training_step)."""
     w = (weight * mask).detach().requires_grad_()
     x = x.detach().requires_grad_()
     if provider == "dense":
-        return training_step(lambda: F.linear(x, w * mask).sum(), x, w)
+        return training_step(lambda: F.linear(x, w * mask), x, w, upstream=upstream)
     if provider.startswith("ebsparse"):
         # through the module, as users run it (auto resolves once, outside the timing)
         layer = ebsparse.SparseLinear.from_dense(_dense_linear(w.detach()), mask=mask,
                                                  backend=provider.split("-", 1)[1])
-        step = training_step(lambda: layer(x).sum(), x, *layer.parameters())
+        step = training_step(lambda: layer(x), x, *layer.parameters(), upstream=upstream)
         step()
         return step
     if provider == "torch-csr":
         # PyTorch's own sparse path: y^T = W_csr @ x^T, weight gradient through the sparse tensor.
         w_sparse = w.detach().to_sparse_coo().coalesce().requires_grad_()
-        return training_step(lambda: torch.sparse.mm(w_sparse, x.t()).sum(), x, w_sparse)
+        return training_step(lambda: torch.sparse.mm(w_sparse, x.t()), x, w_sparse,
+                             upstream=None if upstream is None else upstream.t())
     if provider == "sparseprop":
         from sparseprop.modules.linear import SparseLinear
 
         layer = SparseLinear.from_dense(_dense_linear(w.detach()))
-        return training_step(lambda: layer(x).sum(), x, *layer.parameters())
+        return training_step(lambda: layer(x), x, *layer.parameters(), upstream=upstream)
     raise ValueError(provider)
 
 
@@ -73,31 +79,36 @@ def _dense_conv(w: torch.Tensor, padding: int) -> torch.nn.Conv2d:
     return layer
 
 
-def conv_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, padding: int):
+def conv_step(provider: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, padding: int,
+              upstream: torch.Tensor | None = None):
+    """A zero-argument callable running one fwd+bwd of the conv layer with `provider`; the loss is
+    the output's sum, or `upstream` is its gradient (dense and ebsparse providers; see training_step)."""
     w = (weight * mask).detach().requires_grad_()
     x = x.detach().requires_grad_()
     if provider == "dense":
-        return training_step(lambda: F.conv2d(x, w * mask, None, 1, padding).sum(), x, w)
+        return training_step(lambda: F.conv2d(x, w * mask, None, 1, padding), x, w, upstream=upstream)
     if provider.startswith("ebsparse"):
         layer = ebsparse.SparseConv2d.from_dense(_dense_conv(w.detach(), padding), mask=mask,
                                                  backend=provider.split("-", 1)[1])
-        step = training_step(lambda: layer(x).sum(), x, *layer.parameters())
+        step = training_step(lambda: layer(x), x, *layer.parameters(), upstream=upstream)
         step()
         return step
+    if upstream is not None:
+        raise ValueError(f"{provider}: only dense and ebsparse conv steps take an upstream gradient")
     if provider == "torch-csr":
         # im2col + torch.sparse.mm, the route PyTorch offers for a sparse conv weight
         w_sparse = w.detach().reshape(w.shape[0], -1).to_sparse_coo().coalesce().requires_grad_()
 
-        def loss():
+        def output():
             cols = F.unfold(x, w.shape[2:], padding=padding)  # (N, Ci*kh*kw, L)
             flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)
-            return torch.sparse.mm(w_sparse, flat).sum()
-        return training_step(loss, x, w_sparse)
+            return torch.sparse.mm(w_sparse, flat)
+        return training_step(output, x, w_sparse)
     if provider == "sparseprop":
         from sparseprop.modules.conv2d import SparseConv2d
 
         layer = SparseConv2d.from_dense(_dense_conv(w.detach(), padding), vectorizing_over_on=False)
-        return training_step(lambda: layer(x).sum(), x, *layer.parameters())
+        return training_step(lambda: layer(x), x, *layer.parameters())
     raise ValueError(provider)
 
 
@@ -147,23 +158,30 @@ def _bench(record, group: str, provider: str, make_step, rounds: int, gflop: flo
     record(group, provider, seconds, gflop, baseline=dense_seconds)
 
 
-def bench_linear_1024(record, provider: str, sparsity) -> None:
-    """linear 1024->1024 on a (1024, 1024) input; useful GFLOP = 3 ops x 2 x nnz x batch."""
+def bench_linear_1024(record, provider: str, sparsity, upstream: str = "sum") -> None:
+    """linear 1024->1024 on a (1024, 1024) input; useful GFLOP = 3 ops x 2 x nnz x batch.
+    upstream "sum": the loss is the output's sum; "dense": a fixed random output gradient."""
     skip_unavailable(provider, sparsity)
     torch.manual_seed(0)
     x, w = torch.randn(1024, 1024), torch.randn(1024, 1024)
     mask = make_mask(w, sparsity)
+    grad = torch.randn(1024, 1024) if upstream == "dense" else None
     gflop = 3 * 2 * int(mask.sum()) * 1024 / 1e9
-    _bench(record, f"linear sparsity={sparsity}", provider, lambda p: linear_step(p, x, w, mask), ROUNDS["linear"],
-           gflop)
+    _bench(record, f"linear sparsity={sparsity}" + _GROUP_SUFFIX[upstream], provider,
+           lambda p: linear_step(p, x, w, mask, grad), ROUNDS["linear"], gflop)
 
 
-def bench_conv_256_3x3(record, provider: str, sparsity) -> None:
-    """conv 256->256 3x3 pad 1 on (8, 256, 32, 32); useful GFLOP = 3 ops x 2 x nnz x N·Ho·Wo."""
+def bench_conv_256_3x3(record, provider: str, sparsity, upstream: str = "sum") -> None:
+    """conv 256->256 3x3 pad 1 on (8, 256, 32, 32); useful GFLOP = 3 ops x 2 x nnz x N·Ho·Wo.
+    upstream: as in bench_linear_1024."""
     skip_unavailable(provider, sparsity)
     torch.manual_seed(0)
     x, w = torch.randn(8, 256, 32, 32), torch.randn(256, 256, 3, 3)
     mask = make_mask(w, sparsity)
+    grad = torch.randn(8, 256, 32, 32) if upstream == "dense" else None
     gflop = 3 * 2 * int(mask.sum()) * 8 * 32 * 32 / 1e9
-    _bench(record, f"conv sparsity={sparsity}", provider, lambda p: conv_step(p, x, w, mask, padding=1),
-           ROUNDS["conv"], gflop)
+    _bench(record, f"conv sparsity={sparsity}" + _GROUP_SUFFIX[upstream], provider,
+           lambda p: conv_step(p, x, w, mask, padding=1, upstream=grad), ROUNDS["conv"], gflop)
+
+
+_GROUP_SUFFIX = {"sum": "", "dense": " dense-grad"}
