@@ -71,8 +71,8 @@ inline int k_block_shift(double density) { return density >= 0.25 ? 7 : density 
 // k-block width of the transposed pattern where the fused AVX-512 backward walks it
 // (backward_rows_f32_avx512): each kept weight reads a 512-byte panel row (two halves), so denser
 // patterns want half the forward's width, keeping a block's panel rows in L1 (64 x 512 B). Measured
-// on 1024 x 1024 at 2 threads (fwd + bwd, interleaved): 2:4 and 50% 10-12% faster with 64 than
-// with 128; 90-95% no better below the forward's width.
+// on 1024 x 1024 at 2 threads (forward + backward ops, interleaved, 4 runs): 2:4 and 50% 8-13%
+// faster with 64 than with 128; 90-95% no better below the forward's width.
 inline int fused_block_shift(double density) { return density >= 0.25 ? 6 : k_block_shift(density); }
 
 // The cached plan of this pattern (built on first use). Thread-safe.
