@@ -169,14 +169,14 @@ void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, con
 // consecutive rows are consecutive, so the buffer maps onto a run of part[]): reducing after every
 // few entries of a row put the reduction's latency on the entry loop's critical path.
 
-// Lane j of the result is the sum of v[j]'s lanes (and of nothing else): pairs interleaved and
-// added within 128-bit blocks, then blocks gathered and added across vectors.
 // Blocks (128-bit) of a then of b, each the sum of a pair of neighbours: (a0+a1, a2+a3, b0+b1, b2+b3).
 EB_AVX512 static inline __m512 add_block_pairs(__m512 a, __m512 b) {
   constexpr __mmask16 all = 0xFFFF;
   return _mm512_add_ps(_mm512_mask_shuffle_f32x4(a, all, a, b, 0x88), _mm512_mask_shuffle_f32x4(a, all, a, b, 0xDD));
 }
 
+// Lane j of the result is the sum of v[j]'s lanes (and of nothing else): pairs interleaved and
+// added within 128-bit blocks, then blocks gathered and added across vectors.
 EB_AVX512 static inline __m512 reduce16_avx512(const __m512* v) {
   // (The all-ones masked forms compute the same as the plain intrinsics; see transpose16x16.)
   constexpr __mmask16 all = 0xFFFF;
@@ -209,10 +209,7 @@ EB_AVX512 static void backward_rows_avx512(const int32_t* col, const float* val,
                                            float* t_lo, float* t_hi, float* part) {
   constexpr int NB = kNbAvx512, H = NB / 16, V = 2 * H;
   constexpr int64_t kCap = 128;  // dot vectors buffered (8 KB)
-  alignas(64) __m512 dots[kCap + 16];
-  // Lanes past the last entry of a flush are reduced too (into masked-off lanes): keep them finite.
-#pragma GCC unroll 16
-  for (int u = 0; u < 16; ++u) dots[kCap + u] = _mm512_setzero_ps();
+  alignas(64) __m512 dots[kCap];
   int64_t base = bptr[r0], filled = 0;  // dots[i] belongs to entry base + i
   for (int64_t r = r0; r < r1; ++r) {
     int64_t e = bptr[r];
@@ -264,6 +261,9 @@ EB_AVX512 static void backward_rows_avx512(const int32_t* col, const float* val,
       _mm512_store_ps(th + 16 * v, a[H + v]);
     }
   }
+  // The last group of 16 is reduced whole (its lanes past `filled` are masked off): give the
+  // vectors it reads past the last entry a value.
+  for (int64_t i = filled; i % 16 != 0; ++i) dots[i] = _mm512_setzero_ps();
   flush_dots(dots, filled, part + base);
 }
 
