@@ -25,11 +25,9 @@ def _tol(dtype, k):
     return dict(atol=1e-4 * k, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10 * k, rtol=1e-10)
 
 
-@settings(max_examples=25, deadline=None)
-@given(n=st.integers(300, 700), k=st.integers(1, 300), m=st.integers(1, 300),
-       density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]), dtype=st.sampled_from([torch.float32, torch.float64]),
-       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
-def test_fused_backward_matches_reference(n, k, m, density, dtype, threads, seed):
+def check_case(n, k, m, density, dtype, threads, seed):
+    """Every linear op (both gradients together and alone, grad-input from the CSC, grad-weight
+    alone) against the reference on one random problem."""
     g = torch.Generator().manual_seed(seed)
     x, w = torch.randn(n, k, generator=g, dtype=dtype), torch.randn(m, k, generator=g, dtype=dtype)
     b, dy = torch.randn(m, generator=g, dtype=dtype), torch.randn(n, m, generator=g, dtype=dtype)
@@ -56,6 +54,14 @@ def test_fused_backward_matches_reference(n, k, m, density, dtype, threads, seed
     assert none_w.numel() == 0 and none_x.numel() == 0
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(300, 700), k=st.integers(1, 300), m=st.integers(1, 300),
+       density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_fused_backward_matches_reference(n, k, m, density, dtype, threads, seed):
+    check_case(n, k, m, density, dtype, threads, seed)
+
+
 # (batch, in, out, density, threads): per-thread chunks (one and two threads, a ragged last chunk)
 # and the small-batch path, with empty, sparse, half and full patterns.
 KERNEL_CASES = [(1024, 96, 80, 0.1, 2), (777, 53, 131, 0.5, 1), (900, 130, 67, 0.05, 2),
@@ -63,29 +69,9 @@ KERNEL_CASES = [(1024, 96, 80, 0.1, 2), (777, 53, 131, 0.5, 1), (900, 130, 67, 0
 
 
 def check_kernels_against_reference(cases=KERNEL_CASES):
-    """Every fp32 linear op against the reference, both gradients together and alone."""
+    """check_case in fp32 on each of `cases`."""
     for n, k, m, density, threads in cases:
-        g = torch.Generator().manual_seed(n + k + m)
-        x, w, b = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g), torch.randn(m, generator=g)
-        dy = torch.randn(n, m, generator=g)
-        mask = torch.rand(m, k, generator=g) < density
-        rp, ci, cp, ri = build_index(mask).tensors()
-        y_ref, dx_ref, dw_ref = _reference(x, w, b, dy, mask)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            y = ops.csr_linear(x, w, b, rp, ci)
-            dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
-            dx_only, _ = ops.csr_linear_backward(dy, x, w, rp, ci, True, False)
-            _, dw_only = ops.csr_linear_backward(dy, x, w, rp, ci, False, True)
-        finally:
-            torch.set_num_threads(previous)
-        torch.testing.assert_close(y, y_ref, **_tol(torch.float32, k))
-        for got in (dx, dx_only):
-            torch.testing.assert_close(got, dx_ref, **_tol(torch.float32, m))
-        for got in (dw, dw_only):
-            torch.testing.assert_close(got, dw_ref, **_tol(torch.float32, n))
-            assert not got[~mask].any()
+        check_case(n, k, m, density, torch.float32, threads, seed=n + k + m)
 
 
 def test_kernels_match_reference():
