@@ -33,7 +33,9 @@ def training_step(loss, *tensors: torch.Tensor, upstream: torch.Tensor | None = 
         for t in tensors:
             t.grad = None
         out = loss()
-        out.backward(upstream) if upstream is not None else out.sum().backward()
+        if upstream is None:
+            out = out.sum()
+        out.backward(upstream)
     return step
 
 
