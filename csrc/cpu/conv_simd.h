@@ -24,7 +24,8 @@ inline int row_slot(int64_t rows) {
 // Forward / grad-input micro-kernel, one output channel o, an R x V register tile:
 //   acc[r][v] = init + sum_{e in list(o, b)} val[e] * copy[off[e] + r * rstep + v * W]
 // Loop order: the whole tile stays in registers while the kept weights stream by, so each weight
-// costs one broadcast and R*V FMAs whose input operand is an aligned L1 load. An unstructured pattern
+// costs one broadcast and R*V FMAs whose input operand is an aligned, base-addressed
+// (simd::base_address) L1 load. An unstructured pattern
 // offers no input reuse across weights (a variant sharing copy rows between the kept kh of one kernel
 // column was measured slower, even at 2:4), so one load per FMA is the floor this loop sits on.
 // init is `bias` or (kLoad) the partial sums at pin (row stride in_rs); stores the whole tile to pout
@@ -48,7 +49,7 @@ void fwd_kernel(const int32_t* __restrict off, const float* __restrict val, int6
   }
   int64_t i = 0;
   do {  // cnt >= 1: the caller passes a zero weight for empty lists (a plain for loop spills the tile)
-    const float* p = cb + off[i];
+    const float* p = simd::base_address(cb + off[i]);
     const auto w = Vec::bcast(val[i]);
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < V; ++v) acc[r][v] = Vec::fma(w, Vec::load(p + r * rstep + v * Vec::W), acc[r][v]);
@@ -78,7 +79,7 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
         d[r][v] = Vec::loadu(dy + r * dy_rs + v * Vec::W);
     }
   for (int64_t i = 0; i < cnt; ++i) {
-    const float* p = cb + off[i];
+    const float* p = simd::base_address(cb + off[i]);
     auto a0 = Vec::zero(), a1 = Vec::zero();
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < V; ++v) {

@@ -4,7 +4,7 @@
 //
 // One output row r keeps its NB = 4 * W outputs in registers while it walks its kept weights: each
 // kept weight costs one column load, one broadcast and 4 fused multiply-adds whose second operand
-// is an aligned load from the panel row of its column (within the current k-block, which stays in
+// is an aligned, base-addressed (simd::base_address) load from the panel row of its column (within the current k-block, which stays in
 // L1/L2). The entries alternate between two accumulator sets so that 8 independent FMA chains hide
 // the FMA latency.
 //
@@ -35,9 +35,9 @@ inline void spmm_rows(const int32_t* col, const float* val, const int32_t* bptr,
       b[v] = Vec::zero();
     }
     for (; j + 1 < e; j += 2) {
-      const float* p = panel + int64_t(col[j]) * NB;
+      const float* p = simd::base_address(panel + int64_t(col[j]) * NB);
       const auto w = Vec::bcast(val[j]);
-      const float* q = panel + int64_t(col[j + 1]) * NB;
+      const float* q = simd::base_address(panel + int64_t(col[j + 1]) * NB);
       const auto u = Vec::bcast(val[j + 1]);
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) a[v] = Vec::fma(w, Vec::load(p + v * Vec::W), a[v]);
@@ -45,7 +45,7 @@ inline void spmm_rows(const int32_t* col, const float* val, const int32_t* bptr,
       for (int v = 0; v < kVecs; ++v) b[v] = Vec::fma(u, Vec::load(q + v * Vec::W), b[v]);
     }
     if (j < e) {
-      const float* p = panel + int64_t(col[j]) * NB;
+      const float* p = simd::base_address(panel + int64_t(col[j]) * NB);
       const auto w = Vec::bcast(val[j]);
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) a[v] = Vec::fma(w, Vec::load(p + v * Vec::W), a[v]);
