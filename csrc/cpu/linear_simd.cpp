@@ -104,15 +104,27 @@ EB_AVX512 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const floa
   }
   // (A lambda would not inherit the target attribute, so the loads stay in this body.)
   auto xp = [&](int64_t c, int v) { return v < H ? x_lo + c * NB + 16 * v : x_hi + c * NB + 16 * (v - H); };
+  const int64_t hi_off = x_hi - x_lo;
   int64_t e = e0;
   for (; e + 8 <= e1; e += 8) {
+    // The lo halves of the 8 columns, then the hi halves, each through 8 base registers
+    // (simd::base_address: no indexed FMA operands).
+    const float* p[8];
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) p[u] = simd::base_address(x_lo + int64_t(col[e + u]) * NB);
     __m512 s[8];
 #pragma GCC unroll 8
-    for (int u = 0; u < 8; ++u) s[u] = _mm512_mul_ps(y[0], _mm512_load_ps(xp(col[e + u], 0)));
+    for (int u = 0; u < 8; ++u) s[u] = _mm512_mul_ps(y[0], _mm512_load_ps(p[u]));
+#pragma GCC unroll 4
+    for (int v = 1; v < H; ++v)
 #pragma GCC unroll 8
-    for (int v = 1; v < V; ++v)
+      for (int u = 0; u < 8; ++u) s[u] = _mm512_fmadd_ps(y[v], _mm512_load_ps(p[u] + 16 * v), s[u]);
 #pragma GCC unroll 8
-      for (int u = 0; u < 8; ++u) s[u] = _mm512_fmadd_ps(y[v], _mm512_load_ps(xp(col[e + u], v)), s[u]);
+    for (int u = 0; u < 8; ++u) p[u] = simd::base_address(p[u] + hi_off);
+#pragma GCC unroll 4
+    for (int v = 0; v < H; ++v)
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u) s[u] = _mm512_fmadd_ps(y[H + v], _mm512_load_ps(p[u] + 16 * v), s[u]);
     _mm256_storeu_ps(acc + e, _mm256_add_ps(_mm256_loadu_ps(acc + e), reduce8_avx512(s)));
   }
   for (; e < e1; ++e) {
