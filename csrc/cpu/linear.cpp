@@ -16,10 +16,7 @@
 // touches (KB * NB values) stay in L1/L2 instead of the whole panel; the plan lists the entries in
 // (k-block, row) order so that every pass reads them sequentially. KB trades the panel's cache
 // footprint against the per-(row, k-block) cost of re-loading T[r, :] (chosen by density,
-// linear_plan.h). With AVX-512 the forward (and grad-input alone) uses panels of 128 batch rows,
-// 8 vectors per output row, where the output tile stays in L2 (forward_panels_wide): the per-entry
-// integer work (column load, broadcast, loop) is then shared by 8 FMAs instead of 4, and the backward
-// keeps 64-row panels (its chunk is two of them). Work is parallel over batch blocks (no shared outputs), handed out dynamically
+// linear_plan.h). Work is parallel over batch blocks (no shared outputs), handed out dynamically
 // (tasks.h); with fewer blocks than threads (small N), over output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
@@ -92,27 +89,18 @@ void sddmm_generic(const T* a_lo, const T* a_hi, const T* x_lo, const T* x_hi, c
   }
 }
 
-// One SpMM micro-kernel pair (linear_kernels.h) and its panel width.
-template <typename T>
-struct Spmm {
-  int nb;  // panel width (batch rows)
-  void (*rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*);
-  // the first k-block of a tile: rows start from init[r] (or 0) and are all written
-  void (*rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
-};
-
-// The micro-kernels of one dtype / ISA.
+// The micro-kernels and panel width of one dtype / ISA.
 template <typename T>
 struct Kernels {
-  Spmm<T> spmm;  // the backward's: its chunks are two panels, the SDDMM reduces over 2 * spmm.nb
-  Spmm<T> wide;  // the forward's where linear_detail::forward_panels_wide says so (else = spmm)
+  int nb;  // panel width (batch rows); the SDDMM reduces over chunks of 2 * nb
+  void (*spmm_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*);
+  // the first k-block of a tile: rows start from init[r] (or 0) and are all written
+  void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
   void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
   // both backward kernels in one walk of the transposed pattern (linear_kernels.h); null where
   // there is none (AVX2 has too few registers to hold both tiles, fp64)
   void (*backward_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*,
                         const T*, const T*, T*, T*, T*, bool);
-  // The SpMM of a forward pattern (plan fwd) with R rows: it was blocked for this panel width.
-  const Spmm<T>& forward(int64_t R) const { return linear_detail::forward_panels_wide(R) ? wide : spmm; }
 };
 
 template <typename T>
@@ -122,17 +110,15 @@ template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
   if (d::cpu_has_avx512())
-    return {{d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512},
-            {d::kNbAvx512Wide, d::spmm_rows_wide_f32_avx512, d::spmm_rows_init_wide_f32_avx512},
-            d::sddmm_f32_avx512, d::backward_rows_f32_avx512};
-  const Spmm<float> spmm{d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2};
-  return {spmm, spmm, d::sddmm_f32_avx2, nullptr};
+    return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512,
+            d::backward_rows_f32_avx512};
+  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr};
 }
 
 template <>
 Kernels<double> pick_kernels<double>() {
-  const Spmm<double> spmm{16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>};
-  return {spmm, spmm, sddmm_generic<double, 16>, nullptr};
+  return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>,
+          nullptr};
 }
 
 // Per-thread scratch, 64-byte aligned, grown on demand and kept between calls: the panels and
@@ -199,8 +185,8 @@ template <typename T>
 void pack_panel(const RowsView<T>& A, int64_t N, int64_t n0, int NB, int64_t c0, int64_t c1, T* P) {
   const int64_t nb = std::clamp<int64_t>(N - n0, 0, NB);
   if (A.repeated) {
-    T column[128];
-    TORCH_INTERNAL_ASSERT(NB <= 128, "pack_panel: panel width ", NB, " exceeds 128");
+    T column[64];
+    TORCH_INTERNAL_ASSERT(NB <= 64, "pack_panel: panel width ", NB, " exceeds 64");
     for (int64_t i = 0; i < NB; ++i) column[i] = i < nb ? A.data[(n0 + i) * A.row_stride] : T(0);
     for (int64_t c = c0; c < c1; ++c) std::copy(column, column + NB, P + c * NB);
     return;
@@ -230,16 +216,16 @@ void gather(const int32_t* src, int64_t n, const T* from, T* vals) {
 // turn, the first one starting the rows (no fill pass over the tile).
 template <typename T>
 void tile_rows(const BlockedPattern& S, const T* vals, int64_t R, int64_t r0, int64_t r1,
-               const T* panel, const T* init, const Spmm<T>& kern, T* tile) {
-  kern.rows_init(S.col.data(), vals, S.bptr.data(), r0, r1, panel, tile, init);
+               const T* panel, const T* init, const Kernels<T>& kern, T* tile) {
+  kern.spmm_rows_init(S.col.data(), vals, S.bptr.data(), r0, r1, panel, tile, init);
   for (int64_t blk = 1; blk < S.nkb; ++blk)
-    kern.rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
+    kern.spmm_rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
 }
 
 // out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by a plan pattern and its values.
 template <typename T>
 void spmm_transposed(const RowsView<T>& in, int64_t N, int64_t C, int64_t R, const BlockedPattern& S,
-                     const T* vals, const T* bias, const Spmm<T>& kern, T* out) {
+                     const T* vals, const T* bias, const Kernels<T>& kern, T* out) {
   const int NB = kern.nb;
   const int64_t nblocks = (N + NB - 1) / NB;
   auto rows = [&](const T* panel, T* tile, int64_t r0, int64_t r1) {
@@ -313,7 +299,7 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
   at::Tensor values = at::empty({plan->nnz}, w.options());
   T* vals = values.data_ptr<T>();
   gather(plan->fwd.src.data(), plan->nnz, w.const_data_ptr<T>(), vals);
-  spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels<T>().forward(M),
+  spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
                      y.data_ptr<T>());
   plan->last_forward.put(w, std::move(values));
 }
@@ -329,7 +315,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   const int64_t N = dy.size(0), M = dy.size(1);
   const auto plan = linear_detail::linear_plan(rp_t, ci_t, M, K);
   const Kernels<T> kern = pick_kernels<T>();
-  const int NB = kern.spmm.nb;
+  const int NB = kern.nb;
   const int64_t nnz = plan->nnz;
   const int32_t* rp = rp_t.const_data_ptr<int32_t>();
   const int32_t* ci = ci_t.const_data_ptr<int32_t>();
@@ -387,7 +373,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
       if (dx) {
         T* tile = scratch<T>(kTile, K * NB);
         for (int h = 0; h < 2 && n0 + h * NB < N; ++h) {
-          tile_rows<T>(plan->gi, gi_vals, K, 0, K, yt + h * M * NB, nullptr, kern.spmm, tile);
+          tile_rows<T>(plan->gi, gi_vals, K, 0, K, yt + h * M * NB, nullptr, kern, tile);
           unpack_tile(tile, N, K, n0 + h * NB, NB, 0, K, dxp);
         }
       }
@@ -407,7 +393,7 @@ void linear_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     return;
   }
   if (dx)
-    spmm_transposed<T>(yv, N, M, K, plan->gi, gi_vals, nullptr, kern.spmm, dx->data_ptr<T>());
+    spmm_transposed<T>(yv, N, M, K, plan->gi, gi_vals, nullptr, kern, dx->data_ptr<T>());
   if (!dw) return;
   // Few chunks: transpose them all once, shared, and split the rows m of dW between the threads.
   T* yt = scratch<T>(kPanel, nch * 2 * M * NB);
@@ -452,7 +438,7 @@ void grad_input_from_csc(const at::Tensor& dy, const at::Tensor& w, const at::Te
       for (int64_t k = k0; k < k1; ++k)
         for (int32_t e = bp[blk * K + k]; e < bp[blk * K + k + 1]; ++e) vals[e] = wp[int64_t(col[e]) * K + k];
   });
-  spmm_transposed<T>(rows_view<T>(dy), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>().forward(K),
+  spmm_transposed<T>(rows_view<T>(dy), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>(),
                      dx.data_ptr<T>());
 }
 

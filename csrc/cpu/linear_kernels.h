@@ -15,9 +15,8 @@
 namespace ebsparse::linear_detail {
 
 // Panel widths (outputs per register tile) of the fp32 kernels.
-constexpr int kNbAvx512 = 64;       // 4 zmm
-constexpr int kNbAvx512Wide = 128;  // 8 zmm: the forward's panels (spmm_rows_wide_*)
-constexpr int kNbAvx2 = 32;         // 4 ymm
+constexpr int kNbAvx512 = 64;   // 4 zmm
+constexpr int kNbAvx2 = 32;     // 4 ymm
 
 bool cpu_has_avx512();
 
@@ -27,18 +26,12 @@ void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* b
                           int64_t r1, const float* panel, float* tile);
 void spmm_rows_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                         int64_t r1, const float* panel, float* tile);
-// The same with panels of kNbAvx512Wide.
-void spmm_rows_wide_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                               int64_t r1, const float* panel, float* tile);
 // The same for the first k-block of a tile: T[r * NB + i] = (init ? init[r] : 0) + the sum, written
 // for every r in [r0, r1) (rows without entries too), so the tile is never filled separately.
 void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                                int64_t r1, const float* panel, float* tile, const float* init);
 void spmm_rows_init_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                              int64_t r1, const float* panel, float* tile, const float* init);
-void spmm_rows_init_wide_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                    int64_t r0, int64_t r1, const float* panel, float* tile,
-                                    const float* init);
 
 // acc[e] += sum_{i < NB} a_lo[i] * x_lo[col[e] * NB + i] + a_hi[i] * x_hi[col[e] * NB + i],
 // for e in [e0, e1).

@@ -48,8 +48,8 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
   };
   const double density = double(plan->nnz) / double(std::max<int64_t>(M * K, 1));
   const int kb_shift = k_block_shift(density);
-  bucket(M, K, plan->nnz, forward_block_shift(density, forward_panels_wide(M)),
-         [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); }, plan->fwd);
+  bucket(M, K, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
+         plan->fwd);
   const int gi_shift = cpu_has_avx512() ? fused_block_shift(density) : kb_shift;
   bucket(K, M, plan->nnz, gi_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
@@ -88,11 +88,6 @@ at::Tensor ForwardValues::get(const at::Tensor& weight) const {
                     data_ == weight.const_data_ptr() && !weight.is_inference() && version_ == weight._version() &&
                     values_.defined() && values_.scalar_type() == weight.scalar_type();
   return same ? values_ : at::Tensor();
-}
-
-bool forward_panels_wide(int64_t rows) {
-  constexpr int64_t kTileBytes = int64_t(1) << 20;
-  return cpu_has_avx512() && rows * kNbAvx512Wide * int64_t(sizeof(float)) <= kTileBytes;
 }
 
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,

@@ -70,19 +70,10 @@ inline int k_block_shift(double density) { return density >= 0.25 ? 7 : density 
 
 // k-block width of the transposed pattern where the fused AVX-512 backward walks it
 // (backward_rows_f32_avx512): each kept weight reads a 512-byte panel row (two halves), so denser
-// patterns want half of k_block_shift's width, keeping a block's panel rows in L1 (64 x 512 B). Measured
+// patterns want half the forward's width, keeping a block's panel rows in L1 (64 x 512 B). Measured
 // on 1024 x 1024 at 2 threads (forward + backward ops, interleaved, 4 runs): 2:4 and 50% 8-13%
 // faster with 64 than with 128; 90-95% no better below the forward's width.
 inline int fused_block_shift(double density) { return density >= 0.25 ? 6 : k_block_shift(density); }
-
-// Whether the forward SpMM of a pattern with `rows` output rows runs the wide AVX-512 panels
-// (kNbAvx512Wide, 8 vectors per row instead of 4): where the CPU has AVX-512 and the transposed
-// output tile of a batch block (rows x 128 floats) stays within 1 MB of L2. Its plan is then blocked
-// at half the width (forward_block_shift), so a block's panel rows take the same cache. Measured
-// against the 4-vector panels on 1024 x 1024 (forward op, paired in-process A/B, 40 rounds, 2
-// threads): 10% faster at 2:4, 3% at 90%, 1% at 95%.
-bool forward_panels_wide(int64_t rows);
-inline int forward_block_shift(double density, bool wide) { return k_block_shift(density) - (wide ? 1 : 0); }
 
 // The cached plan of this pattern (built on first use). Thread-safe.
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,

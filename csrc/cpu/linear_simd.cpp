@@ -40,39 +40,27 @@ using Vec = simd::Avx2;
 #include "linear_spmm.h"
 }  // namespace avx2
 
-static_assert(4 * 16 == kNbAvx512 && 8 * 16 == kNbAvx512Wide && 4 * 8 == kNbAvx2,
-              "panel widths must match the spmm_rows instantiations below");
+static_assert(4 * 16 == kNbAvx512 && 4 * 8 == kNbAvx2, "panel widths must match linear_spmm.h");
 
 EB_AVX512 void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
                                     int64_t r0, int64_t r1, const float* panel, float* tile) {
-  avx512::spmm_rows<4, false>(col, val, bptr, r0, r1, panel, tile, nullptr);
+  avx512::spmm_rows<false>(col, val, bptr, r0, r1, panel, tile, nullptr);
 }
 
 EB_AVX512 void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
                                          int64_t r0, int64_t r1, const float* panel, float* tile,
                                          const float* init) {
-  avx512::spmm_rows<4, true>(col, val, bptr, r0, r1, panel, tile, init);
-}
-
-EB_AVX512 void spmm_rows_wide_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                         int64_t r0, int64_t r1, const float* panel, float* tile) {
-  avx512::spmm_rows<8, false>(col, val, bptr, r0, r1, panel, tile, nullptr);
-}
-
-EB_AVX512 void spmm_rows_init_wide_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                              int64_t r0, int64_t r1, const float* panel, float* tile,
-                                              const float* init) {
-  avx512::spmm_rows<8, true>(col, val, bptr, r0, r1, panel, tile, init);
+  avx512::spmm_rows<true>(col, val, bptr, r0, r1, panel, tile, init);
 }
 
 void spmm_rows_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                         int64_t r1, const float* panel, float* tile) {
-  avx2::spmm_rows<4, false>(col, val, bptr, r0, r1, panel, tile, nullptr);
+  avx2::spmm_rows<false>(col, val, bptr, r0, r1, panel, tile, nullptr);
 }
 
 void spmm_rows_init_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                              int64_t r1, const float* panel, float* tile, const float* init) {
-  avx2::spmm_rows<4, true>(col, val, bptr, r0, r1, panel, tile, init);
+  avx2::spmm_rows<true>(col, val, bptr, r0, r1, panel, tile, init);
 }
 
 // ---- SDDMM -------------------------------------------------------------------------------------
