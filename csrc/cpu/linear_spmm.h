@@ -5,8 +5,8 @@
 // One output row r keeps its NB = 4 * W outputs in registers while it walks its kept weights: each
 // kept weight costs one column load, one broadcast and 4 fused multiply-adds whose second operand
 // is an aligned, base-addressed (simd::base_address) load from the panel row of its column (within
-// the current k-block, which stays in L1/L2). The entries alternate between two accumulator sets so that 8 independent FMA chains hide
-// the FMA latency.
+// the current k-block, which stays in L1/L2). The entries alternate between two accumulator sets so
+// that 8 independent FMA chains hide the FMA latency.
 //
 // kInit (the first k-block of a tile) starts every row from init[r] (or 0) instead of loading it, and
 // stores rows without entries too, so the tile needs no separate fill pass (a 256 KB L2 write per
