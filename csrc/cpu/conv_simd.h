@@ -90,9 +90,15 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
         const int c = (r * V + v) % kChains;
         a[c] = Vec::fma(d[r][v], Vec::load(p + r * rstep + v * Vec::W), a[c]);
       }
-    for (int s = 1; s < kChains; s *= 2)  // pairwise, so the chains' tails overlap
-      for (int c = 0; c + s < kChains; c += 2 * s) a[c] = Vec::add(a[c], a[c + s]);
-    acc[i] += Vec::hsum(a[0]);
+    // Pairwise, so the chains' tails overlap. (Written out: as a loop, GCC kept `a` in memory.)
+    if constexpr (kChains == 4)
+      acc[i] += Vec::hsum(Vec::add(Vec::add(a[0], a[1]), Vec::add(a[2], a[3])));
+    else if constexpr (kChains == 3)
+      acc[i] += Vec::hsum(Vec::add(Vec::add(a[0], a[1]), a[2]));
+    else if constexpr (kChains == 2)
+      acc[i] += Vec::hsum(Vec::add(a[0], a[1]));
+    else
+      acc[i] += Vec::hsum(a[0]);
   }
 }
 
