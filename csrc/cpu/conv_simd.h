@@ -62,8 +62,8 @@ for (int r = 0; r < R; ++r)
 //   acc[e] += sum_{r < R, v < V} dy[o, oy0 + r, v*W ...] . copy[off[e] + r * rstep + v * W]
 // The R x V tile of dy is loaded into registers once and reused by every kept weight of (o, b);
 // each weight then costs R*V FMAs with one aligned L1 load each and one horizontal sum. Up to four
-// accumulators cut the FMA dependency chain (to 6 at R*V = 24; two were 2-3% slower, paired A/B,
-// 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot vectors and
+// accumulators cut the FMA dependency chain (to 6 at R*V = 24 with AVX-512; two were 2-3% slower,
+// paired A/B, 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot vectors and
 // reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.)
 template <int R, int V, int kStep>
 void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restrict cb, int64_t rstep_rt,
@@ -80,7 +80,10 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
       else
         d[r][v] = Vec::loadu(dy + r * dy_rs + v * Vec::W);
     }
-  constexpr int kChains = R * V < 4 ? R * V : 4;
+  // Chains: up to 4, but no more than the registers the dy tile leaves (16 with AVX2, 32 with
+  // AVX-512) minus two for the horizontal sum, or the tile is spilled.
+  constexpr int kFree = (Vec::W == 16 ? 32 : 16) - R * V - 2;
+  constexpr int kChains = R * V < 4 ? R * V : kFree >= 4 ? 4 : kFree >= 2 ? 2 : 1;
   for (int64_t i = 0; i < cnt; ++i) {
     const float* p = simd::base_address(cb + off[i]);
     typename Vec::T a[kChains];
