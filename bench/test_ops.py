@@ -18,29 +18,33 @@ SPARSITIES = [0.9, 0.95, "2:4"]
 PHASES = ["forward", "grad-input", "grad-weight"]
 
 
-def _linear_calls(sparsity):
+def linear_calls(sparsity, op=None):
+    """(sparse calls by phase, dense calls by phase, useful GFLOP of one phase); `op`: the op
+    namespace (torch.ops.ebsparse unless another build's, see compare_builds.py)."""
+    op = op or torch.ops.ebsparse
     torch.manual_seed(0)
     x, w, dy = torch.randn(1024, 1024), torch.randn(1024, 1024), torch.randn(1024, 1024)
     mask = make_mask(w, sparsity)
     w = (w * mask).contiguous()
     rp, ci, cp, ri = build_index(mask).tensors()
-    op = torch.ops.ebsparse
     sparse = {"forward": lambda: op.csr_linear(x, w, None, rp, ci),
               "grad-input": lambda: op.csr_linear_grad_input(dy, w, cp, ri),
-              "grad-weight": lambda: op.csr_linear_grad_weight(dy, x, rp, ci)}
+              "grad-weight": lambda: op.csr_linear_grad_weight(dy, x, rp, ci),
+              "both gradients": lambda: op.csr_linear_backward(dy, x, w, rp, ci, True, True)}
     dense = {"forward": lambda: F.linear(x, w), "grad-input": lambda: dy.mm(w),
-             "grad-weight": lambda: dy.t().mm(x)}
+             "grad-weight": lambda: dy.t().mm(x), "both gradients": lambda: (dy.mm(w), dy.t().mm(x))}
     return sparse, dense, 2 * int(mask.sum()) * 1024 / 1e9
 
 
-def _conv_calls(sparsity):
+def conv_calls(sparsity, op=None):
+    """As linear_calls, for the conv shape."""
+    op = op or torch.ops.ebsparse
     torch.manual_seed(0)
     x, w, dy = torch.randn(8, 256, 32, 32), torch.randn(256, 256, 3, 3), torch.randn(8, 256, 32, 32)
     mask = make_mask(w, sparsity)
     w = (w * mask).contiguous()
     rp, ci, cp, ri = build_index(mask.reshape(256, -1)).tensors()
     one, pad = [1, 1], [1, 1]
-    op = torch.ops.ebsparse
     sparse = {"forward": lambda: op.csr_conv2d(x, w, None, rp, ci, one, pad, one),
               "grad-input": lambda: op.csr_conv2d_grad_input(dy, w, cp, ri, list(x.shape), one, pad, one),
               "grad-weight": lambda: op.csr_conv2d_grad_weight(dy, x, rp, ci, list(w.shape), one, pad, one)}
@@ -58,7 +62,7 @@ def _conv_calls(sparsity):
 @pytest.mark.parametrize("sparsity", SPARSITIES, ids=str)
 @pytest.mark.parametrize("layer", ["linear", "conv"])
 def test_native_op_phase(record, layer, sparsity, phase):
-    sparse, dense, gflop = (_linear_calls if layer == "linear" else _conv_calls)(sparsity)
+    sparse, dense, gflop = (linear_calls if layer == "linear" else conv_calls)(sparsity)
     seconds, dense_seconds = paired_minimum(sparse[phase], dense[phase], ROUNDS[layer])
     record(f"{layer} op {phase} sparsity={sparsity}", "ebsparse-native (kernel only)", seconds, gflop,
            baseline=dense_seconds)
