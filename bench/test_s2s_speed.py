@@ -67,8 +67,8 @@ def test_unet_cifar10_s2s_train_step(record):
             r["wall"] = min(r["wall"], time.perf_counter() - wall)
             r["cpu"] = min(r["cpu"], time.process_time() - cpu)
     dense = rows["dense"]
-    lines = ["| provider | wall ms | speed-up (wall) | CPU ms | speed-up (CPU) | test FLOPs | "
-             f"train FLOPs (Static/MagRan) | train FLOPs (RigL, ΔT={UPDATE_EVERY}) |",
+    lines = [("| provider | wall ms | speed-up (wall) | CPU ms | speed-up (CPU) | test FLOPs | "
+              f"train FLOPs (Static/MagRan) | train FLOPs (RigL, ΔT={UPDATE_EVERY}) |"),
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         rep = r["report"]
