@@ -17,6 +17,7 @@ quartiles; below 1 means this tree is faster. Rebuild this tree first (`setup.py
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import re
 import statistics
@@ -57,7 +58,8 @@ def paired_ratios(ours, theirs, rounds: int) -> list[float]:
         fn()
         return time.perf_counter() - start
 
-    ours(), theirs()
+    ours()  # warm-up: plans and scratch of both builds
+    theirs()
     ratios = []
     for r in range(rounds):
         if r % 2:
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--layers", default="linear,conv")
     args = parser.parse_args()
     theirs = load_revision(args.rev)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("EBSPARSE_BENCH_THREADS", "2")))  # as bench/conftest.py
     print(f"this tree / {args.rev}, {torch.get_num_threads()} threads: median [quartiles] of {args.rounds} "
           "paired rounds")
     for layer in args.layers.split(","):

@@ -25,9 +25,9 @@ inline int row_slot(int64_t rows) {
 //   acc[r][v] = init + sum_{e in list(o, b)} val[e] * copy[off[e] + r * rstep + v * W]
 // Loop order: the whole tile stays in registers while the kept weights stream by, so each weight
 // costs one broadcast and R*V FMAs whose input operand is an aligned, base-addressed
-// (simd::base_address) L1 load. An unstructured pattern
-// offers no input reuse across weights (a variant sharing copy rows between the kept kh of one kernel
-// column was measured slower, even at 2:4), so one load per FMA is the floor this loop sits on.
+// (simd::base_address) L1 load. An unstructured pattern offers no input reuse across weights (a
+// variant sharing copy rows between the kept kh of one kernel column was measured slower, even at
+// 2:4), so one load per FMA is the floor this loop sits on.
 // init is `bias` or (kLoad) the partial sums at pin (row stride in_rs); stores the whole tile to pout
 // (row stride out_rs); ragged tiles go through a scratch tile in the caller. kLoad and kStep (the
 // compile-time row step V * W for unit stride with one chunk per row, else 0 = run-time rstep) are
@@ -63,8 +63,8 @@ for (int r = 0; r < R; ++r)
 // The R x V tile of dy is loaded into registers once and reused by every kept weight of (o, b);
 // each weight then costs R*V FMAs with one aligned L1 load each and one horizontal sum. Up to four
 // accumulators cut the FMA dependency chain (to 6 at R*V = 24 with AVX-512; two were 2-3% slower,
-// paired A/B, 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot vectors and
-// reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.)
+// paired A/B, 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot
+// vectors and reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.)
 template <int R, int V, int kStep>
 void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restrict cb, int64_t rstep_rt,
                const float* dy, int64_t dy_rs, int64_t rows_valid, int64_t last_lanes,

@@ -22,8 +22,8 @@ namespace {
 // from it are addressed as base + displacement. Otherwise GCC folds the computation of p (say
 // panel + col[j] * NB) into every load as base + index * scale, and on Intel cores an FMA with an
 // indexed memory operand is un-laminated into two issue slots where a base-addressed one takes one.
-// Measured with the sparse linear and conv kernels (paired in-process A/B, 40 rounds, 2 threads):
-// forward and grad-input 5-10% faster at 2:4, 2-7% at 90%.
+// Measured with the sparse linear and conv kernels (medians of paired in-process rounds, 2 threads;
+// they move by a few percent between runs): forward and grad-input 3-10% faster at 2:4, 2-5% at 90%.
 inline const float* base_address(const float* p) {
   asm("" : "+r"(p));
   return p;
