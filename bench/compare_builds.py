@@ -20,6 +20,7 @@ import argparse
 import os
 import pathlib
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -48,6 +49,7 @@ def load_revision(rev: str):
     cpp_extension.load(name=namespace, sources=[str(p) for p in sources], extra_cflags=CXX_FLAGS,
                        extra_ldflags=["-fopenmp"], extra_include_paths=[str(work / "csrc")],
                        build_directory=str(work), is_python_module=False, verbose=False)
+    shutil.rmtree(work)  # the library stays mapped once loaded
     return getattr(torch.ops, namespace)
 
 
