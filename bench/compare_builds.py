@@ -2,8 +2,9 @@
 
 Why: on this shared machine a kernel phase's time moves by 20-50% between processes (and between
 minutes), which drowns the few-percent effects kernel work is made of. Two builds loaded into one
-process and timed alternately, round by round, share that noise; the median of the per-round
-ratios is then stable to about a percent. The other revision's C++ sources (csrc/, CPU only) are
+process and timed alternately, round by round, share most of that noise; the median of the
+per-round ratios still moves by a few percent between runs (measured: 3-5%), so repeat a
+comparison before trusting a difference that small. The other revision's C++ sources (csrc/, CPU only) are
 compiled with their op namespace renamed (torch.ops.ebsparse_<rev>), so both sets of ops are
 registered side by side; each build keeps its own pattern caches.
 

@@ -20,7 +20,9 @@ PHASES = ["forward", "grad-input", "grad-weight"]
 
 def linear_calls(sparsity, op=None):
     """(sparse calls by phase, dense calls by phase, useful GFLOP of one phase); `op`: the op
-    namespace (torch.ops.ebsparse unless another build's, see compare_builds.py)."""
+    namespace (torch.ops.ebsparse unless another build's, see compare_builds.py). The "both
+    gradients" phase (the fused backward) is compared by compare_builds; the table here keeps
+    PHASES."""
     op = op or torch.ops.ebsparse
     torch.manual_seed(0)
     x, w, dy = torch.randn(1024, 1024), torch.randn(1024, 1024), torch.randn(1024, 1024)
