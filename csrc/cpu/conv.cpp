@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
 #include <vector>
 
 #include "../ebsparse.h"
@@ -46,14 +47,25 @@ bool have_avx512() {
 
 // Register-tile heights the SIMD kernels are instantiated for (kRows in conv_simd.h).
 constexpr int64_t kRows[] = {1, 2, 3, 4, 6, 8, 12, 16};
-// Channel-block size. A block's copies should sit in L1 (48 KB; ~40 KB leaves room for the weight
-// lists), but every (output channel, block) pair also pays a pass over its partial sums, so sparse
-// patterns need enough kept weights per pair to amortise it: blocks grow until a pair holds about
-// kWeightsPerPass weights on average, up to an L2-friendly 128 KB of copies. Measured on the
-// 256->256 3x3 case: 2:4 runs best at ~40 KB, 90-95% sparsity at ~96-200 KB.
-constexpr int64_t kL1CopyBytes = 40 * 1024;
+// Channel-block size. A block's copies should sit in L1 with room left for the weight lists and
+// partial sums (l1_copy_bytes), but every (output channel, block) pair also pays a pass over its
+// partial sums, so sparse patterns need enough kept weights per pair to amortise it: blocks grow
+// until a pair holds about kWeightsPerPass weights on average, up to an L2-friendly 128 KB of
+// copies. Measured on the 256->256 3x3 case: 2:4 runs best at the L1 budget, 90-95% sparsity at
+// ~96-200 KB.
 constexpr int64_t kMaxCopyBytes = 128 * 1024;
 constexpr double kWeightsPerPass = 24.0;
+
+// The L1 budget of a block's copies: the L1 data cache less 8 KB, which is 40 KB of an Intel
+// core's 48 and 24 KB of a Zen 4 core's 32, each the best of the sizes tried at 2:4 on that core (on
+// Zen 4, 24 KB was 3-5% faster than 40 KB in every op phase). 48 KB where the size is not reported.
+int64_t l1_copy_bytes() {
+  static const int64_t bytes = [] {
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return std::max<int64_t>((l1 > 0 ? l1 : 48 * 1024) - 8 * 1024, 16 * 1024);
+  }();
+  return bytes;
+}
 
 enum class Kind { kForward, kGradWeight };
 
@@ -68,6 +80,7 @@ void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
   p.ngroups = (p.N + p.G - 1) / p.G;
   p.Wo_r = (p.G * p.Wo + p.vw - 1) / p.vw * p.vw;
   p.nvec = p.Wo_r / p.vw;
+  // conv_simd.h instantiates tiles up to kMaxFwdTile (forward) and kMaxTile (grad-weight).
   const int64_t max_tile = avx512 ? (kind == Kind::kForward ? 16 : 24) : 12;
   const int64_t v0 = std::min<int64_t>(p.nvec, 4);
   int64_t r_max = 1;
@@ -86,7 +99,7 @@ void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
   const int64_t rows_touched = p.skip_gaps ? (p.rows_copy + p.uh - 1) / p.uh + 1 : p.rows_copy;
   const int64_t per_channel = p.KW * std::min(rows_touched, p.rows_copy) * p.Wo_r * int64_t(sizeof(float));
   const double density = double(nnz) / double(std::max<int64_t>(p.Co * p.Cs * p.KH * p.KW, 1));
-  const int64_t cb_l1 = std::max<int64_t>(kL1CopyBytes / per_channel, 1);
+  const int64_t cb_l1 = std::max<int64_t>(l1_copy_bytes() / per_channel, 1);
   const int64_t cb_max = std::max<int64_t>(kMaxCopyBytes / per_channel, 1);
   const int64_t cb_pass = static_cast<int64_t>(kWeightsPerPass / std::max(density * p.KH * p.KW, 1e-9)) + 1;
   p.Cb = std::clamp<int64_t>(std::max(cb_l1, std::min(cb_pass, cb_max)), 1, std::max<int64_t>(p.Cs, 1));
@@ -100,15 +113,57 @@ void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
 // gathered on every call through `pos`.
 struct PackedPattern {
   std::vector<int64_t> bptr;  // (Co * nb + 1)
-  std::vector<int32_t> off;   // per entry: float offset of its tap in the block copy
+  std::vector<int64_t> gptr;  // (Co * nb + 1) tap groups (convk::TapGroup), or empty: one per entry
+  std::vector<int32_t> off;   // per group: float offset of its first tap in the block copy, and kind
   std::vector<int64_t> pos;   // per entry: flat index of the weight in the dense weight tensor
+  const int64_t* groups() const { return gptr.empty() ? bptr.data() : gptr.data(); }
 };
+
+// Regroups each (o, b) bucket of pk (one entry per tap) into tap groups (conv_impl.h): taps whose
+// copy offsets are one and two rows apart, greedily from the lowest offset, sorted by kind. (Taps of
+// neighbouring columns can be a row apart too, when a tile is one row high; the kernel reads the
+// same addresses as for single taps, so such a group is as valid as one within a column.)
+void group_taps(const convk::Plan& p, PackedPattern& pk) {
+  const int64_t row = p.Wo_r;
+  std::vector<int32_t> off;
+  std::vector<int64_t> pos;
+  off.reserve(pk.off.size());
+  pos.reserve(pk.pos.size());
+  pk.gptr.assign(pk.bptr.size(), 0);
+  std::vector<std::pair<int32_t, int64_t>> taps;    // (offset, position), one bucket
+  std::vector<std::pair<int32_t, int32_t>> groups;  // (kind, index of its first tap in taps)
+  for (size_t bucket = 0; bucket + 1 < pk.bptr.size(); ++bucket) {
+    taps.clear();
+    for (int64_t k = pk.bptr[bucket]; k < pk.bptr[bucket + 1]; ++k) taps.emplace_back(pk.off[k], pk.pos[k]);
+    std::sort(taps.begin(), taps.end());
+    groups.clear();
+    const auto below = [&](size_t i, size_t j, int64_t rows) {  // taps[j] is `rows` rows under taps[i]
+      return j < taps.size() && taps[j].first == taps[i].first + rows * row;
+    };
+    for (size_t i = 0; i < taps.size();) {
+      const bool next = below(i, i + 1, 1), gap = below(i, i + (next ? 2 : 1), 2);
+      const int32_t kind = next && gap ? convk::kTripleTaps : next ? convk::kAdjacentTaps
+                           : gap       ? convk::kGapTaps : convk::kSingleTap;
+      groups.emplace_back(kind, int32_t(i));
+      i += kind == convk::kTripleTaps ? 3 : kind == convk::kSingleTap ? 1 : 2;
+    }
+    std::stable_sort(groups.begin(), groups.end(), [](auto a, auto b) { return a.first > b.first; });
+    for (const auto& [kind, first] : groups) {
+      off.push_back(taps[first].first | kind);
+      const int taps_in = kind == convk::kTripleTaps ? 3 : kind == convk::kSingleTap ? 1 : 2;
+      for (int t = 0; t < taps_in; ++t) pos.push_back(taps[first + t].second);
+    }
+    pk.gptr[bucket + 1] = int64_t(off.size());
+  }
+  pk.off = std::move(off);
+  pk.pos = std::move(pos);
+}
 
 // Counting sort of the kept weights into (o, b) buckets. `each(visit)` must call
 // visit(o, c, kh, kw, flat_pos) once per kept weight, in the same order both times; (c, kh, kw) is
 // the tap in the engine's source tensor and kernel orientation.
 template <class Each>
-std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, Each each) {
+std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, bool grouped, Each each) {
   auto pk = std::make_shared<PackedPattern>();
   pk->bptr.assign(p.Co * p.nb + 1, 0);
   each([&](int64_t o, int64_t c, int64_t, int64_t, int64_t) { ++pk->bptr[o * p.nb + c / p.Cb + 1]; });
@@ -121,6 +176,7 @@ std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, Eac
     pk->off[k] = static_cast<int32_t>((((c % p.Cb) * p.KW + kw) * p.rows_copy + kh * p.dh) * p.Wo_r);
     pk->pos[k] = flat;
   });
+  if (grouped) group_taps(p, *pk);
   return pk;
 }
 
@@ -133,9 +189,10 @@ std::shared_ptr<const PackedPattern> cached_pack(int64_t kind, const at::Tensor&
                                                  const Geometry& g, const convk::Plan& p, int64_t nnz,
                                                  Each each) {
   static PatternCache<PackedPattern> cache(256);
+  const bool grouped = kind != 2 && convk::groups_taps(p);  // grad-weight: see gw_kernel
   return cache.get(a, b, {kind, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh, g.Co, g.Ci, g.KH, g.KW, g.sh,
-                          g.ph, g.dh, nnz},
-                   [&] { return pack(p, nnz, each); });
+                          g.ph, g.dh, nnz, int64_t(grouped)},
+                   [&] { return pack(p, nnz, grouped, each); });
 }
 
 // vals[k] = w[pos[k]]: this call's weight values in pack order.
@@ -367,7 +424,7 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
       }
   });
   const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
-  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
+  p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
   run_forward(p, x.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), avx512);
   return y;
 }
@@ -421,7 +478,7 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
     choose_tiling(p, Kind::kForward, avx512, nnz);
     const auto pk = cached_pack(kind, col_ptr, row_idx, g, p, nnz, taps(keep));
     const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
-    p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
+    p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
     run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
   };
   if (g.sh == 1) {
@@ -475,7 +532,7 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
         visit(co, col / KK, (col % KK) / g.KW, col % g.KW, co * Kc + col);
       }
   });
-  p.bptr = pk->bptr.data(), p.off = pk->off.data(), p.val = nullptr;
+  p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = nullptr;
   ThreadBuffers buf(p, nnz, true);
   const int64_t tile_floats = (convk::dy_tile_floats(p) + 15) / 16 * 16;
   const at::Tensor dy_tiles = at::empty({at::get_num_threads() * tile_floats}, at::kFloat);

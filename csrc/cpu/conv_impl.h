@@ -50,9 +50,31 @@ struct Plan {
   int64_t Ho_out, oy_first, oy_step;
   bool skip_gaps;                  // upsampling-gap rows of V are never read: leave them out of the copies
   const int64_t* bptr;             // (Co * nb + 1): entries of (o, b) are [bptr[o*nb+b], bptr[o*nb+b+1])
-  const int32_t* off;              // per entry: float offset of its kernel tap in the block copy
+  const int64_t* gptr;             // (Co * nb + 1): the same for tap groups (see kTapGroupMask); == bptr
+                                   // where every entry is its own group
+  const int32_t* off;              // per tap group: float offset of its first tap in the block copy,
+                                   // with the group's kind in the low bits (forward, grad-input)
   const float* val;                // per entry: weight value (forward, grad-input); unused by grad-weight
 };
+
+// Tap groups (forward and grad-input with AVX-512, unit stride and dilation along the height): kept
+// taps kh, kh + 1 (and kh + 2) of one (channel, kw) column read copy rows that are one row apart, so
+// a group loads each of its rows once into a register and feeds every tap that reads it, instead of
+// one load per FMA (any taps whose offsets are one row apart qualify: conv.cpp's group_taps). A
+// group's `off` is its first tap's, its weights are consecutive in `val` (kh ascending), and its
+// kind sits in the two low bits of `off` (offsets are multiples of Wo_r, itself a multiple of 8).
+// Within each (o, b) the groups are sorted by kind, so the kernel's branch on it is predicted. Why:
+// the single-tap loop is bound by its loads (one per FMA), not by the FMAs.
+enum TapGroup : int32_t { kSingleTap = 0, kAdjacentTaps = 1, kGapTaps = 2, kTripleTaps = 3 };
+constexpr int32_t kTapGroupMask = 3;
+
+// Whether forward / grad-input packs for plan p group taps: the kernel's row step must be the
+// distance between the rows of taps kh and kh + 1; rows of at most 4 vectors give the kernels a
+// compile-time row step (with a run-time one, GCC spilled the row addresses of a group); and AVX2's
+// 16 registers leave no room for the shared rows and three weights beside the accumulator tile.
+inline bool groups_taps(const Plan& p) {
+  return p.vw == 16 && p.sh == 1 && p.dh == 1 && p.uh == 1 && !p.skip_gaps && p.KH >= 2 && p.nvec <= 4;
+}
 
 // Floats of the per-thread block-copy buffer (64-byte aligned by the caller) and of the forward
 // partial-sum buffer (Co * R * Wo_r).

@@ -21,13 +21,38 @@ inline int row_slot(int64_t rows) {
   return i;
 }
 
+// The taps of one group (conv_impl.h): tap t (weight val[t]) reads rows shift_t (0, kShift1 and,
+// when kShift2 > 0, kShift2) below the group's first; row j is loaded once and feeds every tap that
+// reads it. Register budget: R * V accumulators, three weights and the row in flight.
+template <int R, int V, int kShift1, int kShift2>
+__attribute__((always_inline)) inline void fwd_group(typename Vec::T (&acc)[R][V], const float* p, int64_t rstep,
+                                                     const float* val) {
+  constexpr int kLast = kShift2 > 0 ? kShift2 : kShift1;
+  const auto w0 = Vec::bcast(val[0]), w1 = Vec::bcast(val[1]);
+  const auto w2 = Vec::bcast(kShift2 > 0 ? val[2] : 0.f);
+  // Fully unrolled, or the tile is indexed at run time and lives in memory (GCC peels at most 16
+  // iterations on its own: R = 16 has 18 rows here).
+#pragma GCC unroll 32
+  for (int j = 0; j < R + kLast; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      const auto x = Vec::in_register(Vec::load(p + j * rstep + v * Vec::W));
+      if (j < R) acc[j][v] = Vec::fma(w0, x, acc[j][v]);
+      if (j >= kShift1 && j - kShift1 < R) acc[j - kShift1][v] = Vec::fma(w1, x, acc[j - kShift1][v]);
+      if constexpr (kShift2 > 0)
+        if (j >= kShift2) acc[j - kShift2][v] = Vec::fma(w2, x, acc[j - kShift2][v]);
+    }
+}
+
 // Forward / grad-input micro-kernel, one output channel o, an R x V register tile:
 //   acc[r][v] = init + sum_{e in list(o, b)} val[e] * copy[off[e] + r * rstep + v * W]
 // Loop order: the whole tile stays in registers while the kept weights stream by, so each weight
 // costs one broadcast and R*V FMAs whose input operand is an aligned, base-addressed
-// (simd::base_address) L1 load. An unstructured pattern offers no input reuse across weights (a
-// variant sharing copy rows between the kept kh of one kernel column was measured slower, even at
-// 2:4), so one load per FMA is the floor this loop sits on.
+// (simd::base_address) L1 load. That loop is bound by its loads, not its FMAs (a microbenchmark on
+// Zen 4 with the copy in L1: 87% of FMA peak), so with AVX-512 the weights come in tap groups
+// (conv_impl.h) whose taps share their row loads (fwd_group). The groups are sorted by kind within
+// the list, so the branch on the kind is predicted. (An earlier variant sharing rows between the
+// kept kh of a column measured slower on an Intel core; this one was measured on Zen 4.)
 // init is `bias` or (kLoad) the partial sums at pin (row stride in_rs); stores the whole tile to pout
 // (row stride out_rs); ragged tiles go through a scratch tile in the caller. kLoad and kStep (the
 // compile-time row step V * W for unit stride with one chunk per row, else 0 = run-time rstep) are
@@ -49,12 +74,30 @@ void fwd_kernel(const int32_t* __restrict off, const float* __restrict val, int6
   }
   int64_t i = 0;
   do {  // cnt >= 1: the caller passes a zero weight for empty lists (a plain for loop spills the tile)
-    const float* p = simd::base_address(cb + off[i]);
-    const auto w = Vec::bcast(val[i]);
+    const int32_t o = off[i];
+    const float* p = simd::base_address(cb + (o & ~kTapGroupMask));
+    if constexpr (Vec::W == 16 && kStep != 0) {  // the packs that group taps (groups_taps)
+      // One loop with a branch on the kind, not a loop per kind: separate loops made GCC move the
+      // tile through memory between them.
+      if (const int32_t kind = o & kTapGroupMask; kind != kSingleTap) {
+        if (kind == kTripleTaps) {
+          fwd_group<R, V, 1, 2>(acc, p, rstep, val);
+          val += 3;
+        } else {
+          if (kind == kAdjacentTaps)
+            fwd_group<R, V, 1, 0>(acc, p, rstep, val);
+          else
+            fwd_group<R, V, 2, 0>(acc, p, rstep, val);
+          val += 2;
+        }
+        continue;
+      }
+    }
+    const auto w = Vec::bcast(*val++);
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < V; ++v) acc[r][v] = Vec::fma(w, Vec::load(p + r * rstep + v * Vec::W), acc[r][v]);
   } while (++i < cnt);
-for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) Vec::storeu(pout + r * out_rs + v * Vec::W, acc[r][v]);
 }
 
@@ -64,7 +107,9 @@ for (int r = 0; r < R; ++r)
 // each weight then costs R*V FMAs with one aligned L1 load each and one horizontal sum. Up to four
 // accumulators cut the FMA dependency chain (to 6 at R*V = 24 with AVX-512; two were 2-3% slower,
 // paired A/B, 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot
-// vectors and reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.)
+// vectors and reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.
+// Tap groups, which share row loads in fwd_kernel, do not pay here: with the dy tile holding 24
+// registers, one chain per tap measured 5-8% slower at 90% and 2:4 on Zen 4, and two spilled.)
 template <int R, int V, int kStep>
 void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restrict cb, int64_t rstep_rt,
                const float* dy, int64_t dy_rs, int64_t rows_valid, int64_t last_lanes,
@@ -239,12 +284,15 @@ using FwdFn = void (*)(const int32_t*, const float*, int64_t, const float*, int6
 using GwFn = void (*)(const int32_t*, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
                       float*);
 
-// Register tiles larger than this would spill; the planner never asks for them.
+// Register tiles larger than these would spill; the planner (conv.cpp's choose_tiling) never asks
+// for them. Forward tiles stop at 16 accumulators: a tap group (fwd_group) needs room for its three
+// weights and rows beside them.
 constexpr int kMaxTile = 32;
+constexpr int kMaxFwdTile = 16;
 
 template <int RI, int V, bool kLoad, bool kFixed>
 constexpr FwdFn fwd_entry() {
-  if constexpr (kRows[RI] * V <= kMaxTile) return &fwd_kernel<kRows[RI], V, kLoad, kFixed ? V * Vec::W : 0>;
+  if constexpr (kRows[RI] * V <= kMaxFwdTile) return &fwd_kernel<kRows[RI], V, kLoad, kFixed ? V * Vec::W : 0>;
   else return nullptr;
 }
 template <int RI, int V, bool kFixed>
@@ -295,6 +343,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
     prefetch_block(p, src, n, b + 1, oy0);
     for (int64_t o = 0; o < p.Co; ++o) {
       const int64_t s = p.bptr[o * p.nb + b], e = p.bptr[o * p.nb + b + 1];
+      const int64_t gs = p.gptr[o * p.nb + b], ge = p.gptr[o * p.nb + b + 1];
       if (s == e && !first && !last) continue;
       float* part = partial + o * p.R * p.Wo_r;
       float* yo = out + ((n * p.Co + o) * p.Ho_out + p.oy_first + p.oy_step * oy0) * p.Wo;
@@ -314,7 +363,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
         static constexpr float kZeroVal = 0.f;
         const bool empty = s == e;
         const int64_t out_rs = !last ? p.Wo_r : (ragged || streamed) ? kMaxVecs * Vec::W : yo_rs;
-        kFwd[!first][fixed][ri][nv - 1](empty ? &kZeroOff : p.off + s, empty ? &kZeroVal : p.val + s, e - s,
+        kFwd[!first][fixed][ri][nv - 1](empty ? &kZeroOff : p.off + gs, empty ? &kZeroVal : p.val + s, ge - gs,
                                         copy + col, rstep, part + col, p.Wo_r, bo, dst, out_rs);
         if (streamed)
           for (int64_t r = 0; r < rk; ++r)

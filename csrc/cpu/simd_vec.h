@@ -5,7 +5,8 @@
 // Interface: T, W (floats per vector), zero(), load(p) (aligned), loadu(p), load_part(p, n) (first
 // n lanes), load_lanes(p, lo, hi), bcast(x), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
 // (aligned), storeu(p, v), store_part(p, v, n), hsum(v), gather(p, idx) (lane i = p[idx[i]], zero
-// and not read where idx[i] < 0).
+// and not read where idx[i] < 0), in_register(v) (v forced into a register: a loaded vector that
+// several FMAs read, which GCC would otherwise fold back into each FMA as a load of its own).
 //
 // Everything has internal linkage (anonymous namespace), so no copy compiled for one instruction
 // set can be merged by the linker into code built for the other. The AVX-512 adapter carries its
@@ -35,6 +36,7 @@ struct Avx512 {
   using T = __m512;
   static constexpr int W = 16;
   static inline T zero() { return _mm512_setzero_ps(); }
+  static inline T in_register(T v) { asm("" : "+v"(v)); return v; }
   static inline T load(const float* p) { return _mm512_load_ps(p); }
   static inline T loadu(const float* p) { return _mm512_loadu_ps(p); }
   static inline T load_part(const float* p, int64_t n) {
@@ -76,6 +78,7 @@ struct Avx2 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static inline T zero() { return _mm256_setzero_ps(); }
+  static inline T in_register(T v) { asm("" : "+v"(v)); return v; }
   static inline T load(const float* p) { return _mm256_load_ps(p); }
   static inline T loadu(const float* p) { return _mm256_loadu_ps(p); }
   static inline T load_part(const float* p, int64_t n) { return _mm256_maskload_ps(p, lanes(n)); }

@@ -232,3 +232,40 @@ def test_sum_loss_through_the_module_matches_dense():
     torch.testing.assert_close(layer.weight.grad * mask, w_ref.grad * mask, atol=1e-4, rtol=1e-4)
     assert not layer.weight.grad[~mask].any()
     torch.testing.assert_close(layer.bias.grad, b_ref.grad, atol=1e-4, rtol=1e-4)
+
+
+def _column_mask(co, ci, kh, kw, generator):
+    """Each (o, c, kw) kernel column keeps a random subset of its rows, every subset as likely (dense
+    and empty columns, adjacent pairs, pairs one row apart, runs longer than three)."""
+    subsets = torch.randint(0, 2**kh, (co, ci, kw), generator=generator)
+    rows = torch.arange(kh).view(1, 1, kh, 1)
+    return (subsets.unsqueeze(2) >> rows) & 1 == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 2), ci=st.integers(1, 40), co=st.sampled_from([1, 3, 17]), h=st.integers(1, 40),
+       w=st.integers(1, 40), kh=st.integers(2, 6), kw=st.integers(1, 3), padding=st.integers(0, 3),
+       dilation=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_tap_groups_match_reference(n, ci, co, h, w, kh, kw, padding, dilation, seed):
+    """The kernels load the rows that the kept taps kh, kh + 1 (and kh + 2) of one kernel column
+    share once for all of them (tap groups, conv_impl.h): every kind of group, columns longer than
+    three, a one-row output (tiles of height 1, where one column's last row touches the next
+    column's first), several channel blocks; dilation 2 takes the ungrouped path."""
+    if h + 2 * padding - dilation * (kh - 1) < 1 or w + 2 * padding - dilation * (kw - 1) < 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(n, ci, h, w, generator=g), torch.randn(co, ci, kh, kw, generator=g)
+    mask = _column_mask(co, ci, kh, kw, g)
+    index = build_index(mask)
+    geo = (ONE, [padding] * 2, [dilation] * 2)
+    y = torch.nn.functional.conv2d(x, wt * mask, None, 1, padding, dilation)
+    dy = torch.randn(y.shape, generator=g)
+    ops = torch.ops.ebsparse
+    torch.testing.assert_close(ops.csr_conv2d(x, wt, None, index.row_ptr, index.col_idx, *geo), y,
+                               atol=1e-4, rtol=1e-4)
+    expected_dx = torch.nn.grad.conv2d_input(x.shape, wt * mask, dy, 1, padding, dilation)
+    torch.testing.assert_close(ops.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape), *geo),
+                               expected_dx, atol=1e-4, rtol=1e-4)
+    expected_dw = torch.nn.grad.conv2d_weight(x, wt.shape, dy, 1, padding, dilation) * mask
+    torch.testing.assert_close(ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo),
+                               expected_dw, atol=1e-4, rtol=1e-4)
