@@ -145,13 +145,12 @@ void group_taps(const convk::Plan& p, PackedPattern& pk) {
       const int32_t kind = next && gap ? convk::kTripleTaps : next ? convk::kAdjacentTaps
                            : gap       ? convk::kGapTaps : convk::kSingleTap;
       groups.emplace_back(kind, int32_t(i));
-      i += kind == convk::kTripleTaps ? 3 : kind == convk::kSingleTap ? 1 : 2;
+      i += convk::taps_in(kind);
     }
     std::stable_sort(groups.begin(), groups.end(), [](auto a, auto b) { return a.first > b.first; });
     for (const auto& [kind, first] : groups) {
       off.push_back(taps[first].first | kind);
-      const int taps_in = kind == convk::kTripleTaps ? 3 : kind == convk::kSingleTap ? 1 : 2;
-      for (int t = 0; t < taps_in; ++t) pos.push_back(taps[first + t].second);
+      for (int t = 0; t < convk::taps_in(kind); ++t) pos.push_back(taps[first + t].second);
     }
     pk.gptr[bucket + 1] = int64_t(off.size());
   }

@@ -67,6 +67,8 @@ struct Plan {
 // the single-tap loop is bound by its loads (one per FMA), not by the FMAs.
 enum TapGroup : int32_t { kSingleTap = 0, kAdjacentTaps = 1, kGapTaps = 2, kTripleTaps = 3 };
 constexpr int32_t kTapGroupMask = 3;
+// Taps (and weights in `val`) of a group of this kind.
+constexpr int taps_in(int32_t kind) { return kind == kTripleTaps ? 3 : kind == kSingleTap ? 1 : 2; }
 
 // Whether forward / grad-input packs for plan p group taps: the kernel's row step must be the
 // distance between the rows of taps kh and kh + 1; rows of at most 4 vectors give the kernels a

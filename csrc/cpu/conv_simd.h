@@ -80,16 +80,13 @@ void fwd_kernel(const int32_t* __restrict off, const float* __restrict val, int6
       // One loop with a branch on the kind, not a loop per kind: separate loops made GCC move the
       // tile through memory between them.
       if (const int32_t kind = o & kTapGroupMask; kind != kSingleTap) {
-        if (kind == kTripleTaps) {
+        if (kind == kTripleTaps)
           fwd_group<R, V, 1, 2>(acc, p, rstep, val);
-          val += 3;
-        } else {
-          if (kind == kAdjacentTaps)
-            fwd_group<R, V, 1, 0>(acc, p, rstep, val);
-          else
-            fwd_group<R, V, 2, 0>(acc, p, rstep, val);
-          val += 2;
-        }
+        else if (kind == kAdjacentTaps)
+          fwd_group<R, V, 1, 0>(acc, p, rstep, val);
+        else
+          fwd_group<R, V, 2, 0>(acc, p, rstep, val);
+        val += taps_in(kind);
         continue;
       }
     }
