@@ -38,7 +38,9 @@ def _from_dict(cls, d: Mapping[str, Any], section: str):
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping. ``warmup``: steps of linear learning-rate warm-up (0 = none);
-    ``grad_clip``: max global grad norm (0 = none); ``*_every``: intervals in steps (0 = never)."""
+    ``grad_clip``: max global grad norm (0 = none); ``*_every``: intervals in steps (0 = never);
+    ``keep_last``: checkpoints kept, the latest included (``--resume`` falls back to an earlier one
+    when the latest is unreadable or fails its hash)."""
 
     batch_size: int = 64
     steps: int = 1000
@@ -53,6 +55,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 0
     ckpt_every: int = 1000
+    keep_last: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,7 +64,7 @@ class TrainConfig:
             setattr(self, name, float(getattr(self, name)))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
-        for name in ("batch_size", "steps"):
+        for name in ("batch_size", "steps", "keep_last"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"training.{name} must be a positive int, got {v!r}")

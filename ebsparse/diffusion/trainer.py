@@ -23,7 +23,8 @@ from torch import nn
 
 from ..data import build_dataset
 from ..models import build_model
-from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
+from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
+                         unflatten_optimizer_state)
 from .config import ExperimentConfig
 from .ema import EMA
 from .images import save_grid
@@ -132,6 +133,7 @@ class Trainer:
         self.order = BatchOrder(len(self.dataset), tc.batch_size, tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
+        self._saved_step: int | None = None  # the step of this process's last save
         for p in self.plugins:
             p.attach(self)
 
@@ -155,10 +157,23 @@ class Trainer:
 
     def save(self) -> Path:
         tensors, meta = self.state_tensors()
-        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, tensors, meta)
+        # a second save of one step (a stage's final save) replaces the latest instead of keeping it
+        same_step = self._saved_step == self.step
+        self._saved_step = self.step
+        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, tensors, meta, keep_last=self.config.training.keep_last,
+                               replace_latest=same_step)
+
+    def has_checkpoint(self) -> bool:
+        """Whether the run directory holds a checkpoint to resume from (the latest or a kept earlier one)."""
+        return bool(checkpoint_files(self.run_dir / CHECKPOINT_NAME))
 
     def load(self, path: str | Path | None = None) -> None:
-        tensors, meta = load_checkpoint(path or self.run_dir / CHECKPOINT_NAME)
+        """Restore the state of ``path``; without one, resume the run directory: its latest checkpoint,
+        or with a warning the newest kept one that reads and verifies when the latest does not."""
+        if path is None:
+            tensors, meta, _ = load_latest_good(self.run_dir / CHECKPOINT_NAME)
+        else:
+            tensors, meta = load_checkpoint(path)
         saved_model = meta["config"]["model"]
         if saved_model != self.config.model:
             raise ValueError(
@@ -174,6 +189,8 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.step = int(meta["step"])
+        if path is None:  # the run directory's latest checkpoint is this step's
+            self._saved_step = self.step
         for p in self.plugins:
             if p.name not in meta.get("plugins", {}):
                 raise ValueError(f"cannot resume: the checkpoint holds no state for plugin {p.name!r}")
@@ -244,10 +261,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_NAME
         if resume:
-            if not ckpt.exists():
+            if not self.has_checkpoint():
                 raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start without --resume")
-            self.load(ckpt)
-        elif ckpt.exists():
+            self.load()
+        elif self.has_checkpoint():
             raise FileExistsError(
                 f"run directory {str(self.run_dir)!r} already holds a checkpoint; pass --resume to continue it "
                 "or choose another --run-dir"

@@ -67,9 +67,8 @@ def train_loop(trainer: Trainer, steps: int, clock: StageClock, desc: str, progr
     """
     from tqdm.auto import tqdm
 
-    ckpt = trainer.run_dir / CHECKPOINT_NAME
-    if ckpt.exists():
-        trainer.load(ckpt)
+    if trainer.has_checkpoint():
+        trainer.load()  # the latest, or an earlier kept one when the latest is corrupted
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     every = save_every or trainer.config.training.ckpt_every
     tracking = [p for p in trainer.plugins if isinstance(p, TicketPlugin)]
