@@ -1,4 +1,5 @@
-"""DDIM/DDPM samplers: timestep sequences, determinism, exactness with an oracle denoiser."""
+"""DDIM/DDPM samplers: timestep sequences, determinism, exactness with an oracle denoiser, and every step
+against diffusers' DDIMScheduler / DDPMScheduler with an inexact (random linear) epsilon model."""
 
 import pytest
 import torch
@@ -93,3 +94,79 @@ def test_class_conditional_dit_samples_through_the_same_path():
     a = sample_images(model, cfg, 5, seed=1, batch_size=2)
     b = sample_images(model, cfg, 5, seed=1, batch_size=5)
     assert a.shape == (5, 1, 8, 8) and torch.allclose(a, b, atol=1e-5)
+
+
+# --- step by step against diffusers' schedulers, with an inexact model ------------------------------
+# The point-mass oracle above returns x0 at the last step whatever came before, so it cannot see a
+# wrong noise coefficient or variance; a fixed random linear map as the epsilon model can.
+
+def _linear_eps_model(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = int(torch.tensor(shape).prod())
+    w = torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    seen = []
+
+    def fn(x, t):
+        seen.append(x.clone())
+        flat = x.reshape(x.shape[0], -1) @ w
+        return (flat * (0.5 + t.view(-1, 1).double() / 1000)).reshape(x.shape)
+    return fn, seen
+
+
+def _diffusers_twin(cls, sched, **kw):
+    twin = cls(num_train_timesteps=sched.num_timesteps, trained_betas=sched.betas.numpy(), **kw)
+    twin.alphas_cumprod = sched.alphas_cumprod.clone()  # float64, as ours (diffusers keeps float32)
+    return twin
+
+
+def _diffusers_trajectory(twin, model_fn, x_T, timesteps, step_kwargs):
+    twin.set_timesteps(timesteps)
+    x, out = x_T, [x_T]
+    for t in twin.timesteps:
+        eps = model_fn(x, torch.full((x.shape[0],), int(t), dtype=torch.long))
+        x = twin.step(eps, int(t), x, **step_kwargs()).prev_sample
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_matches_diffusers_step_by_step_with_an_inexact_model(eta):
+    from diffusers import DDIMScheduler
+
+    sched = NoiseSchedule()
+    x_T = torch.randn(2, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ours_fn, ours_seen = _linear_eps_model(x_T.shape[1:])
+    out = ddim_sample(ours_fn, sched, x_T, timesteps=10, eta=eta, generator=torch.Generator().manual_seed(7))
+
+    twin = _diffusers_twin(DDIMScheduler, sched, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                           timestep_spacing="leading")
+    noise = torch.Generator().manual_seed(7)  # the same draws, in the same order, as our sampler's
+
+    def kwargs():
+        v = torch.randn(x_T.shape, generator=noise, dtype=x_T.dtype) if eta > 0 else None
+        return {"eta": eta, "variance_noise": v}
+
+    ref_fn, _ = _linear_eps_model(x_T.shape[1:])
+    ref = _diffusers_trajectory(twin, ref_fn, x_T, 10, kwargs)
+    assert len(ours_seen) == 10
+    for k, x in enumerate(ours_seen + [out]):
+        assert torch.allclose(x, ref[k], rtol=1e-9, atol=1e-9), f"step {k}: max diff {(x - ref[k]).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("var_type,diffusers_var", [("fixedlarge", "fixed_large"), ("fixedsmall", "fixed_small")])
+def test_ddpm_matches_diffusers_step_by_step_with_an_inexact_model(var_type, diffusers_var):
+    from diffusers import DDPMScheduler
+
+    sched = NoiseSchedule(DiffusionConfig(var_type=var_type))
+    x_T = torch.randn(2, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ours_fn, ours_seen = _linear_eps_model(x_T.shape[1:], seed=1)
+    out = ddpm_sample(ours_fn, sched, x_T, timesteps=20, generator=torch.Generator().manual_seed(9))
+
+    twin = _diffusers_twin(DDPMScheduler, sched, variance_type=diffusers_var, clip_sample=True,
+                           clip_sample_range=1.0, steps_offset=0, timestep_spacing="leading")
+    noise = torch.Generator().manual_seed(9)
+    ref_fn, _ = _linear_eps_model(x_T.shape[1:], seed=1)
+    ref = _diffusers_trajectory(twin, ref_fn, x_T, 20, lambda: {"generator": noise})
+    assert len(ours_seen) == 20
+    for k, x in enumerate(ours_seen + [out]):
+        assert torch.allclose(x, ref[k], rtol=1e-9, atol=1e-9), f"step {k}: max diff {(x - ref[k]).abs().max():.3g}"
