@@ -94,9 +94,17 @@ def test_rigl_grows_where_dense_gradient_is_largest_and_resets_moments():
     old_w = layer.weight.detach().clone()
     old_m, old_v = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
     assert (old_v[old_mask] > 0).all()
+    # the dense gradient of the update step, from a plain nn.Linear holding the same (masked) weights:
+    # not from the layer under test, whose gradient is what is being checked
+    dense = nn.Linear(12, 10)
+    with torch.no_grad():
+        dense.weight.copy_(layer.weight * layer.mask)
+        dense.bias.copy_(layer.bias)
+    dense(x).pow(2).mean().backward()
+    grad = dense.weight.grad
     opt.zero_grad()
     model(x).pow(2).mean().backward()
-    grad = layer.weight.grad.clone()  # the dense gradient of the update step
+    assert torch.allclose(layer.weight.grad, grad, rtol=1e-5, atol=1e-7)
     assert not sp.step()
     n_active = int(old_mask.sum())
     k = int(0.25 * n_active)
