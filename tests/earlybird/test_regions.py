@@ -62,6 +62,27 @@ def test_training_assignment_covers_each_whole_region():
     assert router.eval().assign(torch.arange(1000)).tolist() == region_index(torch.arange(1000), CIFAR3).tolist()
 
 
+@pytest.mark.parametrize("preset", ["cifar10-3", "cifar10-4", "celeba-2"])
+def test_training_shares_every_overlap_timestep_by_parity(preset):
+    """Inside an overlap of regions i and i + 1, every odd t trains model i and every even t model
+    i + 1 (not only some t near the overlap's ends); outside overlaps, training follows sampling."""
+    regions = PRESETS[preset]
+    router = TimestepRouter([Tagged(k) for k in range(len(regions))], regions).train()
+    t = torch.arange(1000)
+    k = router.assign(t)
+    expected = region_index(t, regions).clone()
+    for i, (a, b) in enumerate(zip(regions, regions[1:])):
+        for s in range(b.low, min(a.high, 999) + 1):
+            expected[s] = i if s % 2 == 1 else i + 1
+    assert k.tolist() == expected.tolist()
+    for i, r in enumerate(regions):  # each model's training timesteps reach across its whole region
+        got = set(torch.nonzero(k == i).flatten().tolist())
+        next_low = regions[i + 1].low if i + 1 < len(regions) else 1000
+        assert got <= set(range(r.low, max(r.high + 1, next_low)))  # its region, or a gap above it
+        hi = min(r.high, 999)
+        assert all({s, s + 1} & got for s in range(r.low, hi)), f"model {i} misses two timesteps in a row"
+
+
 def test_router_equals_per_sample_models_on_real_unets():
     from ebsparse.models import DDPMUNet
     from tests.pruning.pruning_models import tiny_unet_config
