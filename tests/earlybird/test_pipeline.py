@@ -52,26 +52,80 @@ def _tickets(run_dir):
     return {k: (v["found"], v["epoch"], v["step"]) for k, v in t.items()}
 
 
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """One uninterrupted tiny EB + TA-EB run (shared: the resume and the gloo tests start from it)."""
+def observed_small_run(tmp_path_factory):
+    """One uninterrupted tiny EB + TA-EB run, and what the trainers held when the EB ticket was saved
+    (EMA and live weights) and when the EB stage took its first step."""
     run_dir = tmp_path_factory.mktemp("eb") / "a"
+    seen = {}
+    save_ticket, train_step = EBRun._save_ticket, Trainer.train_step
+
+    def spy_save_ticket(self, name, plugin, trainer, clock):
+        if name == "eb":
+            seen["ema"] = {k: v.detach().clone() for k, v in trainer.ema.state_dict().items()}
+            seen["live"] = _state(trainer.model)
+        return save_ticket(self, name, plugin, trainer, clock)
+
+    def spy_train_step(self):
+        if self.run_dir.name == "eb" and self.step == 0:
+            seen["eb_start"] = _state(self.model)
+        return train_step(self)
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the function-scoped tests: same threads, same bits
     try:
-        EBRun(tiny_config(*SMALL_RUN), run_dir, ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(EBRun, "_save_ticket", spy_save_ticket)
+            mp.setattr(Trainer, "train_step", spy_train_step)
+            EBRun(tiny_config(*SMALL_RUN), run_dir, ta_eb=True, progress=False, fid=False, log=lambda s: None).run()
     finally:
         torch.set_num_threads(threads)
-    return run_dir
+    return run_dir, seen
+
+
+@pytest.fixture(scope="module")
+def small_run(observed_small_run):
+    """The run directory of :func:`observed_small_run` (shared: the resume and the gloo tests start from it)."""
+    return observed_small_run[0]
 
 
 def test_small_run_outputs(small_run):
+    from ebsparse.metrics.counting import count_params
+    from ebsparse.models import build_model
+    from ebsparse.pruning.recipe import load_pruned
+
     results = json.loads((small_run / "results.json").read_text())["results"]
     assert set(results) == {"eb", "ta_eb"} and results["ta_eb"]["region_training"] == "routed"
-    assert results["eb"]["params"] < json.loads((small_run / "stages/search.json").read_text())["tickets"]["eb"]["density"] * 1e9
+    final, _ = load_pruned(small_run / "models/eb", build_model)
+    ticket, _ = load_pruned(small_run / "tickets/eb", build_model)
+    dense = count_params(build_model(tiny_config(*SMALL_RUN).model))
+    assert results["eb"]["params"] == count_params(final) == count_params(ticket) < dense
     for name in ("distance_eb.png", "distance_region0.png", "distance_region1.png", "samples_eb.png", "samples_ta_eb.png"):
         assert (small_run / "figures" / name).is_file()
     assert "EB-Diff-Train (TA-EB)" in (small_run / "table.md").read_text()
+
+
+def test_eb_ticket_is_the_shrunk_ema_weights_and_the_eb_stage_starts_from_it(observed_small_run):
+    from ebsparse.models import build_model
+    from ebsparse.pruning.masks import ChannelMask
+    from ebsparse.pruning.recipe import load_pruned, load_recipe
+    from ebsparse.pruning.shrinking import shrink
+
+    run_dir, seen = observed_small_run
+    cfg = tiny_config(*SMALL_RUN)
+    assert any(not torch.equal(seen["ema"][k], seen["live"][k]) for k in seen["ema"])  # ema_rate 0.5: they differ
+    dense = build_model(cfg.model)
+    dense.load_state_dict(seen["ema"])
+    mask = ChannelMask.from_json(load_recipe(run_dir / "tickets/eb")["groups"])
+    expected = _state(shrink(dense.eval(), mask, example_inputs(cfg.model)))
+    ticket = _state(load_pruned(run_dir / "tickets/eb", build_model)[0])
+    assert ticket.keys() == expected.keys() and all(torch.equal(ticket[k], expected[k]) for k in ticket)
+    start = seen["eb_start"]
+    assert start.keys() == ticket.keys() and all(torch.equal(start[k], ticket[k]) for k in ticket)
 
 
 def test_stages_resume_exactly_after_crashes(small_run, tmp_path, monkeypatch):
