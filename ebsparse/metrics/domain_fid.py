@@ -74,20 +74,29 @@ def _train_classifier(image_size: int, channels: int, epochs: int = 8, seed: int
 
 
 def digits_classifier(image_size: int = 16, channels: int = 1, cache: bool = True) -> DigitsClassifier:
-    """The feature network, loaded from the cache or trained (about 10 s on 2 cores) and cached."""
-    from safetensors.torch import load_file, save_file
+    """The feature network, loaded from the cache or trained (about 10 s on 2 cores) and cached.
+
+    The cache is a verified checkpoint: a corrupted (or pre-hash) file is retrained with a warning,
+    never used, since a wrong feature network gives a wrong FID without any error.
+    """
+    import warnings
+
+    from ..diffusion.checkpoint import load_checkpoint, save_checkpoint
 
     path = _cache_path(image_size, channels)
     model = DigitsClassifier(channels, image_size)
     if cache and path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # an unverifiable cache is rebuilt, not trusted
+                tensors, _ = load_checkpoint(path)
+            model.load_state_dict(tensors)
+            return model.eval()
+        except (ValueError, RuntimeError, UserWarning) as e:
+            warnings.warn(f"the cached digits classifier is not usable ({e}); training it again", stacklevel=2)
     model = _train_classifier(image_size, channels)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
+        save_checkpoint(path, model.state_dict(), {"kind": "digits_classifier", "recipe_version": RECIPE_VERSION})
     return model
 
 

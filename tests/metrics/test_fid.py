@@ -126,3 +126,32 @@ def test_fid_matches_an_independent_computation_on_non_commuting_covariances(see
     mu2, s2 = feature_stats(f2)
     assert not np.allclose(s1 @ s2, s2 @ s1, atol=1e-3)  # the case where sqrtm(S1)·sqrtm(S2) is wrong
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_independent_fid(f1, f2), rel=1e-7, abs=1e-7)
+
+
+def test_a_corrupted_digits_classifier_cache_is_retrained_not_used(tmp_path, monkeypatch):
+    import struct
+
+    from ebsparse.metrics import domain_fid
+
+    monkeypatch.setenv("EBSPARSE_CACHE", str(tmp_path))
+    trained = []
+
+    def quick_train(image_size, channels):  # stands in for the 10 s training
+        torch.manual_seed(len(trained))
+        trained.append(1)
+        return domain_fid.DigitsClassifier(channels, image_size).eval()
+
+    monkeypatch.setattr(domain_fid, "_train_classifier", quick_train)
+    first = domain_fid.digits_classifier(8, 1)
+    again = domain_fid.digits_classifier(8, 1)
+    assert len(trained) == 1 and all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                                       again.state_dict().values()))
+    path = domain_fid._cache_path(8, 1)
+    data = bytearray(path.read_bytes())
+    data[8 + struct.unpack("<Q", bytes(data[:8]))[0] + 3] ^= 0x10  # a bit of the weights
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupted.*training it again"):
+        domain_fid.digits_classifier(8, 1)
+    assert len(trained) == 2
+    domain_fid.digits_classifier(8, 1)  # the rewritten cache verifies
+    assert len(trained) == 2
