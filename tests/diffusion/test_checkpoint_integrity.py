@@ -141,3 +141,11 @@ def test_an_eb_stage_resumes_from_the_kept_checkpoint(tiny_digits_config, tmp_pa
         warnings.simplefilter("always")
         train_loop(again, 2, StageClock(), "stage", progress=False)  # nothing left to train once resumed
     assert again.step == 2 and any("resuming from" in str(w.message) for w in caught)
+
+
+def test_keep_last_is_validated_with_its_key(digits_config_path):
+    from ebsparse.diffusion.config import load_config
+
+    assert load_config(digits_config_path).training.keep_last == 2
+    with pytest.raises(ValueError, match="training.keep_last must be a positive int"):
+        load_config(digits_config_path, ["training.keep_last=0"])
