@@ -72,4 +72,4 @@ PEER_ROUNDS = 3
 
 
 def pattern_id(sparsity) -> str:
-    return "2:4" if sparsity == "2:4" else f"sparsity={sparsity}"
+    return "2:4" if sparsity == "2:4" else f"sparsity-{sparsity}"

@@ -83,7 +83,12 @@ def summary_table(rows: list[Row]) -> str:
     for group, members in groups.items():
         for r in members:
             rate = f"{r.gflop / r.seconds:.1f}" if r.gflop else ""
-            notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
-            lines.append(f"| {group} | {r.provider} | {r.seconds * 1e3:.2f} | {r.baseline} | "
-                         f"{r.baseline_seconds * 1e3:.2f} | {r.speedup:.2f}x | {rate} | {notes} |")
+            notes = ", ".join(f"{k}={_number(v)}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items())
+            lines.append(f"| {group} | {r.provider} | {_number(r.seconds * 1e3)} | {r.baseline} | "
+                         f"{_number(r.baseline_seconds * 1e3)} | {r.speedup:.2f}x | {rate} | {notes} |")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Three significant digits without an exponent: 0.0123, 1.23, 123, 12345."""
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
