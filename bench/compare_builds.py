@@ -11,8 +11,9 @@ registered side by side; each build keeps its own pattern caches.
     python -m bench.compare_builds REV [--rounds 25] [--layers linear,conv]
 
 prints, per layer, sparsity and phase, the median of (this tree's time / REV's time) and its
-quartiles; below 1 means this tree is faster. Rebuild this tree first (`setup.py build_ext
---inplace`): the comparison is against what `import ebsparse` loads.
+quartiles; below 1 means this tree is faster. The shapes and patterns are bench/phases.py's
+(EBSPARSE_BENCH_QUICK=1 shrinks them, to check the script runs). Rebuild this tree first
+(`setup.py build_ext --inplace`): the comparison is against what `import ebsparse` loads.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def skip_meaningless(provider: str, sparsity) -> None:
 def make_mask(weight: torch.Tensor, sparsity: float | str) -> torch.Tensor:
     if sparsity == "2:4":
         return prune_2_4(weight)
-    return random_mask(weight.shape, 1.0 - float(sparsity), generator=torch.Generator().manual_seed(0)).to(weight.device)
+    mask = random_mask(weight.shape, 1.0 - float(sparsity), generator=torch.Generator().manual_seed(0))
+    return mask.to(weight.device)
 
 
 def training_step(loss, *tensors: torch.Tensor, upstream: torch.Tensor | None = None):

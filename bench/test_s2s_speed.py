@@ -73,9 +73,10 @@ def test_unet_cifar10_s2s_train_step(benchmark, sparsity):
     model, report = _model(sparsity)
     cpu, dense_cpu = [], []
     rounds = settings.rounds(ROUNDS)
+    provider = "dense" if sparsity == 0 else f"erk-{sparsity}"
     row = paired(benchmark, _timed_step(model, cpu), _timed_step(_model(0.0)[0], dense_cpu),
-                 group=f"cifar10 U-Net s2s train step b{BATCH}", provider="dense" if sparsity == 0 else f"erk-{sparsity}",
-                 rounds=rounds, gflop=3 * report.sparse_forward * BATCH / 1e9)
+                 group=f"cifar10 U-Net s2s train step b{BATCH}", provider=provider, rounds=rounds,
+                 gflop=3 * report.sparse_forward * BATCH / 1e9)
     if row is None:  # --benchmark-disable
         return
     notes = {"cpu_ms": 1e3 * min(cpu[-rounds:]), "dense_cpu_ms": 1e3 * min(dense_cpu[-rounds:]),

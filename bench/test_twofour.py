@@ -28,11 +28,13 @@ ROUNDS = 25
 def _calls(provider: str):
     """{phase: callable(weight, mask, values, meta)} of `provider`; a phase it lacks is absent."""
     if provider == "ebsparse":
-        return {"prune": lambda w, m, v, c: ops.prune_2_4(w), "compress": lambda w, m, v, c: ops.compress_2_4(w, m),
+        return {"prune": lambda w, m, v, c: ops.prune_2_4(w),
+                "compress": lambda w, m, v, c: ops.compress_2_4(w, m),
                 "decompress": lambda w, m, v, c: ops.decompress_2_4(v, c)}
     if provider == "ebsparse-native":
         native = torch.ops.ebsparse
-        return {"prune": lambda w, m, v, c: native.prune_2_4(w), "compress": lambda w, m, v, c: native.compress_2_4(w, m),
+        return {"prune": lambda w, m, v, c: native.prune_2_4(w),
+                "compress": lambda w, m, v, c: native.compress_2_4(w, m),
                 "decompress": lambda w, m, v, c: native.decompress_2_4(v, c)}
     if provider == "ebsparse-triton":
         return {"compress": lambda w, m, v, c: triton_kernels.compress_2_4(w, m),
