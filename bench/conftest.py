@@ -1,7 +1,7 @@
 """Benchmarks run only with `pytest bench/ --benchmark`; every row is timed by pytest-benchmark's
 `benchmark` fixture (so `--benchmark-json`, `--benchmark-autosave` and `--benchmark-compare` work),
 paired with its baseline in interleaved rounds (bench/timing.py), and the session ends with a
-speed-up table, also written to `bench/results/latest.md`.
+speed-up table, also written to `bench/results/latest.md` (EBSPARSE_BENCH_RESULTS names another folder).
 
 EBSPARSE_BENCH_QUICK=1 shrinks shapes and rounds to check the benchmarks run (bench/settings.py).
 """
@@ -46,7 +46,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("=", "ebsparse speed-up vs the paired baseline (minimum over rounds)")
     terminalreporter.write_line(header)
     terminalreporter.write_line(table)
-    out_dir = os.path.join(os.path.dirname(__file__), "results")
+    out_dir = os.environ.get("EBSPARSE_BENCH_RESULTS") or os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "latest.md"), "w") as f:
         f.write(f"{header}\n\n{table}\n")

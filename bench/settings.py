@@ -3,7 +3,8 @@
 EBSPARSE_BENCH_QUICK=1 shrinks every shape to a few dozen features/channels and the rounds to 3:
 the numbers mean nothing then, but every benchmark, the pytest-benchmark plumbing and the summary
 table run end to end. EBSPARSE_BENCH_ROUNDS sets the paired rounds of every row;
-EBSPARSE_BENCH_THREADS the torch threads (2 by default, as the kernels were tuned).
+EBSPARSE_BENCH_THREADS the torch threads (2 by default, as the kernels were tuned);
+EBSPARSE_BENCH_RESULTS the folder of the summary table (bench/results by default).
 """
 
 from __future__ import annotations
