@@ -1,6 +1,7 @@
 """Shapes and round counts of the benchmarks, with the quick mode that checks them in seconds.
 
-EBSPARSE_BENCH_QUICK=1 shrinks every shape to a few dozen features/channels and the rounds to 3:
+EBSPARSE_BENCH_QUICK=1 shrinks every shape to a few dozen features/channels (the U-Nets to a
+quarter of their width, batch 2) and the rounds to 3:
 the numbers mean nothing then, but every benchmark, the pytest-benchmark plumbing and the summary
 table run end to end. EBSPARSE_BENCH_ROUNDS sets the paired rounds of every row;
 EBSPARSE_BENCH_THREADS the torch threads (2 by default, as the kernels were tuned);
@@ -70,6 +71,12 @@ SPARSE_SPARSITIES = [0.9, 0.95, "2:4"]
 # times slower than dense (or far faster), so a few rounds tell their story.
 LAYER_ROUNDS = 25
 PEER_ROUNDS = 3
+
+
+# The U-Nets of the model-level benchmarks: the CIFAR-10 width, or a quarter of it in quick mode.
+UNET_CHANNELS = 32 if QUICK else 128
+UNET_NORM_GROUPS = 8 if QUICK else 32
+UNET_BATCH = 2 if QUICK else 8
 
 
 def pattern_id(sparsity) -> str:

@@ -25,7 +25,7 @@ import torch
 from bench import settings
 from bench.timing import paired
 
-BATCH = 2 if settings.QUICK else 8
+BATCH = settings.UNET_BATCH
 RATIOS = [0.0, 0.3, 0.5]
 ROUNDS = 5
 MODELS = ["ebsparse", "diffusers"]
@@ -34,12 +34,16 @@ MODELS = ["ebsparse", "diffusers"]
 def _dense(family: str) -> torch.nn.Module:
     if family == "diffusers":
         pytest.importorskip("diffusers")
-        from ebsparse.models.diffusers_compat import ddpm_cifar10_32
+        from diffusers import UNet2DModel
 
-        return ddpm_cifar10_32()
+        from ebsparse.models.diffusers_compat import DDPM_CIFAR10_32, UNet2DCall
+
+        c = settings.UNET_CHANNELS
+        return UNet2DCall(UNet2DModel(**{**DDPM_CIFAR10_32, "block_out_channels": [c, 2 * c, 2 * c, 2 * c],
+                                         "norm_num_groups": settings.UNET_NORM_GROUPS}))
     from ebsparse.models import DDPMUNet, DDPMUNetConfig
 
-    return DDPMUNet(DDPMUNetConfig())
+    return DDPMUNet(DDPMUNetConfig(ch=settings.UNET_CHANNELS, num_groups=settings.UNET_NORM_GROUPS))
 
 
 @functools.cache

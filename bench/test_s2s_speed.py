@@ -27,7 +27,7 @@ import torch
 from bench import settings
 from bench.timing import paired
 
-BATCH = 2 if settings.QUICK else 8
+BATCH = settings.UNET_BATCH
 SPARSITIES = [0.0, 0.5, 0.75, 0.9]
 UPDATE_EVERY = 1100
 ROUNDS = 3
@@ -38,10 +38,11 @@ def _model(sparsity: float):
     from ebsparse.models import DDPMUNet, DDPMUNetConfig
     from ebsparse.s2s import Static, densities_of, flops_report
 
+    config = DDPMUNetConfig(ch=settings.UNET_CHANNELS, num_groups=settings.UNET_NORM_GROUPS)
     torch.manual_seed(0)
-    model = DDPMUNet(DDPMUNetConfig()).train()
+    model = DDPMUNet(config).train()
     with torch.device("meta"):
-        meta_model = DDPMUNet(DDPMUNetConfig())
+        meta_model = DDPMUNet(config)
     inputs = (torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
     densities = {}
     if sparsity > 0:
