@@ -11,14 +11,14 @@ registered side by side; each build keeps its own pattern caches.
     python -m bench.compare_builds REV [--rounds 25] [--layers linear,conv]
 
 prints, per layer, sparsity and phase, the median of (this tree's time / REV's time) and its
-quartiles; below 1 means this tree is faster. Rebuild this tree first (`setup.py build_ext
---inplace`): the comparison is against what `import ebsparse` loads.
+quartiles; below 1 means this tree is faster. The shapes and patterns are bench/phases.py's
+(EBSPARSE_BENCH_QUICK=1 shrinks them, to check the script runs). Rebuild this tree first
+(`setup.py build_ext --inplace`): the comparison is against what `import ebsparse` loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import re
 import shutil
@@ -31,7 +31,8 @@ import torch
 from torch.utils import cpp_extension
 
 import ebsparse  # noqa: F401  (registers torch.ops.ebsparse)
-from bench.test_ops import SPARSITIES, conv_calls, linear_calls
+from bench.phases import SPARSITIES, conv_calls, linear_calls
+from bench.settings import threads
 
 # The C++ flags of setup.py (CPU build).
 CXX_FLAGS = ["-O3", "-std=c++20", "-mavx2", "-mfma", "-fopenmp", "-fno-math-errno"]
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--layers", default="linear,conv")
     args = parser.parse_args()
     theirs = load_revision(args.rev)
-    torch.set_num_threads(int(os.environ.get("EBSPARSE_BENCH_THREADS", "2")))  # as bench/conftest.py
+    torch.set_num_threads(threads())  # as bench/conftest.py
     print(f"this tree / {args.rev}, {torch.get_num_threads()} threads: median [quartiles] of {args.rounds} "
           "paired rounds")
     for layer in args.layers.split(","):
@@ -89,7 +90,7 @@ def main() -> None:
             ours, _, _ = calls(sparsity)
             other, _, _ = calls(sparsity, op=theirs)
             cells = []
-            for phase in ours:
+            for phase in (p for p in ours if p in other):  # a phase the other build lacks is skipped
                 ratios = paired_ratios(ours[phase], other[phase], args.rounds)
                 q = statistics.quantiles(ratios, n=4)
                 cells.append(f"{phase} {statistics.median(ratios):.3f} [{q[0]:.2f}, {q[2]:.2f}]")

@@ -1,22 +1,21 @@
-"""Benchmarks run only with `pytest bench/ --benchmark`; at the end they print a speed-up table.
+"""Benchmarks run only with `pytest bench/ --benchmark`; every row is timed by pytest-benchmark's
+`benchmark` fixture (so `--benchmark-json`, `--benchmark-autosave` and `--benchmark-compare` work),
+paired with its baseline in interleaved rounds (bench/timing.py), and the session ends with a
+speed-up table, also written to `bench/results/latest.md` (EBSPARSE_BENCH_RESULTS names another folder).
 
-Each benchmark records (group, provider, seconds, useful GFLOP) in `RESULTS`; the summary divides
-the dense time measured alternately with the provider (when the benchmark pairs them), else
-the fastest dense provider's time of the same group (``dense`` or a ``dense-<variant>`` such as
-``dense-channels_last``) by each provider's time, so a variant never looks faster by beating a slow
-dense baseline. The table is also written to
-`bench/results/<name>.md`.
+EBSPARSE_BENCH_QUICK=1 shrinks shapes and rounds to check the benchmarks run (bench/settings.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 
 import pytest
 import torch
 
-RESULTS: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+from bench import settings
+from bench.providers import PEERS
+from bench.timing import ROWS, summary_table
 
 
 def pytest_addoption(parser):
@@ -25,47 +24,29 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--benchmark"):
-        torch.set_num_threads(int(os.environ.get("EBSPARSE_BENCH_THREADS", "2")))
+    if not config.getoption("--benchmark"):
+        skip = pytest.mark.skip(reason="benchmarks run only with --benchmark")
+        for item in items:
+            item.add_marker(skip)
         return
-    skip = pytest.mark.skip(reason="benchmarks run only with --benchmark")
-    for item in items:
-        item.add_marker(skip)
-
-
-@pytest.fixture
-def record():
-    """record(group, provider, seconds, gflop, baseline=None): store one row for the summary table.
-    ``baseline``: dense seconds measured alternately with this provider (see
-    ``bench.providers.paired_minimum``); the row's speed-up uses it instead of the group's dense row."""
-
-    def _record(group: str, provider: str, seconds: float, gflop: float, baseline: float | None = None) -> None:
-        RESULTS[group][provider] = (seconds, gflop, baseline)
-
-    return _record
-
-
-def speedup_table() -> str:
-    lines = ["| group | provider | ms | dense ms | speed-up vs dense | useful GFLOP/s |", "|---|---|---|---|---|---|"]
-    for group, rows in RESULTS.items():
-        dense = min((s for p, (s, _, _) in rows.items() if p == "dense" or p.startswith("dense-")), default=float("nan"))
-        for provider, (seconds, gflop, baseline) in rows.items():
-            base = dense if baseline is None else baseline
-            lines.append(f"| {group} | {provider} | {seconds * 1e3:.2f} | {base * 1e3:.2f} | {base / seconds:.2f}x | "
-                         f"{gflop / seconds:.1f} |")
-    return "\n".join(lines)
+    torch.set_num_threads(settings.threads())
+    # The peers last (a stable sort keeps the rest in file order): their thread pools stay alive
+    # and would disturb the rows timed after them.
+    items.sort(key=lambda item: getattr(item, "callspec", None) is not None
+               and item.callspec.params.get("provider") in PEERS)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not RESULTS:
+    if not ROWS:
         return
-    table = speedup_table()
+    table = summary_table(ROWS)
     header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    terminalreporter.write_sep("=", "ebsparse speed-up (minimum over rounds, forward + backward)")
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+              + (", QUICK mode (shapes and rounds shrunk: the numbers mean nothing)" if settings.QUICK else ""))
+    terminalreporter.write_sep("=", "ebsparse speed-up vs the paired baseline (minimum over rounds)")
     terminalreporter.write_line(header)
     terminalreporter.write_line(table)
-    out_dir = os.path.join(os.path.dirname(__file__), "results")
+    out_dir = os.environ.get("EBSPARSE_BENCH_RESULTS") or os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "latest.md"), "w") as f:
         f.write(f"{header}\n\n{table}\n")

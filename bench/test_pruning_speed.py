@@ -1,15 +1,17 @@
 """Training step of the CIFAR-10 DDPM U-Net, dense vs channel-pruned (CPU, batch 8, forward + backward).
 
-Rows: ``dense``, ``pruned-0.3``, ``pruned-0.5`` (magnitude pruning, the reference's per-group rule),
-for this project's DDPM U-Net (dropout 0.1, as the CIFAR-10 config trains it) and for ``diffusers``'
-``UNet2DModel`` in the google/ddpm-cifar10-32 configuration (no dropout: the model the issue's 3.18x
-torch-pruning reference was measured on), each also in ``channels_last`` memory format, which is what recovers part of the gap between
-the MAC ratio and the wall-clock ratio on CPU (see ebsparse/pruning/README.md). "useful GFLOP" is
-3 x 2 x MACs x batch (forward, grad-input and grad-weight) with the papers' counter.
+Providers: ``dense``, ``pruned-0.3``, ``pruned-0.5`` (magnitude pruning, the reference's per-group
+rule), for this project's DDPM U-Net (dropout 0.1, as the CIFAR-10 config trains it) and for
+``diffusers``' ``UNet2DModel`` in the google/ddpm-cifar10-32 configuration (no dropout: the model
+the issue's 3.18x torch-pruning reference was measured on), each also in ``channels_last`` memory
+format, which is what recovers part of the gap between the MAC ratio and the wall-clock ratio on
+CPU (see ebsparse/pruning/README.md). "useful GFLOP" is 3 x 2 x MACs x batch (forward, grad-input
+and grad-weight) with the papers' counter.
 
-Run: ``pytest bench/test_pruning_speed.py --benchmark`` (EBSPARSE_BENCH_THREADS sets the threads).
-Each row is timed alternately with dense (minimum of 5 rounds each), so load on a shared machine
-hits both sides of a ratio alike.
+Run: ``pytest bench/test_pruning_speed.py --benchmark`` (bench/settings.py lists the environment
+variables). Every row is timed alternately with the contiguous dense step of the same family
+(minimum of 5 rounds each) and its speed-up is against that paired dense time; channels_last dense
+is a row of its own.
 """
 
 from __future__ import annotations
@@ -20,23 +22,28 @@ import functools
 import pytest
 import torch
 
-BATCH = 8
+from bench import settings
+from bench.timing import paired
+
+BATCH = settings.UNET_BATCH
 RATIOS = [0.0, 0.3, 0.5]
 ROUNDS = 5
-
-
 MODELS = ["ebsparse", "diffusers"]
 
 
 def _dense(family: str) -> torch.nn.Module:
     if family == "diffusers":
         pytest.importorskip("diffusers")
-        from ebsparse.models.diffusers_compat import ddpm_cifar10_32
+        from diffusers import UNet2DModel
 
-        return ddpm_cifar10_32()
+        from ebsparse.models.diffusers_compat import DDPM_CIFAR10_32, UNet2DCall
+
+        c = settings.UNET_CHANNELS
+        return UNet2DCall(UNet2DModel(**{**DDPM_CIFAR10_32, "block_out_channels": [c, 2 * c, 2 * c, 2 * c],
+                                         "norm_num_groups": settings.UNET_NORM_GROUPS}))
     from ebsparse.models import DDPMUNet, DDPMUNetConfig
 
-    return DDPMUNet(DDPMUNetConfig())
+    return DDPMUNet(DDPMUNetConfig(ch=settings.UNET_CHANNELS, num_groups=settings.UNET_NORM_GROUPS))
 
 
 @functools.cache
@@ -71,20 +78,11 @@ def _train_step(model, channels_last: bool):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r}")
+@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio-{r}")
 @pytest.mark.parametrize("family", MODELS)
-def test_unet_cifar10_train_step(record, family, ratio, channels_last):
-    """Every row is timed alternately with the contiguous dense step of the same family, and its
-    speed-up is against that paired dense time (channels_last dense is a row of its own)."""
-    from bench.providers import paired_minimum
-
+def test_unet_cifar10_train_step(benchmark, family, ratio, channels_last):
     model, macs = _model(family, ratio)
-    step = _train_step(model, channels_last)
     provider = ("dense" if ratio == 0 else f"pruned-{ratio}") + ("-channels_last" if channels_last else "")
-    gflop = 3 * 2 * macs * BATCH / 1e9
-    group = f"{family} cifar10 U-Net train step b8"
-    if ratio == 0 and not channels_last:
-        record(group, provider, paired_minimum(step, step, ROUNDS)[0], gflop)
-        return
-    seconds, dense_seconds = paired_minimum(step, _train_step(_model(family, 0.0)[0], False), ROUNDS)
-    record(group, provider, seconds, gflop, baseline=dense_seconds)
+    paired(benchmark, _train_step(model, channels_last), _train_step(_model(family, 0.0)[0], False),
+           group=f"{family} cifar10 U-Net train step b{BATCH}", provider=provider,
+           rounds=settings.rounds(ROUNDS), gflop=3 * 2 * macs * BATCH / 1e9)

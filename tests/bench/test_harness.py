@@ -1,0 +1,45 @@
+"""The benchmark harness (bench/): rows reach pytest-benchmark's JSON with the paired speed-up in
+`extra_info`, the summary table is written, and without --benchmark nothing is timed.
+
+Each test runs one tiny benchmark selection in a subprocess (EBSPARSE_BENCH_QUICK), as a user would."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run_bench(tmp_path, *args):
+    env = dict(os.environ, EBSPARSE_BENCH_QUICK="1", EBSPARSE_BENCH_ROUNDS="2",
+               EBSPARSE_BENCH_RESULTS=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "pytest", "bench/test_twofour.py", "-q", "-p", "no:cacheprovider",
+                           "-k", "ebsparse-native and prune", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_rows_reach_benchmark_json_with_the_paired_speedup(tmp_path):
+    out = tmp_path / "out.json"
+    result = _run_bench(tmp_path, "--benchmark", f"--benchmark-json={out}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["benchmarks"]
+    assert len(rows) == 2  # the two quick shapes
+    for row in rows:
+        info = row["extra_info"]
+        assert info["provider"] == "ebsparse-native" and info["baseline"] == "reference"
+        assert row["stats"]["rounds"] == 2
+        assert info["speedup_vs_baseline"] == pytest.approx(info["baseline_min_s"] / row["stats"]["min"])
+        assert row["group"].startswith("2:4 prune ")
+    table = (tmp_path / "latest.md").read_text()
+    assert table.count("| ebsparse-native |") == 2 and "| reference |" in table
+
+
+def test_without_the_flag_nothing_runs(tmp_path):
+    result = _run_bench(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 skipped" in result.stdout and "passed" not in result.stdout
+    assert not (tmp_path / "latest.md").exists()
