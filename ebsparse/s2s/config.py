@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .._config import config_from_dict
+
 __all__ = ["SparsityConfig", "METHODS", "DISTRIBUTIONS", "LAYER_KINDS", "DECAYS"]
 
 METHODS = ("static", "rigl", "magran")
@@ -95,22 +97,12 @@ class SparsityConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SparsityConfig":
         """Parse the YAML ``sparsity:`` section (a mapping); rejects unknown keys."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"sparsity: expected a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"sparsity: unknown keys {unknown}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        for key in ("layers", "exclude"):
-            if isinstance(d.get(key), str):
-                d[key] = (d[key],)
-        if isinstance(d.get("sparsity"), int) and not isinstance(d.get("sparsity"), bool):
-            d["sparsity"] = float(d["sparsity"])
-        for key in ("prune_fraction", "erk_power_scale"):
-            if isinstance(d.get(key), int) and not isinstance(d.get(key), bool):
-                d[key] = float(d[key])
-        return cls(**d)
+        if isinstance(d, Mapping):
+            d = dict(d)
+            for key in ("layers", "exclude"):
+                if isinstance(d.get(key), str):
+                    d[key] = (d[key],)
+        return config_from_dict(cls, d, "sparsity")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
