@@ -11,18 +11,20 @@ from typing import Any, Mapping
 
 import torch
 
+from .ddpm_unet import DDPMUNetConfig
+from .dit import DiTConfig
+
 __all__ = ["example_inputs", "image_shape", "check_images"]
 
 IMAGE_MODELS = ("ddpm_unet", "dit")
 
 
 def _config(spec: Mapping[str, Any]):
-    from . import MODEL_TYPES
-
     kind = spec.get("type")
     if kind not in IMAGE_MODELS:
         raise ValueError(f"model.type={kind!r} has no image inputs; expected one of {IMAGE_MODELS}")
-    return kind, MODEL_TYPES[kind][0].from_dict({k: v for k, v in spec.items() if k != "type"})
+    config_cls = DDPMUNetConfig if kind == "ddpm_unet" else DiTConfig
+    return kind, config_cls.from_dict({k: v for k, v in spec.items() if k != "type"})
 
 
 def image_shape(spec: Mapping[str, Any]) -> tuple[int, int]:

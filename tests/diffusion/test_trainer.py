@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ebsparse.diffusion.checkpoint import load_checkpoint
-from ebsparse.diffusion.trainer import BatchOrder, Trainer, model_from_checkpoint
+from ebsparse.diffusion.trainer import BatchOrder, Trainer
+from ebsparse.drivers.checkpoints import model_from_checkpoint
 
 
 class Crash(RuntimeError):
