@@ -25,6 +25,8 @@ _PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 
 def _describe(tp: Any) -> str | None:
     """What a value of annotation ``tp`` must be, in words; None when the rule does not check ``tp``."""
+    if isinstance(tp, dataclasses.InitVar):
+        return _describe(tp.type)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp in _NAMES:
         return _NAMES[tp]
@@ -50,6 +52,8 @@ def _describe(tp: Any) -> str | None:
 def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
     """(whether ``value`` is a ``tp``, the value to store): ints pass as floats, and so do strings
     that read as numbers (YAML 1.1 reads ``1e-3`` as a string)."""
+    if isinstance(tp, dataclasses.InitVar):
+        return _fits(value, tp.type)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is bool:
         return isinstance(value, bool), value
@@ -107,7 +111,7 @@ def config_from_dict(cls: type, data: Any, key: str, *, error: type[Exception] =
     """
     if not isinstance(data, Mapping):
         raise error(f"{key}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in cls.__dataclass_fields__.values() if f.init}  # InitVars included
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
         raise error(f"{key}: unknown keys {unknown}; expected a subset of {sorted([*fields, *extra_keys])}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 __all__ = ["region_ranks", "train_regions_distributed"]

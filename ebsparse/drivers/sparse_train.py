@@ -77,7 +77,7 @@ def summary_row(trainer: Trainer, plugin: SparsityPlugin, fid: float | None, tim
     dense_params = count_params(dense)
     params = dense_params - (sp.total - sp.kept)
     return {
-        "method": sp.method, "sparsity": sp.config.sparsity, "FID": fid,
+        "method": sp.method, "sparsity": sp.config.target_sparsity, "FID": fid,
         "params": params, "params (rel.)": params / dense_params,
         "train FLOPs": report.train_ratio(sp.method, sp.config.update_every),
         "test FLOPs": report.test_ratio,

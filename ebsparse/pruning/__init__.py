@@ -26,7 +26,7 @@ _EXPORTS = {
     "check_mask": "shrinking", "shrink": "shrinking", "masked_dense": "shrinking",
     "Plan": "pipeline", "PruneResult": "pipeline", "plan": "pipeline", "prune": "pipeline",
     "save_pruned": "recipe", "load_pruned": "recipe", "load_recipe": "recipe", "input_spec": "recipe",
-    "make_inputs": "recipe",
+    "make_inputs": "recipe", "ExampleInputs": "inputs", "check_inputs": "inputs", "call_with": "inputs",
 }
 
 __all__ = list(_EXPORTS)
