@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import build_dataset
-from ..models import build_model
+from ..models import build_model, image_shape
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
 from .config import ExperimentConfig
 from .ema import EMA
@@ -32,7 +32,7 @@ from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
 
-__all__ = ["Trainer", "train", "BatchOrder", "model_from_checkpoint"]
+__all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -85,16 +85,6 @@ def _make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # foreach=False: the per-parameter path gives the same bits however the run is split
     return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False)
-
-
-def model_from_checkpoint(path, use_ema: bool = True) -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with and load its (EMA) weights. No pickle involved."""
-    tensors, meta = load_checkpoint(path)
-    cfg = ExperimentConfig.from_dict(meta["config"])
-    model = build_model(cfg.model)
-    prefix = "ema/" if use_ema else "model/"
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-    return model.eval(), cfg, meta
 
 
 class Trainer:
@@ -318,10 +308,9 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
     A class-conditional model (DiT) is sampled with uniformly drawn labels and its epsilon head;
     pass ``model_fn(x, t)`` to sample anything else (guidance, timestep-routed models).
     """
-    sc, mc = config.sampling, config.model
+    sc = config.sampling
     schedule = NoiseSchedule(config.diffusion)
-    channels = mc.get("in_channels", 3 if mc.get("type") == "ddpm_unet" else 4)
-    size = mc.get("resolution", mc.get("input_size", 32))
+    channels, size = image_shape(config.model)
     g = torch.Generator().manual_seed(seed)
     conditional = model_fn is None and hasattr(model, "eps") and hasattr(model, "y_embedder")
     if conditional:
