@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 from torch.utils.data import Dataset
 
+from .._config import config_from_dict
+
 from .cifar10 import CIFAR10Dataset, load_cifar10_batches
 from .digits import DigitsDataset, load_digits_tensor
 from .image_folder import ImageFolderDataset, list_images
@@ -52,17 +54,16 @@ class DataConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
-        d = dict(d)
-        if d.get("type") == "cifar10":
-            d.setdefault("channels", 3)
-            d.setdefault("image_size", 32)
-        if d.get("type") == "image_folder":
-            d.setdefault("channels", 3)
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"data: unknown keys {unknown}; expected a subset of {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], key: str = "data") -> "DataConfig":
+        """Read the ``data:`` section; wrong keys or types raise naming ``data.<key>``."""
+        if isinstance(d, Mapping):
+            d = dict(d)
+            if d.get("type") == "cifar10":
+                d.setdefault("channels", 3)
+                d.setdefault("image_size", 32)
+            if d.get("type") == "image_folder":
+                d.setdefault("channels", 3)
+        return config_from_dict(cls, d, key)
 
 
 def build_dataset(config: DataConfig) -> Dataset:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._config import config_from_dict
 from ..data import DataConfig
 from .schedule import DiffusionConfig
 
@@ -24,15 +25,6 @@ __all__ = ["ALGORITHM_SECTIONS", "TrainConfig", "SamplingConfig", "ExperimentCon
 OPTIMIZERS = ("adam", "adamw")
 #: Sections owned by algorithm packages (``ebsparse.s2s``, ``ebsparse.earlybird``); stored verbatim.
 ALGORITHM_SECTIONS = ("sparsity", "earlybird")
-
-
-def _from_dict(cls, d: Mapping[str, Any], section: str):
-    if not isinstance(d, Mapping):
-        raise ValueError(f"config section '{section}' must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{section}: unknown keys {unknown}; expected a subset of {sorted(cls.__dataclass_fields__)}")
-    return cls(**dict(d))
 
 
 @dataclass
@@ -124,9 +116,9 @@ class ExperimentConfig:
             raise ValueError(f"config: unknown sections {unknown}; expected a subset of {sorted(sections)}")
         if "model" not in d:
             raise ValueError("config: the 'model' section is required (e.g. model: {type: ddpm_unet, ...})")
-        from ..models import build_model  # validates the model section early, before any training
-
         import torch
+
+        from ..models import build_model, check_images  # validates the model section before any training
 
         algorithms = {}
         for name in ALGORITHM_SECTIONS:
@@ -134,15 +126,19 @@ class ExperimentConfig:
                 if not isinstance(d[name], Mapping):
                     raise ValueError(f"config section '{name}' must be a mapping, got {type(d[name]).__name__}")
                 algorithms[name] = copy.deepcopy(dict(d[name]))
+        if not isinstance(d["model"], Mapping):
+            raise ValueError(f"model: expected a mapping, got {type(d['model']).__name__}")
         model = dict(d["model"])
         with torch.device("meta"):  # shapes only: no memory, no init cost
             build_model(model)
+        data = DataConfig.from_dict(d.get("data", {}))
+        check_images(model, data.image_size, data.channels)
         return cls(
             model=model,
             diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
-            data=DataConfig.from_dict(d.get("data", {})),
-            training=_from_dict(TrainConfig, d.get("training", {}), "training"),
-            sampling=_from_dict(SamplingConfig, d.get("sampling", {}), "sampling"),
+            data=data,
+            training=config_from_dict(TrainConfig, d.get("training", {}), "training"),
+            sampling=config_from_dict(SamplingConfig, d.get("sampling", {}), "sampling"),
             algorithms=algorithms,
         )
 

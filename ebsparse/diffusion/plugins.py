@@ -13,6 +13,10 @@ Order inside ``Trainer.train_step``::
     plugin.after_optimizer_step(trainer)  (e.g. re-apply masks before the EMA sees the weights)
     ema.update(), step += 1
     plugin.after_step(trainer, stats)     (e.g. a ticket check at the end of a pseudo-epoch)
+
+and in ``Trainer.fit``, after every step (and once when a resumed run starts)::
+
+    plugin.should_stop(trainer)           -> True ends the run after a checkpoint (e.g. tickets found)
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class TrainerPlugin:
 
     def after_step(self, trainer: "Trainer", stats: dict[str, float]) -> None:
         """The step is complete (``trainer.step`` already counts it); ``stats`` may be extended."""
+
+    def should_stop(self, trainer: "Trainer") -> bool:
+        """Return True to end ``Trainer.fit`` before ``training.steps``."""
+        return False
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON-able metadata that a checkpoint must hold to resume exactly."""

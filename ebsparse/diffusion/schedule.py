@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .._config import config_from_dict
+
 __all__ = ["DiffusionConfig", "NoiseSchedule", "make_betas"]
 
 BETA_SCHEDULES = ("linear", "quad", "const")
@@ -58,11 +60,9 @@ class DiffusionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DiffusionConfig":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"diffusion: unknown keys {unknown}; expected a subset of {sorted(cls.__dataclass_fields__)}")
-        return cls(**dict(d))
+    def from_dict(cls, d: Mapping[str, Any], key: str = "diffusion") -> "DiffusionConfig":
+        """Read the ``diffusion:`` section; wrong keys or types raise naming ``diffusion.<key>``."""
+        return config_from_dict(cls, d, key)
 
 
 def make_betas(schedule: str, beta_start: float, beta_end: float, num_timesteps: int) -> torch.Tensor:

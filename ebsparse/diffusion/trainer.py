@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import build_dataset
-from ..models import build_model
+from ..models import build_model, image_shape
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
                          unflatten_optimizer_state)
 from .config import ExperimentConfig
@@ -33,7 +33,7 @@ from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
 
-__all__ = ["Trainer", "train", "BatchOrder", "model_from_checkpoint"]
+__all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -88,16 +88,6 @@ def _make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False)
 
 
-def model_from_checkpoint(path, use_ema: bool = True) -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with and load its (EMA) weights. No pickle involved."""
-    tensors, meta = load_checkpoint(path)
-    cfg = ExperimentConfig.from_dict(meta["config"])
-    model = build_model(cfg.model)
-    prefix = "ema/" if use_ema else "model/"
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-    return model.eval(), cfg, meta
-
-
 class Trainer:
     """Owns model, EMA, optimizer, data order and RNG state for one run directory.
 
@@ -134,6 +124,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
         self._saved_step: int | None = None  # the step of this process's last save
+        self.step_seconds = 0.0
         for p in self.plugins:
             p.attach(self)
 
@@ -214,6 +205,9 @@ class Trainer:
         return tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup > 0 else tc.lr
 
     def train_step(self) -> dict[str, float]:
+        """One optimisation step; ``self.step_seconds`` is its wall-clock time without the plugins'
+        ``after_step`` work (e.g. ticket tracking), which is what a training stage is charged."""
+        t0 = time.perf_counter()
         tc, dc = self.config.training, self.config.diffusion
         self.model.train()
         x0 = self._batch(self.step)
@@ -238,6 +232,7 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         stats = {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
+        self.step_seconds = time.perf_counter() - t0
         for p in self.plugins:
             p.after_step(self, stats)
         return stats
@@ -251,15 +246,24 @@ class Trainer:
         return sample_images(model.eval(), self.config, n, seed=seed, device=self.device)
 
     # --- loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, progress: bool = True,
-            callback: Callable[["Trainer", dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Train to ``training.steps``. ``callback(trainer, stats)`` runs after every step (tests use
-        it to simulate a crash)."""
+    def fit(self, resume: bool | str = False, progress: bool = True,
+            callback: Callable[["Trainer", dict[str, float]], None] | None = None, desc: str = "train") -> dict[str, Any]:
+        """Train to ``training.steps``, writing a checkpoint every ``training.ckpt_every`` steps and at the end.
+
+        ``resume``: ``True`` continues from the run directory's checkpoint (which must exist), ``False``
+        refuses a directory that holds one, ``"auto"`` continues if there is one (a stage of a longer
+        pipeline). A plugin's ``should_stop`` ends the run early (after a checkpoint).
+        ``callback(trainer, stats)`` runs after every step (tests use it to simulate a crash).
+        """
         from tqdm.auto import tqdm
 
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"Trainer.fit(resume={resume!r}): expected True, False or 'auto'")
         tc = self.config.training
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_NAME
+        if resume == "auto":
+            resume = self.has_checkpoint()
         if resume:
             if not self.has_checkpoint():
                 raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start without --resume")
@@ -273,13 +277,14 @@ class Trainer:
         log = _MetricsLog(self.run_dir, self.step if resume else None)
         start_step, t0 = self.step, time.time()
         last: dict[str, float] = {}
-        bar = tqdm(total=tc.steps, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=tc.steps, initial=self.step, disable=not progress, desc=desc, dynamic_ncols=True)
+        stop = self.step > 0 and self._should_stop()
         try:
-            while self.step < tc.steps:
+            while self.step < tc.steps and not stop:
                 last = self.train_step()
                 bar.update(1)
                 if not math.isfinite(last["loss"]):
-                    raise FloatingPointError(f"loss became {last['loss']} at step {self.step}; lower training.lr")
+                    raise FloatingPointError(f"{desc}: loss became {last['loss']} at step {self.step}; lower training.lr")
                 if tc.log_every and self.step % tc.log_every == 0:
                     elapsed = time.time() - t0
                     row = {"step": self.step, **last,
@@ -289,13 +294,17 @@ class Trainer:
                     bar.set_postfix(loss=f"{last['loss']:.4f}")
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_grid()
-                if (tc.ckpt_every and self.step % tc.ckpt_every == 0) or self.step == tc.steps:
+                stop = self._should_stop()
+                if (tc.ckpt_every and self.step % tc.ckpt_every == 0) or self.step == tc.steps or stop:
                     self.save()
                 if callback is not None:
                     callback(self, last)
         finally:
             bar.close()
         return {"step": self.step, "elapsed_s": time.time() - t0, **last}
+
+    def _should_stop(self) -> bool:
+        return any([p.should_stop(self) for p in self.plugins])  # a list: every plugin is asked
 
     def write_grid(self) -> Path:
         n = self.config.sampling.num_samples
@@ -316,10 +325,9 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
     A class-conditional model (DiT) is sampled with uniformly drawn labels and its epsilon head;
     pass ``model_fn(x, t)`` to sample anything else (guidance, timestep-routed models).
     """
-    sc, mc = config.sampling, config.model
+    sc = config.sampling
     schedule = NoiseSchedule(config.diffusion)
-    channels = mc.get("in_channels", 3 if mc.get("type") == "ddpm_unet" else 4)
-    size = mc.get("resolution", mc.get("input_size", 32))
+    channels, size = image_shape(config.model)
     g = torch.Generator().manual_seed(seed)
     conditional = model_fn is None and hasattr(model, "eps") and hasattr(model, "y_embedder")
     if conditional:

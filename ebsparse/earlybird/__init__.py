@@ -5,9 +5,10 @@ section), :mod:`.tickets` (mask FIFO, distances, ticket test), :mod:`.heatmap` (
 :mod:`.regions` (timestep regions, the sampling switch, weighted ratio), :mod:`.router`
 (:class:`TimestepRouter` and its one-artifact save/load).
 
-Front layer (wires the core to the trainer and the command line): :mod:`.plugin`, :mod:`.pipeline`
-(EB-Diff-Train stages and baselines), :mod:`.distributed` (region-parallel processes),
-:mod:`.report`, :mod:`.command` (``ebsparse eb-train``, ``ebsparse demo``).
+:mod:`.plugin` rides the core on the one training loop through its plugin hooks (ticket tracking,
+stage clock, gradient all-reduce). The EB-Diff-Train driver (stages, baselines, region-parallel
+processes, report) is :mod:`ebsparse.drivers.eb_pipeline` in the front layer, and the commands
+``ebsparse eb-train`` / ``ebsparse demo`` are in :mod:`ebsparse.commands`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _EXPORTS = {
     "Region": "regions", "PRESETS": "regions", "parse_regions": "regions", "region_index": "regions",
     "switch_points": "regions", "weighted_ratio": "regions", "sampling_shares": "regions",
     "TimestepRouter": "router", "save_router": "router", "load_router": "router",
-    "EBRun": "pipeline",
+    "TicketPlugin": "plugin", "TicketSpec": "plugin", "StageClock": "plugin", "GradAllReduce": "plugin",
 }
 
 __all__ = list(_EXPORTS)

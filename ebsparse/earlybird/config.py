@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .._config import config_from_dict
 from .regions import Region, parse_regions, validate_regions
 
 __all__ = ["BASELINES", "EarlyBirdConfig"]
@@ -109,13 +110,13 @@ class EarlyBirdConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, num_timesteps: int | None = None) -> EarlyBirdConfig:
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"earlybird: unknown keys {unknown}; expected a subset of {sorted(names)}")
-        cfg = cls(**d)
-        cfg.validate(num_timesteps)
+        if isinstance(d, Mapping) and isinstance(d.get("baselines"), str):
+            d = {**d, "baselines": [d["baselines"]]}
+        cfg = config_from_dict(cls, {} if d is None else d, "earlybird")
+        try:
+            cfg.validate(num_timesteps)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("earlybird") else f"earlybird: {e}") from e
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Trainer plugins of the Early-Bird pipeline (front layer: this module wires the ticket logic to
-:class:`ebsparse.diffusion.trainer.Trainer`).
+"""Trainer plugins of the Early-Bird pipeline: how the ticket logic rides on the one training loop
+(:class:`ebsparse.diffusion.trainer.Trainer`) through its plugin hooks.
 
 - :class:`TicketPlugin`: at the end of every pseudo-epoch, the mask each tracked ticket would have
   now (from the EMA weights, nothing pruned) goes into that ticket's :class:`TicketTracker`.
@@ -114,12 +114,16 @@ class TicketPlugin(TrainerPlugin):
 
 
 class StageClock(TrainerPlugin):
-    """Seconds spent in ``train_step`` (the caller adds them), saved with the checkpoint."""
+    """Seconds spent in training steps (``Trainer.step_seconds``: no ticket tracking, no checkpoint
+    writes), saved with the checkpoint so a resumed stage reports its whole cost."""
 
     name = "clock"
 
     def __init__(self) -> None:
         self.train_s = 0.0
+
+    def after_step(self, trainer, stats: dict[str, float]) -> None:
+        self.train_s += trainer.step_seconds
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"train_s": self.train_s}

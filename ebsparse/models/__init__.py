@@ -13,8 +13,10 @@ from torch import nn
 from .chirodiff import ChiroDiff, ChiroDiffConfig
 from .ddpm_unet import DDPMUNet, DDPMUNetConfig
 from .dit import DIT_SIZES, DiT, DiTConfig, dit_config
+from .inputs import check_images, example_inputs, image_shape
 
-__all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config", "MODEL_TYPES", "build_model"]
+__all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config",
+           "MODEL_TYPES", "build_model", "example_inputs", "image_shape", "check_images"]
 
 #: type name -> (config class, model class)
 MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {
@@ -33,4 +35,4 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     if kind not in MODEL_TYPES:
         raise ValueError(f"model.type={kind!r} is unknown; expected one of {sorted(MODEL_TYPES)}")
     config_cls, model_cls = MODEL_TYPES[kind]
-    return model_cls(config_cls.from_dict(fields))
+    return model_cls(config_cls.from_dict(fields, "model"))

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .config_fields import checked_fields
+from .._config import config_from_dict
 
 __all__ = ["ChiroDiffConfig", "ChiroDiff"]
 
@@ -48,8 +48,9 @@ class ChiroDiffConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ChiroDiffConfig":
-        return cls(**checked_fields(cls, d))
+    def from_dict(cls, d: Mapping[str, Any], key: str = "model") -> "ChiroDiffConfig":
+        """Read the config at ``key``; wrong keys or types raise naming ``key.field``."""
+        return config_from_dict(cls, d, key)
 
 
 class RandomFourierTime(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config_fields import checked_fields
+from .._config import config_from_dict
 
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
 
@@ -82,8 +82,9 @@ class DDPMUNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DDPMUNetConfig":
-        return cls(**checked_fields(cls, d))
+    def from_dict(cls, d: Mapping[str, Any], key: str = "model") -> "DDPMUNetConfig":
+        """Read the config at ``key``; wrong keys or types raise naming ``key.field``."""
+        return config_from_dict(cls, d, key)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:

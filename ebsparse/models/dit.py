@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config_fields import checked_fields
+from .._config import config_from_dict
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
@@ -72,11 +72,13 @@ class DiTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DiTConfig":
-        d = dict(d)
-        if "size" in d:
+    def from_dict(cls, d: Mapping[str, Any], key: str = "model") -> "DiTConfig":
+        """Read the config at ``key`` (``size`` picks a row of :data:`DIT_SIZES`); wrong keys or types
+        raise naming ``key.field``."""
+        if isinstance(d, Mapping) and "size" in d:
+            d = dict(d)
             d = {**dit_config(d.pop("size"), d.pop("patch_size", 2)).to_dict(), **d}
-        return cls(**checked_fields(cls, d, also=" or 'size'"))
+        return config_from_dict(cls, d, key, extra_keys=("size",))
 
 
 def dit_config(size: str, patch_size: int = 2, **overrides: Any) -> DiTConfig:

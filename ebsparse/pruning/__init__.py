@@ -22,11 +22,11 @@ _EXPORTS = {
     "Member": "graph", "ChannelGroup": "graph", "DependencyGroups": "graph", "build_groups": "graph",
     "ChannelMask": "masks", "hamming_distance": "masks", "kept_count": "masks", "select_channels": "masks",
     "magnitude_importance": "importance", "taylor_importance": "importance", "uniform_importance": "importance",
-    "epsilon_loss": "importance", "compute_importance": "importance",
+    "taylor_loss": "importance", "compute_importance": "importance",
     "check_mask": "shrinking", "shrink": "shrinking", "masked_dense": "shrinking",
     "Plan": "pipeline", "PruneResult": "pipeline", "plan": "pipeline", "prune": "pipeline",
     "save_pruned": "recipe", "load_pruned": "recipe", "load_recipe": "recipe", "input_spec": "recipe",
-    "make_inputs": "recipe",
+    "make_inputs": "recipe", "ExampleInputs": "inputs", "check_inputs": "inputs", "call_with": "inputs",
 }
 
 __all__ = list(_EXPORTS)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._config import config_from_dict
 from .errors import PruningError
 
 __all__ = ["IMPORTANCES", "PruningConfig"]
@@ -69,8 +70,6 @@ class PruningConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PruningConfig:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise PruningError(f"PruningConfig: unknown keys {unknown}; expected a subset of {sorted(cls.__dataclass_fields__)}")
-        return cls(**dict(d))
+    def from_dict(cls, d: Mapping[str, Any], key: str = "pruning") -> PruningConfig:
+        """Read a mapping (a recipe's ``pruning`` entry); wrong keys or types raise naming ``key.field``."""
+        return config_from_dict(cls, d, key, error=PruningError)

@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from .errors import PruningError
+from .inputs import ExampleInputs, check_inputs
 
 __all__ = ["SUPPORTED_LAYERS", "ChannelGroup", "DependencyGroups", "Member", "build_groups"]
 
@@ -176,7 +177,7 @@ class _Tracer:
                  for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
         was_training = model.training
         try:
-            inputs = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else example_inputs
+            inputs = check_inputs(example_inputs)  # torch-pruning calls model(**inputs) for a dict
             self.graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, unwrapped_parameters=unwrapped or None, verbose=False)
         except Exception as e:
@@ -287,12 +288,13 @@ def _param(model: nn.Module, name: str) -> Any:
         return None
 
 
-def build_groups(model: nn.Module, example_inputs: Sequence[Any] | Any, ignored_layers: Iterable[str] | None = None,
+def build_groups(model: nn.Module, example_inputs: ExampleInputs, ignored_layers: Iterable[str] | None = None,
                  root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> DependencyGroups:
     """Trace ``model(*example_inputs)`` once and return its channel groups in a stable order.
 
-    ``example_inputs``: a tuple of positional inputs (batch 1 and a small resolution suffice; meta
-    tensors work and cost nothing). ``ignored_layers``: module names whose output channels stay
+    ``example_inputs``: a tuple of positional inputs or a mapping of keyword inputs (diffusers'
+    ``{"sample": x, "timestep": t}``; see :mod:`.inputs`); batch 1 and a small resolution suffice,
+    meta tensors work and cost nothing. ``ignored_layers``: module names whose output channels stay
     whole; ``None`` (default) means the output layer, found as the last Conv/Linear the forward runs
     (``conv_out`` of the U-Nets, ``final_layer.linear`` / ``proj_out_2`` of the DiTs). Names the model
     lacks raise :class:`PruningError`. The model is left in the training mode it had.
@@ -300,6 +302,7 @@ def build_groups(model: nn.Module, example_inputs: Sequence[Any] | Any, ignored_
     if not isinstance(model, nn.Module):
         raise PruningError(f"build_groups(model): expected an nn.Module, got {type(model).__name__}")
     ignored = None if ignored_layers is None else list(ignored_layers)
+    example_inputs = check_inputs(example_inputs)
     tracer = _Tracer(model, example_inputs, ignored)
     groups, roots = tracer.groups(root_types)
     return DependencyGroups(groups, tracer, roots)

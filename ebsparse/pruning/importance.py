@@ -20,11 +20,13 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..diffusion.losses import epsilon_loss, sample_timesteps
+from ..diffusion.schedule import NoiseSchedule
 from .config import PruningConfig
 from .errors import PruningError
 from .graph import ChannelGroup, DependencyGroups, Member
 
-__all__ = ["compute_importance", "epsilon_loss", "magnitude_importance", "taylor_importance", "uniform_importance"]
+__all__ = ["compute_importance", "taylor_loss", "magnitude_importance", "taylor_importance", "uniform_importance"]
 
 _NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -115,32 +117,32 @@ def taylor_importance(model: nn.Module, groups: DependencyGroups, loss_fn: Calla
     return out
 
 
-def epsilon_loss(x0: torch.Tensor, alphas_cumprod: torch.Tensor, t_range: tuple[int, int],
-                 generator: torch.Generator | None = None,
-                 forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 seen_t: list | None = None) -> Callable[[nn.Module], torch.Tensor]:
-    """The DDPM epsilon loss at timesteps from ``t_range = (lo, hi)`` (inclusive) only, as a closure.
+def taylor_loss(x0: torch.Tensor, schedule: NoiseSchedule, t_range: tuple[int, int],
+                generator: torch.Generator | None = None,
+                forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                seen_t: list | None = None) -> Callable[[nn.Module], torch.Tensor]:
+    """The training objective (:func:`ebsparse.diffusion.losses.epsilon_loss`) at timesteps from
+    ``t_range = (lo, hi)`` (inclusive) only, as the ``loss_fn(model)`` closure Taylor importance needs.
 
-    ``t ~ randint(lo, hi + 1)`` with antithetic pairs ``lo + hi - t`` (the reference's sampling).
-    ``x0``: (B, C, H, W) clean images in [-1, 1]; ``alphas_cumprod``: (T,). ``forward(model, x_t, t)``
-    defaults to ``model(x_t, t)``. Every call draws fresh t and noise; drawn t are appended to
-    ``seen_t`` when given.
+    Timesteps are drawn exactly as the trainer draws them (:func:`~ebsparse.diffusion.losses.sample_timesteps`,
+    antithetic pairs ``lo + hi - t``), then the noise, from ``generator``; the loss is reduced as
+    ``schedule.config.loss_reduction`` says. ``x0``: (B, C, H, W) clean images in [-1, 1].
+    ``forward(model, x_t, t)`` defaults to ``model(x_t, t)``. Every call draws fresh t and noise;
+    drawn t are appended to ``seen_t`` when given.
     """
     lo, hi = int(t_range[0]), int(t_range[1])
-    if not 0 <= lo <= hi < alphas_cumprod.numel():
-        raise PruningError(f"t_range={t_range!r} must satisfy 0 <= lo <= hi < T={alphas_cumprod.numel()}")
+    if not 0 <= lo <= hi < schedule.num_timesteps:
+        raise PruningError(f"t_range={t_range!r} must satisfy 0 <= lo <= hi < T={schedule.num_timesteps}")
     fwd = forward or (lambda model, x, t: model(x, t))
+    antithetic = schedule.config.timestep_sampling == "antithetic"
 
     def loss_fn(model: nn.Module) -> torch.Tensor:
-        b = x0.shape[0]
-        half = torch.randint(lo, hi + 1, ((b + 1) // 2,), generator=generator)
-        t = torch.cat([half, lo + hi - half])[:b].to(x0.device)
+        t = sample_timesteps(x0.shape[0], schedule.num_timesteps, antithetic=antithetic, low=lo, high=hi,
+                             generator=generator).to(x0.device)
         if seen_t is not None:
             seen_t.extend(t.tolist())
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        a = alphas_cumprod.to(x0)[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return torch.mean((fwd(model, xt, t) - noise) ** 2)
+        return epsilon_loss(lambda x, tt: fwd(model, x, tt), schedule, x0, t, noise, schedule.config.loss_reduction)
 
     return loss_fn
 
@@ -150,7 +152,7 @@ def compute_importance(model: nn.Module, groups: DependencyGroups, config: Pruni
                        loss_fn: Callable[[nn.Module], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Scores by ``config.importance``, on the EMA weights when ``ema_state`` is given.
 
-    ``loss_fn`` is required for Taylor (see :func:`epsilon_loss`). ``model`` itself is not modified.
+    ``loss_fn`` is required for Taylor (see :func:`taylor_loss`). ``model`` itself is not modified.
     """
     if ema_state is not None:
         ema_model = copy.deepcopy(model)
@@ -164,5 +166,5 @@ def compute_importance(model: nn.Module, groups: DependencyGroups, config: Pruni
     if config.importance == "uniform":
         return uniform_importance(model, groups)
     if loss_fn is None:
-        raise PruningError("importance='taylor' needs loss_fn (e.g. pruning.epsilon_loss(x0, alphas_cumprod, t_range))")
+        raise PruningError("importance='taylor' needs loss_fn (e.g. pruning.taylor_loss(x0, schedule, t_range))")
     return taylor_importance(model, groups, loss_fn, config.taylor_batches)

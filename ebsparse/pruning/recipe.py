@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import PruningConfig
 from .errors import PruningError
+from .inputs import ExampleInputs, check_inputs
 from .masks import ChannelMask
 from .shrinking import shrink
 
@@ -49,33 +50,42 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
 
 
-def input_spec(example_inputs: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
-    """Shapes and dtypes of the example inputs (the recipe stores these, not tensors)."""
-    spec = []
-    for i, x in enumerate(example_inputs):
-        if not isinstance(x, torch.Tensor):
-            raise PruningError(f"example_inputs[{i}] must be a tensor, got {type(x).__name__}")
-        name = str(x.dtype).replace("torch.", "")
-        if name not in _DTYPES:
-            raise PruningError(f"example_inputs[{i}] has dtype {x.dtype}; expected one of {sorted(_DTYPES)}")
-        spec.append({"shape": list(x.shape), "dtype": name})
-    return spec
+def _tensor_spec(x: Any, where: str) -> dict[str, Any]:
+    if not isinstance(x, torch.Tensor):
+        raise PruningError(f"{where} must be a tensor, got {type(x).__name__}")
+    name = str(x.dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise PruningError(f"{where} has dtype {x.dtype}; expected one of {sorted(_DTYPES)}")
+    return {"shape": list(x.shape), "dtype": name}
 
 
-def make_inputs(spec: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-    """Deterministic inputs of the recorded shapes: N(0, 1) floats (seed 0), zero integers."""
+def input_spec(example_inputs: ExampleInputs) -> list[dict[str, Any]] | dict[str, dict[str, Any]]:
+    """Shapes and dtypes of the example inputs (the recipe stores these, not tensors): a list for
+    positional inputs, a mapping of argument names for keyword inputs."""
+    inputs = check_inputs(example_inputs)
+    if isinstance(inputs, dict):
+        return {k: _tensor_spec(x, f"example_inputs[{k!r}]") for k, x in inputs.items()}
+    return [_tensor_spec(x, f"example_inputs[{i}]") for i, x in enumerate(inputs)]
+
+
+def _make_tensor(s: Mapping[str, Any], device: str | torch.device, gen: torch.Generator) -> torch.Tensor:
+    dtype = _DTYPES[s["dtype"]]
+    shape = tuple(int(d) for d in s["shape"])
+    if torch.device(device).type == "meta":
+        return torch.zeros(shape, dtype=dtype, device="meta")
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def make_inputs(spec: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+    """Deterministic inputs of the recorded shapes: N(0, 1) floats (seed 0), zero integers; a dict
+    when the spec records keyword inputs."""
     gen = torch.Generator().manual_seed(0)
-    out = []
-    for s in spec:
-        dtype = _DTYPES[s["dtype"]]
-        shape = tuple(int(d) for d in s["shape"])
-        if torch.device(device).type == "meta":
-            out.append(torch.zeros(shape, dtype=dtype, device="meta"))
-        elif dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=gen).to(dtype=dtype, device=device))
-        else:
-            out.append(torch.zeros(shape, dtype=dtype, device=device))
-    return tuple(out)
+    if isinstance(spec, Mapping):
+        return {k: _make_tensor(s, device, gen) for k, s in spec.items()}
+    return tuple(_make_tensor(s, device, gen) for s in spec)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -109,7 +119,7 @@ sha256_file = _sha256
 
 
 def save_pruned(directory: str | os.PathLike, model: nn.Module, mask: ChannelMask, base: Mapping[str, Any],
-                example_inputs: Sequence[torch.Tensor], config: PruningConfig,
+                example_inputs: ExampleInputs, config: PruningConfig,
                 extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``recipe.json`` and ``model.safetensors`` into ``directory``; returns the recipe path.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from torch import nn
 from .errors import PruningError
 from .fixups import apply_fixups
 from .graph import ChannelGroup, DependencyGroups, build_groups
+from .inputs import ExampleInputs, call_with, check_inputs
 from .masks import ChannelMask
 
 __all__ = ["check_mask", "masked_dense", "shrink", "shrink_in_place"]
@@ -72,7 +72,7 @@ def shrink_in_place(model: nn.Module, groups: DependencyGroups, mask: ChannelMas
     return removed
 
 
-def _validate(model: nn.Module, example_inputs: Sequence[Any]) -> None:
+def _validate(model: nn.Module, example_inputs: ExampleInputs) -> None:
     for name, m in model.named_modules():
         if isinstance(m, nn.GroupNorm) and m.num_channels % m.num_groups:
             raise PruningError(f"after shrinking, GroupNorm {name!r} has {m.num_channels} channels, not divisible "
@@ -81,7 +81,7 @@ def _validate(model: nn.Module, example_inputs: Sequence[Any]) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            call_with(model, example_inputs)
     except Exception as e:
         raise PruningError(f"the shrunk {type(model).__name__} no longer runs ({type(e).__name__}: {e}); "
                            f"a coupling the tracer did not see - ignore the group's root layer") from e
@@ -89,15 +89,17 @@ def _validate(model: nn.Module, example_inputs: Sequence[Any]) -> None:
         model.train(was_training)
 
 
-def shrink(model: nn.Module, mask: ChannelMask, example_inputs: Sequence[Any],
+def shrink(model: nn.Module, mask: ChannelMask, example_inputs: ExampleInputs,
            ignored_layers: Sequence[str] | None = None, groups: DependencyGroups | None = None) -> nn.Module:
     """A new, physically smaller copy of ``model`` that keeps the channels ``mask`` keeps.
 
-    ``example_inputs``: positional inputs of one forward call (batch 1, small resolution is enough);
+    ``example_inputs``: inputs of one forward call, positional (tuple) or keyword (mapping; see
+    :mod:`.inputs`), batch 1 and a small resolution are enough;
     used to trace the copy and to check that it runs. ``ignored_layers`` must be the ones the mask's
     groups were built with. ``groups`` may pass groups already traced on a model that is not used
     again (it is then shrunk in place instead of copied). Raises :class:`PruningError`.
     """
+    example_inputs = check_inputs(example_inputs)
     work = model if groups is not None else copy.deepcopy(model)
     groups = groups or build_groups(work, example_inputs, ignored_layers)
     shrink_in_place(work, groups, mask)

@@ -2,7 +2,8 @@
 masks, drop/grow updates, their schedule, optimizer-state resets and FLOPs accounting.
 
 The core never imports :mod:`ebsparse.diffusion`; :mod:`ebsparse.s2s.trainer_plugin` adapts it to
-the training loop and :mod:`ebsparse.s2s.command` to ``ebsparse train``.
+the one training loop through its plugin hooks. The driver behind ``ebsparse train`` with a
+``sparsity:`` section is :mod:`ebsparse.drivers.sparse_train` (front layer).
 """
 
 from .config import DISTRIBUTIONS, LAYER_KINDS, METHODS, SparsityConfig

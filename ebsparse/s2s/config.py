@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .._config import config_from_dict
+
 __all__ = ["SparsityConfig", "METHODS", "DISTRIBUTIONS", "LAYER_KINDS", "DECAYS"]
 
 METHODS = ("static", "rigl", "magran")
@@ -22,20 +24,23 @@ DECAYS = ("constant", "cosine")
 class SparsityConfig:
     """Every knob of sparse-to-sparse training.
 
-    ``sparsity`` is the fraction of zeros over all sparsified weights (the paper's S).
+    ``density`` is the kept fraction over all sparsified weights, the name the whole library uses
+    (``ebsparse.nn``, ``sparsify``). The paper's tables state the sparsity S = 1 - density instead,
+    so a setting may be given as ``sparsity`` (``sparsity: 0.9`` in YAML, ``SparsityConfig(sparsity=0.9)``)
+    — one of the two, not both; the default is density 0.5. The summary table reports S, as the paper.
     ``distribution``: "erk" (ER for 2-D weights, ERK for convolutions, as the paper does), "er"
     (only the two channel dims, kernels ignored) or "uniform". ``update_every`` is ΔT_e and
     ``prune_fraction`` is p: 1100 / 0.05 are the paper's Latent-Diffusion exploration frequency and
     its recommended pruning rate (ChiroDiff used ΔT_e = 800). ``prune_fraction_decay="cosine"``
     decays p to 0 between ``begin_step`` and ``end_step`` (RigL); the paper keeps it constant.
     ``layers``: the kinds of weights to sparsify; ``exclude``: globs of parameter names left dense;
-    ``custom_sparsity``: glob -> sparsity for layers that keep their own level (left out of the ERK
-    budget). ``optimizer_safe`` declares an optimizer other than Adam/AdamW safe to use (its state is
+    ``custom_sparsity``: glob -> sparsity S for layers that keep their own level (left out of the ERK
+    budget; S as in the paper's per-layer settings). ``optimizer_safe`` declares an optimizer other than Adam/AdamW safe to use (its state is
     then not touched on mask updates). ``backend`` goes to the sparse modules (None = auto).
     """
 
     method: str = "static"
-    sparsity: float = 0.5
+    density: float | None = None
     distribution: str = "erk"
     erk_power_scale: float = 1.0
     update_every: int = 1100
@@ -50,8 +55,19 @@ class SparsityConfig:
     optimizer_safe: bool = False
     backend: str | None = None
     seed: int = 0
+    sparsity: dataclasses.InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sparsity: float | None) -> None:
+        if sparsity is not None:
+            if self.density is not None:
+                raise ValueError(f"sparsity: give density={self.density!r} or sparsity={sparsity!r} "
+                                 "(the paper's S = 1 - density), not both")
+            if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+                raise ValueError(f"sparsity.sparsity: expected a number in [0, 1) (the fraction of zeros), "
+                                 f"got {sparsity!r}")
+            self.density = round(1.0 - float(sparsity), 12)  # 1 - 0.9 is 0.09999999999999998 in binary
+        elif self.density is None:
+            self.density = 0.5
         self.layers = tuple(self.layers)
         self.exclude = tuple(self.exclude)
         self.custom_sparsity = dict(self.custom_sparsity)
@@ -63,9 +79,10 @@ class SparsityConfig:
 
         if self.method not in METHODS:
             raise bad("method", f"one of {METHODS}")
-        if not isinstance(self.sparsity, (int, float)) or isinstance(self.sparsity, bool) \
-                or not 0.0 <= self.sparsity < 1.0:
-            raise bad("sparsity", "a number in [0, 1) (the fraction of zeros)")
+        if not isinstance(self.density, (int, float)) or isinstance(self.density, bool) \
+                or not 0.0 < self.density <= 1.0:
+            raise bad("density", "a number in (0, 1] (the kept fraction)")
+        self.density = float(self.density)
         if self.distribution not in DISTRIBUTIONS:
             raise bad("distribution", f"one of {DISTRIBUTIONS}")
         if not isinstance(self.erk_power_scale, (int, float)) or self.erk_power_scale < 0:
@@ -94,28 +111,24 @@ class SparsityConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SparsityConfig":
-        """Parse the YAML ``sparsity:`` section (a mapping); rejects unknown keys."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"sparsity: expected a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"sparsity: unknown keys {unknown}; expected a subset of {sorted(names)}")
-        d = dict(d)
-        for key in ("layers", "exclude"):
-            if isinstance(d.get(key), str):
-                d[key] = (d[key],)
-        if isinstance(d.get("sparsity"), int) and not isinstance(d.get("sparsity"), bool):
-            d["sparsity"] = float(d["sparsity"])
-        for key in ("prune_fraction", "erk_power_scale"):
-            if isinstance(d.get(key), int) and not isinstance(d.get(key), bool):
-                d[key] = float(d[key])
-        return cls(**d)
+        """Parse the YAML ``sparsity:`` section (a mapping; ``density`` or the paper's ``sparsity``);
+        rejects unknown keys and wrong types."""
+        if isinstance(d, Mapping):
+            d = dict(d)
+            for key in ("layers", "exclude"):
+                if isinstance(d.get(key), str):
+                    d[key] = (d[key],)
+        return config_from_dict(cls, d, "sparsity")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["layers"], out["exclude"] = list(self.layers), list(self.exclude)
         return out
+
+    @property
+    def target_sparsity(self) -> float:
+        """The paper's S = 1 - density."""
+        return round(1.0 - self.density, 12)
 
     def replace(self, **changes: Any) -> "SparsityConfig":
         return dataclasses.replace(self, **changes)

@@ -91,7 +91,7 @@ class Sparsifier:
                 if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.module_name, pattern):
                     custom[c.name] = s
                     break
-        self.densities = layer_densities({c.name: c.shape for c in candidates}, cfg.sparsity, cfg.distribution,
+        self.densities = layer_densities({c.name: c.shape for c in candidates}, cfg.target_sparsity, cfg.distribution,
                                          cfg.erk_power_scale, custom)
         # A weight the distribution makes dense stays a plain module: nothing to mask or update, and the
         # dense module is the fastest way to run it (the sparse op's dense fallback adds overhead).

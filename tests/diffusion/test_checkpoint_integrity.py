@@ -127,19 +127,17 @@ def test_sample_refuses_a_corrupted_checkpoint(tiny_digits_config, tmp_path, cap
 
 
 def test_an_eb_stage_resumes_from_the_kept_checkpoint(tiny_digits_config, tmp_path):
-    from ebsparse.earlybird.pipeline import train_loop
-    from ebsparse.earlybird.plugin import StageClock
+    from ebsparse.drivers.stages import with_steps
 
     cfg = tiny_digits_config
     cfg.training.ckpt_every = 2
-    trainer = Trainer(cfg, tmp_path)
-    train_loop(trainer, 4, StageClock(), "stage", progress=False)  # checkpoints at steps 2 and 4
+    Trainer(with_steps(cfg, 4), tmp_path).fit(resume="auto", progress=False)  # checkpoints at steps 2 and 4
     latest = tmp_path / "checkpoint.safetensors"
     _flip(latest, _data_start(latest) + 1000)
-    again = Trainer(cfg, tmp_path)
+    again = Trainer(with_steps(cfg, 2), tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_loop(again, 2, StageClock(), "stage", progress=False)  # nothing left to train once resumed
+        again.fit(resume="auto", progress=False)  # nothing left to train once resumed
     assert again.step == 2 and any("resuming from" in str(w.message) for w in caught)
 
 

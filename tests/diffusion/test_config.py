@@ -60,3 +60,55 @@ def test_algorithm_sections_are_kept_verbatim_and_round_trip(digits_config_path)
     raw["earlybird"] = [1, 2]
     with pytest.raises(ValueError, match="earlybird"):
         ExperimentConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize("override, message", [
+    # wrong types: the full dotted key and what was expected
+    ("training.lr=fast", "training.lr: expected a number, got 'fast'"),
+    ("training.steps=ten", "training.steps: expected an integer, got 'ten'"),
+    ("training.betas=[0.9]", "training.betas: expected a list of 2 numbers, got [0.9]"),
+    ("model.ch_mult=2", "model.ch_mult: expected a list of integers, got 2"),
+    ("model.dropout=lots", "model.dropout: expected a number, got 'lots'"),
+    ("diffusion.num_timesteps=1.5", "diffusion.num_timesteps: expected an integer, got 1.5"),
+    ("data.random_flip=sometimes", "data.random_flip: expected true or false, got 'sometimes'"),
+    ("sampling.timesteps=[10]", "sampling.timesteps: expected an integer, got [10]"),
+    # model and data that cannot work together, caught when the config is read
+    ("data.image_size=15", "data.image_size=15 must be divisible by 2"),
+    ("data.channels=3", "data.channels=3 does not match model.in_channels=1"),
+])
+def test_type_and_compatibility_errors_name_the_key(digits_config_path, override, message):
+    with pytest.raises(ValueError) as info:
+        load_config(digits_config_path, [override])
+    assert message in str(info.value)
+
+
+def test_numbers_yaml_reads_as_strings_are_still_numbers(digits_config_path):
+    assert load_config(digits_config_path, ["training.lr='2e-4'"]).training.lr == 2e-4
+
+
+def test_one_rule_for_every_config_dataclass():
+    """Every config dataclass reads through the same helper: the same wording of unknown keys and
+    wrong types, under its own section key."""
+    from ebsparse.data import DataConfig
+    from ebsparse.diffusion.schedule import DiffusionConfig
+    from ebsparse.earlybird.config import EarlyBirdConfig
+    from ebsparse.models import DDPMUNetConfig, DiTConfig
+    from ebsparse.pruning import PruningConfig, PruningError
+    from ebsparse.s2s import SparsityConfig
+
+    readers = {"data": DataConfig.from_dict, "diffusion": DiffusionConfig.from_dict,
+               "earlybird": EarlyBirdConfig.from_dict, "model": DDPMUNetConfig.from_dict,
+               "pruning": PruningConfig.from_dict, "sparsity": SparsityConfig.from_dict}
+    for key, read in readers.items():
+        with pytest.raises(ValueError, match=rf"^{key}: unknown keys \['typo'\]; expected a subset of"):
+            read({"typo": 1})
+        with pytest.raises(ValueError, match=rf"^{key}: expected a mapping, got list"):
+            read([1])
+    with pytest.raises(ValueError, match=r"^model: unknown keys \['typo'\]; expected a subset of \[.*'size'"):
+        DiTConfig.from_dict({"typo": 1})
+    with pytest.raises(PruningError, match=r"^pruning.pruning_ratio: expected a number, got 'half'"):
+        PruningConfig.from_dict({"pruning_ratio": "half"})
+    with pytest.raises(ValueError, match=r"^earlybird.eta: expected a number, got 'fast'"):
+        EarlyBirdConfig.from_dict({"eta": "fast"})
+    with pytest.raises(ValueError, match=r"^sparsity.update_every: expected an integer, got 'often'"):
+        SparsityConfig.from_dict({"update_every": "often"})

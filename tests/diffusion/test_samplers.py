@@ -88,7 +88,8 @@ def test_class_conditional_dit_samples_through_the_same_path():
 
     spec = {"type": "dit", "input_size": 8, "patch_size": 4, "in_channels": 1, "hidden_size": 32, "depth": 1,
             "num_heads": 2, "num_classes": 3}
-    cfg = ExperimentConfig.from_dict({"model": spec, "sampling": {"timesteps": 3, "num_samples": 2}})
+    cfg = ExperimentConfig.from_dict({"model": spec, "data": {"image_size": 8},
+                                      "sampling": {"timesteps": 3, "num_samples": 2}})
     torch.manual_seed(0)
     model = build_model(spec).eval()
     a = sample_images(model, cfg, 5, seed=1, batch_size=2)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ebsparse.diffusion.checkpoint import load_checkpoint
-from ebsparse.diffusion.trainer import BatchOrder, Trainer, model_from_checkpoint
+from ebsparse.diffusion.trainer import BatchOrder, Trainer
+from ebsparse.drivers.checkpoints import model_from_checkpoint
 
 
 class Crash(RuntimeError):
@@ -135,3 +136,76 @@ def test_timestep_range_restricts_training_timesteps(tiny_digits_config, tmp_pat
     assert int(t.min()) >= 240 and int(t.max()) <= 460
     with pytest.raises(ValueError, match="timestep_range"):
         Trainer(tiny_digits_config, tmp_path / "bad", timestep_range=(500, 1000))
+
+
+class _StopAt:
+    """A plugin that ends the run once ``trainer.step`` reaches ``at`` (Early-Bird stops once its
+    tickets are found); it counts how often it was asked."""
+
+    name = "stop"
+
+    def __init__(self, at):
+        self.at, self.asked = at, []
+
+    def __getattr__(self, hook):  # every other hook: the TrainerPlugin defaults
+        from ebsparse.diffusion.plugins import TrainerPlugin
+
+        return getattr(TrainerPlugin(), hook)
+
+    def should_stop(self, trainer):
+        self.asked.append(trainer.step)
+        return trainer.step >= self.at
+
+
+def test_a_plugin_can_end_fit_early_and_a_resumed_run_stays_stopped(tiny_digits_config, tmp_path):
+    stop = _StopAt(4)
+    trainer = Trainer(tiny_digits_config, tmp_path / "run", plugins=[stop])
+    trainer.fit(progress=False)
+    assert trainer.step == 4 and stop.asked == [1, 2, 3, 4]
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 4  # the stop writes a checkpoint
+    again = _StopAt(4)
+    resumed = Trainer(tiny_digits_config, tmp_path / "run", plugins=[again])
+    resumed.fit(resume=True, progress=False)
+    assert resumed.step == 4 and again.asked == [4]  # asked once at the start, no step taken
+
+
+def test_resume_auto_starts_fresh_or_continues(tiny_digits_config, tmp_path):
+    """The stages of a pipeline run ``fit(resume="auto")``: a stage directory is resumed when it holds
+    a checkpoint, started otherwise, and the result is the uninterrupted run's."""
+    whole = Trainer(tiny_digits_config, tmp_path / "whole")
+    whole.fit(progress=False)
+
+    def crash(trainer, stats):
+        if trainer.step == 4:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        Trainer(tiny_digits_config, tmp_path / "stage").fit(resume="auto", progress=False, callback=crash)
+    Trainer(tiny_digits_config, tmp_path / "stage").fit(resume="auto", progress=False)
+    a, b = _all_tensors(tmp_path / "whole")[0], _all_tensors(tmp_path / "stage")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="resume='maybe'"):
+        Trainer(tiny_digits_config, tmp_path / "x").fit(resume="maybe", progress=False)
+
+
+def test_step_seconds_leave_out_the_after_step_hooks(tiny_digits_config, tmp_path):
+    import time
+
+    from ebsparse.earlybird.plugin import StageClock
+
+    class Slow:
+        name = "slow"
+
+        def __getattr__(self, hook):
+            from ebsparse.diffusion.plugins import TrainerPlugin
+
+            return getattr(TrainerPlugin(), hook)
+
+        def after_step(self, trainer, stats):
+            time.sleep(0.2)
+
+    clock = StageClock()
+    trainer = Trainer(tiny_digits_config, tmp_path / "run", plugins=[Slow(), clock])
+    t0 = time.perf_counter()
+    trainer.fit(progress=False)
+    assert 0 < clock.train_s < time.perf_counter() - t0 - 6 * 0.2

@@ -11,7 +11,7 @@ def run_rank(rank, world, init_file, run_dir, config_path, overrides):
     import torch.distributed as dist
 
     from ebsparse.diffusion.config import load_config
-    from ebsparse.earlybird.pipeline import EBRun
+    from ebsparse.drivers.eb_pipeline import EBRun
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

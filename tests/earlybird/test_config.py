@@ -36,7 +36,7 @@ def test_bad_values_name_the_key(d, match):
 def test_config_file_section_reaches_the_pipeline(tmp_path):
     from tests.earlybird.conftest import tiny_config
 
-    from ebsparse.earlybird.pipeline import EBRun
+    from ebsparse.drivers.eb_pipeline import EBRun
 
     run = EBRun(tiny_config("earlybird.eta=0.05", "earlybird.regions=celeba-2"), tmp_path, ta_eb=True)
     assert run.eb.eta == 0.05 and len(run.eb.regions) == 2

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ebsparse.diffusion.trainer import Trainer
-from ebsparse.earlybird.pipeline import EBRun
+from ebsparse.drivers.eb_pipeline import EBRun
 from ebsparse.earlybird.plugin import TicketPlugin, TicketSpec
 from ebsparse.pruning import PruningConfig, plan
-from ebsparse.pruning.command import example_inputs
+from ebsparse.models import example_inputs
 from tests.earlybird.conftest import tiny_config
 
 SMALL_RUN = ["training.steps=10", "earlybird.pseudo_epoch_steps=2", "earlybird.queue_length=3",

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from ebsparse.earlybird.config import EarlyBirdConfig
-from ebsparse.earlybird.report import _notes, format_table
+from ebsparse.drivers.eb_report import _notes, format_table
 
 
 def _row(time_s, found=True, **kw):

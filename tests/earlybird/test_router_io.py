@@ -14,7 +14,7 @@ from ebsparse.pruning import PruningConfig, prune
 
 @pytest.fixture
 def region_models():
-    from ebsparse.pruning.command import example_inputs
+    from ebsparse.models import example_inputs
 
     spec = {"type": "ddpm_unet", "in_channels": 1, "out_channels": 1, "resolution": 8, "ch": 16, "ch_mult": [1, 2],
             "num_groups": 4, "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}

@@ -49,3 +49,17 @@ def test_prune_command_rejects_bad_ratio(ratio, tmp_path, capsys):
     rc = main(["prune", "--config", "configs/digits.yaml", "--ratio", ratio, "--out", str(tmp_path / "x")])
     assert rc == 2 and "pruning_ratio must be a number in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_prune_command_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
+    from ebsparse.diffusion.checkpoint import save_checkpoint
+    from ebsparse.diffusion.config import load_config
+
+    cfg = load_config("configs/digits.yaml", ["model.ch=16"])
+    model = build_model(cfg.model)
+    tensors = {f"{part}/{k}": v for part in ("model", "ema") for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", tensors, {"step": 0, "config": cfg.to_dict()})
+    rc = main(["prune", "--config", "configs/digits.yaml", "--checkpoint", str(tmp_path / "run"), "--ratio", "0.5",
+               "--out", str(tmp_path / "x")])
+    assert rc == 2 and "does not match the model of configs/digits.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

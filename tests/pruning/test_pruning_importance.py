@@ -4,14 +4,16 @@ import pytest
 import torch
 from torch import nn
 
+from ebsparse.diffusion.losses import epsilon_loss, sample_timesteps
+from ebsparse.diffusion.schedule import NoiseSchedule
 from ebsparse.pruning import (
     PruningConfig,
     PruningError,
     build_groups,
     compute_importance,
-    epsilon_loss,
     magnitude_importance,
     taylor_importance,
+    taylor_loss,
 )
 
 
@@ -56,15 +58,15 @@ def test_ema_weights_are_scored(tiny_unet, unet_inputs):
 def test_taylor_uses_only_the_given_timesteps(tiny_unet, unet_inputs):
     groups = build_groups(tiny_unet, unet_inputs)
     x0 = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    schedule = NoiseSchedule()
     seen_low, seen_high = [], []
-    low = taylor_importance(tiny_unet, groups, epsilon_loss(x0, abar, (0, 260), torch.Generator().manual_seed(0),
-                                                            seen_t=seen_low), batches=2)
-    high = taylor_importance(tiny_unet, groups, epsilon_loss(x0, abar, (440, 999), torch.Generator().manual_seed(0),
-                                                             seen_t=seen_high), batches=2)
+    low = taylor_importance(tiny_unet, groups, taylor_loss(x0, schedule, (0, 260), torch.Generator().manual_seed(0),
+                                                           seen_t=seen_low), batches=2)
+    high = taylor_importance(tiny_unet, groups, taylor_loss(x0, schedule, (440, 999), torch.Generator().manual_seed(0),
+                                                            seen_t=seen_high), batches=2)
     assert len(seen_low) == 8 and all(0 <= t <= 260 for t in seen_low)
     assert all(440 <= t <= 999 for t in seen_high)
-    assert seen_low[2:4] == [260 - seen_low[0], 260 - seen_low[1]]  # antithetic pairs lo + hi - t
+    assert seen_low[3] == 260 - seen_low[0]  # antithetic: n//2 + 1 draws t, then lo + hi - t
     key = "down.0.block.0.conv1"
     assert low[key].shape == (tiny_unet.config.ch,) and torch.isfinite(low[key]).all()
     assert not torch.allclose(low[key], high[key])
@@ -76,4 +78,18 @@ def test_taylor_needs_a_loss(tiny_unet, unet_inputs):
     with pytest.raises(PruningError, match="loss_fn"):
         compute_importance(tiny_unet, groups, PruningConfig(importance="taylor"))
     with pytest.raises(PruningError, match="t_range"):
-        epsilon_loss(torch.zeros(1, 3, 4, 4), torch.ones(1000), (10, 1000))
+        taylor_loss(torch.zeros(1, 3, 4, 4), NoiseSchedule(), (10, 1000))
+
+
+def test_taylor_loss_is_the_training_loss_with_the_trainers_timesteps(tiny_unet):
+    """Pruning scores differentiate the very objective the trainer minimises: the same timestep draw
+    (the reference's antithetic convention) and noise from the same generator state, the same loss."""
+    x0 = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    schedule = NoiseSchedule()
+    seen = []
+    got = taylor_loss(x0, schedule, (100, 400), torch.Generator().manual_seed(7), seen_t=seen)(tiny_unet)
+    g = torch.Generator().manual_seed(7)
+    t = sample_timesteps(4, 1000, antithetic=True, low=100, high=400, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    assert seen == t.tolist() and seen[3] == 500 - seen[0]
+    torch.testing.assert_close(got, epsilon_loss(tiny_unet, schedule, x0, t, noise, "sum"))

@@ -65,13 +65,18 @@ def test_schedule_steps_and_cosine():
 
 def test_config_defaults_and_errors():
     cfg = SparsityConfig.from_dict({"method": "rigl", "sparsity": 0.9})
+    assert cfg.density == 0.1 and cfg.target_sparsity == 0.9  # the paper's S, stored as the library's density
+    assert SparsityConfig(sparsity=0.75) == SparsityConfig(density=0.25) == SparsityConfig.from_dict({"density": 0.25})
+    assert SparsityConfig().density == 0.5
     assert (cfg.update_every, cfg.prune_fraction, cfg.distribution) == (1100, 0.05, "erk")
     assert cfg.layers == ("conv", "linear", "rnn")
     assert SparsityConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown keys \['drop_fraction'\]"):
         SparsityConfig.from_dict({"method": "rigl", "drop_fraction": 0.3})
     bad = [({"method": "set"}, "sparsity.method"), ({"sparsity": 1.0}, "sparsity.sparsity"),
-           ({"density": 0.1}, "unknown keys"), ({"distribution": "erdos"}, "sparsity.distribution"),
+           ({"density": 0.1, "sparsity": 0.9}, "not both"), ({"density": 0.0}, "sparsity.density"),
+           ({"sparsity": "high"}, "sparsity.sparsity: expected a number"),
+           ({"distribution": "erdos"}, "sparsity.distribution"),
            ({"update_every": 0}, "sparsity.update_every"), ({"prune_fraction": 1.5}, "sparsity.prune_fraction"),
            ({"layers": ["attention"]}, "sparsity.layers"), ({"end_step": 0}, "sparsity.end_step"),
            ({"custom_sparsity": {"fc*": 2}}, "custom_sparsity")]

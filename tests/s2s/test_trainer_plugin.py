@@ -11,7 +11,7 @@ from ebsparse.diffusion.checkpoint import load_checkpoint
 from ebsparse.diffusion.config import load_config
 from ebsparse.diffusion.trainer import Trainer
 from ebsparse.s2s import SparsityConfig
-from ebsparse.s2s.command import summary_row, summary_table
+from ebsparse.drivers.sparse_train import summary_row, summary_table
 from ebsparse.s2s.trainer_plugin import SparsityPlugin
 
 DIGITS = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
@@ -86,7 +86,7 @@ def test_summary_row_reports_paper_columns(tmp_path):
 
 def test_model_from_checkpoint_and_sample_cli(tmp_path):
     from ebsparse.cli import main
-    from ebsparse.s2s.command import model_from_checkpoint
+    from ebsparse.drivers.checkpoints import model_from_checkpoint
 
     trainer, plugin = _trainer(tiny_config(4), tmp_path)
     trainer.fit(progress=False)

@@ -1,18 +1,19 @@
 """``ebsparse prune``: prune a trained (or freshly built) model and write it as recipe + weights.
 
-This is front-end glue (it reads experiment configs, checkpoints and datasets, and counts with
-:mod:`ebsparse.metrics.counting`), so all heavy imports happen inside :func:`run`. Importing this
-module registers the subcommand with :mod:`ebsparse.cli`.
+Front-end glue: it reads experiment configs, checkpoints and datasets, and counts with
+:mod:`ebsparse.metrics.counting`; the pruning itself is :func:`ebsparse.pruning.prune`.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["configure", "example_inputs", "run", "summary_table"]
+__all__ = ["NAME", "HELP", "configure", "run", "summary_table"]
+
+NAME = "prune"
+HELP = "channel-prune a model (dependency-aware) and save it as recipe + safetensors"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -31,24 +32,6 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="leave groups the pruner cannot shrink whole instead of failing")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config>-pruned-<ratio>)")
     p.add_argument("--seed", type=int, default=0)
-
-
-def example_inputs(model_spec: Mapping[str, Any], device: str = "cpu", resolution: int | None = None):
-    """Batch-1 inputs of one forward call for a model type of :mod:`ebsparse.models`."""
-    import torch
-
-    kind = model_spec.get("type")
-    if kind == "ddpm_unet":
-        r = resolution or int(model_spec.get("resolution", 32))
-        c = int(model_spec.get("in_channels", 3))
-        return (torch.zeros(1, c, r, r, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    if kind == "dit":
-        from ..models import DiTConfig
-
-        cfg = DiTConfig.from_dict({k: v for k, v in model_spec.items() if k != "type"})
-        return (torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device=device),
-                torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    raise ValueError(f"ebsparse prune: model.type={kind!r} has no example inputs; expected 'ddpm_unet' or 'dit'")
 
 
 def _fmt(n: float, unit: str) -> str:
@@ -87,30 +70,29 @@ def summary_table(before, after, inputs_meta) -> tuple[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..diffusion.checkpoint import load_checkpoint
     from ..diffusion.config import load_config
-    from ..models import build_model
-    from .config import PruningConfig
-    from .pipeline import prune
-    from .recipe import save_pruned
+    from ..models import build_model, example_inputs
+    from ..pruning.config import PruningConfig
+    from ..pruning.pipeline import prune
+    from ..pruning.recipe import save_pruned
 
     torch.manual_seed(args.seed)
     cfg = load_config(args.config)
     spec = dict(cfg.model)
-    model = build_model(spec)
     source = "fresh weights"
     if args.checkpoint:
-        path = Path(args.checkpoint)
-        path = path / "checkpoint.safetensors" if path.is_dir() else path
-        tensors, _ = load_checkpoint(path)
-        prefix = "model/" if args.no_ema or not any(k.startswith("ema/") for k in tensors) else "ema/"
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {path} does not match the model of {args.config}: {e}") from e
+        from ..drivers.checkpoints import model_from_checkpoint
+
         # The pruned model carries the weights it was scored on (the reference scores the EMA).
-        source = f"{path} ({prefix[:-1]} weights)"
+        model, trained, _ = model_from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+        if trained.model != spec:
+            raise ValueError(f"checkpoint {args.checkpoint} does not match the model of {args.config}: it was "
+                             f"trained with model {trained.model}")
+        if "sparsity" in trained.algorithms:
+            raise ValueError(f"checkpoint {args.checkpoint} is a sparse-to-sparse run; channel pruning needs a dense model")
+        source = f"{args.checkpoint} ({'model' if args.no_ema else 'ema'} weights)"
+    else:
+        model = build_model(spec)
     model.eval()
     config = PruningConfig(pruning_ratio=args.ratio, importance=args.importance, round_to=args.round_to,
                            on_unsupported="skip" if args.skip_unsupported else "error",
@@ -138,7 +120,7 @@ def _taylor_loss(cfg, spec, config, args):
 
     from ..data import build_dataset
     from ..diffusion.schedule import NoiseSchedule
-    from .importance import epsilon_loss
+    from ..pruning.importance import taylor_loss
 
     if spec.get("type") != "ddpm_unet":
         raise ValueError("ebsparse prune --importance taylor supports model.type 'ddpm_unet' (x, t) only")
@@ -147,15 +129,4 @@ def _taylor_loss(cfg, spec, config, args):
     images = getattr(dataset, "images", None)
     x0 = images[:n] if isinstance(images, torch.Tensor) else torch.stack([dataset[i][0] for i in range(n)])
     gen = torch.Generator().manual_seed(args.seed)
-    return epsilon_loss(x0.float(), NoiseSchedule(cfg.diffusion).alphas_cumprod.float(), config.taylor_t_range, gen)
-
-
-def _register() -> None:
-    from ..cli import COMMANDS, register
-
-    if "prune" not in COMMANDS:
-        register("prune", "channel-prune a model (dependency-aware) and save it as recipe + safetensors",
-                 configure, run)
-
-
-_register()
+    return taylor_loss(x0.float(), NoiseSchedule(cfg.diffusion), config.taylor_t_range, gen)

@@ -1,4 +1,6 @@
-"""EB-Diff-Train end to end (front layer: wires tickets, pruning and regions to the Trainer).
+"""EB-Diff-Train end to end: the long-running driver of ``ebsparse eb-train`` (front layer). It wires
+the Early-Bird tickets, pruning and timestep regions to the one training loop (``Trainer.fit``)
+through trainer plugins.
 
 Stages, each finished by a marker ``stages/<name>.json`` in the run directory, each resumable from
 its own checkpoint (``<stage>/checkpoint.safetensors``):
@@ -20,9 +22,7 @@ separately and charged to EB and TA-EB (not to the dense baseline, which does no
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,65 +31,47 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diffusion.checkpoint import atomic_write_bytes, load_checkpoint
+from ..diffusion.checkpoint import atomic_write_bytes
 from ..diffusion.config import ExperimentConfig
+from ..diffusion.plugins import TrainerPlugin
 from ..diffusion.trainer import CHECKPOINT_NAME, Trainer
-from ..models import build_model
-from ..pruning.command import example_inputs
+from ..earlybird.config import EarlyBirdConfig
+from ..earlybird.heatmap import save_distance_heatmap
+from ..earlybird.plugin import StageClock, TicketPlugin, TicketSpec
+from ..earlybird.router import TimestepRouter, load_router, save_router
+from ..models import build_model, example_inputs
 from ..pruning.config import PruningConfig
-from ..pruning.importance import epsilon_loss
+from ..pruning.importance import taylor_loss
 from ..pruning.masks import ChannelMask
 from ..pruning.recipe import load_pruned, load_recipe, save_pruned
 from ..pruning.shrinking import shrink
-from .config import EarlyBirdConfig
-from .heatmap import save_distance_heatmap
-from .plugin import StageClock, TicketPlugin, TicketSpec
-from .router import TimestepRouter, load_router, save_router
+from .checkpoints import model_from_checkpoint
+from .stages import with_steps
 
-__all__ = ["EBRun", "train_loop", "with_steps"]
+__all__ = ["EBRun"]
 
 
-def with_steps(config: ExperimentConfig, steps: int, seed_offset: int = 0, warmup: int | None = None
-               ) -> ExperimentConfig:
-    """A copy of ``config`` whose training runs ``steps`` steps (checkpoints are written by the loop)."""
-    tc = dataclasses.replace(config.training, steps=max(int(steps), 1), sample_every=0,
-                             seed=config.training.seed + seed_offset,
-                             warmup=config.training.warmup if warmup is None else warmup)
-    return dataclasses.replace(config, training=tc)
+class _SaveTickets(TrainerPlugin):
+    """Writes every ticket as soon as it is resolved (the EMA weights of that very step), and ends the
+    dense run once all are resolved unless ``run_on`` (a baseline needs the full dense model)."""
 
+    name = "ticket_writer"
 
-def train_loop(trainer: Trainer, steps: int, clock: StageClock, desc: str, progress: bool = True,
-               save_every: int = 0, after_step: Callable[[Trainer], bool] | None = None) -> None:
-    """Train to ``steps`` (resuming from the stage checkpoint if there is one), timing only the steps.
+    def __init__(self, tickets: TicketPlugin, save: Callable[[str, Trainer], dict[str, Any]], run_on: bool):
+        self.tickets, self.save, self.run_on = tickets, save, run_on
+        self.saved: dict[str, dict[str, Any]] = {}
 
-    ``after_step(trainer) -> stop`` runs after every step. A checkpoint is written every
-    ``save_every`` steps (0: ``training.ckpt_every``) and at the end.
-    """
-    from tqdm.auto import tqdm
+    def after_step(self, trainer, stats: dict[str, float]) -> None:
+        self.write_pending(trainer)
 
-    if trainer.has_checkpoint():
-        trainer.load()  # the latest, or an earlier kept one when the latest is corrupted
-    trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    every = save_every or trainer.config.training.ckpt_every
-    tracking = [p for p in trainer.plugins if isinstance(p, TicketPlugin)]
-    bar = tqdm(total=steps, initial=trainer.step, desc=desc, disable=not progress, dynamic_ncols=True, leave=True)
-    stop = after_step(trainer) if (after_step and trainer.step) else False
-    try:
-        while trainer.step < steps and not stop:
-            before = sum(p.tracking_s for p in tracking)
-            t0 = time.perf_counter()
-            stats = trainer.train_step()
-            clock.train_s += time.perf_counter() - t0 - (sum(p.tracking_s for p in tracking) - before)
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"{desc}: loss became {stats['loss']} at step {trainer.step}; lower training.lr")
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
-            stop = after_step(trainer) if after_step else False
-            if (every and trainer.step % every == 0) or trainer.step == steps or stop:
-                trainer.save()
-    finally:
-        bar.close()
-    trainer.save()
+    def write_pending(self, trainer) -> None:
+        for name in self.tickets.pending:
+            self.saved[name] = self.save(name, trainer)
+        self.tickets.pending.clear()
+
+    def should_stop(self, trainer) -> bool:
+        self.write_pending(trainer)
+        return not self.run_on and self.tickets.all_resolved()
 
 
 def _say(text: str) -> None:
@@ -167,7 +149,7 @@ class EBRun:
         if self.ta_eb:
             if distributed:
                 if self.marker("ta_eb") is None:
-                    from .distributed import train_regions_distributed
+                    from .eb_distributed import train_regions_distributed
 
                     result = train_regions_distributed(self, search)
                     if rank == 0:
@@ -181,7 +163,7 @@ class EBRun:
         if "train_prune_finetune" in self.eb.baselines:
             self._stage("train_prune_finetune", lambda: self.train_prune_finetune(search))
         results = {m: self._stage(f"eval_{m}", lambda m=m: self.evaluate(m)) for m in self.methods()}
-        from .report import write_report
+        from .eb_report import write_report
 
         return write_report(self, search, results)
 
@@ -208,9 +190,9 @@ class EBRun:
         n = min(self.eb.taylor_batch_size, len(ds))
         images = getattr(ds, "images", None)
         x0 = (images[:n] if isinstance(images, torch.Tensor) else torch.stack([ds[i][0] for i in range(n)])).float()
-        alphas = NoiseSchedule(self.config.diffusion).alphas_cumprod.float()
+        schedule = NoiseSchedule(self.config.diffusion)
         seed = self.config.training.seed
-        return lambda step: epsilon_loss(x0, alphas, (lo, hi), torch.Generator().manual_seed(seed * 7919 + step))
+        return lambda step: taylor_loss(x0, schedule, (lo, hi), torch.Generator().manual_seed(seed * 7919 + step))
 
     def pseudo_epoch_steps(self) -> int:
         from ..data import build_dataset
@@ -227,21 +209,16 @@ class EBRun:
         every = self.pseudo_epoch_steps()
         plugin = TicketPlugin(self.ticket_specs(), self.inputs, every, eb.eta, eb.queue_length, give_up_step=give_up)
         clock = StageClock()
-        trainer = Trainer(with_steps(self.config, steps), self.run_dir / "dense", plugins=[plugin, clock])
-        tickets: dict[str, dict[str, Any]] = {}
-
-        def snapshot(tr: Trainer) -> bool:
-            for name in plugin.pending:
-                tickets[name] = self._save_ticket(name, plugin, tr, clock)
-            plugin.pending.clear()
-            return not needs_dense and plugin.all_resolved()
-
+        writer = _SaveTickets(plugin, lambda name, tr: self._save_ticket(name, plugin, tr, clock), run_on=needs_dense)
+        trainer = Trainer(with_steps(self.config, steps, ckpt_every=every), self.run_dir / "dense",
+                          plugins=[clock, plugin, writer])
+        tickets = writer.saved
         self.log(f"[search] dense training with ticket tracking: mask every {every} steps, eta {eb.eta}, "
                  f"FIFO of {eb.queue_length}; tickets {[s.name for s in plugin.specs.values()]}")
-        train_loop(trainer, steps, clock, "dense + ticket search", self.progress, save_every=every, after_step=snapshot)
+        trainer.fit(resume="auto", progress=self.progress, desc="dense + ticket search")
         if not plugin.all_resolved():  # the run ended between two pseudo-epochs
             plugin.record(trainer, give_up=True)
-            snapshot(trainer)
+            writer.write_pending(trainer)
             trainer.save()
         for name in plugin.trackers:  # on resume, earlier tickets were written by the first process
             tickets.setdefault(name, json.loads((self.run_dir / "tickets" / name / "ticket.json").read_text()))
@@ -300,7 +277,7 @@ class EBRun:
         warmup = None if from_scratch else self.eb.finetune_warmup
         trainer = Trainer(with_steps(self.config, steps, seed_offset, warmup), self.run_dir / stage, model=model,
                           timestep_range=timestep_range, plugins=[clock])
-        train_loop(trainer, steps, clock, stage, self.progress)
+        trainer.fit(resume="auto", progress=self.progress, desc=stage)
         out = copy.deepcopy(trainer.model)
         trainer.ema.copy_to(out)
         return out.eval(), clock.train_s
@@ -367,10 +344,7 @@ class EBRun:
         return {"iterations": steps, "train_steps": steps, "time_s": train_s, "train_s": train_s, "search_s": 0.0}
 
     def _dense_final(self) -> nn.Module:
-        tensors, _ = load_checkpoint(self.run_dir / "dense" / CHECKPOINT_NAME)
-        model = build_model(self.spec)
-        model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, strict=True)
-        return model.eval()
+        return model_from_checkpoint(self.run_dir / "dense" / CHECKPOINT_NAME)[0]
 
     def train_prune_finetune(self, search: dict[str, Any]) -> dict[str, Any]:
         from ..pruning.pipeline import prune
@@ -417,7 +391,7 @@ class EBRun:
             fid = digits_fid(x)
         meta_inputs = example_inputs(self.spec, device="meta")
         if isinstance(model, TimestepRouter):
-            from .regions import sampling_shares
+            from ..earlybird.regions import sampling_shares
 
             shares = sampling_shares(model.regions, timestep_sequence(self.T, sc.timesteps, sc.skip_type))
             region_macs = [count_macs(copy.deepcopy(m).to("meta"), *meta_inputs).macs for m in model.models]

@@ -1,4 +1,4 @@
-"""Region-parallel TA-EB training with ``torch.distributed`` (front layer).
+"""Region-parallel TA-EB training with ``torch.distributed``: part of the EB-Diff-Train driver (front layer).
 
 The ranks are split into one process group per region (rank r trains region ``r % n_regions``);
 inside a group the gradients are averaged (:class:`GradAllReduce`), so a group is data-parallel
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 __all__ = ["region_ranks", "train_regions_distributed"]
@@ -35,13 +34,13 @@ def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | N
     import torch.distributed as dist
 
     from ..diffusion.trainer import Trainer
+    from ..earlybird.plugin import GradAllReduce, StageClock
+    from ..earlybird.router import TimestepRouter, save_router
+    from ..models import build_model
     from ..pruning.config import PruningConfig
     from ..pruning.masks import ChannelMask
     from ..pruning.recipe import load_pruned, load_recipe, save_pruned
-    from ..models import build_model
-    from .pipeline import train_loop, with_steps
-    from .plugin import GradAllReduce, StageClock
-    from .router import TimestepRouter, save_router
+    from .stages import with_steps
 
     rank, world = dist.get_rank(), dist.get_world_size()
     regions = run.eb.regions
@@ -62,7 +61,7 @@ def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | N
                           out_dir / name / f"member{member}", model=model,
                           timestep_range=(regions[i].low, min(regions[i].high, run.T - 1)),
                           plugins=[GradAllReduce(groups[i]), clock])
-        train_loop(trainer, steps, clock, f"{name} (rank {rank})", run.progress and member == 0)
+        trainer.fit(resume="auto", progress=run.progress and member == 0, desc=f"{name} (rank {rank})")
         final = trainer.model
         trainer.ema.copy_to(final)
     else:

@@ -56,7 +56,7 @@ def _notes(run, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> l
                          (f" (The dense run went on and its masks settled at step {t['settled_later_step']}, after the "
                           f"search limit max_search_steps.)" if t.get("settled_later_step") else ""))
     if "ta_eb" in results:
-        from .regions import weighted_ratio
+        from ..earlybird.regions import weighted_ratio
 
         r = results["ta_eb"]
         how = {

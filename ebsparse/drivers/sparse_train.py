@@ -1,5 +1,5 @@
-"""``ebsparse train CONFIG`` when the config has a ``sparsity:`` section: train with the chosen
-method, then write the paper's summary (method, sparsity, FID, params, train/test FLOPs normalised
+"""Sparse-to-sparse training (front layer; ``ebsparse train CONFIG`` when the config has a
+``sparsity:`` section): train with the chosen method through :class:`ebsparse.s2s.SparsityPlugin`, then write the paper's summary (method, sparsity, FID, params, train/test FLOPs normalised
 to dense) plus the measured training-step speed-up of the sparse kernels over the dense model.
 """
 
@@ -14,23 +14,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ebsparse.diffusion.config import ExperimentConfig
-from ebsparse.diffusion.trainer import Trainer
-from ebsparse.metrics.counting import count_params
-from ebsparse.models import build_model
+from ..diffusion.config import ExperimentConfig
+from ..diffusion.trainer import Trainer
+from ..metrics.counting import count_params
+from ..models import build_model, example_inputs
+from ..s2s.config import SparsityConfig
+from ..s2s.flops import densities_of, flops_report
+from ..s2s.trainer_plugin import SparsityPlugin
 
-from .config import SparsityConfig
-from .flops import densities_of, flops_report
-from .trainer_plugin import SparsityPlugin
-
-__all__ = ["run_sparse_train", "summary_row", "summary_table", "measure_step_speedup", "model_from_checkpoint"]
+__all__ = ["run_sparse_train", "summary_row", "summary_table", "measure_step_speedup"]
 
 COLUMNS = ("method", "sparsity", "FID", "params", "params (rel.)", "train FLOPs", "test FLOPs", "step speed-up")
 
 
 def _example_inputs(model_spec: dict[str, Any], batch: int, device: str | torch.device = "cpu") -> tuple:
-    from ebsparse.pruning.command import example_inputs
-
     inputs = example_inputs(model_spec, device=device)
     g = torch.Generator().manual_seed(0)
     out = []
@@ -80,7 +77,7 @@ def summary_row(trainer: Trainer, plugin: SparsityPlugin, fid: float | None, tim
     dense_params = count_params(dense)
     params = dense_params - (sp.total - sp.kept)
     return {
-        "method": sp.method, "sparsity": sp.config.sparsity, "FID": fid,
+        "method": sp.method, "sparsity": sp.config.target_sparsity, "FID": fid,
         "params": params, "params (rel.)": params / dense_params,
         "train FLOPs": report.train_ratio(sp.method, sp.config.update_every),
         "test FLOPs": report.test_ratio,
@@ -119,7 +116,7 @@ def _fid(trainer: Trainer) -> float | None:
     """Domain FID for the embedded digits; other datasets need Inception weights ('ebsparse fid')."""
     if trainer.config.data.type != "digits":
         return None
-    from ebsparse.metrics.domain_fid import digits_fid
+    from ..metrics.domain_fid import digits_fid
 
     samples = trainer.sample(trainer.config.sampling.num_samples, seed=trainer.config.training.seed)
     return float(digits_fid(samples))
@@ -145,33 +142,3 @@ def run_sparse_train(config: ExperimentConfig, run_dir: str | Path, *, resume: b
     table = summary_table([row])
     (run_dir / "sparsity_summary.md").write_text(table + "\n")
     return {**summary, "row": row, "table": table}
-
-
-def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, ExperimentConfig, dict]:
-    """Rebuild the model of any ``ebsparse train`` checkpoint and load its (EMA) weights. A run with a
-    ``sparsity:`` section gets its sparse modules and masks back (the dense
-    ``ebsparse.diffusion.trainer.model_from_checkpoint`` has no place for the masks); any other run
-    is delegated to that one."""
-    from ebsparse.diffusion.checkpoint import load_checkpoint
-    from ebsparse.diffusion.trainer import model_from_checkpoint as dense_model_from_checkpoint
-
-    from .sparsifier import from_config
-
-    tensors, meta = load_checkpoint(path)
-    cfg = ExperimentConfig.from_dict(meta["config"])
-    if "sparsity" not in cfg.algorithms:
-        return dense_model_from_checkpoint(path, use_ema=use_ema)
-    model = build_model(cfg.model)
-    from_config(SparsityConfig.from_dict(cfg.algorithms["sparsity"])).apply(model)
-    prefix = "ema/" if use_ema else "model/"
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-    return model.eval(), cfg, meta
-
-
-def run(config: ExperimentConfig, run_dir: Path, args) -> int:
-    """The ``ebsparse train`` path for a config with a ``sparsity:`` section."""
-    out = run_sparse_train(config, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
-    print(f"trained to step {out['step']} in {out['elapsed_s']:.1f}s; checkpoint: {run_dir / 'checkpoint.safetensors'}")
-    print(out["table"])
-    print(f"summary: {run_dir / 'sparsity_summary.md'}")
-    return 0
