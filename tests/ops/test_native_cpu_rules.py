@@ -79,6 +79,14 @@ def test_capability_old_variables_are_refused(old):
     assert f"{old} is no longer read: set EBSPARSE_CPU_CAPABILITY=avx2" in run.stderr
 
 
+def test_report_names_the_capability_that_runs():
+    env = dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2")
+    code = "import ebsparse.backends as b; print(b.report(print_it=False))"
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "CPU capability of the native kernels (EBSPARSE_CPU_CAPABILITY): avx2" in run.stdout
+
+
 # ---- one check rule for the pattern's values ---------------------------------------------------
 
 ONE = [1, 1]

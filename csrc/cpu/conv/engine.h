@@ -18,8 +18,9 @@
 // row (4 maps of width 4 fill a 16-lane AVX-512 vector instead of a quarter of it; the deep levels
 // of a U-Net are 4x4 and 8x8), and every kernel runs unchanged on them. Cb trades L1 fit of the
 // copies against the partial-sum pass each (output channel, block) pair costs (see choose_tiling).
-// The per-call "plan" lists, for each (output channel o, channel block b), the kept weights as
-// (offset, value) pairs; it is built from CSR/CSC by a counting sort in O(nnz + Co * nb).
+// The "plan" lists, for each (output channel o, channel block b), the kept weights as (offset,
+// value) pairs; the offsets come from CSR/CSC by a counting sort in O(nnz + Co * nb), cached per
+// pattern and tiling (conv.cpp), and the values are gathered on every call.
 //
 // This header is included by translation units compiled for different instruction sets
 // (kernels_<isa>.cpp), so it only declares plain data and functions, and constexpr / inline
