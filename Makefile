@@ -8,7 +8,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup build cmake test demo bench clean
+# The extension is rebuilt only when what it is built from changed since the last build (or the
+# venv was remade): each build leaves a stamp in build/, newer than every source it read. The pip
+# build's Python code is an editable install, so Python edits need no rebuild. A missing library
+# (removed by hand) forces its build even where the stamp is newer.
+EXT_SOURCES := $(shell find csrc kernels -type f) setup.py pyproject.toml tools/find_cuda.py
+PIP_STAMP := build/.pip-build.stamp
+CMAKE_STAMP := build-cmake/.cmake-build.stamp
+ifeq ($(wildcard ebsparse/_C*.so),)
+PIP_FORCE := FORCE
+endif
+ifeq ($(wildcard build-cmake/libebsparse*.so),)
+CMAKE_FORCE := FORCE
+endif
+
+.PHONY: setup build cmake test demo bench clean FORCE
 
 $(VENV)/.deps: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +32,19 @@ $(VENV)/.deps: requirements.txt requirements-test.txt
 
 setup: $(VENV)/.deps
 
-build: setup
+build: $(PIP_STAMP)
+
+$(PIP_STAMP): $(VENV)/.deps $(EXT_SOURCES) $(PIP_FORCE)
 	@echo "build: start $$(date -u +%T)"
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@mkdir -p $(@D) && touch $@
 
-cmake: setup
+cmake: $(CMAKE_STAMP)
+
+$(CMAKE_STAMP): $(VENV)/.deps $(EXT_SOURCES) CMakeLists.txt tools/cmake_build.sh $(CMAKE_FORCE)
 	@echo "cmake: start $$(date -u +%T)"
-	PYTHON=$(abspath $(PY)) bash tools/cmake_build.sh
+	PYTHON=$(abspath $(PY)) BUILD_DIR=$(abspath build-cmake) bash tools/cmake_build.sh
+	@touch $@
 
 test: build cmake
 	@echo "tests: start $$(date -u +%T)"

@@ -1,9 +1,12 @@
 """Build ebsparse and its extension `ebsparse._C`.
 
 `csrc/` (C++20, CPU kernels) is always built. `kernels/*.cu` is added when torch is a CUDA build
-and a CUDA toolkit is found; `EBSPARSE_CUDA=0|1` forces either way. The CPU code targets AVX2+FMA
-(never -march=native); AVX-512 paths are compiled with function target attributes and chosen at
-run time. Install with `pip install --no-build-isolation .` so the build uses the installed torch.
+and a CUDA toolkit is found: `EBSPARSE_CUDA=auto` (the default, also when unset), `1` requires the
+CUDA kernels, `0` leaves them out (CMakeLists.txt takes the same values). The CPU code targets
+AVX2+FMA (never -march=native); each kernel family has one translation unit per instruction set,
+and the AVX-512 ones (`csrc/cpu/*/kernels_avx512.cpp`) raise their own target in the file, so both
+builds compile every source with the same flags; `csrc/cpu/capability.h` chooses at run time.
+Install with `pip install --no-build-isolation .` so the build uses the installed torch.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from setuptools import find_packages, setup
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
 from find_cuda import find_cuda_root  # noqa: E402
 
-_force = os.environ.get("EBSPARSE_CUDA")
-if _force not in (None, "", "0", "1"):
-    sys.exit(f"EBSPARSE_CUDA: expected 0 or 1, got {_force!r}")
+_force = os.environ.get("EBSPARSE_CUDA", "").strip().lower() or "auto"
+if _force not in ("auto", "0", "1"):
+    sys.exit(f"EBSPARSE_CUDA: expected auto, 0 or 1, got {os.environ['EBSPARSE_CUDA']!r}")
 
 _cuda_root = find_cuda_root() if _force != "0" else None
 if _cuda_root:
@@ -34,7 +37,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 with_cuda = torch.version.cuda is not None and _cuda_root is not None
 if _force == "1" and not with_cuda:
     sys.exit("EBSPARSE_CUDA=1 but torch is not a CUDA build or no CUDA toolkit was found")
-if _force is None and not with_cuda:
+if _force == "auto" and not with_cuda:
     print("ebsparse: building without CUDA kernels (no CUDA torch or no toolkit)", file=sys.stderr)
 
 here = os.path.dirname(os.path.abspath(__file__))

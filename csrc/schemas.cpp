@@ -30,4 +30,6 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("prune_2_4(Tensor weight) -> Tensor");
   m.def("compress_2_4(Tensor weight, Tensor mask) -> (Tensor, Tensor)");
   m.def("decompress_2_4(Tensor values, Tensor meta) -> Tensor");
+  // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
+  m.def("cpu_capability() -> str");
 }

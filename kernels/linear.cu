@@ -105,7 +105,7 @@ at::Tensor row_gather_spmm(const at::Tensor& in_t, const at::Tensor& w, const at
   return out_t;
 }
 
-// ---- registered entry points: the checks of csrc/cpu/register_linear.cpp, then the kernels ----
+// ---- registered entry points: the checks of csrc/cpu/linear/register.cpp, then the kernels ----
 
 at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
@@ -115,7 +115,8 @@ at::Tensor csr_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.dim() == 2, "input: expected (N, K), got ", input.sizes());
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == input.size(1), "weight: expected (M, ",
               input.size(1), "), got ", weight.sizes());
-  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1), "row_ptr", "col_idx", input);
+  check_pattern(row_ptr, col_idx, weight.size(0), "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, weight.size(1), "row_ptr", "col_idx");
   if (bias) {
     check_same(input, *bias, "input", "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected (",
@@ -138,7 +139,8 @@ at::Tensor csr_linear_grad_input_cuda(const at::Tensor& grad_output, const at::T
   check_same(grad_output, weight, "grad_output", "weight");
   TORCH_CHECK(grad_output.dim() == 2 && weight.dim() == 2 && grad_output.size(1) == weight.size(0),
               "grad_output: expected (N, ", weight.size(0), "), got ", grad_output.sizes());
-  check_pattern(col_ptr, row_idx, weight.size(1), weight.size(0), "col_ptr", "row_idx", weight);
+  check_pattern(col_ptr, row_idx, weight.size(1), "col_ptr", "row_idx", weight);
+  check_pattern_values(col_ptr, row_idx, weight.size(0), "col_ptr", "row_idx");
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const int64_t K = weight.size(1);
   auto dy_t = grad_output.t().contiguous();  // (M, N)
@@ -154,7 +156,8 @@ at::Tensor csr_linear_grad_weight_cuda(const at::Tensor& grad_output, const at::
   check_same(grad_output, input, "grad_output", "input");
   TORCH_CHECK(grad_output.dim() == 2 && input.dim() == 2 && grad_output.size(0) == input.size(0),
               "input: expected (", grad_output.size(0), ", K), got ", input.sizes());
-  check_pattern(row_ptr, col_idx, grad_output.size(1), input.size(1), "row_ptr", "col_idx", input);
+  check_pattern(row_ptr, col_idx, grad_output.size(1), "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, input.size(1), "row_ptr", "col_idx");
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t N = input.size(0), K = input.size(1), M = grad_output.size(1);
   auto dw = at::zeros({M, K}, input.options());

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Configure and build the CMake build of ebsparse (CMakeLists.txt) into build-cmake/; used by CI.
 #
-#   tools/cmake_build.sh                      # EBSPARSE_CUDA=AUTO
-#   tools/cmake_build.sh -DEBSPARSE_CUDA=OFF  # extra arguments go to the configure step
+#   tools/cmake_build.sh                     # EBSPARSE_CUDA from the environment, else auto
+#   tools/cmake_build.sh -DEBSPARSE_CUDA=0   # extra arguments go to the configure step
 #
 # Environment: PYTHON, the interpreter whose torch is built against (default: the repository's
 # .venv if present, else python3); BUILD_DIR (default: build-cmake); JOBS (default: 2).

@@ -1,6 +1,7 @@
-// Private to csrc/cpu: the vector adapters the SIMD kernel bodies (linear_spmm.h, conv_simd.h) are
-// written against, one per instruction set. A kernel file includes this header and, inside a
-// namespace of its own, aliases `using Vec = simd::Avx512;` (or Avx2) before including a kernel body.
+// Private to csrc/cpu: the vector adapters the SIMD kernel bodies (linear/spmm.h, conv/kernels.h)
+// are written against, one per instruction set. A kernels_<isa>.cpp file includes this header and,
+// inside a namespace of its own, aliases `using Vec = simd::Avx512;` (or Avx2) before including a
+// kernel body.
 //
 // Interface: T, W (floats per vector), zero(), load(p) (aligned), loadu(p), load_part(p, n) (first
 // n lanes), load_lanes(p, lo, hi), bcast(x), fma(a, b, c) = a * b + c, add(a, b), store(p, v)
@@ -23,8 +24,6 @@ namespace {
 // from it are addressed as base + displacement. Otherwise GCC folds the computation of p (say
 // panel + col[j] * NB) into every load as base + index * scale, and on Intel cores an FMA with an
 // indexed memory operand is un-laminated into two issue slots where a base-addressed one takes one.
-// Measured with the sparse linear and conv kernels (medians of paired in-process rounds, 2 threads;
-// they move by a few percent between runs): forward and grad-input 3-10% faster at 2:4, 2-5% at 90%.
 inline const float* base_address(const float* p) {
   asm("" : "+r"(p));
   return p;

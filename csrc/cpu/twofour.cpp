@@ -3,7 +3,7 @@
 #include <cmath>
 #include <torch/library.h>
 
-#include "../ebsparse.h"
+#include "ebsparse.h"
 
 namespace ebsparse {
 

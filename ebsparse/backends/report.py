@@ -23,6 +23,14 @@ def availability() -> list[dict]:
     return rows
 
 
+def _native_cpu_capability() -> str:
+    """What torch.ops.ebsparse.cpu_capability() reports ("avx2" or "avx512"), or why it cannot."""
+    try:
+        return torch.ops.ebsparse.cpu_capability()
+    except (AttributeError, RuntimeError) as error:  # extension not built, or a bad variable
+        return f"unavailable ({str(error).splitlines()[0]})"
+
+
 def report(print_it: bool = True) -> str:
     """Human-readable availability table, plus build facts (extension, CUDA kernels, CPU ISA)."""
     lines = [
@@ -30,6 +38,7 @@ def report(print_it: bool = True) -> str:
         f"extension ebsparse._C: {extension_error() or 'loaded'}",
         f"CUDA kernels compiled in: {has_cuda_kernels()}",
         f"CPU capability used by torch: {torch.backends.cpu.get_cpu_capability()}; threads: {torch.get_num_threads()}",
+        f"CPU capability of the native kernels (EBSPARSE_CPU_CAPABILITY): {_native_cpu_capability()}",
         "",
         f"{'op':8} {'backend':8} {'device':6} {'dtype':9} status",
     ]

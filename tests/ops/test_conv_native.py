@@ -123,7 +123,7 @@ def run_with_avx2_kernels(cases_name):
     code = ("import importlib.util as u; s = u.spec_from_file_location('conv_native', %r); "
             "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_against_reference(m.%s)"
             % (os.path.abspath(__file__), cases_name))
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CONV_AVX2="1"),
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
 

@@ -79,11 +79,11 @@ def test_native_op_direct_call_checks_in_cpp():
         torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="col_idx: expected a 1-D int32"):
         torch.ops.ebsparse.csr_linear(x, w, None, torch.zeros(5, dtype=torch.int32), torch.zeros(0))
-    # Indices out of range or offsets going backwards are caught when the plan is built.
+    # Indices out of range or offsets going backwards are caught before any kernel reads them.
     rp = torch.tensor([0, 1, 1, 1, 2], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match=r"col_idx: expected indices in \[0, 8\), got 8"):
+    with pytest.raises(RuntimeError, match=r"col_idx: expected values in \[0, 8\), got 8"):
         torch.ops.ebsparse.csr_linear(x, w, None, rp, torch.tensor([0, 8], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing offsets"):
+    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing values"):
         torch.ops.ebsparse.csr_linear(x, w, None, torch.tensor([0, 2, 1, 1, 2], dtype=torch.int32),
                                       torch.tensor([0, 1], dtype=torch.int32))
     dy = torch.randn(3, 4)

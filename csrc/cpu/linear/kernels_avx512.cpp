@@ -1,75 +1,48 @@
-// fp32 SIMD micro-kernels of the sparse linear ops (see linear_kernels.h for the layouts).
-// The file is built with the AVX2+FMA baseline; the AVX-512 variants carry a target attribute and
-// are only called when cpu_has_avx512() says so.
+// The fp32 micro-kernels of the sparse linear ops (kernels.h) for AVX-512, reached only when
+// cpu_capability() chose it: the SpMM (body in spmm.h), the SDDMM, the fused backward and the
+// transpose. The includes come first, built for the AVX2 baseline like the rest of the library;
+// the pragma then raises the target of everything defined below (helpers have internal linkage, so
+// no AVX-512 code can stand in for a baseline copy).
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
-#include "linear_kernels.h"
-#include "simd_vec.h"
-
-#define EB_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
-
-namespace ebsparse::linear_detail {
-
-// EBSPARSE_CPU_NO_AVX512=1 forces the AVX2 kernels (to test them on an AVX-512 machine).
-bool cpu_has_avx512() {
-  static const bool has = [] {
-    const char* off = std::getenv("EBSPARSE_CPU_NO_AVX512");
-    if (off && off[0] == '1') return false;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-  }();
-  return has;
-}
-
-// ---- SpMM on a transposed panel (the kernel body is linear_spmm.h) ------------------------------
+#include "cpu/linear/kernels.h"
+#include "cpu/simd_vec.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+
+namespace ebsparse::linear_detail {
+
+// ---- SpMM on a transposed panel (the kernel body is spmm.h) ------------------------------------
+
 namespace avx512 {
 using Vec = simd::Avx512;
-#include "linear_spmm.h"
+#include "cpu/linear/spmm.h"
 }  // namespace avx512
-#pragma GCC pop_options
 
-namespace avx2 {
-using Vec = simd::Avx2;
-#include "linear_spmm.h"
-}  // namespace avx2
+static_assert(avx512::kVecs * avx512::Vec::W == kNbAvx512, "the panel width must match spmm.h");
 
-static_assert(4 * 16 == kNbAvx512 && 4 * 8 == kNbAvx2, "panel widths must match linear_spmm.h");
-
-EB_AVX512 void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                    int64_t r0, int64_t r1, const float* panel, float* tile) {
+void spmm_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                          int64_t r0, int64_t r1, const float* panel, float* tile) {
   avx512::spmm_rows<false>(col, val, bptr, r0, r1, panel, tile, nullptr);
 }
 
-EB_AVX512 void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                         int64_t r0, int64_t r1, const float* panel, float* tile,
-                                         const float* init) {
+void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                               int64_t r0, int64_t r1, const float* panel, float* tile,
+                               const float* init) {
   avx512::spmm_rows<true>(col, val, bptr, r0, r1, panel, tile, init);
-}
-
-void spmm_rows_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                        int64_t r1, const float* panel, float* tile) {
-  avx2::spmm_rows<false>(col, val, bptr, r0, r1, panel, tile, nullptr);
-}
-
-void spmm_rows_init_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                             int64_t r1, const float* panel, float* tile, const float* init) {
-  avx2::spmm_rows<true>(col, val, bptr, r0, r1, panel, tile, init);
 }
 
 // ---- SDDMM -------------------------------------------------------------------------------------
 // The 2 * NB values of a = dY^T[m, chunk] stay in registers (8 vectors: lo half, hi half); kept
-// columns are taken 8 (AVX2: 4) at a time, each with its own accumulator (independent FMA chains),
-// and the partial vectors are reduced together by a transposing add tree, so the horizontal-sum
-// cost is shared by 8 outputs, which land in acc[e .. e + 8) as one vector update.
+// columns are taken 8 at a time, each with its own accumulator (independent FMA chains), and the
+// partial vectors are reduced together by a transposing add tree, so the horizontal-sum cost is
+// shared by 8 outputs, which land in acc[e .. e + 8) as one vector update.
 
-EB_AVX512 static inline __m256 reduce8_avx512(const __m512* s) {
+static inline __m256 reduce8_avx512(const __m512* s) {
   __m256 h[8];
 #pragma GCC unroll 8
   for (int e = 0; e < 8; ++e)
@@ -80,9 +53,9 @@ EB_AVX512 static inline __m256 reduce8_avx512(const __m512* s) {
   return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 
-EB_AVX512 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo,
-                                const float* x_hi, const int32_t* col, int64_t e0, int64_t e1,
-                                float* acc) {
+void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo,
+                      const float* x_hi, const int32_t* col, int64_t e0, int64_t e1,
+                      float* acc) {
   constexpr int NB = kNbAvx512, H = NB / 16, V = 2 * H;
   __m512 y[V];
 #pragma GCC unroll 4
@@ -90,7 +63,6 @@ EB_AVX512 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const floa
     y[v] = _mm512_load_ps(a_lo + 16 * v);
     y[H + v] = _mm512_load_ps(a_hi + 16 * v);
   }
-  // (A lambda would not inherit the target attribute, so the loads stay in this body.)
   auto xp = [&](int64_t c, int v) { return v < H ? x_lo + c * NB + 16 * v : x_hi + c * NB + 16 * (v - H); };
   const int64_t hi_off = x_hi - x_lo;
   int64_t e = e0;
@@ -132,46 +104,6 @@ EB_AVX512 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const floa
   }
 }
 
-static inline __m128 reduce4_avx2(const __m256* s) {
-  const __m256 h01 = _mm256_hadd_ps(s[0], s[1]), h23 = _mm256_hadd_ps(s[2], s[3]);
-  const __m256 q = _mm256_hadd_ps(h01, h23);
-  return _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
-}
-
-void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,
-                    const int32_t* col, int64_t e0, int64_t e1, float* acc) {
-  constexpr int NB = kNbAvx2, H = NB / 8, V = 2 * H;
-  __m256 y[V];
-#pragma GCC unroll 4
-  for (int v = 0; v < H; ++v) {
-    y[v] = _mm256_load_ps(a_lo + 8 * v);
-    y[H + v] = _mm256_load_ps(a_hi + 8 * v);
-  }
-  for (int64_t e = e0; e < e1; e += 4) {
-    // Up to 4 kept columns at a time; missing ones repeat the last and are not written back.
-    const int n = e1 - e < 4 ? int(e1 - e) : 4;
-    const float* lo[4];
-    const float* hi[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) {
-      const int64_t c = col[e + (u < n ? u : n - 1)];
-      lo[u] = x_lo + c * NB;
-      hi[u] = x_hi + c * NB;
-    }
-    __m256 s[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) s[u] = _mm256_mul_ps(y[0], _mm256_load_ps(lo[u]));
-#pragma GCC unroll 8
-    for (int v = 1; v < V; ++v)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        s[u] = _mm256_fmadd_ps(y[v], _mm256_load_ps(v < H ? lo[u] + 8 * v : hi[u] + 8 * (v - H)), s[u]);
-    alignas(16) float out[4];
-    _mm_store_ps(out, reduce4_avx2(s));
-    for (int u = 0; u < n; ++u) acc[e + u] += out[u];
-  }
-}
-
 // ---- fused backward: grad-input SpMM and SDDMM in one walk of the transposed pattern -------------
 // Row k of S^T lists the kept (m, k); for each, the panel row dY^T[m, chunk] is loaded once and
 // used twice: broadcast-multiplied by W[m, k] into dX^T[k, chunk] (8 accumulators in registers)
@@ -182,14 +114,14 @@ void sddmm_f32_avx2(const float* a_lo, const float* a_hi, const float* x_lo, con
 // few entries of a row put the reduction's latency on the entry loop's critical path.
 
 // Blocks (128-bit) of a then of b, each the sum of a pair of neighbours: (a0+a1, a2+a3, b0+b1, b2+b3).
-EB_AVX512 static inline __m512 add_block_pairs(__m512 a, __m512 b) {
+static inline __m512 add_block_pairs(__m512 a, __m512 b) {
   constexpr __mmask16 all = 0xFFFF;
   return _mm512_add_ps(_mm512_mask_shuffle_f32x4(a, all, a, b, 0x88), _mm512_mask_shuffle_f32x4(a, all, a, b, 0xDD));
 }
 
 // Lane j of the result is the sum of v[j]'s lanes (and of nothing else): pairs interleaved and
 // added within 128-bit blocks, then blocks gathered and added across vectors.
-EB_AVX512 static inline __m512 reduce16_avx512(const __m512* v) {
+static inline __m512 reduce16_avx512(const __m512* v) {
   // (The all-ones masked forms compute the same as the plain intrinsics; see transpose16x16.)
   constexpr __mmask16 all = 0xFFFF;
   __m512 t[8], u[4];
@@ -207,7 +139,7 @@ EB_AVX512 static inline __m512 reduce16_avx512(const __m512* v) {
 }
 
 // part[i] += hsum(dots[i]) for i < n.
-EB_AVX512 static inline void flush_dots(const __m512* dots, int64_t n, float* part) {
+static inline void flush_dots(const __m512* dots, int64_t n, float* part) {
   for (int64_t g = 0; g < n; g += 16) {
     const __mmask16 m = n - g >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - g)) - 1);
     _mm512_mask_storeu_ps(part + g, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, part + g), reduce16_avx512(dots + g)));
@@ -215,10 +147,10 @@ EB_AVX512 static inline void flush_dots(const __m512* dots, int64_t n, float* pa
 }
 
 template <bool kInit>
-EB_AVX512 static void backward_rows_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                           int64_t r0, int64_t r1, const float* dy_lo,
-                                           const float* dy_hi, const float* x_lo, const float* x_hi,
-                                           float* t_lo, float* t_hi, float* part) {
+static void backward_rows_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                                 int64_t r0, int64_t r1, const float* dy_lo,
+                                 const float* dy_hi, const float* x_lo, const float* x_hi,
+                                 float* t_lo, float* t_hi, float* part) {
   constexpr int NB = kNbAvx512, H = NB / 16, V = 2 * H;
   constexpr int64_t kCap = 128;  // dot vectors buffered (8 KB)
   alignas(64) __m512 dots[kCap];
@@ -279,10 +211,10 @@ EB_AVX512 static void backward_rows_avx512(const int32_t* col, const float* val,
   flush_dots(dots, filled, part + base);
 }
 
-EB_AVX512 void backward_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
-                                        int64_t r0, int64_t r1, const float* dy_lo, const float* dy_hi,
-                                        const float* x_lo, const float* x_hi, float* t_lo, float* t_hi,
-                                        float* part, bool first_block) {
+void backward_rows_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr,
+                              int64_t r0, int64_t r1, const float* dy_lo, const float* dy_hi,
+                              const float* x_lo, const float* x_hi, float* t_lo, float* t_hi,
+                              float* part, bool first_block) {
   if (first_block)
     backward_rows_avx512<true>(col, val, bptr, r0, r1, dy_lo, dy_hi, x_lo, x_hi, t_lo, t_hi, part);
   else
@@ -290,42 +222,13 @@ EB_AVX512 void backward_rows_f32_avx512(const int32_t* col, const float* val, co
 }
 
 // ---- transpose ---------------------------------------------------------------------------------
-// dst[c * ldd + r] = src[r * lds + c]: 8x8 blocks in registers (unpack / shuffle / lane swap), so
-// that both the reads and the writes are 32-byte rows; scalar for the ragged edges.
-// The blocks walk the rows of the large strided operand in the outer loop (16 of its rows at a
-// time, each streamed start to end) rather than touching all of its rows at once: an activation's
-// 64 rows 4 KB apart as 64 concurrent streams made the output transpose of the forward 2x slower
-// in place (18-30% of a forward's time instead of 8-12%), while the panel side sits in L2 anyway.
-// That output side is also written with non-temporal stores where its rows are 64-byte aligned: a
-// 4 MB activation written once need not be read in first (2-3.5% of a 90-95% training step).
+// dst[c * ldd + r] = src[r * lds + c] (see transpose_f32_avx2 in kernels_avx2.cpp for the walk
+// order): 16x16 blocks in registers, scalar for the ragged edges. Where dst is the large output
+// and its rows are 64-byte aligned, it is written with non-temporal stores: an activation written
+// once need not be read into the cache first.
 
-static inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  __m256 r[8];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
-  __m256 t[8];
-#pragma GCC unroll 4
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-#pragma GCC unroll 2
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
-}
-
-// kNT: a non-temporal store (p 64-byte aligned).
 template <bool kNT>
-EB_AVX512 static inline void store16(float* p, __m512 v) {
+static inline void store16(float* p, __m512 v) {
   if constexpr (kNT)
     _mm512_stream_ps(p, v);
   else
@@ -337,7 +240,7 @@ EB_AVX512 static inline void store16(float* p, __m512 v) {
 // all-ones masked forms compute the same as the plain intrinsics, whose GCC 12 expansion trips
 // -Wuninitialized.)
 template <bool kNT>
-EB_AVX512 static inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+static inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], t[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
@@ -370,8 +273,8 @@ EB_AVX512 static inline void transpose16x16(const float* src, int64_t lds, float
 // The whole 16x16 blocks of a transpose, walked with dst's rows (dst_rows_outer) or src's rows in
 // the outer loop.
 template <bool kNT>
-EB_AVX512 static void blocks16(const float* src, int64_t lds, int64_t r16, int64_t c16, float* dst,
-                               int64_t ldd, bool dst_rows_outer) {
+static void blocks16(const float* src, int64_t lds, int64_t r16, int64_t c16, float* dst,
+                     int64_t ldd, bool dst_rows_outer) {
   if (dst_rows_outer) {
     for (int64_t c = 0; c < c16; c += 16)
       for (int64_t r = 0; r < r16; r += 16)
@@ -383,8 +286,8 @@ EB_AVX512 static void blocks16(const float* src, int64_t lds, int64_t r16, int64
   }
 }
 
-EB_AVX512 static void transpose_f32_avx512(const float* src, int64_t lds, int64_t rows,
-                                           int64_t cols, float* dst, int64_t ldd, bool dst_rows_outer) {
+void transpose_f32_avx512(const float* src, int64_t lds, int64_t rows,
+                          int64_t cols, float* dst, int64_t ldd, bool dst_rows_outer) {
   const int64_t r16 = rows & ~int64_t(15), c16 = cols & ~int64_t(15);
   // Streaming stores (no read of each output line before it is written) where the rows allow.
   if (dst_rows_outer && reinterpret_cast<uintptr_t>(dst) % 64 == 0 && ldd % 16 == 0) {
@@ -397,19 +300,6 @@ EB_AVX512 static void transpose_f32_avx512(const float* src, int64_t lds, int64_
     for (int64_t c = (r < r16 ? c16 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
-                   int64_t ldd, bool dst_rows_outer) {
-  if (cpu_has_avx512()) return transpose_f32_avx512(src, lds, rows, cols, dst, ldd, dst_rows_outer);
-  const int64_t r8 = rows & ~int64_t(7), c8 = cols & ~int64_t(7);
-  if (dst_rows_outer) {
-    for (int64_t c = 0; c < c8; c += 8)
-      for (int64_t r = 0; r < r8; r += 8) transpose8x8(src + r * lds + c, lds, dst + c * ldd + r, ldd);
-  } else {
-    for (int64_t r = 0; r < r8; r += 8)
-      for (int64_t c = 0; c < c8; c += 8) transpose8x8(src + r * lds + c, lds, dst + c * ldd + r, ldd);
-  }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = (r < r8 ? c8 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-}
-
 }  // namespace ebsparse::linear_detail
+
+#pragma GCC pop_options

@@ -1,6 +1,7 @@
 // Direct sparse convolution on the CPU: the three conv ops of ebsparse.h.
 //
-// float32 runs the blocked engine of conv_impl.h (AVX-512 when the CPU has it, AVX2+FMA otherwise);
+// float32 runs the blocked engine of engine.h (kernels_avx512.cpp or kernels_avx2.cpp, as
+// cpu_capability() chooses);
 // float64 runs the plain loops at the end of this file (correct, parallel, not tuned).
 // This file turns CSR/CSC into a plan (the packing of the kept positions is cached per pattern and
 // tiling; values are gathered per call), owns the thread pool loop and the per-thread buffers, and
@@ -14,10 +15,11 @@
 #include <unistd.h>
 #include <vector>
 
-#include "../ebsparse.h"
-#include "conv_impl.h"
-#include "pattern_cache.h"
-#include "tasks.h"
+#include "ebsparse.h"
+#include "cpu/capability.h"
+#include "cpu/conv/engine.h"
+#include "cpu/pattern_cache.h"
+#include "cpu/tasks.h"
 
 namespace ebsparse {
 
@@ -37,28 +39,21 @@ Geometry geometry(at::IntArrayRef in, at::IntArrayRef wt, at::IntArrayRef stride
   return g;
 }
 
-// EBSPARSE_CONV_AVX2=1 forces the AVX2 path on an AVX-512 machine (read once; for tests and timing).
-bool have_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                          !(std::getenv("EBSPARSE_CONV_AVX2") && std::getenv("EBSPARSE_CONV_AVX2")[0] == '1');
-  return yes;
-}
+bool have_avx512() { return cpu_capability() == CpuCapability::kAvx512; }
 
-// Register-tile heights the SIMD kernels are instantiated for (kRows in conv_simd.h).
+// Register-tile heights the SIMD kernels are instantiated for (kRows in kernels.h).
 constexpr int64_t kRows[] = {1, 2, 3, 4, 6, 8, 12, 16};
 // Channel-block size. A block's copies should sit in L1 with room left for the weight lists and
 // partial sums (l1_copy_bytes), but every (output channel, block) pair also pays a pass over its
 // partial sums, so sparse patterns need enough kept weights per pair to amortise it: blocks grow
-// until a pair holds about kWeightsPerPass weights on average, up to an L2-friendly 128 KB of
-// copies. Measured on the 256->256 3x3 case: 2:4 runs best at the L1 budget, 90-95% sparsity at
-// ~96-200 KB.
+// until a pair holds about kWeightsPerPass weights on average, up to kMaxCopyBytes of copies.
+// Larger blocks: fewer partial-sum passes, but copies that spill from L2.
 constexpr int64_t kMaxCopyBytes = 128 * 1024;
+// More weights per pass: fewer partial-sum passes, but larger blocks that leave L1 sooner.
 constexpr double kWeightsPerPass = 24.0;
 
-// The L1 budget of a block's copies: the L1 data cache less 8 KB, which is 40 KB of an Intel
-// core's 48 and 24 KB of a Zen 4 core's 32, each the best of the sizes tried at 2:4 on that core (on
-// Zen 4, 24 KB was 3-5% faster than 40 KB in every op phase). 48 KB where the size is not reported.
+// The L1 budget of a block's copies: the L1 data cache less 8 KB left for the weight lists, partial
+// sums and stack (48 KB assumed where the size is not reported).
 int64_t l1_copy_bytes() {
   static const int64_t bytes = [] {
     const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
@@ -67,21 +62,22 @@ int64_t l1_copy_bytes() {
   return bytes;
 }
 
-enum class Kind { kForward, kGradWeight };
+// The three engines: what the plan of each reads, how it is tiled, and which packs it caches.
+enum class Engine : int64_t { kForward, kGradInput, kGradWeight };
 
 // Tiling of the engine. Forward: an R x V tile of accumulators (<= 16 AVX-512 registers of 32, 12 of
 // 16 for AVX2) plus the broadcast. Grad-weight holds the dy tile in registers instead and amortises
 // one horizontal sum per weight and tile over it, so it uses the largest tile that leaves room for
 // two accumulators and a load (24 / 12).
-void choose_tiling(convk::Plan& p, Kind kind, bool avx512, int64_t nnz) {
+void choose_tiling(convk::Plan& p, Engine engine, bool avx512, int64_t nnz) {
   p.vw = avx512 ? 16 : 8;
-  // Rows narrower than half a vector share it between images (conv_impl.h).
+  // Rows narrower than half a vector share it between images (engine.h).
   p.G = 2 * p.Wo <= p.vw ? std::clamp<int64_t>(p.vw / std::max<int64_t>(p.Wo, 1), 1, std::max<int64_t>(p.N, 1)) : 1;
   p.ngroups = (p.N + p.G - 1) / p.G;
   p.Wo_r = (p.G * p.Wo + p.vw - 1) / p.vw * p.vw;
   p.nvec = p.Wo_r / p.vw;
-  // conv_simd.h instantiates tiles up to kMaxFwdTile (forward) and kMaxTile (grad-weight).
-  const int64_t max_tile = avx512 ? (kind == Kind::kForward ? 16 : 24) : 12;
+  // kernels.h instantiates tiles up to kMaxFwdTile (forward) and kMaxTile (grad-weight).
+  const int64_t max_tile = avx512 ? (engine == Engine::kGradWeight ? 24 : 16) : 12;
   const int64_t v0 = std::min<int64_t>(p.nvec, 4);
   int64_t r_max = 1;
   for (int64_t r : kRows)
@@ -119,7 +115,7 @@ struct PackedPattern {
   const int64_t* groups() const { return gptr.empty() ? bptr.data() : gptr.data(); }
 };
 
-// Regroups each (o, b) bucket of pk (one entry per tap) into tap groups (conv_impl.h): taps whose
+// Regroups each (o, b) bucket of pk (one entry per tap) into tap groups (engine.h): taps whose
 // copy offsets are one and two rows apart, greedily from the lowest offset, sorted by kind. (Taps of
 // neighbouring columns can be a row apart too, when a tile is one row high; the kernel reads the
 // same addresses as for single taps, so such a group is as valid as one within a column.)
@@ -179,18 +175,18 @@ std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, boo
   return pk;
 }
 
-// The pack of (a, b) (CSR or CSC) for this kind of engine and tiling, from the cache when it is
-// there. Every plan field `pack` reads, and the geometry `each` decodes with, is part of the key.
-// `kind` names the engine (0 forward, 1 grad-input, 2 grad-weight, 3 + phase for the row phases of
-// a strided grad-input, whose tap filter also depends on stride, padding and dilation).
+// The pack of (a, b) (CSR or CSC) for this engine and tiling, from the cache when it is there.
+// Every plan field `pack` reads, and the geometry `each` decodes with, is part of the key. `phase`
+// is the output-row phase of a strided grad-input (its tap filter also depends on stride, padding
+// and dilation), -1 where the engine runs over all rows.
 template <class Each>
-std::shared_ptr<const PackedPattern> cached_pack(int64_t kind, const at::Tensor& a, const at::Tensor& b,
-                                                 const Geometry& g, const convk::Plan& p, int64_t nnz,
-                                                 Each each) {
+std::shared_ptr<const PackedPattern> cached_pack(Engine engine, int64_t phase, const at::Tensor& a,
+                                                 const at::Tensor& b, const Geometry& g, const convk::Plan& p,
+                                                 int64_t nnz, Each each) {
   static PatternCache<PackedPattern> cache(256);
-  const bool grouped = kind != 2 && convk::groups_taps(p);  // grad-weight: see gw_kernel
-  return cache.get(a, b, {kind, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh, g.Co, g.Ci, g.KH, g.KW, g.sh,
-                          g.ph, g.dh, nnz, int64_t(grouped)},
+  const bool grouped = engine != Engine::kGradWeight && convk::groups_taps(p);  // see gw_kernel
+  return cache.get(a, b, {static_cast<int64_t>(engine), phase, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh,
+                          g.Co, g.Ci, g.KH, g.KW, g.sh, g.ph, g.dh, nnz, int64_t(grouped)},
                    [&] { return pack(p, nnz, grouped, each); });
 }
 
@@ -203,7 +199,7 @@ at::Tensor gather_values(const PackedPattern& pk, const float* w) {
 }
 
 // Engine plan for forward or grad-weight: source x, kept weights of output row co from CSR.
-convk::Plan conv_plan(const Geometry& g, Kind kind, bool avx512, int64_t nnz) {
+convk::Plan conv_plan(const Geometry& g, Engine engine, bool avx512, int64_t nnz) {
   convk::Plan p{};
   p.N = g.N, p.Cs = g.Ci, p.Hs = g.H, p.Ws = g.W;
   p.s_sn = g.Ci * g.H * g.W, p.s_sc = g.H * g.W;  // x is contiguous
@@ -211,14 +207,13 @@ convk::Plan conv_plan(const Geometry& g, Kind kind, bool avx512, int64_t nnz) {
   p.KH = g.KH, p.KW = g.KW, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
   p.pt = g.ph, p.pl = g.pw, p.uh = 1, p.uw = 1;
   p.Ho_out = g.Ho, p.oy_first = 0, p.oy_step = 1, p.skip_gaps = false;
-  choose_tiling(p, kind, avx512, nnz);
+  choose_tiling(p, engine, avx512, nnz);
   return p;
 }
 
 // grad_output as the float kernels read it: each (H, W) plane contiguous, images and channels at any
 // stride. An expanded gradient (all strides 0, what `y.sum()` hands back) becomes one plane repeated
-// (strides (0, 0, W, 1)) instead of an (N, C, H, W) copy: 8 MB written and read back per step of a
-// 256-channel 32x32 layer at batch 8, 2.5-3 ms of a 45 ms step measured in place (cold memory).
+// (strides (0, 0, W, 1)) instead of an (N, C, H, W) copy written and read back on every step.
 at::Tensor planes_readable(const at::Tensor& t) {
   if (t.dim() != 4) return t.contiguous();
   const bool planes = (t.stride(3) == 1 || t.size(3) <= 1) && (t.stride(2) == t.size(3) || t.size(2) <= 1);
@@ -413,9 +408,9 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
     return y;
   }
   const bool avx512 = have_avx512();
-  convk::Plan p = conv_plan(g, Kind::kForward, avx512, rp[g.Co]);
+  convk::Plan p = conv_plan(g, Engine::kForward, avx512, rp[g.Co]);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  const auto pk = cached_pack(0, row_ptr, col_idx, g, p, rp[g.Co], [&](auto&& visit) {
+  const auto pk = cached_pack(Engine::kForward, -1, row_ptr, col_idx, g, p, rp[g.Co], [&](auto&& visit) {
     for (int64_t co = 0; co < g.Co; ++co)
       for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
         const int64_t col = ci[j];
@@ -470,18 +465,18 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
             visit(col / KK, ri[j], engine_kh(col), g.KW - 1 - col % g.KW, ri[j] * Kc + col);
     };
   };
-  auto run = [&](convk::Plan p, int64_t kind, auto keep) {
+  auto run = [&](convk::Plan p, int64_t phase, auto keep) {
     int64_t nnz = 0;
     for (int64_t col = 0; col < Kc; ++col)
       if (keep(engine_kh(col))) nnz += cp[col + 1] - cp[col];
-    choose_tiling(p, Kind::kForward, avx512, nnz);
-    const auto pk = cached_pack(kind, col_ptr, row_idx, g, p, nnz, taps(keep));
+    choose_tiling(p, Engine::kGradInput, avx512, nnz);
+    const auto pk = cached_pack(Engine::kGradInput, phase, col_ptr, row_idx, g, p, nnz, taps(keep));
     const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
     p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
     run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
   };
   if (g.sh == 1) {
-    run(base, 1, [](int64_t) { return true; });
+    run(base, -1, [](int64_t) { return true; });
     return dx;
   }
   // Strided: V is grad_output zero-upsampled by the stride, so the output rows of one phase
@@ -493,7 +488,7 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
     p.Ho = (g.H - phase + g.sh - 1) / g.sh;
     p.sh = g.sh, p.pt = base.pt - phase;
     p.oy_first = phase, p.oy_step = g.sh, p.skip_gaps = true;
-    run(p, 3 + phase, [&](int64_t kh) { return ((phase + kh * g.dh - base.pt) % g.sh + g.sh) % g.sh == 0; });
+    run(p, phase, [&](int64_t kh) { return ((phase + kh * g.dh - base.pt) % g.sh + g.sh) % g.sh == 0; });
   }
   return dx;
 }
@@ -521,10 +516,10 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   }
   auto dw = at::empty(weight_size, x.options());
   const bool avx512 = have_avx512();
-  convk::Plan p = conv_plan(g, Kind::kGradWeight, avx512, nnz);
+  convk::Plan p = conv_plan(g, Engine::kGradWeight, avx512, nnz);
   p.dy_sn = dy.stride(0), p.dy_sc = dy.stride(1);
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  const auto pk = cached_pack(2, row_ptr, col_idx, g, p, nnz, [&](auto&& visit) {
+  const auto pk = cached_pack(Engine::kGradWeight, -1, row_ptr, col_idx, g, p, nnz, [&](auto&& visit) {
     for (int64_t co = 0; co < g.Co; ++co)
       for (int32_t j = rp[co]; j < rp[co + 1]; ++j) {
         const int64_t col = ci[j];

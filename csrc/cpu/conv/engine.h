@@ -1,4 +1,4 @@
-// Private to csrc/cpu/conv*.cpp: the direct sparse convolution engine shared by the three conv ops.
+// Private to csrc/cpu/conv: the direct sparse convolution engine shared by the three conv ops.
 //
 // All three ops run one engine over a "virtual input" V derived from a source tensor S (N, Cs, Hs, Ws):
 //   V[n, c, r, q] = S[n, c, (r - pt) / uh, (q - pl) / uw]  when both divisions are exact and in range,
@@ -12,17 +12,19 @@
 // Work is cut into tasks (group of G images from n0, tile of R output rows). For each block of Cb
 // source channels the task builds, in a small per-thread buffer, one copy of V per kernel column kw:
 //   copy[cl][kw][rr][g * Wo + x] = V[n0 + g, c0 + cl, oy0*sh + rr, x*sw + kw*dw],  x < Wo, g < G
-// (zero up to Wo_r). G = 1 unless a row is narrower than half a vector: then G images sit side by
-// side in one vector row (4 maps of width 4 fill a 16-lane AVX-512 vector instead of a quarter of
-// it; the deep levels of a U-Net are 4x4 and 8x8), and every kernel below runs unchanged on them.
-// so every load of the inner loops is an aligned full vector at a per-weight constant offset
-// (((cl * KW + kw) * rows_copy + kh * dh) * Wo_r) and the row step is sh * Wo_r. Cb trades L1 fit of
-// the copies against the partial-sum pass each (output channel, block) pair costs (see choose_tiling).
-// The per-call "plan" lists, for each (output channel o, channel block b), the kept weights as
-// (offset, value) pairs; it is built from CSR/CSC by a counting sort in O(nnz + Co * nb).
+// (zero up to Wo_r), so every load of the inner loops is an aligned full vector at a per-weight
+// constant offset (((cl * KW + kw) * rows_copy + kh * dh) * Wo_r) and the row step is sh * Wo_r.
+// G = 1 unless a row is narrower than half a vector: then G images sit side by side in one vector
+// row (4 maps of width 4 fill a 16-lane AVX-512 vector instead of a quarter of it; the deep levels
+// of a U-Net are 4x4 and 8x8), and every kernel runs unchanged on them. Cb trades L1 fit of the
+// copies against the partial-sum pass each (output channel, block) pair costs (see choose_tiling).
+// The "plan" lists, for each (output channel o, channel block b), the kept weights as (offset,
+// value) pairs; the offsets come from CSR/CSC by a counting sort in O(nnz + Co * nb), cached per
+// pattern and tiling (conv.cpp), and the values are gathered on every call.
 //
-// This header is included by translation units compiled for different instruction sets, so it only
-// declares plain data and functions: nothing inline that the linker could merge across ISAs.
+// This header is included by translation units compiled for different instruction sets
+// (kernels_<isa>.cpp), so it only declares plain data and functions, and constexpr / inline
+// helpers that hold no vector code: nothing the linker could merge across instruction sets.
 #pragma once
 #include <cstdint>
 
@@ -72,7 +74,7 @@ constexpr int taps_in(int32_t kind) { return kind == kTripleTaps ? 3 : kind == k
 
 // Whether forward / grad-input packs for plan p group taps: the kernel's row step must be the
 // distance between the rows of taps kh and kh + 1; rows of at most 4 vectors give the kernels a
-// compile-time row step (with a run-time one, GCC spilled the row addresses of a group); and AVX2's
+// compile-time row step (with a run-time one, GCC spills the row addresses of a group); and AVX2's
 // 16 registers leave no room for the shared rows and three weights beside the accumulator tile.
 inline bool groups_taps(const Plan& p) {
   return p.vw == 16 && p.sh == 1 && p.dh == 1 && p.uh == 1 && !p.skip_gaps && p.KH >= 2 && p.nvec <= 4;
@@ -91,8 +93,8 @@ void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows);
 
 // cols[kw * Wo_r + x] for kw < KW, x < Wo_r: the column of S that copy column x of kernel column kw
 // reads, or -1 where it is zero (padding, an upsampling gap, x >= Wo). Needed only where the copies
-// are not plain shifted windows (sw != 1 or uw != 1). Once per task: the divisions this used to
-// cost per copied element were most of a strided conv's run time.
+// are not plain shifted windows (sw != 1 or uw != 1). Once per task, so the copies pay no division
+// per element (those divisions would dominate a strided conv).
 void source_cols(const Plan& p, int32_t* cols);
 
 // Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S, copy row rr

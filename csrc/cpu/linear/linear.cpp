@@ -1,5 +1,5 @@
 // Sparse linear kernels on the CPU. The weight is the dense-shaped (M, K) tensor; the pattern is
-// its CSR (row_ptr, col_idx), from which a plan (linear_plan.h: entry lists in k-blocked order for
+// its CSR (row_ptr, col_idx), from which a plan (plan.h: entry lists in k-blocked order for
 // S = W o mask and for its transpose) is built once per pattern and cached.
 //
 // Forward and grad-input are one operation, out (N, R) = in (N, C) . S^T with S sparse (R, C):
@@ -10,14 +10,15 @@
 // batch instead: each thread transposes a block of NB batch rows into a panel P (C, NB) and builds
 // the transposed output tile T (R, NB),
 //   T[r, :] += S[r, c] * P[c, :]     for every kept (r, c),
-// holding T[r, :] in registers while row r's kept weights are walked (linear_spmm.h): one
-// broadcast and NB / lanes FMAs with aligned panel loads per kept weight. Columns are split into
-// k-blocks of KB (256, or 128 for denser patterns) so that the panel rows one pass over all R rows
-// touches (KB * NB values) stay in L1/L2 instead of the whole panel; the plan lists the entries in
-// (k-block, row) order so that every pass reads them sequentially. KB trades the panel's cache
-// footprint against the per-(row, k-block) cost of re-loading T[r, :] (chosen by density,
-// linear_plan.h). Work is parallel over batch blocks (no shared outputs), handed out dynamically
-// (tasks.h); with fewer blocks than threads (small N), over output rows instead.
+// holding T[r, :] in registers while row r's kept weights are walked (spmm.h): one broadcast and
+// NB / lanes FMAs with aligned panel loads per kept weight. Columns are split into k-blocks of KB
+// columns so that the panel rows one pass over all R rows touches (KB * NB values) stay in L1/L2
+// instead of the whole panel; the plan lists the entries in (k-block, row) order so that every
+// pass reads them sequentially. KB trades the panel's cache footprint against the per-(row,
+// k-block) cost of re-loading T[r, :]; the plan chooses it by density (64 to 512 columns:
+// k_block_shift and fused_block_shift in plan.h). Work is parallel over batch blocks (no shared
+// outputs), handed out dynamically (tasks.h); with fewer blocks than threads (small N), over
+// output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
 // the reduction, so it is cut into chunks of 2 * NB columns; per chunk, X and dY are transposed
@@ -29,10 +30,10 @@
 // of the transposed pattern (backward_rows_f32_avx512): each kept W[m, k] loads dY^T[m, chunk]
 // once for both its grad-input FMAs and its dot product with X^T[k, chunk] (which stays in
 // registers for the row), and the partial sums are then in the transposed plan's order (mapped
-// back through fwd_to_gi when dW is written). Measured at 2 threads, 1024 x 1024 x 1024: the
-// backward 3-7% faster than the two kernels in turn at 90-95%, 8-17% at 1 thread.
+// back through fwd_to_gi when dW is written).
 //
-// fp32 has AVX2 and AVX-512 kernels (run-time choice); fp64 uses the portable loops below.
+// fp32 runs the kernels of kernels_avx512.cpp or kernels_avx2.cpp, as cpu_capability() chooses;
+// fp64 uses the portable loops below.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -40,10 +41,11 @@
 #include <cstring>
 #include <vector>
 
-#include "../ebsparse.h"
-#include "linear_kernels.h"
-#include "linear_plan.h"
-#include "tasks.h"
+#include "ebsparse.h"
+#include "cpu/capability.h"
+#include "cpu/linear/kernels.h"
+#include "cpu/linear/plan.h"
+#include "cpu/tasks.h"
 
 namespace ebsparse {
 namespace {
@@ -97,7 +99,7 @@ struct Kernels {
   // the first k-block of a tile: rows start from init[r] (or 0) and are all written
   void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
   void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
-  // both backward kernels in one walk of the transposed pattern (linear_kernels.h); null where
+  // both backward kernels in one walk of the transposed pattern (kernels.h); null where
   // there is none (AVX2 has too few registers to hold both tiles, fp64)
   void (*backward_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*,
                         const T*, const T*, T*, T*, T*, bool);
@@ -109,7 +111,7 @@ Kernels<T> pick_kernels();
 template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
-  if (d::cpu_has_avx512())
+  if (cpu_capability() == CpuCapability::kAvx512)
     return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512,
             d::backward_rows_f32_avx512};
   return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr};
@@ -149,7 +151,10 @@ T* scratch(Slot slot, int64_t n) {
 // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols; dst_rows_outer: see transpose_f32.
 void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
                bool dst_rows_outer) {
-  linear_detail::transpose_f32(src, lds, rows, cols, dst, ldd, dst_rows_outer);
+  if (cpu_capability() == CpuCapability::kAvx512)
+    linear_detail::transpose_f32_avx512(src, lds, rows, cols, dst, ldd, dst_rows_outer);
+  else
+    linear_detail::transpose_f32_avx2(src, lds, rows, cols, dst, ldd, dst_rows_outer);
 }
 void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, double* dst, int64_t ldd,
                bool) {

@@ -1,8 +1,8 @@
-// Building and caching the k-blocked plans of linear sparsity patterns (see linear_plan.h).
-#include "linear_plan.h"
+// Building and caching the k-blocked plans of linear sparsity patterns (see plan.h).
+#include "cpu/linear/plan.h"
 
-#include "linear_kernels.h"
-#include "pattern_cache.h"
+#include "cpu/capability.h"
+#include "cpu/pattern_cache.h"
 
 #include <algorithm>
 
@@ -29,18 +29,12 @@ void bucket(int64_t rows, int64_t cols, int64_t nnz, int kb_shift, Each each, Bl
 }
 
 std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, int64_t M, int64_t K) {
-  // Built once per pattern, so it can afford to check what every kernel call then trusts.
-  for (int64_t m = 0; m < M; ++m)
-    TORCH_CHECK(rp[m] <= rp[m + 1], "row_ptr: expected non-decreasing offsets, got ", rp[m], " then ",
-                rp[m + 1], " at row ", m);
-  for (int64_t j = 0; j < rp[M]; ++j)
-    TORCH_CHECK(ci[j] >= 0 && ci[j] < K, "col_idx: expected indices in [0, ", K, "), got ", ci[j],
-                " at position ", j);
+  // The pattern passed check_pattern_values (checks.h) before any op reached here.
   auto plan = std::make_shared<LinearPlan>();
   plan->M = M;
   plan->K = K;
   plan->nnz = rp[M];
-  // CSR rows in order: within row m the columns are sorted (as ebsparse.formats builds them), so
+  // CSR rows in order: within row m the columns are sorted (check_pattern_values), so
   // each fwd row lists its columns in order; m ascending lists each gi row's columns (m) in order.
   auto csr = [&](auto emit_rck) {
     for (int64_t m = 0; m < M; ++m)
@@ -50,7 +44,7 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
   const int kb_shift = k_block_shift(density);
   bucket(M, K, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
          plan->fwd);
-  const int gi_shift = cpu_has_avx512() ? fused_block_shift(density) : kb_shift;
+  const int gi_shift = cpu_capability() == CpuCapability::kAvx512 ? fused_block_shift(density) : kb_shift;
   bucket(K, M, plan->nnz, gi_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
   // CSR position j -> fwd position (fwd.src is m * K + k; rows in order), then gi -> fwd.

@@ -1,9 +1,8 @@
-// Private to csrc/cpu/linear*.cpp: the k-blocked entry lists of a linear sparsity pattern, built
-// once per pattern and cached, so that a training step only gathers the weight values.
-//
-// Counting, prefix sums and scattering the kept positions into (k-block, row) order used to be
-// paid on every call; now a call finds the plan of its (row_ptr, col_idx) in a PatternCache
-// (pattern_cache.h) and gathers nnz values in plan order (one streaming pass).
+// Private to csrc/cpu/linear: the k-blocked entry lists of a linear sparsity pattern, built
+// once per pattern and cached, so that a training step only gathers the weight values: a call
+// finds the plan of its (row_ptr, col_idx) in a PatternCache (pattern_cache.h) and gathers nnz
+// values in plan order (one streaming pass) instead of counting, summing and scattering the kept
+// positions again.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/util/intrusive_ptr.h>
@@ -63,16 +62,14 @@ struct LinearPlan {
 
 // k-block width (columns per pass over the rows), 2^shift. Sparse rows want wide blocks (each
 // (row, k-block) pass re-loads the row's output tile, so a pass needs enough kept weights); dense
-// ones want narrow blocks whose panel rows stay in L1. Measured on 1024 x 1024 (interleaved A/B in
-// one process, 1 and 2 threads): 128 best at 50% (256 is 16% slower), 256 best at 90% (64 and 128
-// are 10-40% slower), 512 by 3-5% at 95%.
+// ones want narrow blocks whose panel rows stay in L1: 128 columns from 25% density, 256 from 7.5%,
+// 512 below.
 inline int k_block_shift(double density) { return density >= 0.25 ? 7 : density >= 0.075 ? 8 : 9; }
 
 // k-block width of the transposed pattern where the fused AVX-512 backward walks it
 // (backward_rows_f32_avx512): each kept weight reads a 512-byte panel row (two halves), so denser
-// patterns want half the forward's width, keeping a block's panel rows in L1 (64 x 512 B). Measured
-// on 1024 x 1024 at 2 threads (forward + backward ops, interleaved, 4 runs): 2:4 and 50% 8-13%
-// faster with 64 than with 128; 90-95% no better below the forward's width.
+// patterns (from 25% density) want half the forward's width, keeping a block's panel rows in L1
+// (64 x 512 B); sparser ones keep the forward's.
 inline int fused_block_shift(double density) { return density >= 0.25 ? 6 : k_block_shift(density); }
 
 // The cached plan of this pattern (built on first use). Thread-safe.

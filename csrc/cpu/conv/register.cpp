@@ -1,9 +1,8 @@
-// CPU registration of the sparse conv2d ops: argument checks, then the kernels in conv*.cpp.
+// CPU registration of the sparse conv2d ops: argument checks (checks.h), then the kernels of conv.cpp.
 #include <torch/library.h>
 
-#include "../ebsparse.h"
-#include "checks.h"
-#include "pattern_cache.h"
+#include "ebsparse.h"
+#include "cpu/checks.h"
 
 namespace ebsparse {
 namespace {
@@ -12,28 +11,6 @@ void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArr
   TORCH_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride: expected two positive ints, got ", stride);
   TORCH_CHECK(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, "padding: expected two non-negative ints, got ", padding);
   TORCH_CHECK(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0, "dilation: expected two positive ints, got ", dilation);
-}
-
-// The kernels index the weight, the block copies and grad_weight by these values, so a malformed
-// pattern must not reach them: nnz must match, and every index must lie in [0, cols). A pattern
-// that passed is remembered (pattern_cache.h: the same tensors, unmodified), since a training step
-// calls the three conv ops on the same pattern and the pattern changes rarely.
-void check_pattern_values(const at::Tensor& ptr, const at::Tensor& idx, int64_t cols, const char* ptr_name,
-                          const char* idx_name) {
-  static PatternCache<bool> valid(1024);
-  valid.get(ptr, idx, {cols}, [&] {
-    const int32_t* p = ptr.data_ptr<int32_t>();
-    const int64_t rows = ptr.numel() - 1;
-    TORCH_CHECK(p[0] == 0 && p[rows] == idx.numel(), ptr_name, ": expected to start at 0 and end at ", idx_name,
-                ".numel() = ", idx.numel(), ", got ", p[0], " and ", p[rows]);
-    for (int64_t r = 0; r < rows; ++r)
-      TORCH_CHECK(p[r] <= p[r + 1], ptr_name, ": expected non-decreasing values, got ", p[r], " then ", p[r + 1]);
-    const int32_t* v = idx.data_ptr<int32_t>();
-    for (int64_t j = 0; j < idx.numel(); ++j)
-      TORCH_CHECK(v[j] >= 0 && v[j] < cols, idx_name, ": expected values in [0, ", cols, "), got ", v[j],
-                  " at position ", j);
-    return std::make_shared<const bool>(true);
-  });
 }
 
 at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -46,8 +23,7 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1), "weight: expected (Co, ",
               input.size(1), ", KH, KW), got ", weight.sizes());
   check_conv_args(stride, padding, dilation);
-  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1) * weight.size(2) * weight.size(3),
-                "row_ptr", "col_idx", input);
+  check_pattern(row_ptr, col_idx, weight.size(0), "row_ptr", "col_idx", input);
   check_pattern_values(row_ptr, col_idx, weight.size(1) * weight.size(2) * weight.size(3), "row_ptr", "col_idx");
   if (bias) {
     check_same(input, *bias, "input", "bias");
@@ -68,8 +44,7 @@ at::Tensor csr_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Te
   TORCH_CHECK(input_size.size() == 4 && input_size[1] == weight.size(1), "input_size: expected (N, ",
               weight.size(1), ", H, W), got ", input_size);
   check_conv_args(stride, padding, dilation);
-  check_pattern(col_ptr, row_idx, weight.size(1) * weight.size(2) * weight.size(3), weight.size(0),
-                "col_ptr", "row_idx", weight);
+  check_pattern(col_ptr, row_idx, weight.size(1) * weight.size(2) * weight.size(3), "col_ptr", "row_idx", weight);
   check_pattern_values(col_ptr, row_idx, weight.size(0), "col_ptr", "row_idx");
   return csr_conv2d_grad_input(grad_output, weight, col_ptr, row_idx, input_size, stride, padding, dilation);
 }
@@ -86,8 +61,7 @@ at::Tensor csr_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::T
                   weight_size[1] == input.size(1),
               "weight_size: expected (", grad_output.size(1), ", ", input.size(1), ", KH, KW), got ", weight_size);
   check_conv_args(stride, padding, dilation);
-  check_pattern(row_ptr, col_idx, weight_size[0], weight_size[1] * weight_size[2] * weight_size[3],
-                "row_ptr", "col_idx", input);
+  check_pattern(row_ptr, col_idx, weight_size[0], "row_ptr", "col_idx", input);
   check_pattern_values(row_ptr, col_idx, weight_size[1] * weight_size[2] * weight_size[3], "row_ptr", "col_idx");
   return csr_conv2d_grad_weight(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
 }

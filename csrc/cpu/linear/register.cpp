@@ -1,21 +1,11 @@
-// CPU registration of the sparse linear ops: argument checks, then the kernels in linear*.cpp.
+// CPU registration of the sparse linear ops: argument checks (checks.h), then the kernels of linear.cpp.
 #include <torch/library.h>
 
-#include "../ebsparse.h"
-#include "checks.h"
+#include "ebsparse.h"
+#include "cpu/checks.h"
 
 namespace ebsparse {
 namespace {
-
-// The kernels walk ptr[0] .. ptr[rows] into idx: the pattern must be internally consistent (one
-// read of each end; the indices themselves are trusted, as built by ebsparse.formats).
-void check_pattern_extent(const at::Tensor& ptr, const at::Tensor& idx, const char* ptr_name,
-                          const char* idx_name) {
-  const int32_t* p = ptr.data_ptr<int32_t>();
-  const int64_t rows = ptr.numel() - 1;
-  TORCH_CHECK(p[0] == 0 && p[rows] == idx.numel(), ptr_name, ": expected to start at 0 and end at ",
-              idx_name, ".numel() = ", idx.numel(), ", got ", p[0], " .. ", p[rows]);
-}
 
 at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& row_ptr,
@@ -25,8 +15,8 @@ at::Tensor csr_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.dim() == 2, "input: expected (N, K), got ", input.sizes());
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == input.size(1), "weight: expected (M, ",
               input.size(1), "), got ", weight.sizes());
-  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1), "row_ptr", "col_idx", input);
-  check_pattern_extent(row_ptr, col_idx, "row_ptr", "col_idx");
+  check_pattern(row_ptr, col_idx, weight.size(0), "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, weight.size(1), "row_ptr", "col_idx");
   if (bias) {
     check_same(input, *bias, "input", "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected (",
@@ -41,8 +31,8 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_output, const at::Te
   check_same(grad_output, weight, "grad_output", "weight");
   TORCH_CHECK(grad_output.dim() == 2 && weight.dim() == 2 && grad_output.size(1) == weight.size(0),
               "grad_output: expected (N, ", weight.size(0), "), got ", grad_output.sizes());
-  check_pattern(col_ptr, row_idx, weight.size(1), weight.size(0), "col_ptr", "row_idx", weight);
-  check_pattern_extent(col_ptr, row_idx, "col_ptr", "row_idx");
+  check_pattern(col_ptr, row_idx, weight.size(1), "col_ptr", "row_idx", weight);
+  check_pattern_values(col_ptr, row_idx, weight.size(0), "col_ptr", "row_idx");
   return csr_linear_grad_input(grad_output, weight, col_ptr, row_idx);
 }
 
@@ -52,8 +42,8 @@ at::Tensor csr_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::T
   check_same(grad_output, input, "grad_output", "input");
   TORCH_CHECK(grad_output.dim() == 2 && input.dim() == 2 && grad_output.size(0) == input.size(0),
               "input: expected (", grad_output.size(0), ", K), got ", input.sizes());
-  check_pattern(row_ptr, col_idx, grad_output.size(1), input.size(1), "row_ptr", "col_idx", input);
-  check_pattern_extent(row_ptr, col_idx, "row_ptr", "col_idx");
+  check_pattern(row_ptr, col_idx, grad_output.size(1), "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, input.size(1), "row_ptr", "col_idx");
   return csr_linear_grad_weight(grad_output, input, row_ptr, col_idx);
 }
 
@@ -68,8 +58,8 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(
               "grad_output: expected (N, ", weight.size(0), "), got ", grad_output.sizes());
   TORCH_CHECK(input.dim() == 2 && input.size(0) == grad_output.size(0) && input.size(1) == weight.size(1),
               "input: expected (", grad_output.size(0), ", ", weight.size(1), "), got ", input.sizes());
-  check_pattern(row_ptr, col_idx, weight.size(0), weight.size(1), "row_ptr", "col_idx", input);
-  check_pattern_extent(row_ptr, col_idx, "row_ptr", "col_idx");
+  check_pattern(row_ptr, col_idx, weight.size(0), "row_ptr", "col_idx", input);
+  check_pattern_values(row_ptr, col_idx, weight.size(1), "row_ptr", "col_idx");
   return csr_linear_backward(grad_output, input, weight, row_ptr, col_idx, input_grad, weight_grad);
 }
 

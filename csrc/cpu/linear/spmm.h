@@ -1,6 +1,6 @@
 // The SpMM micro-kernel of the sparse linear ops, written once against the vector adapters of
-// simd_vec.h and included by linear_simd.cpp once per instruction set, inside a namespace that
-// aliases `Vec` (the AVX-512 copy inside a target pragma). Layouts: linear_kernels.h.
+// simd_vec.h and included by kernels_avx512.cpp and kernels_avx2.cpp, inside a namespace that
+// aliases `Vec` (the AVX-512 copy inside a target pragma). Layouts: kernels.h.
 //
 // One output row r keeps its NB = 4 * W outputs in registers while it walks its kept weights: each
 // kept weight costs one column load, one broadcast and 4 fused multiply-adds whose second operand

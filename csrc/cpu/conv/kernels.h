@@ -1,6 +1,6 @@
-// Kernel bodies of the direct sparse conv engine (see conv_impl.h), written once against a small
-// vector interface `Vec` and included by conv_avx512.cpp and conv_avx2.cpp, each of which aliases
-// `Vec` for its instruction set inside its own namespace before including this file. Everything
+// Kernel bodies of the direct sparse conv engine (see engine.h), written once against a small
+// vector interface `Vec` and included by kernels_avx512.cpp and kernels_avx2.cpp, each of which
+// aliases `Vec` for its instruction set inside its own namespace before including this file. Everything
 // here has internal linkage except the two task entry points, so no code compiled for one ISA can
 // be merged into the other by the linker.
 //
@@ -21,7 +21,7 @@ inline int row_slot(int64_t rows) {
   return i;
 }
 
-// The taps of one group (conv_impl.h): tap t (weight val[t]) reads rows shift_t (0, kShift1 and,
+// The taps of one group (engine.h): tap t (weight val[t]) reads rows shift_t (0, kShift1 and,
 // when kShift2 > 0, kShift2) below the group's first; row j is loaded once and feeds every tap that
 // reads it. Register budget: R * V accumulators, three weights and the row in flight.
 template <int R, int V, int kShift1, int kShift2>
@@ -48,11 +48,9 @@ __attribute__((always_inline)) inline void fwd_group(typename Vec::T (&acc)[R][V
 //   acc[r][v] = init + sum_{e in list(o, b)} val[e] * copy[off[e] + r * rstep + v * W]
 // Loop order: the whole tile stays in registers while the kept weights stream by, so each weight
 // costs one broadcast and R*V FMAs whose input operand is an aligned, base-addressed
-// (simd::base_address) L1 load. That loop is bound by its loads, not its FMAs (a microbenchmark on
-// Zen 4 with the copy in L1: 87% of FMA peak), so with AVX-512 the weights come in tap groups
-// (conv_impl.h) whose taps share their row loads (fwd_group). The groups are sorted by kind within
-// the list, so the branch on the kind is predicted. (An earlier variant sharing rows between the
-// kept kh of a column measured slower on an Intel core; this one was measured on Zen 4.)
+// (simd::base_address) L1 load. That loop is bound by its loads, not its FMAs, so with AVX-512 the
+// weights come in tap groups (engine.h) whose taps share their row loads (fwd_group). The groups
+// are sorted by kind within the list, so the branch on the kind is predicted.
 // init is `bias` or (kLoad) the partial sums at pin (row stride in_rs); stores the whole tile to pout
 // (row stride out_rs); ragged tiles go through a scratch tile in the caller. kLoad and kStep (the
 // compile-time row step V * W for unit stride with one chunk per row, else 0 = run-time rstep) are
@@ -102,11 +100,9 @@ void fwd_kernel(const int32_t* __restrict off, const float* __restrict val, int6
 //   acc[e] += sum_{r < R, v < V} dy[o, oy0 + r, v*W ...] . copy[off[e] + r * rstep + v * W]
 // The R x V tile of dy is loaded into registers once and reused by every kept weight of (o, b);
 // each weight then costs R*V FMAs with one aligned L1 load each and one horizontal sum. Up to four
-// accumulators cut the FMA dependency chain (to 6 at R*V = 24 with AVX-512; two were 2-3% slower,
-// paired A/B, 40 rounds); out-of-order execution overlaps successive weights. (Buffering the dot
-// vectors and reducing them 16 at a time, as the linear backward does, measured 3-13% slower here.
-// Tap groups, which share row loads in fwd_kernel, do not pay here: with the dy tile holding 24
-// registers, one chain per tap measured 5-8% slower at 90% and 2:4 on Zen 4, and two spilled.)
+// accumulators cut the FMA dependency chain (to 6 at R*V = 24 with AVX-512); out-of-order
+// execution overlaps successive weights. No tap groups here (unlike fwd_kernel): the dy tile holds
+// up to 24 registers, leaving none for the extra chains a group needs.
 template <int R, int V, int kStep>
 void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restrict cb, int64_t rstep_rt,
                const float* dy, int64_t dy_rs, int64_t rows_valid, int64_t last_lanes,
@@ -147,7 +143,7 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
   }
 }
 
-// Block copies (see conv_impl.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
+// Block copies (see engine.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
 // for unit stride and no upsampling along the width: each image's window lands in its own lanes
 // [g * Wo, (g + 1) * Wo); the masked loads of one row are added together (their other lanes are 0).
 void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, float* dst) {
@@ -198,7 +194,7 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
   }
 }
 
-// Block copies (see conv_impl.h) for the common case of unit stride and no upsampling along the
+// Block copies (see engine.h) for the common case of unit stride and no upsampling along the
 // width: every copy row is a shifted window of one source row, read with lane-masked loads so the
 // zero padding costs nothing and no read leaves the row. Grouped rows and other geometries go to
 // the builders above.
@@ -248,7 +244,7 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
 }
 
 // The source rows (and, for strided or upsampled columns, source columns) a task's copies read:
-// source_rows / source_cols of conv_impl.h, once per task.
+// source_rows / source_cols of engine.h, once per task.
 struct CopyMaps {
   std::vector<int64_t> rows;
   std::vector<int32_t> cols;
@@ -351,8 +347,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
         const int64_t lanes = c0 + nv == p.nvec ? last_lanes : p.vw;  // valid floats of the last vector
         const bool ragged = last && (rv < rk || lanes < p.vw || p.G > 1);
         // Full AVX-512 tiles go out through the scratch tile with streaming stores: the output is
-        // written once, so reading its lines in first (what a plain store does) is wasted traffic
-        // (~3% of a 95% training step; no change at 90%).
+        // written once, so reading its lines in first (what a plain store does) is wasted traffic.
         const bool streamed = last && !ragged && Vec::W == 16 && yo_rs % 16 == 0 &&
                               reinterpret_cast<uintptr_t>(yo + col) % 64 == 0;
         float* dst = !last ? part + col : (ragged || streamed) ? tile : yo + col;

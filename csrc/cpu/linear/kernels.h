@@ -1,7 +1,8 @@
-// Private to csrc/cpu/linear*.cpp: the fp32 SIMD micro-kernels of the sparse linear ops and the
-// layouts they share with the drivers in linear.cpp.
+// Private to csrc/cpu/linear: the fp32 SIMD micro-kernels of the sparse linear ops, one set per
+// instruction set (kernels_avx512.cpp, kernels_avx2.cpp; linear.cpp picks one through
+// cpu_capability()), and the layouts they share with the drivers in linear.cpp.
 //
-// Layouts (the entry lists come from the cached plan, linear_plan.h; the panels and values are
+// Layouts (the entry lists come from the cached plan, plan.h; the panels and values are
 // rewritten on every call into buffers reused between calls; nothing scans the dense mask):
 //   panel  P[c * NB + i] = A[n0 + i, c]: a block of NB rows of a row-major (N, C) activation,
 //          transposed so that one column c is NB contiguous values (zero past N). 64-byte aligned.
@@ -17,8 +18,6 @@ namespace ebsparse::linear_detail {
 // Panel widths (outputs per register tile) of the fp32 kernels.
 constexpr int kNbAvx512 = 64;   // 4 zmm
 constexpr int kNbAvx2 = 32;     // 4 ymm
-
-bool cpu_has_avx512();
 
 // T[r * NB + i] += sum_{e in [bptr[r], bptr[r + 1])} val[e] * P[col[e] * NB + i],
 // for r in [r0, r1), i < NB.
@@ -50,10 +49,12 @@ void backward_rows_f32_avx512(const int32_t* col, const float* val, const int32_
                               const float* x_hi, float* t_lo, float* t_hi, float* part,
                               bool first_block);
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (AVX2 baseline). dst_rows_outer: dst is
-// the large output written once (walk its rows in the outer loop, stream it to memory where its
-// rows are 64-byte aligned); else src is the large strided side (walk its rows outermost).
-void transpose_f32(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
-                   int64_t ldd, bool dst_rows_outer);
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols. dst_rows_outer: dst is the large
+// output written once (walk its rows in the outer loop; the AVX-512 one streams it to memory where
+// its rows are 64-byte aligned); else src is the large strided side (walk its rows outermost).
+void transpose_f32_avx512(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                          int64_t ldd, bool dst_rows_outer);
+void transpose_f32_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                        int64_t ldd, bool dst_rows_outer);
 
 }  // namespace ebsparse::linear_detail
