@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.ops.extension import extension_error, has_cuda_kernels
-from ebsparse.ops.registry import registered_backends
+from ebsparse.backends.extension import extension_error, has_cuda_kernels
+from ebsparse.backends.registry import registered_backends
 
-_OPS = ("linear", "conv2d")
+_OPS = ("linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4")
 
 
 def availability() -> list[dict]:
@@ -31,11 +31,11 @@ def report(print_it: bool = True) -> str:
         f"CUDA kernels compiled in: {has_cuda_kernels()}",
         f"CPU capability used by torch: {torch.backends.cpu.get_cpu_capability()}; threads: {torch.get_num_threads()}",
         "",
-        f"{'op':8} {'backend':8} {'device':6} {'dtype':9} status",
+        f"{'op':14} {'backend':8} {'device':6} {'dtype':9} status",
     ]
     for row in availability():
         status = "available" if not row["reasons"] else "unavailable: " + "; ".join(row["reasons"])
-        lines.append(f"{row['op']:8} {row['backend']:8} {row['device']:6} {row['dtype']:9} {status}")
+        lines.append(f"{row['op']:14} {row['backend']:8} {row['device']:6} {row['dtype']:9} {status}")
     text = "\n".join(lines)
     if print_it:
         print(text)

@@ -64,7 +64,8 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
 
     Args:
         density: kept fraction, one float for every layer or a mapping layer name -> density
-            (layers missing from the mapping are left dense). Ignored for 2:4.
+            (layers missing from the mapping are left dense). For 2:4 it must be None or 0.5
+            (a 2:4 pattern keeps half); any other value raises ValueError.
         pattern: "unstructured" (magnitude mask with exact counts) or "2:4".
         masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation).
         include / exclude: layer-name globs (or a predicate (name, module) -> bool).
