@@ -7,14 +7,18 @@ import torch
 from ebsparse.backends.extension import extension_error, has_cuda_kernels
 from ebsparse.backends.registry import registered_backends
 
-_OPS = ("linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4")
+
+
+def _op_order(op: str) -> tuple:
+    return (op not in ("linear", "conv2d"), op)  # the layer ops first
 
 
 def availability() -> list[dict]:
     """One row per (op, backend, device, dtype): `reasons` is empty where the backend can run."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
-    for op in _OPS:
+    ops = sorted(set().union(*(b.ops for b in registered_backends().values())), key=_op_order)
+    for op in ops:
         for name, backend in registered_backends().items():
             for device in devices:
                 for dtype in (torch.float32, torch.float64, torch.bfloat16):
