@@ -12,6 +12,7 @@ against the mask's contents once.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ class PatternIndex:
     mask: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the mask it was built from
     mask_version: int = field(default=-1, repr=False, compare=False)
     _bits: dict = field(default_factory=dict, repr=False, compare=False)
-    _checked: set = field(default_factory=set, repr=False, compare=False)
+    _checked: list = field(default_factory=lambda: [None, -1], repr=False, compare=False)  # [weakref, version]
 
     @property
     def nnz(self) -> int:
@@ -50,11 +51,12 @@ class PatternIndex:
 
     def describes(self, mask: torch.Tensor) -> bool:
         """Whether this index is the pattern of `mask` now. Free for the mask (and version) it was
-        built from; any other mask is compared by content once per (tensor, version)."""
+        built from; another mask is compared by content, once while it stays the last one checked
+        and unchanged."""
         if mask is self.mask and mask._version == self.mask_version:
             return True
-        key = (id(mask), mask._version, mask.data_ptr())
-        if key in self._checked:
+        checked, version = self._checked
+        if checked is not None and checked() is mask and mask._version == version:
             return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or mask[0].numel() != self.cols:
             return False
@@ -62,7 +64,7 @@ class PatternIndex:
         same = (self.row_ptr.device == mask.device and torch.equal(built.row_ptr, self.row_ptr)
                 and torch.equal(built.col_idx, self.col_idx))
         if same:
-            self._checked.add(key)
+            self._checked[:] = [weakref.ref(mask), mask._version]
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

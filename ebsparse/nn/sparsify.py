@@ -72,6 +72,10 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
         backend: forwarded to the modules (None/"auto", or a backend name).
         strict: raise instead of skipping a selected layer that cannot be made sparse.
     """
+    if pattern == "2:4":  # checked before any layer is swapped, so a bad call leaves the model as it was
+        for value in (density.values() if isinstance(density, Mapping) else [density]):
+            if value not in (None, 0.5):
+                raise ValueError(f"density: a 2:4 pattern has density 0.5, got {value!r}")
     report = SparsifyReport()
     targets = []
     for name, module in model.named_modules():
