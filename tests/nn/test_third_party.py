@@ -33,7 +33,8 @@ def test_diffusers_unet_sparsified_matches_masked_dense(pattern, density, backen
         out = model(x, t).sample
         out.sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    kept = {n + ".weight": m.mask.clone() for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))}
+    kept = {n + ".weight": m.mask.clone() for n, m in model.named_modules()
+            if isinstance(m, (SparseLinear, SparseConv2d))}
     model.zero_grad()
     ebsparse.densify(model)  # same masked weights, dense modules
     ref = model(x, t).sample
