@@ -17,11 +17,12 @@ from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows, unpack_2
 
 
 def _masked_weight(inputs) -> torch.Tensor:
-    """The weight with dropped positions exactly zero, made once per call and kept for the backward."""
+    """The weight with dropped positions exactly zero, made once per call and kept for the backward
+    (kernels run where autograd does not record, so no detach is needed)."""
     weight = inputs.state.get("masked_weight")
     if weight is None:
         bits = inputs.pattern.bits(inputs.mask, inputs.weight.dtype)
-        weight = inputs.state["masked_weight"] = zero_dropped(inputs.weight.detach(), bits)
+        weight = inputs.state["masked_weight"] = zero_dropped(inputs.weight, bits)
     return weight
 
 
@@ -51,7 +52,7 @@ class DenseBackend(Backend):
 
     def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
         # One fused call for both gradients, as autograd makes for nn.Conv2d.
-        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward.default(
             grad_output, inputs.input, _masked_weight(inputs), None, inputs.stride, inputs.padding,
             inputs.dilation, False, [0, 0], 1, [input_grad, weight_grad, False])
         return grad_input, _masked_grad(inputs, grad_weight) if weight_grad else None

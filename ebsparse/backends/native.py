@@ -19,6 +19,16 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
+def _readable_once(grad_output: torch.Tensor) -> torch.Tensor:
+    """grad_output in a layout both conv gradient kernels read without copying it again, made once
+    for the two. An expanded gradient (what `y.sum()` hands back: one value, all strides 0) becomes
+    one (H, W) plane repeated over images and channels, which the kernels read in place; anything
+    else is made contiguous."""
+    if grad_output.numel() and not any(grad_output.stride()):
+        return grad_output[0, 0].contiguous().expand(grad_output.shape)
+    return grad_output.contiguous()
+
+
 class NativeBackend(Backend):
     name = "native"
     ops = frozenset(_OP_SCHEMA)
@@ -61,6 +71,7 @@ class NativeBackend(Backend):
 
     def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
         p, geometry = inputs.pattern, (inputs.stride, inputs.padding, inputs.dilation)
+        grad_output = _readable_once(grad_output)
         grad_input = grad_weight = None
         if input_grad:
             grad_input = torch.ops.ebsparse.csr_conv2d_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx,

@@ -49,6 +49,7 @@ class TritonBackend(Backend):
     def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
         p, kernels = inputs.pattern, _kernels()
         geometry = (inputs.stride, inputs.padding, inputs.dilation)
+        grad_output = grad_output.contiguous()  # once for both kernels
         grad_input = grad_weight = None
         if input_grad:
             grad_input = kernels.csr_conv2d_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx,

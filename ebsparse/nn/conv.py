@@ -62,7 +62,7 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
         key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
-        backend = self._backend_for(key, lambda: self._inputs(input, pattern))
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
         return run_conv2d(input, self.weight, self.bias, self.mask, pattern, list(self.stride), list(self.padding),
                           list(self.dilation), backend, self.dense_weight_grad)
 

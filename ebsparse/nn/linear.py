@@ -42,7 +42,7 @@ class SparseLinear(SparsityMixin, nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
         key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
-        backend = self._backend_for(key, lambda: self._inputs(input, pattern))
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
         return run_linear(input, self.weight, self.bias, self.mask, pattern, backend, self.dense_weight_grad)
 
     def _inputs(self, input: torch.Tensor, pattern):

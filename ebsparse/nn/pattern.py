@@ -109,14 +109,13 @@ class SparsityMixin:
         if prefix + "mask" in missing_keys:
             missing_keys.remove(prefix + "mask")
 
-    def _backend_for(self, key: tuple, checked_inputs) -> Backend:
-        """The backend, resolved once per input key in eager mode (where `checked_inputs()` checks
-        the arguments and makes the op's inputs object) and reused under torch.compile."""
-        backend = self._resolved.get(key)
-        if backend is None:
-            if torch.compiler.is_compiling():
-                return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
-            backend = self._resolved[key] = dispatch.resolve(self.backend, checked_inputs())
+    def _resolve(self, key: tuple, input: torch.Tensor, pattern: PatternIndex) -> Backend:
+        """The backend for inputs like `input` (`key`: shape, dtypes, device), resolved once in eager
+        mode, where `self._inputs(...)` checks the arguments and makes the op's inputs object;
+        under torch.compile an unseen key gets the requested backend, or dense for auto."""
+        if torch.compiler.is_compiling():
+            return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
+        backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern))
         return backend
 
     def extra_repr(self) -> str:

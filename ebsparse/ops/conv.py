@@ -18,21 +18,10 @@ from ebsparse.ops.inputs import Conv2dInputs, conv2d_output_size
 _T = torch.Tensor
 
 
-def _readable_once(grad_output: _T) -> _T:
-    """grad_output in a layout every backend reads without copying it again, made once here rather
-    than once in each kernel. An expanded gradient (what `y.sum()` hands back: one value, all strides
-    0) becomes one (H, W) plane repeated over images and channels, which the native kernels read in
-    place (dense ones copy it themselves); anything else is made contiguous."""
-    if grad_output.numel() and not any(grad_output.stride()):
-        return grad_output[0, 0].contiguous().expand(grad_output.shape)
-    return grad_output.contiguous()
-
-
 def _gradients(backend: Backend, inputs: Conv2dInputs, grad_output: _T, input_grad: bool, weight_grad: bool):
     """(grad-input, grad-weight); the full weight gradient comes from the dense backend."""
     if registry.executed is not None:
         registry.executed.append(("conv2d", "backward", backend.name))
-    grad_output = _readable_once(grad_output)
     if inputs.dense_weight_grad and weight_grad and backend.name != "dense":
         grad_input = backend.conv2d_backward(inputs, grad_output, True, False)[0] if input_grad else None
         return grad_input, registry.get_backend("dense").conv2d_backward(inputs, grad_output, False, True)[1]

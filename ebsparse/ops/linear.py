@@ -119,13 +119,13 @@ def run_linear(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: Patter
                dense_weight_grad: bool = False) -> _T:
     """`sparse_linear` on arguments already checked and a backend already resolved (what the
     modules call on every forward, after resolving once per input shape)."""
-    x2d = input.reshape(-1, weight.shape[1])
+    x2d = input if input.dim() == 2 else input.reshape(-1, weight.shape[1])
     if torch.compiler.is_compiling():
         out = _sparse_linear_op(x2d, weight, bias, mask, *pattern.tensors(), backend.name, dense_weight_grad)
     else:
         inputs = LinearInputs(x2d, weight, bias, mask, pattern, dense_weight_grad)
         out = _EagerSparseLinear.apply(x2d, weight, bias, inputs, backend)
-    return out.reshape(*input.shape[:-1], weight.shape[0])
+    return out if input.dim() == 2 else out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 def linear_inputs(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex,
