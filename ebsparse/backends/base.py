@@ -30,3 +30,9 @@ class Backend:
         if op not in self.ops:
             return [f"{self.name} has no {op} kernel"]
         return []
+
+    def __reduce__(self):
+        # One instance per name: copies and unpickled modules refer to the registered backend.
+        from ebsparse.backends.registry import get_backend
+
+        return get_backend, (self.name,)

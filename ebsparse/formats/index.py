@@ -23,6 +23,19 @@ _BITS_DTYPE = {torch.float64: torch.int64, torch.float32: torch.int32, torch.flo
                torch.bfloat16: torch.int16}
 
 
+class _LastChecked:
+    """The last foreign mask (weakly) and its version an index was found to describe; copies and
+    pickles start empty."""
+
+    __slots__ = ("ref", "version")
+
+    def __init__(self):
+        self.ref, self.version = None, -1
+
+    def __reduce__(self):
+        return _LastChecked, ()
+
+
 @dataclass(frozen=True)
 class PatternIndex:
     """CSR (row_ptr, col_idx) and CSC (col_ptr, row_idx) of a mask viewed as (rows, cols), all int32."""
@@ -36,7 +49,7 @@ class PatternIndex:
     mask: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the mask it was built from
     mask_version: int = field(default=-1, repr=False, compare=False)
     _bits: dict = field(default_factory=dict, repr=False, compare=False)
-    _checked: list = field(default_factory=lambda: [None, -1], repr=False, compare=False)  # [weakref, version]
+    _checked: _LastChecked = field(default_factory=_LastChecked, repr=False, compare=False)
 
     @property
     def nnz(self) -> int:
@@ -55,8 +68,8 @@ class PatternIndex:
         and unchanged."""
         if mask is self.mask and mask._version == self.mask_version:
             return True
-        checked, version = self._checked
-        if checked is not None and checked() is mask and mask._version == version:
+        last = self._checked
+        if last.ref is not None and last.ref() is mask and mask._version == last.version:
             return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or mask[0].numel() != self.cols:
             return False
@@ -64,7 +77,7 @@ class PatternIndex:
         same = (self.row_ptr.device == mask.device and torch.equal(built.row_ptr, self.row_ptr)
                 and torch.equal(built.col_idx, self.col_idx))
         if same:
-            self._checked[:] = [weakref.ref(mask), mask._version]
+            self._checked.ref, self._checked.version = weakref.ref(mask), mask._version
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -180,3 +180,17 @@ def test_sparsify_2_4_density_is_half_or_none():
     with pytest.raises(ValueError, match="density: a 2:4 pattern has density 0.5"):
         sparsify(model, pattern="2:4", density={"0": 0.5, "1": 0.3})
     assert type(model[0]) is nn.Linear  # nothing swapped by a call that raises
+
+
+def test_copies_and_pickles_share_the_registered_backends():
+    """EMA copies and torch.save of whole models keep working after a forward (cached pattern,
+    resolved backend), and a copy still runs the backend the original resolved."""
+    import pickle
+
+    layer = SparseLinear(8, 4, density=0.5, backend="dense")
+    x = torch.randn(2, 8)
+    layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert list(clone._resolved.values()) == list(layer._resolved.values())
+        with runs_on("dense", "linear"):
+            torch.testing.assert_close(clone(x), layer(x))
