@@ -12,6 +12,7 @@ against the mask's contents once.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -71,7 +72,7 @@ class PatternIndex:
         last = self._checked
         if last.ref is not None and last.ref() is mask and mask._version == last.version:
             return True
-        if mask.dim() < 2 or mask.shape[0] != self.rows or mask[0].numel() != self.cols:
+        if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols:
             return False
         built = build_index(mask)
         same = (self.row_ptr.device == mask.device and torch.equal(built.row_ptr, self.row_ptr)
@@ -104,6 +105,14 @@ def _compressed(mask2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ptr.to(torch.int32), idx.to(torch.int32).contiguous()
 
 
+def pattern_tensors(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row_ptr, col_idx, col_ptr, row_idx) of `mask` (bool, shape (M, ...)) viewed as (M, prod(rest))."""
+    mask2d = mask.reshape(mask.shape[0], math.prod(mask.shape[1:]))
+    row_ptr, col_idx = _compressed(mask2d)
+    col_ptr, row_idx = _compressed(mask2d.t())
+    return row_ptr, col_idx, col_ptr, row_idx
+
+
 def build_index(mask: torch.Tensor) -> PatternIndex:
     """Index of `mask` (bool, shape (M, ...)) viewed as (M, prod(rest))."""
     if not isinstance(mask, torch.Tensor):
@@ -114,15 +123,12 @@ def build_index(mask: torch.Tensor) -> PatternIndex:
         raise ValueError(f"mask: expected at least 2 dims (out, in, ...), got shape {tuple(mask.shape)}")
     if mask.numel() >= 2**31:
         raise ValueError(f"mask: {mask.numel()} entries exceed the int32 index range")
-    mask2d = mask.reshape(mask.shape[0], -1)
-    row_ptr, col_idx = _compressed(mask2d)
-    col_ptr, row_idx = _compressed(mask2d.t())
-    return PatternIndex(mask2d.shape[0], mask2d.shape[1], row_ptr, col_idx, col_ptr, row_idx, mask, mask._version)
+    return PatternIndex(mask.shape[0], math.prod(mask.shape[1:]), *pattern_tensors(mask), mask, mask._version)
 
 
 def index_from_tensors(mask: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, col_ptr: torch.Tensor,
                        row_idx: torch.Tensor) -> PatternIndex:
     """An index of `mask` from its four tensors, as a traced op receives them (no check: the public
     op checked them before the trace)."""
-    return PatternIndex(mask.shape[0], mask[0].numel() if mask.dim() else 0, row_ptr, col_idx, col_ptr, row_idx,
+    return PatternIndex(mask.shape[0], math.prod(mask.shape[1:]), row_ptr, col_idx, col_ptr, row_idx,
                         mask, mask._version)

@@ -10,7 +10,7 @@ import torch
 
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend
-from ebsparse.formats.index import PatternIndex, build_index, index_from_tensors
+from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern, pair)
 from ebsparse.ops.inputs import Conv2dInputs, conv2d_output_size
@@ -121,12 +121,15 @@ _sparse_conv2d_op.register_autograd(_traced_backward, setup_context=_setup_conte
 
 # ---- entry points --------------------------------------------------------------------------------
 
-def run_conv2d(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex, stride: list[int],
-               padding: list[int], dilation: list[int], backend: Backend, dense_weight_grad: bool = False) -> _T:
+def run_conv2d(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex | None,
+               stride: list[int], padding: list[int], dilation: list[int], backend: Backend,
+               dense_weight_grad: bool = False) -> _T:
     """`sparse_conv2d` on arguments already checked (geometry as [h, w] lists) and a backend already
     resolved (what the modules call on every forward, after resolving once per input shape)."""
     if torch.compiler.is_compiling():
-        return _sparse_conv2d_op(input, weight, bias, mask, *pattern.tensors(), stride, padding, dilation,
+        # A layer never run eagerly has no cached pattern: its tensors are traced from the mask.
+        tensors = pattern.tensors() if pattern is not None else pattern_tensors(mask)
+        return _sparse_conv2d_op(input, weight, bias, mask, *tensors, stride, padding, dilation,
                                  backend.name, dense_weight_grad)
     inputs = Conv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation, dense_weight_grad)
     return _EagerSparseConv2d.apply(input, weight, bias, inputs, backend)
@@ -177,7 +180,7 @@ def sparse_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         name = backend if backend not in (None, "auto") else "dense"
         stride, padding, dilation = (list(pair(v, n, m)) for v, n, m in
                                      ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
-        return run_conv2d(input, weight, bias, mask, index if index is not None else build_index(mask), stride,
+        return run_conv2d(input, weight, bias, mask, index, stride,
                           padding, dilation, registry.get_backend(name), dense_weight_grad)
     stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
     pattern = checked_pattern(index, mask)

@@ -13,7 +13,7 @@ import torch
 
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend
-from ebsparse.formats.index import PatternIndex, build_index, index_from_tensors
+from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern)
 from ebsparse.ops.inputs import LinearInputs
@@ -115,13 +115,15 @@ _sparse_linear_op.register_autograd(_traced_backward, setup_context=_setup_conte
 
 # ---- entry points --------------------------------------------------------------------------------
 
-def run_linear(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex, backend: Backend,
-               dense_weight_grad: bool = False) -> _T:
+def run_linear(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex | None,
+               backend: Backend, dense_weight_grad: bool = False) -> _T:
     """`sparse_linear` on arguments already checked and a backend already resolved (what the
     modules call on every forward, after resolving once per input shape)."""
     x2d = input if input.dim() == 2 else input.reshape(-1, weight.shape[1])
     if torch.compiler.is_compiling():
-        out = _sparse_linear_op(x2d, weight, bias, mask, *pattern.tensors(), backend.name, dense_weight_grad)
+        # A layer never run eagerly has no cached pattern: its tensors are traced from the mask.
+        tensors = pattern.tensors() if pattern is not None else pattern_tensors(mask)
+        out = _sparse_linear_op(x2d, weight, bias, mask, *tensors, backend.name, dense_weight_grad)
     else:
         inputs = LinearInputs(x2d, weight, bias, mask, pattern, dense_weight_grad)
         out = _EagerSparseLinear.apply(x2d, weight, bias, inputs, backend)
@@ -170,7 +172,7 @@ def sparse_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if torch.compiler.is_compiling():
         # Nothing can be measured while tracing: an unresolved backend means dense.
         name = backend if backend not in (None, "auto") else "dense"
-        return run_linear(input, weight, bias, mask, index if index is not None else build_index(mask),
+        return run_linear(input, weight, bias, mask, index,
                           registry.get_backend(name), dense_weight_grad)
     check_linear_args(input, weight, bias, mask)
     pattern = checked_pattern(index, mask)

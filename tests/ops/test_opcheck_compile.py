@@ -102,3 +102,15 @@ def test_compile_fullgraph_matches_eager(backend):
     torch.testing.assert_close(out, eager)
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_compile_before_any_eager_call_runs_dense():
+    """A model compiled before it ever ran eagerly has no resolved backend and no cached pattern:
+    auto layers run dense, and the result matches eager."""
+    torch.manual_seed(0)
+    model = _Tiny(None).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with runs_on("dense", "linear"), runs_on("dense", "conv2d"):
+        out = compiled(x)
+    torch.testing.assert_close(out, model(x))
