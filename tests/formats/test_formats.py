@@ -85,3 +85,8 @@ def test_2_4_pack_round_trip_and_empty():
         values, meta = pack_2_4_rows(rows, mask)
         assert values.shape == (rows.shape[0], rows.shape[1] // 2) and meta.dtype == torch.uint8
         assert torch.equal(unpack_2_4_rows(values, meta), rows * mask)
+
+
+def test_index_of_a_mask_without_rows():
+    index = build_index(torch.zeros(0, 5, dtype=torch.bool))
+    assert (index.rows, index.cols, index.nnz) == (0, 5, 0) and index.col_ptr.tolist() == [0] * 6
