@@ -1,33 +1,67 @@
 """The dense backend: masked dense PyTorch (MKL/oneDNN/cuBLAS). Runs everywhere; it is the fallback
-that keeps a sparse layer from ever being slower than dense."""
+that keeps a sparse layer from ever being slower than dense, and the one dense path: a layer on the
+dense path, the timing baseline and an explicit `backend="dense"` all run these kernels.
+
+Dropped weights are zeroed bitwise (`zero_dropped`), so they contribute exactly zero whatever they
+hold, as on the sparse backends that never read them.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ebsparse.ops.registry import Backend
+from ebsparse.backends.base import Backend
+from ebsparse.formats.index import zero_dropped
+from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows, unpack_2_4_rows
+
+
+def _masked_weight(inputs) -> torch.Tensor:
+    """The weight with dropped positions exactly zero, made once per call and kept for the backward
+    (kernels run where autograd does not record, so no detach is needed)."""
+    weight = inputs.state.get("masked_weight")
+    if weight is None:
+        bits = inputs.pattern.bits(inputs.mask, inputs.weight.dtype)
+        weight = inputs.state["masked_weight"] = zero_dropped(inputs.weight, bits)
+    return weight
+
+
+def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
+    """Zero the weight gradient off the pattern, in place (unless the full gradient was asked for)."""
+    if not inputs.dense_weight_grad:
+        bits = inputs.pattern.bits(inputs.mask, grad_weight.dtype)
+        grad_weight.view(bits.dtype).bitwise_and_(bits)
+    return grad_weight
 
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d"})
+    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4"})
 
-    def linear_forward(self, input, weight, bias, mask, index):
-        return F.linear(input, weight * mask, bias)
+    def linear_forward(self, inputs):
+        return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
 
-    def linear_grad_input(self, grad_output, weight, mask, index):
-        return grad_output.mm(weight * mask)
+    def linear_backward(self, inputs, grad_output, input_grad, weight_grad):
+        grad_input = grad_output.mm(_masked_weight(inputs)) if input_grad else None
+        grad_weight = _masked_grad(inputs, grad_output.t().mm(inputs.input)) if weight_grad else None
+        return grad_input, grad_weight
 
-    def linear_grad_weight(self, grad_output, input, mask, index):
-        return grad_output.t().mm(input) * mask
+    def conv2d_forward(self, inputs):
+        return F.conv2d(inputs.input, _masked_weight(inputs), inputs.bias, inputs.stride, inputs.padding,
+                        inputs.dilation)
 
-    def conv2d_forward(self, input, weight, bias, mask, index, stride, padding, dilation):
-        return F.conv2d(input, weight * mask, bias, stride, padding, dilation)
+    def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        # One fused call for both gradients, as autograd makes for nn.Conv2d.
+        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward.default(
+            grad_output, inputs.input, _masked_weight(inputs), None, inputs.stride, inputs.padding,
+            inputs.dilation, False, [0, 0], 1, [input_grad, weight_grad, False])
+        return grad_input, _masked_grad(inputs, grad_weight) if weight_grad else None
 
-    def conv2d_grad_input(self, grad_output, weight, mask, index, input_size, stride, padding, dilation):
-        return torch.nn.grad.conv2d_input(input_size, weight * mask, grad_output, stride, padding, dilation)
+    def prune_2_4(self, rows):
+        return magnitude_2_4_rows(rows)
 
-    def conv2d_grad_weight(self, grad_output, input, mask, index, weight_size, stride, padding, dilation):
-        grad = torch.nn.grad.conv2d_weight(input, weight_size, grad_output, stride, padding, dilation)
-        return grad * mask
+    def compress_2_4(self, rows, mask_rows):
+        return pack_2_4_rows(rows, mask_rows)
+
+    def decompress_2_4(self, values, meta):
+        return unpack_2_4_rows(values, meta)

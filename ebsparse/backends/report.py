@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.ops.extension import extension_error, has_cuda_kernels
-from ebsparse.ops.registry import registered_backends
+from ebsparse.backends.extension import extension_error, has_cuda_kernels
+from ebsparse.backends.registry import registered_backends
 
-_OPS = ("linear", "conv2d")
+
+
+def _op_order(op: str) -> tuple:
+    return (op not in ("linear", "conv2d"), op)  # the layer ops first
 
 
 def availability() -> list[dict]:
     """One row per (op, backend, device, dtype): `reasons` is empty where the backend can run."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
-    for op in _OPS:
+    ops = sorted(set().union(*(b.ops for b in registered_backends().values())), key=_op_order)
+    for op in ops:
         for name, backend in registered_backends().items():
             for device in devices:
                 for dtype in (torch.float32, torch.float64, torch.bfloat16):
@@ -40,11 +44,11 @@ def report(print_it: bool = True) -> str:
         f"CPU capability used by torch: {torch.backends.cpu.get_cpu_capability()}; threads: {torch.get_num_threads()}",
         f"CPU capability of the native kernels (EBSPARSE_CPU_CAPABILITY): {_native_cpu_capability()}",
         "",
-        f"{'op':8} {'backend':8} {'device':6} {'dtype':9} status",
+        f"{'op':14} {'backend':8} {'device':6} {'dtype':9} status",
     ]
     for row in availability():
         status = "available" if not row["reasons"] else "unavailable: " + "; ".join(row["reasons"])
-        lines.append(f"{row['op']:8} {row['backend']:8} {row['device']:6} {row['dtype']:9} {status}")
+        lines.append(f"{row['op']:14} {row['backend']:8} {row['device']:6} {row['dtype']:9} {status}")
     text = "\n".join(lines)
     if print_it:
         print(text)

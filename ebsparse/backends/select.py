@@ -5,8 +5,8 @@ runs a forward + grad-input + grad-weight a few times once per key, in interleav
 burst of load on a shared machine hits every candidate alike), keeping each one's minimum; a
 sparse backend wins only if it beats dense by `MARGIN`, so that measurement noise near the
 break-even density cannot make a sparse layer slower than its dense fallback; a close call (the best
-sparse backend between the margin and dense) gets more rounds before it is decided. "dense" is timed as
-the modules run it (plain autograd ops on the masked weight; see ``ebsparse.ops.linear`` / ``conv``). Under
+sparse backend between the margin and dense) gets more rounds before it is decided. Every candidate,
+dense included, is timed through the kernels the op runs (`timing.time_step`). Under
 `torch.compile` nothing can be timed, so an unmeasured key gets dense there (measure in eager
 first: one eager step warms the cache). Set EBSPARSE_AUTOTUNE_CACHE to a JSON path to keep the
 choices across processes.
@@ -20,7 +20,7 @@ import threading
 
 import torch
 
-from ebsparse.ops.registry import registered_backends
+from ebsparse.backends.registry import registered_backends
 
 MARGIN = 0.9  # a sparse backend must take < 90% of dense's time to be chosen
 ROUNDS = 2  # interleaved measuring rounds per candidate

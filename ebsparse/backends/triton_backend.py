@@ -1,56 +1,66 @@
-"""The Triton backend: sparse linear and conv2d kernels in ebsparse/triton (on CUDA, or on the CPU under
+"""The Triton backend: the kernels in ebsparse/triton (on CUDA, or on the CPU under
 TRITON_INTERPRET=1, which is for testing only)."""
 
 from __future__ import annotations
 
 import torch
 
-from ebsparse.ops.registry import Backend
+from ebsparse.backends.base import Backend
+
+
+def _kernels():
+    from ebsparse import triton as kernels  # imported on first use: triton is slow to import
+
+    return kernels
 
 
 class TritonBackend(Backend):
     name = "triton"
-    ops = frozenset({"linear", "conv2d"})
+    ops = frozenset({"linear", "conv2d", "compress_2_4", "decompress_2_4"})
 
     def unavailable_reasons(self, op, device, dtype):
         reasons = super().unavailable_reasons(op, device, dtype)
         try:
-            from ebsparse import triton as kernels
+            kernels = _kernels()
         except ImportError as exc:
             return reasons + [f"ebsparse.triton not importable ({exc})"]
         reasons += list(kernels.unavailable_reasons(torch.device(device)))
-        if dtype not in (torch.float32, torch.float64):
+        if op in ("linear", "conv2d") and dtype not in (torch.float32, torch.float64):
             reasons.append(f"dtype {dtype} not supported (float32, float64)")
         return reasons
 
-    def linear_forward(self, input, weight, bias, mask, index):
-        from ebsparse import triton as kernels
+    def linear_forward(self, inputs):
+        p = inputs.pattern
+        return _kernels().csr_linear(inputs.input, inputs.weight, inputs.bias, p.row_ptr, p.col_idx)
 
-        return kernels.csr_linear(input, weight, bias, index[0], index[1])
+    def linear_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p, kernels = inputs.pattern, _kernels()
+        grad_input = kernels.csr_linear_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx) \
+            if input_grad else None
+        grad_weight = kernels.csr_linear_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx) \
+            if weight_grad else None
+        return grad_input, grad_weight
 
-    def linear_grad_input(self, grad_output, weight, mask, index):
-        from ebsparse import triton as kernels
+    def conv2d_forward(self, inputs):
+        p = inputs.pattern
+        return _kernels().csr_conv2d(inputs.input, inputs.weight, inputs.bias, p.row_ptr, p.col_idx, inputs.stride,
+                                     inputs.padding, inputs.dilation)
 
-        return kernels.csr_linear_grad_input(grad_output, weight, index[2], index[3])
+    def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p, kernels = inputs.pattern, _kernels()
+        geometry = (inputs.stride, inputs.padding, inputs.dilation)
+        grad_output = grad_output.contiguous()  # once for both kernels
+        grad_input = grad_weight = None
+        if input_grad:
+            grad_input = kernels.csr_conv2d_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx,
+                                                       list(inputs.input.shape), *geometry)
+        if weight_grad:
+            grad_weight = kernels.csr_conv2d_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx,
+                                                         list(inputs.weight.shape), *geometry)
+        return grad_input, grad_weight
 
-    def linear_grad_weight(self, grad_output, input, mask, index):
-        from ebsparse import triton as kernels
+    def compress_2_4(self, rows, mask_rows):
+        return _kernels().compress_2_4(rows, mask_rows)
 
-        return kernels.csr_linear_grad_weight(grad_output, input, index[0], index[1])
-
-    def conv2d_forward(self, input, weight, bias, mask, index, stride, padding, dilation):
-        from ebsparse import triton as kernels
-
-        return kernels.csr_conv2d(input, weight, bias, index[0], index[1], stride, padding, dilation)
-
-    def conv2d_grad_input(self, grad_output, weight, mask, index, input_size, stride, padding, dilation):
-        from ebsparse import triton as kernels
-
-        return kernels.csr_conv2d_grad_input(grad_output, weight, index[2], index[3], input_size, stride, padding,
-                                             dilation)
-
-    def conv2d_grad_weight(self, grad_output, input, mask, index, weight_size, stride, padding, dilation):
-        from ebsparse import triton as kernels
-
-        return kernels.csr_conv2d_grad_weight(grad_output, input, index[0], index[1], weight_size, stride, padding,
-                                              dilation)
+    def decompress_2_4(self, values, meta):
+        return _kernels().decompress_2_4(values, meta)

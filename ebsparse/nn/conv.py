@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
-from ebsparse.ops.conv import resolve_conv2d_backend, sparse_conv2d
+from ebsparse.ops.conv import check_conv2d_args, run_conv2d
+from ebsparse.ops.inputs import Conv2dInputs
 
 
 def conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
@@ -60,15 +60,13 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        index = self.pattern_index()
-        shape_key = (tuple(input.shape), input.dtype, input.device.type)
-        backend = self._backend_for(shape_key, lambda: resolve_conv2d_backend(
-            input, self.weight, self.bias, self.mask, index, list(self.stride), list(self.padding),
-            list(self.dilation), self.backend))
-        if backend == "dense" and not self.dense_weight_grad:
-            # Plain autograd: one fused convolution backward and no custom-op overhead, so a layer
-            # that runs dense costs what nn.Conv2d costs (the multiply masks the weight's gradient too).
-            return F.conv2d(input, self.masked_weight(), self.bias, self.stride, self.padding,
-                            self.dilation)
-        return sparse_conv2d(input, self.weight, self.bias, self.mask, self.stride, self.padding, self.dilation,
-                             index=index, backend=backend, dense_weight_grad=self.dense_weight_grad)
+        pattern = self.pattern_index()
+        key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
+        return run_conv2d(input, self.weight, self.bias, self.mask, pattern, list(self.stride), list(self.padding),
+                          list(self.dilation), backend, self.dense_weight_grad)
+
+    def _inputs(self, input: torch.Tensor, pattern) -> Conv2dInputs:
+        geometry = check_conv2d_args(input, self.weight, self.bias, self.mask, self.stride, self.padding,
+                                     self.dilation)
+        return Conv2dInputs(input, self.weight, self.bias, self.mask, pattern, *geometry)

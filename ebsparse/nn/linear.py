@@ -1,13 +1,12 @@
-"""SparseLinear: nn.Linear whose weight is sparse, run through `ebsparse.ops.sparse_linear`."""
+"""SparseLinear: nn.Linear whose weight is sparse, run through the `sparse_linear` op."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
-from ebsparse.ops.linear import resolve_linear_backend, sparse_linear
+from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
 
 
 class SparseLinear(SparsityMixin, nn.Linear):
@@ -41,12 +40,11 @@ class SparseLinear(SparsityMixin, nn.Linear):
         return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        index = self.pattern_index()
-        shape_key = (tuple(input.shape), input.dtype, input.device.type)
-        backend = self._backend_for(shape_key, lambda: resolve_linear_backend(
-            input, self.weight, self.bias, self.mask, index, self.backend))
-        if backend == "dense" and not self.dense_weight_grad:
-            # Plain autograd, as nn.Linear: no custom-op overhead (see SparseConv2d.forward).
-            return F.linear(input, self.masked_weight(), self.bias)
-        return sparse_linear(input, self.weight, self.bias, self.mask, index=index, backend=backend,
-                             dense_weight_grad=self.dense_weight_grad)
+        pattern = self.pattern_index()
+        key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
+        return run_linear(input, self.weight, self.bias, self.mask, pattern, backend, self.dense_weight_grad)
+
+    def _inputs(self, input: torch.Tensor, pattern):
+        check_linear_args(input, self.weight, self.bias, self.mask)
+        return linear_inputs(input, self.weight, self.bias, self.mask, pattern)

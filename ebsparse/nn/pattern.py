@@ -1,10 +1,13 @@
-"""What SparseLinear and SparseConv2d share: a bool `mask` buffer, the pattern kind, and the
-CSR/CSC index cached per mask version (rebuilt only when the mask changes)."""
+"""What SparseLinear and SparseConv2d share: a bool `mask` buffer, the pattern kind, the pattern
+index cached per mask version (rebuilt only when the mask changes), and the backend resolved once
+per input shape."""
 
 from __future__ import annotations
 
 import torch
 
+from ebsparse.backends import dispatch, get_backend
+from ebsparse.backends.base import Backend
 from ebsparse.formats import build_index, check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
 from ebsparse.ops.twofour import prune_2_4
@@ -37,22 +40,25 @@ class SparsityMixin:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
         self._index: PatternIndex | None = None
         self._index_key = None
-        self._mask_values: torch.Tensor | None = None
-        self._mask_values_key = None
-        self._resolved: dict[tuple, str] = {}
+        self._resolved: dict[tuple, Backend] = {}
         self.set_mask(mask)
+
+    def check_mask(self, mask, name: str = "mask") -> None:
+        """The one check of a mask for this layer, whichever way it comes in (`set_mask`,
+        `load_state_dict`): a bool tensor of the weight's shape, following the layer's pattern."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"{name}: expected a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"{name}: expected shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
+        if self.pattern == "2:4":
+            check_2_4_mask(mask, name)
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the kept positions and zero the weights outside them."""
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask: expected a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask: expected shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
-        if self.pattern == "2:4":
-            check_2_4_mask(mask)
+        self.check_mask(mask)
         with torch.no_grad():
             self.mask.copy_(mask)
-            self.weight.mul_(self.mask)
+            self.weight.masked_fill_(~self.mask, 0)
         self._resolved.clear()
 
     @property
@@ -70,18 +76,6 @@ class SparsityMixin:
             self._resolved.clear()
         return self._index
 
-    def masked_weight(self) -> torch.Tensor:
-        """``weight * mask`` for the dense path. The mask is converted to the weight's dtype once per
-        mask version: multiplying by the bool mask would convert it (a weight-sized copy) on every
-        call, and ``torch.where`` is slower still on the CPU."""
-        if torch.compiler.is_compiling():
-            return self.weight * self.mask.to(self.weight.dtype)
-        key = (self.mask.data_ptr(), self.mask._version, self.weight.dtype, self.weight.device)
-        if self._mask_values is None or key != self._mask_values_key:
-            self._mask_values = self.mask.to(self.weight.dtype)
-            self._mask_values_key = key
-        return self.weight * self._mask_values
-
     def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
                      mask: torch.Tensor | None) -> None:
         """Copy `dense`'s weight and bias, then mask them (by magnitude unless `mask` is given)."""
@@ -96,7 +90,7 @@ class SparsityMixin:
     def _export_dense(self, dense: torch.nn.Module) -> torch.nn.Module:
         """Fill `dense` (same shapes) with the masked weight and the bias."""
         with torch.no_grad():
-            dense.weight.copy_(self.weight * self.mask)
+            dense.weight.copy_(self.weight.masked_fill(~self.mask, 0))
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
@@ -104,18 +98,25 @@ class SparsityMixin:
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # A plain nn.Linear / nn.Conv2d state dict has no mask: keep the current one.
+        if prefix + "mask" in state_dict:
+            try:
+                self.check_mask(state_dict[prefix + "mask"], prefix + "mask")
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(str(exc))
+                return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if prefix + "mask" in missing_keys:
             missing_keys.remove(prefix + "mask")
 
-    def _backend_for(self, shape_key: tuple, resolve) -> str:
-        """Resolve the backend once per input shape in eager mode; reuse it under torch.compile."""
+    def _resolve(self, key: tuple, input: torch.Tensor, pattern: PatternIndex) -> Backend:
+        """The backend for inputs like `input` (`key`: shape, dtypes, device), resolved once in eager
+        mode, where `self._inputs(...)` checks the arguments and makes the op's inputs object;
+        under torch.compile an unseen key gets the requested backend, or dense for auto."""
         if torch.compiler.is_compiling():
-            return self._resolved.get(shape_key, "dense") if self.backend in (None, "auto") else self.backend
-        if shape_key not in self._resolved:
-            self._resolved[shape_key] = resolve()
-        return self._resolved[shape_key]
+            return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
+        backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern))
+        return backend
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern}, density={self.density:.4f}"

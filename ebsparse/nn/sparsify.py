@@ -64,13 +64,18 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
 
     Args:
         density: kept fraction, one float for every layer or a mapping layer name -> density
-            (layers missing from the mapping are left dense). Ignored for 2:4.
+            (layers missing from the mapping are left dense). For 2:4 it must be None or 0.5
+            (a 2:4 pattern keeps half); any other value raises ValueError.
         pattern: "unstructured" (magnitude mask with exact counts) or "2:4".
         masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation).
         include / exclude: layer-name globs (or a predicate (name, module) -> bool).
         backend: forwarded to the modules (None/"auto", or a backend name).
         strict: raise instead of skipping a selected layer that cannot be made sparse.
     """
+    if pattern == "2:4":  # checked before any layer is swapped, so a bad call leaves the model as it was
+        for value in (density.values() if isinstance(density, Mapping) else [density]):
+            if value not in (None, 0.5):
+                raise ValueError(f"density: a 2:4 pattern has density 0.5, got {value!r}")
     report = SparsifyReport()
     targets = []
     for name, module in model.named_modules():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ebsparse.formats.index import PatternIndex, build_index
+
 
 def check_tensor(t, name: str, *, dims: int | None = None, floating: bool = False) -> None:
     if not isinstance(t, torch.Tensor):
@@ -50,3 +52,25 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     if a < minimum or b < minimum:
         raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
     return a, b
+
+
+def checked_pattern(index, mask: torch.Tensor) -> PatternIndex:
+    """The pattern index to run: `index` when it describes `mask` (free for the index the mask's
+    own module built; any other is compared with the mask once), a new one when `index` is None."""
+    if index is None:
+        return build_index(mask)
+    if not isinstance(index, PatternIndex):
+        raise TypeError(f"index: expected a PatternIndex (ebsparse.formats.build_index(mask)) or None, "
+                        f"got {type(index).__name__}")
+    if not index.describes(mask):
+        raise ValueError("index: does not describe `mask` (built from another mask, or before the mask "
+                         "changed); rebuild it with ebsparse.formats.build_index(mask)")
+    return index
+
+
+def check_once_differentiable(op: str, *tensors: torch.Tensor) -> None:
+    """Raise in a backward asked to build a graph of itself (create_graph=True): the kernels'
+    gradients are not differentiable again, and a second-order gradient would come back wrong."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op}: differentiable once only; the gradient of its gradient (create_graph=True "
+                           "through a sparse layer, e.g. a gradient penalty) is not supported")

@@ -1,123 +1,142 @@
 """`sparse_conv2d`: conv2d with a sparse weight (groups = 1), grad-weight only at kept positions.
 
-`torch.library` custom ops (forward, grad-input, grad-weight) for torch.compile; eager calls run the
-same functions through a plain autograd.Function (ebsparse.ops.eager)."""
+Same two ways in as `sparse_linear` (ebsparse.ops.linear): a plain autograd.Function in eager mode,
+the custom ops `ebsparse::sparse_conv2d` / `sparse_conv2d_backward` under torch.compile.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ebsparse.formats import PatternIndex, build_index
-from ebsparse.ops.checks import check_bias, check_like, check_mask, check_tensor, pair
-from ebsparse.ops.eager import eager_function
-from ebsparse.ops.registry import get_backend, resolve_backend
-from ebsparse.ops.timing import time_call
+from ebsparse.backends import dispatch, registry
+from ebsparse.backends.base import Backend
+from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
+from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
+                                 checked_pattern, pair)
+from ebsparse.ops.inputs import Conv2dInputs, conv2d_output_size
 
 _T = torch.Tensor
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def _gradients(backend: Backend, inputs: Conv2dInputs, grad_output: _T, input_grad: bool, weight_grad: bool):
+    """(grad-input, grad-weight); the full weight gradient comes from the dense backend."""
+    if registry.executed is not None:
+        registry.executed.append(("conv2d", "backward", backend.name))
+    if inputs.dense_weight_grad and weight_grad and backend.name != "dense":
+        grad_input = backend.conv2d_backward(inputs, grad_output, True, False)[0] if input_grad else None
+        return grad_input, registry.get_backend("dense").conv2d_backward(inputs, grad_output, False, True)[1]
+    return backend.conv2d_backward(inputs, grad_output, input_grad, weight_grad)
 
 
-# ---- implementations (shared by the custom ops and the eager autograd.Function) ------------------
-
-def _forward(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-             row_idx: _T, stride: list[int], padding: list[int], dilation: list[int], backend: str,
-             dense_weight_grad: bool) -> _T:
-    return get_backend(backend).conv2d_forward(input, weight, bias, mask, (row_ptr, col_idx, col_ptr, row_idx),
-                                               stride, padding, dilation)
+def _forward(backend: Backend, inputs: Conv2dInputs) -> _T:
+    if registry.executed is not None:
+        registry.executed.append(("conv2d", "forward", backend.name))
+    return backend.conv2d_forward(inputs)
 
 
-def _grad_input(grad_output: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-                row_idx: _T, input_size: list[int], stride: list[int], padding: list[int],
-                dilation: list[int], backend: str) -> _T:
-    return get_backend(backend).conv2d_grad_input(grad_output, weight, mask, (row_ptr, col_idx, col_ptr, row_idx),
-                                                  input_size, stride, padding, dilation)
+# ---- eager: a plain autograd.Function ------------------------------------------------------------
+
+class _EagerSparseConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, inputs: Conv2dInputs, backend: Backend):
+        ctx.save_for_backward(input, weight)  # only for autograd's in-place edit check
+        ctx.inputs, ctx.backend = inputs, backend
+        return _forward(backend, inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        check_once_differentiable("sparse_conv2d", grad_output, input, weight)
+        grad_input, grad_weight = _gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
+        grad_bias = grad_output.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias, None, None
 
 
-def _grad_weight(grad_output: _T, input: _T, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
-                 row_idx: _T, stride: list[int], padding: list[int], dilation: list[int],
-                 backend: str, dense: bool) -> _T:
-    if dense:  # the full gradient, e.g. for RigL's growth criterion every ΔT steps
-        return torch.nn.grad.conv2d_weight(input, list(mask.shape), grad_output, stride, padding, dilation)
-    return get_backend(backend).conv2d_grad_weight(grad_output, input, mask, (row_ptr, col_idx, col_ptr, row_idx),
-                                                   list(mask.shape), stride, padding, dilation)
+# ---- traced: torch.library custom ops ------------------------------------------------------------
+
+def _traced_inputs(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation,
+                   dense_weight_grad):
+    return Conv2dInputs(input, weight, bias, mask, index_from_tensors(mask, row_ptr, col_idx, col_ptr, row_idx),
+                        list(stride), list(padding), list(dilation), dense_weight_grad)
+
+
+@torch.library.custom_op("ebsparse::sparse_conv2d", mutates_args=())
+def _sparse_conv2d_op(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
+                      row_idx: _T, stride: list[int], padding: list[int], dilation: list[int], backend: str,
+                      dense_weight_grad: bool) -> _T:
+    inputs = _traced_inputs(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding,
+                            dilation, dense_weight_grad)
+    return _forward(registry.get_backend(backend), inputs)
+
+
+@torch.library.custom_op("ebsparse::sparse_conv2d_backward", mutates_args=())
+def _sparse_conv2d_backward_op(grad_output: _T, input: _T, weight: _T, mask: _T, row_ptr: _T, col_idx: _T,
+                               col_ptr: _T, row_idx: _T, stride: list[int], padding: list[int],
+                               dilation: list[int], backend: str, input_grad: bool, weight_grad: bool,
+                               dense_weight_grad: bool) -> tuple[_T, _T]:
+    """(grad-input, grad-weight); an empty tensor for a gradient not asked for."""
+    inputs = _traced_inputs(input, weight, None, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding,
+                            dilation, dense_weight_grad)
+    grad_input, grad_weight = _gradients(registry.get_backend(backend), inputs, grad_output, input_grad,
+                                         weight_grad)
+    return (grad_input if grad_input is not None else grad_output.new_empty(0),
+            grad_weight if grad_weight is not None else grad_output.new_empty(0))
+
+
+@_sparse_conv2d_op.register_fake
+def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
+      dense_weight_grad):
+    inputs = Conv2dInputs(input, weight, bias, mask, None, stride, padding, dilation)
+    return input.new_empty(inputs.output_shape())
+
+
+@_sparse_conv2d_backward_op.register_fake
+def _(grad_output, input, weight, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
+      input_grad, weight_grad, dense_weight_grad):
+    return (input.new_empty(input.shape if input_grad else (0,)),
+            weight.new_empty(weight.shape if weight_grad else (0,)))
 
 
 def _setup_context(ctx, inputs, output):
     (input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
      dense_weight_grad) = inputs
     ctx.save_for_backward(input, weight, mask, row_ptr, col_idx, col_ptr, row_idx)
-    ctx.conv = (list(stride), list(padding), list(dilation))
-    ctx.backend = backend
-    ctx.dense_weight_grad = dense_weight_grad
-    ctx.has_bias = bias is not None
+    ctx.geometry = (list(stride), list(padding), list(dilation))
+    ctx.backend, ctx.dense_weight_grad, ctx.has_bias = backend, dense_weight_grad, bias is not None
 
 
-def _readable_once(grad_output: torch.Tensor) -> torch.Tensor:
-    """grad_output in a layout every backend reads without copying it again, made once here rather
-    than once in each kernel. An expanded gradient (what `y.sum()` hands back: one value, all strides
-    0) becomes one (H, W) plane repeated over images and channels, which the native kernels read in
-    place (dense ones copy it themselves); anything else is made contiguous."""
-    if grad_output.numel() and not any(grad_output.stride()):
-        return grad_output[0, 0].contiguous().expand(grad_output.shape)
-    return grad_output.contiguous()
+def _traced_backward(ctx, grad_output):
+    input, weight, mask, *pattern = ctx.saved_tensors
+    check_once_differentiable("sparse_conv2d", grad_output, input, weight)
+    input_grad, weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_input, grad_weight = _sparse_conv2d_backward_op(grad_output, input, weight, mask, *pattern, *ctx.geometry,
+                                                         ctx.backend, input_grad, weight_grad, ctx.dense_weight_grad)
+    grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return ((grad_input if input_grad else None, grad_weight if weight_grad else None, grad_bias)
+            + (None,) * 10)
 
 
-def _gradients(grad_input_fn, grad_weight_fn, ctx, grad_output):
-    input, weight, mask, *index = ctx.saved_tensors
-    stride, padding, dilation = ctx.conv
-    grad_input = grad_weight = grad_bias = None
-    grad_output = _readable_once(grad_output)
-    if ctx.needs_input_grad[0]:
-        grad_input = grad_input_fn(grad_output, weight, mask, *index, list(input.shape), stride, padding, dilation,
-                                   ctx.backend)
-    if ctx.needs_input_grad[1]:
-        grad_weight = grad_weight_fn(grad_output, input, mask, *index, stride, padding, dilation, ctx.backend,
-                                     ctx.dense_weight_grad)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = grad_output.sum((0, 2, 3))
-    return (grad_input, grad_weight, grad_bias) + (None,) * 10
+_sparse_conv2d_op.register_autograd(_traced_backward, setup_context=_setup_context)
 
 
-# ---- custom ops: what torch.compile traces (opaque nodes with fake kernels) ----------------------
+# ---- entry points --------------------------------------------------------------------------------
 
-_sparse_conv2d = torch.library.custom_op("ebsparse::sparse_conv2d", _forward, mutates_args=())
-_sparse_conv2d_grad_input = torch.library.custom_op("ebsparse::sparse_conv2d_grad_input", _grad_input,
-                                                    mutates_args=())
-_sparse_conv2d_grad_weight = torch.library.custom_op("ebsparse::sparse_conv2d_grad_weight", _grad_weight,
-                                                     mutates_args=())
-
-
-@_sparse_conv2d.register_fake
-def _(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend,
-      dense_weight_grad):
-    ho = _out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    wo = _out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    return input.new_empty((input.shape[0], weight.shape[0], ho, wo))
-
-
-@_sparse_conv2d_grad_input.register_fake
-def _(grad_output, weight, mask, row_ptr, col_idx, col_ptr, row_idx, input_size, stride, padding, dilation,
-      backend):
-    return grad_output.new_empty(input_size)
-
-
-@_sparse_conv2d_grad_weight.register_fake
-def _(grad_output, input, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding, dilation, backend, dense):
-    return grad_output.new_empty(mask.shape)
-
-
-_sparse_conv2d.register_autograd(
-    lambda ctx, grad_output: _gradients(_sparse_conv2d_grad_input, _sparse_conv2d_grad_weight, ctx, grad_output),
-    setup_context=_setup_context)
-# Eager calls skip the custom-op dispatch (ebsparse.ops.eager), running the same code.
-_EagerSparseConv2d = eager_function("SparseConv2dFunction", _forward, _setup_context,
-                                    lambda ctx, grad_output: _gradients(_grad_input, _grad_weight, ctx, grad_output))
+def run_conv2d(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: PatternIndex | None,
+               stride: list[int], padding: list[int], dilation: list[int], backend: Backend,
+               dense_weight_grad: bool = False) -> _T:
+    """`sparse_conv2d` on arguments already checked (geometry as [h, w] lists) and a backend already
+    resolved (what the modules call on every forward, after resolving once per input shape)."""
+    if torch.compiler.is_compiling():
+        # A layer never run eagerly has no cached pattern: its tensors are traced from the mask.
+        tensors = pattern.tensors() if pattern is not None else pattern_tensors(mask)
+        return _sparse_conv2d_op(input, weight, bias, mask, *tensors, stride, padding, dilation,
+                                 backend.name, dense_weight_grad)
+    inputs = Conv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation, dense_weight_grad)
+    return _EagerSparseConv2d.apply(input, weight, bias, inputs, backend)
 
 
 def check_conv2d_args(input, weight, bias, mask, stride, padding, dilation):
+    """Checked arguments; returns stride, padding and dilation as [h, w] lists."""
     check_tensor(weight, "weight", dims=4, floating=True)
     check_tensor(input, "input", dims=4, floating=True)
     if input.shape[1] != weight.shape[1]:
@@ -128,72 +147,43 @@ def check_conv2d_args(input, weight, bias, mask, stride, padding, dilation):
     check_mask(mask, weight)
     stride, padding, dilation = pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1)
     for axis in (0, 1):
-        if _out_size(input.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis], dilation[axis]) < 1:
+        size = conv2d_output_size(input.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis],
+                                  dilation[axis])
+        if size < 1:
             raise ValueError(f"input: spatial size {tuple(input.shape[2:])} is too small for kernel "
                              f"{tuple(weight.shape[2:])} with padding {padding} and dilation {dilation}")
     return list(stride), list(padding), list(dilation)
 
 
 def sparse_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                  stride=1, padding=0, dilation=1, *, index: PatternIndex | None = None,
-                  backend: str | None = None, dense_weight_grad: bool = False) -> torch.Tensor:
+                  stride=1, padding=0, dilation=1, *, index: PatternIndex | None = None, backend: str | None = None,
+                  dense_weight_grad: bool = False) -> torch.Tensor:
     """2-D convolution (groups = 1) with a sparse weight.
 
     Args:
         input: (N, Ci, H, W) floating tensor.
-        weight: (Co, Ci, KH, KW); entries where `mask` is False are ignored (treated as zero).
+        weight: (Co, Ci, KH, KW); entries where `mask` is False contribute exactly zero, whatever
+            they hold.
         bias: (Co,) or None.
         mask: (Co, Ci, KH, KW) bool.
         stride, padding, dilation: ints or pairs, as in `torch.nn.functional.conv2d`.
-        index: CSR/CSC of the mask's (Co, Ci*KH*KW) view; pass it to avoid rebuilding per call.
+        index: the pattern index of `mask` (`ebsparse.formats.build_index(mask)`), to avoid
+            rebuilding it per call; one that does not describe `mask` raises ValueError.
         backend: a registered backend, "auto" (default) or None for `EBSPARSE_BACKEND`.
         dense_weight_grad: return the full dense weight gradient (RigL update steps).
     Returns:
-        (N, Co, Ho, Wo). Raises TypeError/ValueError naming the bad argument before any kernel.
+        (N, Co, Ho, Wo). Raises TypeError/ValueError naming the bad argument before any kernel, and
+        RuntimeError for a backend that cannot run or a second-order gradient (differentiable once).
     """
     if torch.compiler.is_compiling():
-        # Nothing can be measured while tracing: the module passes the backend it resolved eagerly.
+        # Nothing can be measured while tracing: an unresolved backend means dense.
         name = backend if backend not in (None, "auto") else "dense"
         stride, padding, dilation = (list(pair(v, n, m)) for v, n, m in
                                      ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
-        index = index if index is not None else build_index(mask)
-    else:
-        stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
-        if index is None:
-            index = build_index(mask)
-        name = resolve_conv2d_backend(input, weight, bias, mask, index, stride, padding, dilation, backend)
-    op = _sparse_conv2d if torch.compiler.is_compiling() else _EagerSparseConv2d.apply
-    return op(input, weight, bias, mask, *index.tensors(), stride, padding, dilation, name, dense_weight_grad)
-
-
-def resolve_conv2d_backend(input, weight, bias, mask, index: PatternIndex, stride, padding, dilation,
-                           backend: str | None) -> str:
-    """The backend `sparse_conv2d` runs for these arguments (measuring candidates on first use)."""
-    stride, padding, dilation = list(stride), list(padding), list(dilation)
-    tensors = index.tensors()
-    key = (tuple(input.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
-           round(index.density, 2), bias is not None)
-
-    def measure(name: str) -> float:
-        # forward + grad-input + grad-weight, the work of one training step of this layer
-        out = _forward(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
-        grad = torch.ones_like(out)
-
-        def step():  # the functions the eager autograd.Function runs
-            _forward(input, weight, bias, mask, *tensors, stride, padding, dilation, name, False)
-            _grad_input(grad, weight, mask, *tensors, list(input.shape), stride, padding, dilation, name)
-            _grad_weight(grad, input, mask, *tensors, stride, padding, dilation, name, False)
-
-        if name == "dense":  # what a SparseConv2d on the dense path runs: plain autograd ops
-            mask_values = mask.to(weight.dtype)
-
-            def step():
-                w = weight * mask_values
-                torch.nn.functional.conv2d(input, w, bias, stride, padding, dilation)
-                _, grad_w, _ = torch.ops.aten.convolution_backward(
-                    grad, input, w, None, stride, padding, dilation, False, [0, 0], 1, [True, True, False])
-                grad_w.mul_(mask_values)
-
-        return time_call(step, input.device)
-
-    return resolve_backend(backend, "conv2d", input.device, input.dtype, measure, key)
+        return run_conv2d(input, weight, bias, mask, index, stride,
+                          padding, dilation, registry.get_backend(name), dense_weight_grad)
+    stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
+    pattern = checked_pattern(index, mask)
+    inputs = Conv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation)
+    return run_conv2d(input, weight, bias, mask, pattern, stride, padding, dilation, dispatch.resolve(backend, inputs),
+                      dense_weight_grad)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ebsparse.formats.twofour import pack_2_4_rows
+
 from ._common import FLOAT_DTYPES, cdiv, kernel, require_available, tl
 
 BLOCK_G = 256  # groups of 4 per program
@@ -71,10 +73,5 @@ def compress_2_4(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
 
 
 def compress_2_4_reference(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch: the kept values in row-major order and the first/last kept position of each group."""
-    m, k = weight.shape
-    values = weight[mask].view(m, k // 2)
-    groups = mask.view(m, k // 4, 4).to(torch.uint8)
-    first = groups.argmax(-1)  # argmax returns the first maximal index
-    last = 3 - groups.flip(-1).argmax(-1)
-    return values, (first | (last << 2)).to(torch.uint8)
+    """PyTorch: the library's one 2:4 packing (ebsparse.formats.twofour)."""
+    return pack_2_4_rows(weight, mask)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ebsparse.ops.inputs import conv2d_output_size
+
 from ._common import (acc_dtype, cdiv, check_float, check_pattern, check_same, kernel, pattern_mask,
                       SUM, require_available, tl)
 
@@ -17,10 +19,6 @@ from ._common import (acc_dtype, cdiv, check_float, check_pattern, check_same, k
 BLOCK_P = 64
 BLOCK_J = 32
 MAX_GRID_AXIS_1 = 65535  # CUDA's limit on grid axis 1; the kernels loop over the blocks beyond it
-
-
-def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def conv_geometry(input_size, weight_size, stride, padding, dilation) -> tuple[int, int]:
@@ -33,8 +31,8 @@ def conv_geometry(input_size, weight_size, stride, padding, dilation) -> tuple[i
     for name, value, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(value) != 2 or any(int(v) < least for v in value):
             raise RuntimeError(f"{name}: expected two integers >= {least}, got {list(value)}")
-    ho = out_size(input_size[2], weight_size[2], stride[0], padding[0], dilation[0])
-    wo = out_size(input_size[3], weight_size[3], stride[1], padding[1], dilation[1])
+    ho = conv2d_output_size(input_size[2], weight_size[2], stride[0], padding[0], dilation[0])
+    wo = conv2d_output_size(input_size[3], weight_size[3], stride[1], padding[1], dilation[1])
     if ho < 1 or wo < 1:
         raise RuntimeError(f"input: spatial size {tuple(input_size[2:])} is too small for kernel "
                            f"{tuple(weight_size[2:])} with padding {list(padding)} and dilation {list(dilation)}")

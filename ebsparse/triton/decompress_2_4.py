@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ebsparse.formats.twofour import unpack_2_4_rows
+
 from ._common import FLOAT_DTYPES, cdiv, kernel, require_available, tl
 
 BLOCK_G = 256  # groups of 4 per program
@@ -71,9 +73,5 @@ def decompress_2_4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
 
 
 def decompress_2_4_reference(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """PyTorch: scatter the two values of each group to their positions."""
-    m, groups_per_row = meta.shape
-    positions = torch.stack([meta & 3, (meta >> 2) & 3], dim=-1).long()
-    out = torch.zeros(m, groups_per_row, 4, dtype=values.dtype, device=values.device)
-    out.scatter_(2, positions, values.view(m, groups_per_row, 2))
-    return out.view(m, 4 * groups_per_row)
+    """PyTorch: the library's one 2:4 unpacking (ebsparse.formats.twofour)."""
+    return unpack_2_4_rows(values, meta)

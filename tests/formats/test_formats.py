@@ -52,3 +52,41 @@ def test_bad_density(bad):
 def test_bad_mask_dtype():
     with pytest.raises(TypeError, match="mask: expected a bool tensor"):
         build_index(torch.ones(2, 2))
+
+
+def test_index_knows_the_mask_it_describes():
+    from ebsparse.formats.index import PatternIndex
+
+    mask = torch.rand(6, 10, generator=torch.Generator().manual_seed(0)) < 0.4
+    index = build_index(mask)
+    assert isinstance(index, PatternIndex) and index.describes(mask)
+    assert index.describes(mask.clone())  # another tensor, same pattern: compared by content
+    assert not index.describes(~mask)
+    assert not index.describes(torch.ones(6, 11, dtype=torch.bool))
+    mask[0, 0] = not bool(mask[0, 0])  # edited in place: the version moves, the content differs
+    assert not index.describes(mask)
+
+
+def test_zero_dropped_is_exact_for_non_finite_values():
+    from ebsparse.formats.index import zero_dropped
+
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        w = torch.tensor([[1.5, float("nan"), float("inf"), -2.0]], dtype=dtype)
+        mask = torch.tensor([[True, False, False, True]])
+        out = zero_dropped(w, build_index(mask).bits(mask, dtype))
+        assert torch.equal(out, torch.tensor([[1.5, 0.0, 0.0, -2.0]], dtype=dtype))
+
+
+def test_2_4_pack_round_trip_and_empty():
+    from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows, unpack_2_4_rows
+
+    for rows in (torch.randn(5, 16), torch.randn(0, 8)):
+        mask = magnitude_2_4_rows(rows)
+        values, meta = pack_2_4_rows(rows, mask)
+        assert values.shape == (rows.shape[0], rows.shape[1] // 2) and meta.dtype == torch.uint8
+        assert torch.equal(unpack_2_4_rows(values, meta), rows * mask)
+
+
+def test_index_of_a_mask_without_rows():
+    index = build_index(torch.zeros(0, 5, dtype=torch.bool))
+    assert (index.rows, index.cols, index.nnz) == (0, 5, 0) and index.col_ptr.tolist() == [0] * 6

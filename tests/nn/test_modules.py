@@ -8,6 +8,9 @@ from torch import nn
 
 import ebsparse
 from ebsparse import SparseConv2d, SparseLinear, densify, sparsify
+from tests.ops.helpers import backend_params, runs_on
+
+CPU = torch.device("cpu")
 
 
 def test_linear_exact_density_and_masked_weight():
@@ -66,15 +69,18 @@ def test_state_dict_round_trip_and_plain_linear_state():
     assert torch.equal(clone.mask, layer.mask)
 
 
-def test_set_mask_rebuilds_index():
-    layer = SparseLinear(10, 4, density=1.0, backend="native")
+@pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float32))
+def test_set_mask_rebuilds_index(backend):
+    layer = SparseLinear(10, 4, density=1.0, backend=backend)
     x = torch.randn(2, 10)
     full = layer(x)
     mask = torch.zeros(4, 10, dtype=torch.bool)
     mask[:, 0] = True
     layer.set_mask(mask)
-    torch.testing.assert_close(layer(x), x[:, :1] * layer.weight[:, 0] + layer.bias)
-    assert not torch.allclose(full, layer(x))
+    with runs_on(backend, "linear"):
+        out = layer(x)
+    torch.testing.assert_close(out, x[:, :1] * layer.weight[:, 0] + layer.bias)
+    assert not torch.allclose(full, out)
 
 
 def test_sparsify_skips_and_reports():
@@ -120,29 +126,74 @@ def test_report_mentions_every_backend():
     lambda: SparseLinear(12, 7, density=0.4),
     lambda: SparseConv2d(4, 6, 3, padding=1, density=0.4),
 ], ids=["linear", "conv"])
-@pytest.mark.parametrize("backend", ["dense", "native"])
+@pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float64))
 def test_every_path_masks_forward_and_weight_grad(make, backend):
-    """The dense path (plain autograd) and the op path agree with the masked reference, even when
-    something wrote non-zeros outside the mask, and after the mask changes (cached mask values)."""
-    from ebsparse.ops.registry import get_backend
-
-    reasons = get_backend(backend).unavailable_reasons("linear", torch.device("cpu"), torch.float64)
-    if reasons:
-        pytest.skip(f"backend {backend} cannot run here: {reasons}")
+    """Every backend agrees with the masked reference, even when something wrote non-zeros (and
+    non-finite values) outside the mask, and after the mask changes (cached pattern)."""
     torch.manual_seed(0)
     m = make().double()
     m.backend = backend
-    with torch.no_grad():
-        m.weight.add_(1.0)  # non-zeros outside the mask must not leak into outputs or gradients
-    x = torch.randn(3, 12, dtype=torch.float64) if isinstance(m, torch.nn.Linear) else torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    op = "linear" if isinstance(m, torch.nn.Linear) else "conv2d"
+    x = torch.randn(3, 12, dtype=torch.float64) if op == "linear" else torch.randn(2, 4, 5, 5, dtype=torch.float64)
     for step in range(2):
+        with torch.no_grad():
+            m.weight.copy_(torch.randn_like(m.weight))  # non-zeros outside the mask must not leak
+            m.weight[~m.mask] = float("nan") if step else float("inf")  # nor non-finite values
         m.zero_grad()
-        y = m(x)
-        y.square().sum().backward()
-        w = (m.weight * m.mask).detach().requires_grad_()
-        ref = torch.nn.functional.linear(x, w, m.bias) if isinstance(m, torch.nn.Linear) else \
+        with runs_on(backend, op, ("forward", "backward")):
+            y = m(x)
+            y.square().sum().backward()
+        w = torch.where(m.mask, m.weight, 0.0).detach().requires_grad_()
+        ref = torch.nn.functional.linear(x, w, m.bias) if op == "linear" else \
             torch.nn.functional.conv2d(x, w, m.bias, padding=1)
         ref.square().sum().backward()
         torch.testing.assert_close(y, ref)
         torch.testing.assert_close(m.weight.grad, w.grad * m.mask)
         m.set_mask(torch.rand(m.weight.shape) < 0.6)  # the second round runs on a new mask
+
+
+@pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float64))
+def test_module_second_order_gradient_raises(backend):
+    """Every backend, the dense one included, is differentiable once through a layer."""
+    layer = SparseLinear(8, 4, density=0.5, backend=backend).double()
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiable once only"):
+        torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+def test_load_state_dict_checks_the_pattern_as_set_mask_does():
+    """A 2:4 layer refuses a mask that is not 2:4 whichever way it comes in."""
+    layer = SparseLinear(8, 4, pattern="2:4")
+    before = layer.mask.clone()
+    state = layer.state_dict()
+    state["mask"] = torch.ones(4, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="not a 2:4 pattern"):
+        layer.set_mask(state["mask"])
+    with pytest.raises(RuntimeError, match="mask: not a 2:4 pattern"):
+        layer.load_state_dict(state)
+    assert torch.equal(layer.mask, before) and layer.density == 0.5
+    state["mask"] = torch.ones(4, 8)
+    with pytest.raises(RuntimeError, match="mask: expected a bool tensor"):
+        layer.load_state_dict(state)
+
+
+def test_sparsify_2_4_density_is_half_or_none():
+    sparsify(nn.Sequential(nn.Linear(8, 4)), pattern="2:4", density=0.5)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="density: a 2:4 pattern has density 0.5"):
+        sparsify(model, pattern="2:4", density={"0": 0.5, "1": 0.3})
+    assert type(model[0]) is nn.Linear  # nothing swapped by a call that raises
+
+
+def test_copies_and_pickles_share_the_registered_backends():
+    """EMA copies and torch.save of whole models keep working after a forward (cached pattern,
+    resolved backend), and a copy still runs the backend the original resolved."""
+    import pickle
+
+    layer = SparseLinear(8, 4, density=0.5, backend="dense")
+    x = torch.randn(2, 8)
+    layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert list(clone._resolved.values()) == list(layer._resolved.values())
+        with runs_on("dense", "linear"):
+            torch.testing.assert_close(clone(x), layer(x))

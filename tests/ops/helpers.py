@@ -1,14 +1,41 @@
-"""Shared by the op tests: backends to test and tolerances relative to the reference."""
+"""Shared by the op tests: backends to test, proof of which backend ran, tolerances."""
 
+import contextlib
+
+import pytest
 import torch
 
 import ebsparse  # noqa: F401  (registers backends)
-from ebsparse.backends import registered_backends
+from ebsparse.backends import registered_backends, trace
+
+
+def backend_params(op: str, device: torch.device, dtype: torch.dtype) -> list:
+    """Every registered backend, as a pytest param; one that cannot run `op` here (not built, no
+    kernel for the dtype, Triton without its interpreter) is skipped with its reasons, not dropped."""
+    params = []
+    for name, backend in registered_backends().items():
+        reasons = backend.unavailable_reasons(op, device, dtype)
+        marks = [pytest.mark.skip(reason=f"{name}: " + "; ".join(reasons))] if reasons else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
 
 
 def usable_backends(op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Every registered backend that can run `op` here (Triton only when its interpreter is on)."""
+    """Names of the backends that can run `op` here."""
     return [name for name, b in registered_backends().items() if not b.unavailable_reasons(op, device, dtype)]
+
+
+@contextlib.contextmanager
+def runs_on(backend: str, op: str, phases=("forward",)):
+    """Fail unless every kernel call of `op` in the block ran on `backend`, and each of `phases`
+    ran at least once."""
+    with trace() as calls:
+        yield calls
+    ran = [(phase, name) for o, phase, name in calls if o == op]
+    assert ran, f"no {op} kernel ran"
+    assert {name for _, name in ran} == {backend}, f"{op} ran on {ran}, expected {backend}"
+    missing = set(phases) - {phase for phase, _ in ran}
+    assert not missing, f"{op}: phases {missing} did not run (ran {ran})"
 
 
 def tolerance(dtype: torch.dtype, scale: float) -> dict:

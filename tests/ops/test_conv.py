@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ebsparse.ops import sparse_conv2d, sparse_conv2d_reference
-from tests.ops.helpers import tolerance, usable_backends
+from tests.ops.helpers import backend_params, runs_on, tolerance
 
 CPU = torch.device("cpu")
-BACKENDS = usable_backends("conv2d", CPU, torch.float32)
+BACKENDS = backend_params("conv2d", CPU, torch.float32)
 
 
 def _interpreted() -> bool:
@@ -30,9 +30,10 @@ def _check(backend, n, ci, co, h, w, k, stride, padding, dilation, density, dtyp
     x.requires_grad_()
     wt = w64.to(dtype).requires_grad_()
     b = b64.to(dtype).requires_grad_() if bias else None
-    y = sparse_conv2d(x, wt, b, mask, stride, padding, dilation, backend=backend)
-    grad = torch.randn_like(y)
-    y.backward(grad)
+    with runs_on(backend, "conv2d", ("forward", "backward")):
+        y = sparse_conv2d(x, wt, b, mask, stride, padding, dilation, backend=backend)
+        grad = torch.randn_like(y)
+        y.backward(grad)
     xr, wr = x64.detach().clone().requires_grad_(), w64.detach().clone().requires_grad_()
     br = b64.detach().clone().requires_grad_() if bias else None
     yr = sparse_conv2d_reference(xr, wr, br, mask, stride, padding, dilation)
@@ -95,9 +96,52 @@ def test_gradcheck(backend):
         fast_mode=backend == "triton" and _interpreted())
 
 
-@pytest.mark.parametrize("backend", usable_backends("conv2d", CPU, torch.bfloat16))
+@pytest.mark.parametrize("backend", backend_params("conv2d", CPU, torch.bfloat16))
 def test_bfloat16(backend):
     x, w = torch.randn(2, 8, 6, 6, dtype=torch.float64), torch.randn(4, 8, 3, 3, dtype=torch.float64)
     mask = torch.rand(4, 8, 3, 3) < 0.4
-    y = sparse_conv2d(x.bfloat16(), w.bfloat16(), None, mask, 1, 1, backend=backend)
+    with runs_on(backend, "conv2d"):
+        y = sparse_conv2d(x.bfloat16(), w.bfloat16(), None, mask, 1, 1, backend=backend)
     torch.testing.assert_close(y.double(), sparse_conv2d_reference(x, w, None, mask, 1, 1), atol=0.3, rtol=0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_dropped_weights_contribute_zero(backend):
+    """Whatever a dropped weight holds (NaN, inf), it contributes exactly zero on every backend."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    mask = torch.rand(3, 4, 3, 3, generator=g) < 0.5
+    clean = torch.where(mask, torch.randn(3, 4, 3, 3, dtype=torch.float64, generator=g), 0.0)
+    poisoned = clean.clone()
+    poisoned[~mask] = float("nan")
+    poisoned[0, 0][~mask[0, 0]] = float("inf")
+    poisoned.requires_grad_()
+    with runs_on(backend, "conv2d", ("forward", "backward")):
+        y = sparse_conv2d(x, poisoned, None, mask, 1, 1, backend=backend)
+        y.square().sum().backward()
+    xr, wr = x.detach().clone().requires_grad_(), clean.clone().requires_grad_()
+    yr = torch.nn.functional.conv2d(xr, wr, None, 1, 1)
+    yr.square().sum().backward()
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(poisoned.grad, wr.grad * mask)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_order_gradient_raises(backend):
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 2, 3, 3) < 0.5
+    y = sparse_conv2d(x, w, None, mask, 1, 1, backend=backend)
+    with pytest.raises(RuntimeError, match="sparse_conv2d: differentiable once only"):
+        torch.autograd.grad(y.square().sum(), (x, w), create_graph=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_index_of_another_mask_is_refused(backend):
+    from ebsparse.formats import build_index
+
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(3, 2, 3, 3)
+    mask = torch.rand(3, 2, 3, 3) < 0.5
+    with pytest.raises(ValueError, match="index: does not describe `mask`"):
+        sparse_conv2d(x, w, None, mask, 1, 1, index=build_index(~mask), backend=backend)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebsparse.formats import build_index
-from ebsparse.ops.extension import extension_error
+from ebsparse.backends.extension import extension_error
 
 pytestmark = pytest.mark.skipif(extension_error() is not None, reason="ebsparse._C not built")
 

@@ -30,6 +30,15 @@ def test_unknown_backend():
         sparse_linear(*_linear_args(), backend="nope")
 
 
+@pytest.mark.parametrize("index", ["abc", 3, (torch.zeros(5, dtype=torch.int32),) * 4])
+def test_index_of_the_wrong_type_names_the_argument(index):
+    with pytest.raises(TypeError, match="index: expected a PatternIndex"):
+        sparse_linear(*_linear_args(), index=index, backend="dense")
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(2, 4, 3, 3)
+    with pytest.raises(TypeError, match="index: expected a PatternIndex"):
+        sparse_conv2d(x, w, None, torch.ones_like(w, dtype=torch.bool), index=index, backend="dense")
+
+
 def test_backend_env_override(monkeypatch):
     monkeypatch.setenv("EBSPARSE_BACKEND", "dense")
     x, w, b, mask = _linear_args()
@@ -70,7 +79,7 @@ def test_conv_shape_errors():
 
 def test_native_op_direct_call_checks_in_cpp():
     """Direct torch.ops callers get a RuntimeError from the C++ checks, not a crash."""
-    import ebsparse.ops.extension as ext
+    import ebsparse.backends.extension as ext
 
     if ext.extension_error() is not None:
         pytest.skip(ext.extension_error())
@@ -94,7 +103,7 @@ def test_native_op_direct_call_checks_in_cpp():
 
 def test_native_conv_pattern_values_checked_even_when_remembered():
     """The conv ops remember patterns that passed their checks; an in-place edit must be checked again."""
-    import ebsparse.ops.extension as ext
+    import ebsparse.backends.extension as ext
 
     if ext.extension_error() is not None:
         pytest.skip(ext.extension_error())

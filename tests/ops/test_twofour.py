@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from ebsparse.formats import is_2_4_mask
 from ebsparse.ops import compress_2_4, decompress_2_4, prune_2_4, prune_2_4_reference, sparse_conv2d, sparse_linear
 from ebsparse.ops import sparse_conv2d_reference, sparse_linear_reference
-from ebsparse.ops.twofour import _native
+from tests.ops.helpers import backend_params, runs_on
+
+CPU = torch.device("cpu")
 
 
 @given(m=st.integers(1, 20), groups=st.integers(1, 12), seed=st.integers(0, 2**16),
@@ -55,24 +57,41 @@ def test_compress_conv_round_trip():
     assert torch.equal(decompress_2_4(values, meta, w.shape), w * mask)
 
 
-@pytest.mark.skipif(not _native(torch.zeros(1)), reason="native extension not built")
-def test_native_and_reference_compress_agree(monkeypatch):
-    w = torch.randn(7, 16)
-    mask = prune_2_4(w)
-    native = compress_2_4(w, mask)
-    monkeypatch.setattr("ebsparse.ops.twofour._native", lambda t: False)
-    reference = compress_2_4(w, mask)
-    assert torch.equal(native[0], reference[0]) and torch.equal(native[1], reference[1])
-    assert torch.equal(decompress_2_4(*native), w * mask)
+@pytest.mark.parametrize("backend", backend_params("prune_2_4", CPU, torch.float32))
+def test_prune_on_every_backend(backend):
+    w = torch.randn(6, 16)
+    with runs_on(backend, "prune_2_4", ("2:4",)):
+        mask = prune_2_4(w, backend=backend)
+    assert torch.equal(mask, prune_2_4_reference(w))
 
 
-def test_2_4_matmul_and_conv():
+@pytest.mark.parametrize("backend", backend_params("compress_2_4", CPU, torch.float32))
+@pytest.mark.parametrize("shape", [(7, 16), (3, 8, 3, 3)])
+def test_compress_and_decompress_on_every_backend(backend, shape):
+    """Each backend's 2:4 kernels, reached through the library, agree with the dense backend's."""
+    w = torch.randn(*shape)
+    mask = prune_2_4_reference(w)
+    with runs_on(backend, "compress_2_4", ("2:4",)):
+        values, meta = compress_2_4(w, mask, backend=backend)
+    expected = compress_2_4(w, mask, backend="dense")
+    assert torch.equal(values, expected[0]) and torch.equal(meta, expected[1])
+    with runs_on(backend, "decompress_2_4", ("2:4",)):
+        dense = decompress_2_4(values, meta, w.shape, backend=backend)
+    assert torch.equal(dense, w * mask)
+
+
+@pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float64))
+def test_2_4_matmul_and_conv(backend):
     x, w = torch.randn(9, 16, dtype=torch.float64), torch.randn(5, 16, dtype=torch.float64)
     mask = prune_2_4(w)
-    torch.testing.assert_close(sparse_linear(x, w, None, mask), sparse_linear_reference(x, w, None, mask))
+    with runs_on(backend, "linear"):
+        out = sparse_linear(x, w, None, mask, backend=backend)
+    torch.testing.assert_close(out, sparse_linear_reference(x, w, None, mask))
     xc, wc = torch.randn(2, 8, 7, 7, dtype=torch.float64), torch.randn(4, 8, 3, 3, dtype=torch.float64)
     mc = prune_2_4(wc)
-    torch.testing.assert_close(sparse_conv2d(xc, wc, None, mc, 1, 1), sparse_conv2d_reference(xc, wc, None, mc, 1, 1))
+    with runs_on(backend, "conv2d"):
+        out = sparse_conv2d(xc, wc, None, mc, 1, 1, backend=backend)
+    torch.testing.assert_close(out, sparse_conv2d_reference(xc, wc, None, mc, 1, 1))
 
 
 def test_bad_2_4_inputs():
@@ -86,3 +105,5 @@ def test_bad_2_4_inputs():
         decompress_2_4(torch.randn(2, 4), torch.zeros(2, 3, dtype=torch.uint8))
     with pytest.raises((ValueError, RuntimeError), match="meta"):
         decompress_2_4(torch.randn(1, 2), torch.tensor([[0b0101]], dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run prune_2_4"):
+        prune_2_4(torch.randn(2, 8), backend="triton")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -27,3 +28,19 @@ def time_call(fn: Callable[[], object], device: torch.device, reps: int = 2, war
             sync()
             best = min(best, time.perf_counter() - start)
     return best
+
+
+def time_step(backend, inputs) -> float:
+    """Seconds of one training step of an op call on `backend`: the forward and both gradients,
+    through the same kernels the op runs (for dense, the same code as a layer on the dense path)."""
+    inputs = dataclasses.replace(inputs, state={})
+    forward = getattr(backend, inputs.op + "_forward")
+    backward = getattr(backend, inputs.op + "_backward")
+    with torch.no_grad():
+        grad = torch.ones_like(forward(inputs))
+
+    def step():
+        forward(inputs)
+        backward(inputs, grad, True, True)
+
+    return time_call(step, inputs.device)

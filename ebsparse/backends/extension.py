@@ -1,4 +1,5 @@
-"""Loads the compiled extension `ebsparse._C` once; importing ebsparse never fails without it."""
+"""Loads the compiled extension `ebsparse._C` (the native kernels) once; importing ebsparse never
+fails without it."""
 
 from __future__ import annotations
 
