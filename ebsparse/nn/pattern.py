@@ -1,5 +1,6 @@
 """What SparseLinear and SparseConv2d share: a bool `mask` buffer, the pattern kind, and the
-CSR/CSC index cached per mask version (rebuilt only when the mask changes)."""
+CSR/CSC index cached per mask version (rebuilt only when the mask changes; ebsparse.nn.mask_state
+says how a change is noticed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from ebsparse.formats import build_index, check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
+from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4")
@@ -35,10 +37,7 @@ class SparsityMixin:
         # RigL asks for the dense weight gradient on its update steps only.
         self.dense_weight_grad = False
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
-        self._index: PatternIndex | None = None
-        self._index_key = None
-        self._mask_values: torch.Tensor | None = None
-        self._mask_values_key = None
+        self._index: PatternIndex | None = None  # the index `_resolved` was chosen for
         self._resolved: dict[tuple, str] = {}
         self.set_mask(mask)
 
@@ -60,15 +59,12 @@ class SparsityMixin:
         return float(self.mask.sum()) / self.mask.numel()
 
     def pattern_index(self) -> PatternIndex:
-        """CSR/CSC of the mask, rebuilt only when the mask tensor or its version changes."""
-        if torch.compiler.is_compiling():
-            return self._index
-        key = (self.mask.data_ptr(), self.mask._version, self.mask.device)
-        if self._index is None or key != self._index_key:
-            self._index = build_index(self.mask)
-            self._index_key = key
-            self._resolved.clear()
-        return self._index
+        """CSR/CSC of the mask, rebuilt only when the mask changes (eager and compiled)."""
+        index = current_index(self.mask, type(self).__name__)
+        if not torch.compiler.is_compiling() and index is not self._index:
+            self._index = index
+            self._resolved.clear()  # another density may favour another backend
+        return index
 
     def masked_weight(self) -> torch.Tensor:
         """``weight * mask`` for the dense path. The mask is converted to the weight's dtype once per
@@ -76,11 +72,19 @@ class SparsityMixin:
         call, and ``torch.where`` is slower still on the CPU."""
         if torch.compiler.is_compiling():
             return self.weight * self.mask.to(self.weight.dtype)
-        key = (self.mask.data_ptr(), self.mask._version, self.weight.dtype, self.weight.device)
-        if self._mask_values is None or key != self._mask_values_key:
-            self._mask_values = self.mask.to(self.weight.dtype)
-            self._mask_values_key = key
-        return self.weight * self._mask_values
+        return self.weight * mask_state(self.mask).values(self.mask, self.weight.dtype, type(self).__name__)
+
+    def check_mask_edits(self, where: str = "check_mask_edits()") -> bool:
+        """Compare the mask with the one the cached layouts were built from, to catch writes that
+        bypassed its version counter (``mask.data[...] = ...``, ``mask.numpy()[...] = ...``): warn
+        and rebuild (raise with ``EBSPARSE_STRICT_MASKS=1``). True if it found such an edit. Runs
+        on ``train()``/``eval()`` and ``load_state_dict()``; costs one read of the mask."""
+        return mask_state(self.mask).check_edits(self.mask, f"{type(self).__name__}.{where}",
+                                                 strict=strict_masks())
+
+    def train(self, mode: bool = True):
+        self.check_mask_edits("train()" if mode else "eval()")
+        return super().train(mode)
 
     def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
                      mask: torch.Tensor | None) -> None:
@@ -108,6 +112,7 @@ class SparsityMixin:
                                       unexpected_keys, error_msgs)
         if prefix + "mask" in missing_keys:
             missing_keys.remove(prefix + "mask")
+        self.check_mask_edits("load_state_dict()")
 
     def _backend_for(self, shape_key: tuple, resolve) -> str:
         """Resolve the backend once per input shape in eager mode; reuse it under torch.compile."""
