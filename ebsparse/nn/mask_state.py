@@ -124,8 +124,12 @@ def _forget(key: int, state_ref: weakref.ref) -> None:
 
 @torch.library.custom_op("ebsparse::mask_index", mutates_args=())
 def _mask_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    # The cached tensors themselves, not copies: nothing writes to an index.
-    return mask_state(mask).index(mask, "compiled forward").tensors()
+    # Inductor may hand an op's dead output to a later buffer of the same size and dtype, which
+    # would overwrite the cached index: the two pointer arrays (fixed sizes) are returned as copies.
+    # The two nnz-long arrays have a size only they have (unbacked), and copying them would cost
+    # a noticeable part of a small layer's forward.
+    row_ptr, col_idx, col_ptr, row_idx = mask_state(mask).index(mask, "compiled forward").tensors()
+    return row_ptr.clone(), col_idx, col_ptr.clone(), row_idx
 
 
 @_mask_index.register_fake

@@ -11,17 +11,15 @@ import torch.nn.functional as F
 
 from ebsparse import SparseConv2d, SparseLinear
 from ebsparse.backends import registered_backends
+from ebsparse.formats import build_index
 from ebsparse.nn.mask_state import STRICT_ENV
 
 CPU = torch.device("cpu")
 
 
-def _backend_param(name: str):
-    reasons = registered_backends()[name].unavailable_reasons("linear", CPU, torch.float64)
-    return pytest.param(name, marks=pytest.mark.skipif(bool(reasons), reason="; ".join(reasons)))
-
-
-BACKENDS = [_backend_param("native"), "dense"]
+NATIVE_UNAVAILABLE = "; ".join(registered_backends()["native"].unavailable_reasons("linear", CPU, torch.float64))
+needs_native = pytest.mark.skipif(bool(NATIVE_UNAVAILABLE), reason=NATIVE_UNAVAILABLE)
+BACKENDS = [pytest.param("native", marks=needs_native), "dense"]
 
 
 def _layer(kind: str, backend: str):
@@ -188,3 +186,52 @@ def test_compiled_module_sees_mask_changes(kind, backend, native_calls):
     with pytest.warns(RuntimeWarning, match="version counter"):
         layer.eval()
     _assert_uses(layer, compiled, x, new, native_calls)
+
+
+def test_mask_index_op():
+    """The op compiled graphs read the index through: checked like every ebsparse op, and it
+    returns the index of the mask as it is when the graph runs."""
+    mask = torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(5)) < 0.4
+    torch.library.opcheck(torch.ops.ebsparse.mask_index.default, (mask,))
+    with torch.no_grad():
+        mask[0] = ~mask[0]
+    for got, expected in zip(torch.ops.ebsparse.mask_index(mask), build_index(mask).tensors()):
+        assert torch.equal(got, expected)
+
+
+@needs_native
+def test_rigl_in_a_compiled_model(native_calls):
+    """RigL changes masks between calls of a compiled model (set_mask): every call after an update
+    computes with the new masks, outputs and gradients alike."""
+    from ebsparse.s2s import RigL
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = RigL(sparsity=0.5, distribution="uniform", update_every=2, prune_fraction=0.5, backend="native",
+               optimizer_safe=True)
+    sp.apply(model, opt)
+    model(torch.randn(4, 16))  # an eager call first, as when backends are measured before compiling
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    layers = [model[0], model[2]]
+    masks_seen = []
+    for step in range(6):
+        x = torch.randn(4, 16)
+        weights = [m.weight.detach().clone().requires_grad_() for m in layers]
+        hidden = torch.relu(F.linear(x, weights[0] * layers[0].mask, layers[0].bias))
+        expected = F.linear(hidden, weights[1] * layers[1].mask, layers[1].bias)
+        expected.pow(2).sum().backward()
+        dense_grad = layers[0].dense_weight_grad
+        before = len(native_calls)
+        opt.zero_grad(set_to_none=True)
+        out = compiled(x)
+        out.pow(2).sum().backward()
+        assert len(native_calls) > before, "the native kernels did not run"
+        torch.testing.assert_close(out, expected, msg=f"step {step}")
+        if not dense_grad:
+            for layer, weight in zip(layers, weights):
+                torch.testing.assert_close(layer.weight.grad, weight.grad, msg=f"step {step}")
+        masks_seen.append(layers[0].mask.clone())
+        if sp.step():
+            opt.step()
+    assert sp.updates >= 2 and not torch.equal(masks_seen[0], masks_seen[-1])
