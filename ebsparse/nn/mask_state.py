@@ -40,6 +40,17 @@ def strict_masks() -> bool:
     return os.environ.get(STRICT_ENV, "0").strip() not in ("", "0")
 
 
+def same_contents(mask: torch.Tensor, copy: torch.Tensor) -> bool:
+    """`torch.equal` for two bool tensors of one shape, compared as 64-bit words where the layout
+    allows (several times faster than comparing bools one by one). `copy` is contiguous."""
+    if not mask.is_contiguous() or mask.storage_offset() % 8:
+        return torch.equal(mask, copy)
+    a, b = mask.reshape(-1).view(torch.uint8), copy.reshape(-1).view(torch.uint8)
+    words = a.numel() // 8 * 8
+    return torch.equal(a[:words].view(torch.int64), b[:words].view(torch.int64)) and \
+        torch.equal(a[words:], b[words:])
+
+
 def _version(mask: torch.Tensor) -> int:
     # Inference tensors have no version counter (and cannot be modified outside inference mode).
     return -1 if mask.is_inference() else mask._version
@@ -71,7 +82,7 @@ class MaskState:
         """Compare the mask with the one the caches were built from. An edit that bypassed the version
         counter raises RuntimeError if `strict`, else warns and drops the caches. True if it found one."""
         self._follow_counter(mask)
-        if torch.equal(mask, self._built_from):
+        if same_contents(mask, self._built_from):
             return False
         message = (f"{where}: the mask was modified without going through its version counter (e.g. "
                    f"through mask.data or mask.numpy()), so computations since that edit may have used "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.formats import build_index, check_2_4_mask, check_density, magnitude_mask
+from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
 from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
@@ -26,7 +26,14 @@ def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> t
 
 
 class SparsityMixin:
-    """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__."""
+    """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__.
+
+    Change the mask with `set_mask`, with in-place ops on the `mask` buffer under `torch.no_grad()`
+    (``mask[...] = False``, ``mask.copy_(m)``) or with `load_state_dict`: the next forward sees it,
+    eager or compiled. Writes that bypass the buffer's version counter (``mask.data[...] = ...``,
+    ``mask.numpy()[...] = ...``) are caught at `train()`/`eval()`/`load_state_dict` (a warning,
+    then in effect) or, with ``EBSPARSE_STRICT_MASKS=1``, at the next forward (an error); see
+    ebsparse.nn.mask_state."""
 
     def _init_sparsity(self, mask: torch.Tensor | None, pattern: str, density: float | None,
                        backend: str | None) -> None:
@@ -42,7 +49,7 @@ class SparsityMixin:
         self.set_mask(mask)
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the kept positions and zero the weights outside them."""
+        """Replace the kept positions and zero the weights outside them (seen by the next forward)."""
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError(f"mask: expected a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
         if mask.shape != self.weight.shape:

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from ebsparse import SparseConv2d, SparseLinear
 from ebsparse.backends import registered_backends
 from ebsparse.formats import build_index
-from ebsparse.nn.mask_state import STRICT_ENV
+from ebsparse.nn.mask_state import STRICT_ENV, same_contents
 
 CPU = torch.device("cpu")
 
 
-NATIVE_UNAVAILABLE = "; ".join(registered_backends()["native"].unavailable_reasons("linear", CPU, torch.float64))
+NATIVE_UNAVAILABLE = "; ".join(registered_backends()["native"].unavailable_reasons("linear", CPU,
+                                                                                    torch.float64))
 needs_native = pytest.mark.skipif(bool(NATIVE_UNAVAILABLE), reason=NATIVE_UNAVAILABLE)
 BACKENDS = [pytest.param("native", marks=needs_native), "dense"]
 
@@ -235,3 +236,23 @@ def test_rigl_in_a_compiled_model(native_calls):
         if sp.step():
             opt.step()
     assert sp.updates >= 2 and not torch.equal(masks_seen[0], masks_seen[-1])
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 3, 3, 3), (7,), (2, 9)])
+def test_same_contents_finds_any_single_flip(shape):
+    """The word-wise comparison sees a flip in every position, the tail past the last full word too."""
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(6)) < 0.5
+    copy = mask.clone()
+    assert same_contents(mask, copy)
+    for i in range(mask.numel()):
+        flipped = mask.clone()
+        flipped.view(-1)[i] ^= True
+        assert not same_contents(flipped, copy), i
+
+
+def test_same_contents_of_a_non_contiguous_mask():
+    mask = torch.rand(6, 10, generator=torch.Generator().manual_seed(7)) < 0.5
+    copy = mask.t().contiguous()
+    assert same_contents(mask.t(), copy)
+    mask[2, 3] ^= True
+    assert not same_contents(mask.t(), copy)
