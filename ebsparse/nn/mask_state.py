@@ -31,8 +31,8 @@ from ebsparse.formats.index import PatternIndex
 
 STRICT_ENV = "EBSPARSE_STRICT_MASKS"
 
-SUPPORTED_EDITS = ("change a mask with set_mask(), an in-place op on the mask buffer under "
-                   "torch.no_grad() (mask[...] = False, mask.copy_(new)) or load_state_dict()")
+SUPPORTED_EDITS = ("change a mask with set_mask(), an in-place op on the mask buffer "
+                   "(mask[...] = False, mask.copy_(new)) or load_state_dict()")
 
 
 def strict_masks() -> bool:
@@ -133,7 +133,8 @@ def _forget(key: int, state_ref: weakref.ref) -> None:
 
 # ---- under torch.compile: the index comes from an opaque op, looked up when the graph runs ------
 
-@torch.library.custom_op("ebsparse::mask_index", mutates_args=())
+# cudagraph_unsafe: a CUDA graph would replay the index of the recording run, whatever the mask is.
+@torch.library.custom_op("ebsparse::mask_index", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
 def _mask_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # Inductor may hand an op's dead output to a later buffer of the same size and dtype, which
     # would overwrite the cached index: the two pointer arrays (fixed sizes) are returned as copies.

@@ -28,7 +28,7 @@ def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> t
 class SparsityMixin:
     """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__.
 
-    Change the mask with `set_mask`, with in-place ops on the `mask` buffer under `torch.no_grad()`
+    Change the mask with `set_mask`, with in-place ops on the `mask` buffer
     (``mask[...] = False``, ``mask.copy_(m)``) or with `load_state_dict`: the next forward sees it,
     eager or compiled. Writes that bypass the buffer's version counter (``mask.data[...] = ...``,
     ``mask.numpy()[...] = ...``) are caught at `train()`/`eval()`/`load_state_dict` (a warning,

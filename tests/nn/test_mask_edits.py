@@ -79,9 +79,8 @@ def _set_mask(layer, new):
 
 
 def _setitem(layer, new):
-    with torch.no_grad():
-        layer.mask[~new] = False
-        layer.mask[new] = True
+    layer.mask[~new] = False
+    layer.mask[new] = True
 
 
 def _copy(layer, new):
