@@ -8,10 +8,10 @@ counter costs nothing, so it runs on every forward, eager and compiled.
 
 Writes that bypass the counter (`mask.data[...] = ...`, `mask.numpy()[...] = ...`, DLPack) can only
 be found by reading the whole mask: the state keeps a copy of the mask its caches were built from
-and compares it with the buffer (about as costly as reading the mask once, and a device sync on a
-GPU). That comparison runs where it is cheap next to the work around it: `train()`/`eval()` and
-`load_state_dict`, which warn and rebuild, and every forward when ``EBSPARSE_STRICT_MASKS=1``, which
-raises (to find the code that edits masks that way).
+and compares it with the buffer. That costs a read of the mask (a large part of a small-batch
+linear layer's forward on a CPU, a device sync on a GPU), so it runs where it is cheap next to the
+work around it: `train()`/`eval()` and `load_state_dict`, which warn and rebuild, and every forward
+only when ``EBSPARSE_STRICT_MASKS=1``, which raises (to find the code that edits masks that way).
 
 States live in a registry keyed by the mask tensor itself (held weakly), so the eager forward and
 the `ebsparse::mask_index` op inside a compiled graph share one index per mask, and a replaced or
