@@ -264,3 +264,17 @@ def test_same_contents_of_a_non_contiguous_mask():
     assert same_contents(mask.t(), copy)
     mask[2, 3] ^= True
     assert not same_contents(mask.t(), copy)
+
+
+@needs_native
+def test_inductor_compiled_layer_sees_mask_changes(native_calls):
+    """The same with Inductor, whose generated code owns buffer lifetimes (the index comes back from
+    an opaque op with an unbacked size)."""
+    layer, x = _layer("linear", "native")
+    layer(x)
+    compiled = torch.compile(layer, fullgraph=True)
+    _assert_uses(layer, compiled, x, layer.mask.clone(), native_calls)
+    for seed, edit in enumerate((_set_mask, _setitem), start=30):
+        new = _new_mask(layer, seed)
+        edit(layer, new)
+        _assert_uses(layer, compiled, x, new, native_calls)
