@@ -1,6 +1,6 @@
 """What SparseLinear and SparseConv2d share: a bool `mask` buffer, the pattern kind, the pattern
-index cached per mask version (rebuilt only when the mask changes), and the backend resolved once
-per input shape."""
+index cached per mask version (rebuilt only when the mask changes; ebsparse.nn.mask_state says how a
+change is noticed), and the backend resolved once per input shape."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import torch
 
 from ebsparse.backends import dispatch, get_backend
 from ebsparse.backends.base import Backend
-from ebsparse.formats import build_index, check_2_4_mask, check_density, magnitude_mask
+from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
+from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4")
@@ -27,7 +28,14 @@ def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> t
 
 
 class SparsityMixin:
-    """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__."""
+    """Mixed into nn.Linear / nn.Conv2d subclasses; `_init_sparsity` must run after their __init__.
+
+    Change the mask with `set_mask`, with in-place ops on the `mask` buffer
+    (``mask[...] = False``, ``mask.copy_(m)``) or with `load_state_dict`: the next forward sees it,
+    eager or compiled. Writes that bypass the buffer's version counter (``mask.data[...] = ...``,
+    ``mask.numpy()[...] = ...``) are caught at `train()`/`eval()`/`load_state_dict` (a warning,
+    then in effect) or, with ``EBSPARSE_STRICT_MASKS=1``, at the next forward (an error); see
+    ebsparse.nn.mask_state."""
 
     def _init_sparsity(self, mask: torch.Tensor | None, pattern: str, density: float | None,
                        backend: str | None) -> None:
@@ -38,8 +46,7 @@ class SparsityMixin:
         # RigL asks for the dense weight gradient on its update steps only.
         self.dense_weight_grad = False
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
-        self._index: PatternIndex | None = None
-        self._index_key = None
+        self._index: PatternIndex | None = None  # the index `_resolved` was chosen for
         self._resolved: dict[tuple, Backend] = {}
         self.set_mask(mask)
 
@@ -54,7 +61,7 @@ class SparsityMixin:
             check_2_4_mask(mask, name)
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the kept positions and zero the weights outside them."""
+        """Replace the kept positions and zero the weights outside them (seen by the next forward)."""
         self.check_mask(mask)
         with torch.no_grad():
             self.mask.copy_(mask)
@@ -66,15 +73,24 @@ class SparsityMixin:
         return float(self.mask.sum()) / self.mask.numel()
 
     def pattern_index(self) -> PatternIndex:
-        """CSR/CSC of the mask, rebuilt only when the mask tensor or its version changes."""
-        if torch.compiler.is_compiling():
-            return self._index
-        key = (self.mask.data_ptr(), self.mask._version, self.mask.device)
-        if self._index is None or key != self._index_key:
-            self._index = build_index(self.mask)
-            self._index_key = key
-            self._resolved.clear()
-        return self._index
+        """CSR/CSC of the mask, rebuilt only when the mask changes (eager and compiled)."""
+        index = current_index(self.mask, type(self).__name__)
+        if not torch.compiler.is_compiling() and index is not self._index:
+            self._index = index
+            self._resolved.clear()  # another density may favour another backend
+        return index
+
+    def check_mask_edits(self, where: str = "check_mask_edits()") -> bool:
+        """Compare the mask with the one the cached layouts were built from, to catch writes that
+        bypassed its version counter (``mask.data[...] = ...``, ``mask.numpy()[...] = ...``): warn
+        and rebuild (raise with ``EBSPARSE_STRICT_MASKS=1``). True if it found such an edit. Runs
+        on ``train()``/``eval()`` and ``load_state_dict()``; costs one read of the mask."""
+        return mask_state(self.mask).check_edits(self.mask, f"{type(self).__name__}.{where}",
+                                                 strict=strict_masks())
+
+    def train(self, mode: bool = True):
+        self.check_mask_edits("train()" if mode else "eval()")
+        return super().train(mode)
 
     def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
                      mask: torch.Tensor | None) -> None:
@@ -108,6 +124,7 @@ class SparsityMixin:
                                       unexpected_keys, error_msgs)
         if prefix + "mask" in missing_keys:
             missing_keys.remove(prefix + "mask")
+        self.check_mask_edits("load_state_dict()")
 
     def _resolve(self, key: tuple, input: torch.Tensor, pattern: PatternIndex) -> Backend:
         """The backend for inputs like `input` (`key`: shape, dtypes, device), resolved once in eager
