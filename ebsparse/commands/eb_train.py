@@ -48,7 +48,9 @@ def _resumed_config(saved: dict, overrides: list[str]):
     """The run's own config (its ``config.json``), with ``overrides`` applied on top."""
     from ..diffusion.config import ExperimentConfig, apply_overrides
 
-    raw = {k: v for k, v in saved.items() if k != "ta_eb"}
+    import copy
+
+    raw = {k: copy.deepcopy(v) for k, v in saved.items() if k != "ta_eb"}
     apply_overrides(raw, overrides)
     try:
         return ExperimentConfig.from_dict(raw)

@@ -40,7 +40,7 @@ def _report(summary: dict, cfg, checkpoint: Path) -> None:
               f"to train on); checkpoint: {checkpoint}")
         return
     trained = summary["step"] - summary["start_step"]
-    print(f"trained to step {summary['step']} ({trained} steps in {summary['session_s']:.1f}s; "
+    print(f"trained to step {summary['step']} ({trained} step{'' if trained == 1 else 's'} in {summary['session_s']:.1f}s; "
           f"{summary['elapsed_s']:.1f}s over the whole run); checkpoint: {checkpoint}")
     if "loss" in summary:
         print(f"last loss {summary['loss']:.4f} ({_loss_note(cfg)})")
