@@ -52,11 +52,11 @@ def resume_breaking_changes(saved: dict[str, Any], current: ExperimentConfig) ->
     """The changes from the config a checkpoint was trained with (``saved``, its ``to_dict()`` form)
     to ``current`` that make a resumed run differ from an uninterrupted one, as ``{key: (old, new)}``.
 
-    ``training.steps`` is safe except where a ``sparsity:`` section ends its update schedule there
-    (no ``end_step`` of its own)."""
+    ``training.steps`` is safe except where a ``sparsity:`` section decays its prune fraction over
+    the run (``prune_fraction_decay: cosine`` with no ``end_step`` of its own)."""
     changes = config_diff(saved, current.to_dict())
-    sparsity = current.algorithms.get("sparsity")
-    steps_set_schedule = sparsity is not None and sparsity.get("end_step") is None
+    sparsity = current.algorithms.get("sparsity") or {}
+    steps_set_schedule = sparsity.get("prune_fraction_decay") == "cosine" and sparsity.get("end_step") is None
 
     def safe(key: str) -> bool:
         if key == "training.steps" and steps_set_schedule:

@@ -97,3 +97,17 @@ def test_a_set_typo_is_blamed_on_the_set(workdir, capsys):
     (workdir / "bad.yaml").write_text((workdir / "configs" / "digits.yaml").read_text().replace("lr: 0.001", "lrr: 1"))
     assert main(["train", "bad.yaml", "--set", "training.steps=2"]) == 2
     assert "config file 'bad.yaml'" in capsys.readouterr().err
+
+
+def test_steps_break_exactness_only_where_they_set_the_sparsity_schedule():
+    from ebsparse.diffusion.config import load_config
+    from ebsparse.diffusion.trainer import resume_breaking_changes
+
+    def changes(path, *extra):
+        old = load_config(path, list(extra))
+        return resume_breaking_changes(old.to_dict(), load_config(path, [*extra, "training.steps=9"]))
+
+    assert changes("configs/digits.yaml") == {}
+    assert changes("configs/digits_rigl.yaml", "sparsity.prune_fraction_decay=constant") == {}
+    assert "training.steps" in changes("configs/digits_rigl.yaml", "sparsity.prune_fraction_decay=cosine")
+    assert changes("configs/digits_rigl.yaml", "sparsity.prune_fraction_decay=cosine", "sparsity.end_step=5") == {}
