@@ -349,6 +349,8 @@ class Trainer:
         self._fit_started = t0
         last: dict[str, float] = {}
         bar = tqdm(total=tc.steps, initial=self.step, disable=not progress, desc=desc, dynamic_ncols=True)
+        # the DDIM code base's loss sums the squared error over an image's pixels: say so, or it reads as huge
+        loss_label = "loss (sum/image)" if self.config.diffusion.loss_reduction == "sum" else "loss"
         stop = self.step > 0 and self._should_stop()
         try:
             while self.step < tc.steps and not stop:
@@ -362,7 +364,7 @@ class Trainer:
                            "images_per_s": (self.step - start_step) * tc.batch_size / max(elapsed, 1e-9),
                            "elapsed_s": self.elapsed_s()}
                     log.write(row)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    bar.set_postfix({loss_label: f"{last['loss']:.4f}"})
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_grid()
                 stop = self._should_stop()
@@ -382,7 +384,9 @@ class Trainer:
     def write_grid(self) -> Path:
         n = self.config.sampling.num_samples
         x = self.sample(n, seed=self.config.training.seed)
-        return save_grid(x, self.run_dir / "samples" / f"step_{self.step:07d}.png")
+        sc = self.config.sampling
+        caption = f"step {self.step}, EMA; {sc.sampler}, {sc.timesteps} of {self.config.diffusion.num_timesteps} timesteps"
+        return save_grid(x, self.run_dir / "samples" / f"step_{self.step:07d}.png", caption=caption)
 
 
 def _with_labels(model: nn.Module, y: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

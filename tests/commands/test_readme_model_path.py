@@ -100,3 +100,9 @@ def test_save_grid_enlarges_small_images_by_default(tmp_path):
     assert Image.open(save_grid(x, tmp_path / "raw.png", min_cell=0)).width == 8 * 16 + 9 * 2
     big = Image.open(save_grid(torch.zeros(4, 3, 96, 96), tmp_path / "big.png"))
     assert big.width == 2 * 96 + 3 * 2  # already large: kept
+
+
+def test_training_grids_are_enlarged_and_captioned(workdir):
+    assert main([*readme_command("ebsparse train configs/digits.yaml"), *SMALL, "--set", "training.sample_every=2"]) == 0
+    grid = Image.open(workdir / "runs" / "digits" / "samples" / "step_0000002.png")
+    assert grid.width >= 2 * 64 and grid.height > grid.width  # 4 samples enlarged, caption strip on top
