@@ -6,6 +6,7 @@ the TA-EB region models train in parallel processes, one process group per regio
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -19,8 +20,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML; its 'earlybird' section holds the ticket settings")
     p.add_argument("--ta-eb", action="store_true", help="also find one ticket per timestep region and train them (TA-EB)")
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<config name>-eb[-ta])")
-    p.add_argument("--resume", action="store_true", help="continue a run: finished stages are skipped, "
-                   "the current one resumes from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue a run with the settings saved in its "
+                   "config.json (no --set to retype): finished stages are skipped, the current one resumes from "
+                   "its checkpoint")
     p.add_argument("--baselines", nargs="*", default=None, metavar="NAME",
                    help="override earlybird.baselines: any of dense, scratch, train_prune_finetune")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -37,15 +39,50 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise FileNotFoundError(f"--resume: {str(run_dir)!r} holds no run to continue; start without --resume")
 
 
+def _saved_settings(run_dir: Path) -> dict | None:
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _resumed_config(saved: dict, overrides: list[str]):
+    """The run's own config (its ``config.json``), with ``overrides`` applied on top."""
+    from ..diffusion.config import ExperimentConfig, apply_overrides
+
+    import copy
+
+    raw = {k: copy.deepcopy(v) for k, v in saved.items() if k != "ta_eb"}
+    apply_overrides(raw, overrides)
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--set {' --set '.join(overrides)}: {e}" if overrides else f"config.json: {e}") from e
+
+
+def _check_same_settings(run_dir: Path, saved: dict, wanted: dict) -> None:
+    """Refuse to resume with settings other than the run's, naming each key that differs."""
+    from ..diffusion.config import config_diff
+
+    changes = config_diff({k: saved.get(k) for k in wanted}, wanted)
+    if changes:
+        listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ValueError(f"--resume: {run_dir / 'config.json'} was written with other settings ({listing}); "
+                         "finished stages would not match. Drop the --set (a resume reuses the run's settings) "
+                         "or choose another --run-dir")
+
+
 def run_pipeline(config_path, run_dir: Path, ta_eb: bool, resume: bool, overrides, baselines, progress: bool) -> dict:
-    """Load the config, join the process group under ``torchrun``, and run (or resume) every stage."""
+    """Load the config, join the process group under ``torchrun``, and run (or resume) every stage.
+
+    A resume takes the settings the run saved (``config.json``), so no ``--set`` needs retyping;
+    ``overrides`` given anyway must not change them (the error names the keys that would)."""
     from ..diffusion.config import load_config
     from ..drivers.eb_pipeline import EBRun
 
     overrides = list(overrides)
     if baselines is not None:
         overrides.append(f"earlybird.baselines=[{', '.join(baselines)}]")
-    cfg = load_config(config_path, overrides)
+    saved = _saved_settings(run_dir) if resume else None
+    cfg = _resumed_config(saved, overrides) if saved is not None else load_config(config_path, overrides)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         import datetime
@@ -61,7 +98,10 @@ def run_pipeline(config_path, run_dir: Path, ta_eb: bool, resume: bool, override
         rank = 0
     if rank == 0:
         _check_run_dir(run_dir, resume)
-    return EBRun(cfg, run_dir, ta_eb=ta_eb, progress=progress).run()
+    pipeline = EBRun(cfg, run_dir, ta_eb=ta_eb, progress=progress)
+    if saved is not None:
+        _check_same_settings(run_dir, saved, {**cfg.to_dict(), "earlybird": pipeline.eb.to_dict(), "ta_eb": ta_eb})
+    return pipeline.run()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """``ebsparse prune``: prune a trained (or freshly built) model and write it as recipe + weights.
 
+The folder it writes is a model like a run directory: ``ebsparse sample`` and ``ebsparse train
+--init-from`` take it (its recipe records the experiment config, under ``extra.experiment``).
+
 Front-end glue: it reads experiment configs, checkpoints and datasets, and counts with
 :mod:`ebsparse.metrics.counting`; the pruning itself is :func:`ebsparse.pruning.prune`.
 """
@@ -17,9 +20,12 @@ HELP = "channel-prune a model (dependency-aware) and save it as recipe + safeten
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="experiment YAML whose 'model' section is the dense model")
     p.add_argument("--checkpoint", default=None,
-                   help="run directory or checkpoint.safetensors from 'ebsparse train' (default: fresh weights)")
+                   help="run directory or checkpoint.safetensors from 'ebsparse train' (default: fresh weights "
+                        "of --config's model)")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML whose 'model' section is the dense model (default: the config the "
+                        "checkpoint was trained with; needed without --checkpoint)")
     p.add_argument("--ratio", type=float, required=True, help="pruning_ratio per dependency group, in [0, 1)")
     p.add_argument("--importance", choices=("magnitude", "taylor"), default="magnitude")
     p.add_argument("--round-to", type=int, default=None, help="round kept channels to a multiple of this (e.g. 8)")
@@ -30,7 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ema", action="store_true", help="score and keep the raw weights instead of the EMA")
     p.add_argument("--skip-unsupported", action="store_true",
                    help="leave groups the pruner cannot shrink whole instead of failing")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<config>-pruned-<ratio>)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/<run or config name>-pruned-<ratio>)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing pruned model in the output directory")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -76,23 +84,41 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.pipeline import prune
     from ..pruning.recipe import save_pruned
 
-    torch.manual_seed(args.seed)
-    cfg = load_config(args.config)
-    spec = dict(cfg.model)
-    source = "fresh weights"
-    if args.checkpoint:
-        from ..drivers.checkpoints import model_from_checkpoint
+    from ..pruning.recipe import RECIPE_FILE
 
+    if args.config is None and args.checkpoint is None:
+        raise ValueError("prune: give --checkpoint (a trained run) or --config (fresh weights of its model)")
+    torch.manual_seed(args.seed)
+    step = None
+    if args.checkpoint:
+        from ..drivers.checkpoints import is_pruned_folder, model_from_checkpoint
+
+        if is_pruned_folder(args.checkpoint):
+            raise ValueError(f"--checkpoint {args.checkpoint} is already a pruned model; prune its dense checkpoint "
+                             "with a larger --ratio instead")
         # The pruned model carries the weights it was scored on (the reference scores the EMA).
-        model, trained, _ = model_from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-        if trained.model != spec:
+        model, cfg, meta = model_from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+        if meta["pruned"]:
+            raise ValueError(f"--checkpoint {args.checkpoint} is a fine-tuned pruned model; prune its dense "
+                             "checkpoint with a larger --ratio instead")
+        if args.config is not None and load_config(args.config).model != cfg.model:
             raise ValueError(f"checkpoint {args.checkpoint} does not match the model of {args.config}: it was "
-                             f"trained with model {trained.model}")
-        if "sparsity" in trained.algorithms:
+                             f"trained with model {cfg.model}; omit --config to use the checkpoint's own config")
+        if "sparsity" in cfg.algorithms:
             raise ValueError(f"checkpoint {args.checkpoint} is a sparse-to-sparse run; channel pruning needs a dense model")
+        step = meta.get("step")
         source = f"{args.checkpoint} ({'model' if args.no_ema else 'ema'} weights)"
+        ckpt = Path(args.checkpoint)
+        name = Path(args.config).stem if args.config else (ckpt if ckpt.is_dir() else ckpt.parent).name
     else:
-        model = build_model(spec)
+        cfg = load_config(args.config)
+        model = build_model(cfg.model)
+        source, name = "fresh weights", Path(args.config).stem
+    spec = dict(cfg.model)
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-pruned-{args.ratio:g}"
+    if (out / RECIPE_FILE).exists() and not args.force:
+        raise FileExistsError(f"{str(out)!r} already holds a pruned model; pass --force to overwrite it or "
+                              "choose another --out")
     model.eval()
     config = PruningConfig(pruning_ratio=args.ratio, importance=args.importance, round_to=args.round_to,
                            on_unsupported="skip" if args.skip_unsupported else "error",
@@ -104,14 +130,17 @@ def run(args: argparse.Namespace) -> int:
         loss_fn = _taylor_loss(cfg, spec, config, args)
     result = prune(model, inputs, config, loss_fn=loss_fn)
     table, numbers = summary_table(model, result.model, example_inputs(spec, device="meta"))
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-pruned-{args.ratio:g}"
+    from ..drivers.checkpoints import EXPERIMENT_KEY
+
     save_pruned(out, result.model, result.mask, base=spec, example_inputs=inputs, config=config,
-                extra={"source": source, "config_file": str(args.config), **numbers})
+                extra={"source": source, "config_file": args.config, "step": step, EXPERIMENT_KEY: cfg.to_dict(),
+                       **numbers})
     pruned_groups = sum(1 for k in result.mask if not bool(result.mask[k].all()))
-    print(f"pruned {Path(args.config).stem} at ratio {args.ratio:g} ({args.importance}, from {source}); "
+    print(f"pruned {name} at ratio {args.ratio:g} ({args.importance}, from {source}); "
           f"{pruned_groups} of {len(list(result.mask))} dependency groups pruned")
     print(table)
-    print(f"wrote {out / 'recipe.json'} and {out / 'model.safetensors'}")
+    print(f"wrote {out / 'recipe.json'} and {out / 'model.safetensors'}; sample it with 'ebsparse sample {out}', "
+          f"fine-tune it with 'ebsparse train CONFIG --init-from {out}'")
     return 0
 
 

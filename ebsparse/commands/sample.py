@@ -1,4 +1,5 @@
-"""``ebsparse sample CHECKPOINT``: draw images from any training run's checkpoint (PNG folder, grid)."""
+"""``ebsparse sample CHECKPOINT``: draw images from any training run's checkpoint or a pruned model
+folder of ``ebsparse prune`` (PNG folder, grid)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,48 @@ import argparse
 from pathlib import Path
 
 NAME = "sample"
-HELP = "draw samples from a checkpoint (PNG folder and grid)"
+HELP = "draw samples from a checkpoint or a pruned model folder (PNG folder and grid)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory or checkpoint.safetensors written by 'ebsparse train'")
+    p.add_argument("checkpoint", help="run directory or checkpoint.safetensors written by 'ebsparse train', or a "
+                   "folder written by 'ebsparse prune'")
     p.add_argument("--num", type=int, default=None, help="number of images (default: sampling.num_samples)")
     p.add_argument("--out", default=None, help="folder for one PNG per image (default: <run>/samples/eval)")
-    p.add_argument("--grid", default=None, help="also write a grid PNG here")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
-    p.add_argument("--timesteps", type=int, default=None)
-    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--grid", default=None, help="also write a grid PNG here (small images enlarged, with a caption)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                   help="ddim (deterministic with --eta 0) or ddpm (ancestral: fresh noise at every step)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="sampling steps, spread over the diffusion.num_timesteps of training (--skip-type); "
+                        "both samplers take this many model evaluations, ddpm as ancestral steps between the "
+                        "visited timesteps (the full chain is --timesteps equal to num_timesteps)")
+    p.add_argument("--eta", type=float, default=None, help="ddim only: noise scale (0 = deterministic)")
     p.add_argument("--skip-type", choices=("uniform", "quad"), default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu")
+
+
+def describe_sampler(cfg) -> str:
+    """The sampler as it ran, in words (e.g. 'ddim, 50 of 1000 timesteps, eta 0')."""
+    sc, total = cfg.sampling, cfg.diffusion.num_timesteps
+    if sc.sampler == "ddpm":
+        return (f"ddpm, ancestral steps on {sc.timesteps} of {total} timesteps ({sc.skip_type}"
+                f"{'' if sc.timesteps == total else ', strided'})")
+    return f"ddim, {sc.timesteps} of {total} timesteps ({sc.skip_type}), eta {sc.eta:g}"
+
+
+def describe_model(cfg, meta) -> str:
+    """What was sampled: method and training step (e.g. 'rigl, step 800')."""
+    if meta.get("pruned"):
+        method = "pruned"
+    elif "sparsity" in cfg.algorithms:
+        method = str(cfg.algorithms["sparsity"].get("method", "sparse"))
+    else:
+        method = "dense"
+    step = meta.get("step")
+    return method if step is None else f"{method}, step {step}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     out = Path(args.out) if args.out else run_dir / "samples" / "eval"
     save_images(x, out)
-    print(f"wrote {n} images to {out} (step {meta['step']}, {cfg.sampling.sampler}, {cfg.sampling.timesteps} steps)")
+    print(f"wrote {n} images to {out} ({describe_model(cfg, meta)}; {describe_sampler(cfg)})")
     if args.grid:
-        save_grid(x[:64], args.grid)
+        save_grid(x[:64], args.grid, caption=f"{describe_model(cfg, meta)}; {describe_sampler(cfg)}")
         print(f"wrote grid {args.grid}")
     return 0

@@ -20,7 +20,8 @@ from .._config import config_from_dict
 from ..data import DataConfig
 from .schedule import DiffusionConfig
 
-__all__ = ["ALGORITHM_SECTIONS", "TrainConfig", "SamplingConfig", "ExperimentConfig", "load_config", "apply_overrides"]
+__all__ = ["ALGORITHM_SECTIONS", "TrainConfig", "SamplingConfig", "ExperimentConfig", "load_config", "apply_overrides",
+           "config_diff"]
 
 OPTIMIZERS = ("adam", "adamw")
 #: Sections owned by algorithm packages (``ebsparse.s2s``, ``ebsparse.earlybird``); stored verbatim.
@@ -193,8 +194,41 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    from_file = copy.deepcopy(raw)
     apply_overrides(raw, overrides or [])
     try:
         return ExperimentConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
+        if overrides and _valid(from_file):  # the file is fine: the --set is to blame
+            named = [o for o in overrides if o.split("=", 1)[0].rsplit(".", 1)[-1] in str(e)] or overrides
+            raise ValueError(f"--set {' --set '.join(named)}: {e}") from e
         raise ValueError(f"config file {str(path)!r}: {e}") from e
+
+
+def _valid(raw: dict[str, Any]) -> bool:
+    try:
+        ExperimentConfig.from_dict(raw)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The dotted keys whose values differ between two config dicts (``to_dict()`` form), as
+    ``{key: (old, new)}``; a key missing on one side reads as ``None`` there. Tuples and lists compare
+    equal, as they do once written to JSON."""
+    import json
+
+    a, b = (_flatten(json.loads(json.dumps(d))) for d in (old, new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

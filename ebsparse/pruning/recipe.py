@@ -38,6 +38,7 @@ __all__ = [
     "load_pruned",
     "load_recipe",
     "make_inputs",
+    "rebuild_pruned",
     "save_pruned",
     "sha256_file",
 ]
@@ -170,6 +171,17 @@ def load_recipe(directory: str | os.PathLike) -> dict[str, Any]:
     return recipe
 
 
+def rebuild_pruned(recipe: Mapping[str, Any], build_base: Callable[[Mapping[str, Any]], nn.Module],
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The pruned architecture ``recipe`` describes, holding the base model's initial weights
+    (shrunk); no weights file is read. A checkpoint of a fine-tuned pruned model is loaded into it."""
+    config = PruningConfig.from_dict(recipe["pruning"])
+    mask = ChannelMask.from_json(recipe["groups"])
+    with torch.device(device):
+        base = build_base(recipe["base"])
+    return shrink(base, mask, make_inputs(recipe["example_inputs"], device), ignored_layers=config.ignored_layers)
+
+
 def load_pruned(directory: str | os.PathLike, build_base: Callable[[Mapping[str, Any]], nn.Module],
                 meta_init: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a pruned model: ``build_base(recipe["base"])`` → replay the recipe → load weights.
@@ -189,13 +201,8 @@ def load_pruned(directory: str | os.PathLike, build_base: Callable[[Mapping[str,
     if _sha256(weights) != recipe["weights"].get("sha256"):
         raise PruningError(f"{weights} is not the weights file the recipe was written with (SHA-256 differs)")
     state = load_file(str(weights))
-    config = PruningConfig.from_dict(recipe["pruning"])
-    mask = ChannelMask.from_json(recipe["groups"])
     for device in (("meta", "cpu") if meta_init else ("cpu",)):
-        with torch.device(device):
-            base = build_base(recipe["base"])
-        inputs = make_inputs(recipe["example_inputs"], device)
-        model = shrink(base, mask, inputs, ignored_layers=config.ignored_layers)
+        model = rebuild_pruned(recipe, build_base, device)
         try:
             model.load_state_dict(state, strict=True, assign=device == "meta")
         except RuntimeError as e:
