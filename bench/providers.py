@@ -44,16 +44,9 @@ def unavailable_reason(provider: str, op: str) -> str | None:
     device = device_of(provider)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device (Triton on the CPU is the interpreter, a testing mode)"
-    if op == "2:4":
-        if backend == "native" and not hasattr(torch.ops.ebsparse, "compress_2_4"):
-            return "the native extension is not built"
-        if backend == "triton":
-            from ebsparse import triton as kernels
-
-            return "; ".join(kernels.unavailable_reasons(device)) or None
-        return None
     from ebsparse.backends import registered_backends
 
+    op = "compress_2_4" if op == "2:4" else op  # the 2:4 helpers are registered together
     reasons = registered_backends()[backend].unavailable_reasons(op, device, torch.float32)
     return "; ".join(reasons) or None
 
