@@ -15,8 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ebsparse"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("utilities", ("ebsparse._lazy", "ebsparse._config")),
     ("formats", ("ebsparse.formats",)),
-    ("ops", ("ebsparse.ops",)),
+    # Backends before ops (DESIGN.md lists them the other way): backends implement kernels on an op's
+    # inputs object and never import the ops; the public ops build that object and call the one
+    # dispatch point, as xformers' op front calls its dispatcher.
     ("backends", ("ebsparse.backends", "ebsparse.triton")),
+    ("ops", ("ebsparse.ops",)),
     ("nn", ("ebsparse.nn",)),
     ("models, data, diffusion, metrics", ("ebsparse.models", "ebsparse.data", "ebsparse.diffusion", "ebsparse.metrics")),
     ("pruning", ("ebsparse.pruning",)),

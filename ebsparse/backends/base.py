@@ -1,4 +1,4 @@
-"""`Backend`: the base class every backend derives from.
+"""`Backend`: the base class every backend derives from, and the registry of backend instances.
 
 A backend declares the ops it has kernels for and answers `unavailable_reasons(op, device, dtype)`
 (an empty list when it can run), in the spirit of xformers' `not_supported_reasons`. Its kernels
@@ -9,6 +9,12 @@ name) and never check arguments: the public op did that before dispatch.
 from __future__ import annotations
 
 import torch
+
+
+def conv2d_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis (as `torch.nn.Conv2d` documents it); the one
+    copy of the formula, used by the conv op's checks and fake kernel and by the kernels."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Backend:
@@ -33,6 +39,23 @@ class Backend:
 
     def __reduce__(self):
         # One instance per name: copies and unpickled modules refer to the registered backend.
-        from ebsparse.backends.registry import get_backend
-
         return get_backend, (self.name,)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def registered_backends() -> dict[str, Backend]:
+    return dict(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"backend: expected one of {sorted(_BACKENDS) + ['auto']}, got {name!r}") from None

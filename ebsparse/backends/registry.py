@@ -1,30 +1,16 @@
-"""The registered backends, by name, and an optional trace of which backend ran each kernel."""
+"""The registered backends, by name (kept in `ebsparse.backends.base`), and an optional trace of
+which backend ran each kernel."""
 
 from __future__ import annotations
 
 import contextlib
 
-from ebsparse.backends.base import Backend
+from ebsparse.backends.base import get_backend, register_backend, registered_backends
 
-_BACKENDS: dict[str, Backend] = {}
+__all__ = ["get_backend", "register_backend", "registered_backends", "trace", "executed"]
+
 # (op, phase, backend name) of every kernel call while `trace()` is active; None otherwise.
 executed: list[tuple[str, str, str]] | None = None
-
-
-def register_backend(backend: Backend) -> Backend:
-    _BACKENDS[backend.name] = backend
-    return backend
-
-
-def registered_backends() -> dict[str, Backend]:
-    return dict(_BACKENDS)
-
-
-def get_backend(name: str) -> Backend:
-    try:
-        return _BACKENDS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"backend: expected one of {sorted(_BACKENDS) + ['auto']}, got {name!r}") from None
 
 
 @contextlib.contextmanager

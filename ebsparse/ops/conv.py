@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from ebsparse.backends import dispatch, registry
-from ebsparse.backends.base import Backend
+from ebsparse.backends.base import Backend, conv2d_output_size
 from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern, pair)
-from ebsparse.ops.inputs import Conv2dInputs, conv2d_output_size
+from ebsparse.ops.inputs import Conv2dInputs
 
 _T = torch.Tensor
 

@@ -12,12 +12,8 @@ from typing import ClassVar
 
 import torch
 
+from ebsparse.backends.base import conv2d_output_size
 from ebsparse.formats.index import PatternIndex
-
-
-def conv2d_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution along one axis (as `torch.nn.Conv2d` documents it)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @dataclass(eq=False, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.ops.inputs import conv2d_output_size
+from ebsparse.backends.base import conv2d_output_size
 
 from ._common import (acc_dtype, cdiv, check_float, check_pattern, check_same, kernel, pattern_mask,
                       SUM, require_available, tl)
