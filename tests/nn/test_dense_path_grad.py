@@ -1,26 +1,19 @@
-"""The dense path of SparseLinear / SparseConv2d (plain autograd on the masked weight) gives the
-reference's gradients: the weight's at kept positions (zero elsewhere), the input's and the bias's.
+"""The dense path of SparseLinear / SparseConv2d (the dense backend's kernels on the masked weight)
+gives the reference's gradients: the weight's at kept positions (zero elsewhere), the input's and the
+bias's.
 
-The sparse ops are patched to fail, so these tests prove they ran the dense path.
+Every op phase is traced, so these tests fail unless the dense backend ran forward and backward.
 """
 
 import pytest
 import torch
 from torch import nn
 
-import ebsparse.nn.conv as conv_module
-import ebsparse.nn.linear as linear_module
 from ebsparse.nn import SparseConv2d, SparseLinear
 from ebsparse.ops.reference import sparse_conv2d_reference, sparse_linear_reference
+from tests.ops.helpers import runs_on
 
-
-@pytest.fixture
-def dense_path_only(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the sparse op ran; this test is about the dense path")
-
-    monkeypatch.setattr(linear_module, "sparse_linear", refuse)
-    monkeypatch.setattr(conv_module, "sparse_conv2d", refuse)
+BOTH_PHASES = ("forward", "backward")
 
 
 def _random_mask(shape, density, seed):
@@ -37,7 +30,7 @@ def _check_grads(layer, ref_weight, ref_bias, x, x_ref, mask):
 
 
 @pytest.mark.parametrize("pattern,density", [("unstructured", 0.3), ("2:4", None)])
-def test_linear_dense_path_weight_gradient_matches_the_reference(dense_path_only, pattern, density):
+def test_linear_dense_path_weight_gradient_matches_the_reference(pattern, density):
     torch.manual_seed(0)
     mask = _random_mask((6, 8), 0.3, 1) if pattern == "unstructured" else None
     layer = SparseLinear(8, 6, dtype=torch.float64, pattern=pattern, density=density, mask=mask, backend="dense")
@@ -47,12 +40,13 @@ def test_linear_dense_path_weight_gradient_matches_the_reference(dense_path_only
     x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     g = torch.randn(5, 6, dtype=torch.float64)
-    (layer(x) * g).sum().backward()
+    with runs_on("dense", "linear", phases=BOTH_PHASES):
+        (layer(x) * g).sum().backward()
     (sparse_linear_reference(x_ref, w, b, mask) * g).sum().backward()
     _check_grads(layer, w, b, x, x_ref, mask)
 
 
-def test_conv_dense_path_weight_gradient_matches_the_reference(dense_path_only):
+def test_conv_dense_path_weight_gradient_matches_the_reference():
     torch.manual_seed(0)
     mask = _random_mask((4, 3, 3, 3), 0.4, 2)
     layer = SparseConv2d(3, 4, 3, padding=1, stride=2, dtype=torch.float64, mask=mask, backend="dense")
@@ -60,8 +54,9 @@ def test_conv_dense_path_weight_gradient_matches_the_reference(dense_path_only):
     b = nn.Parameter(layer.bias.detach().clone())
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
-    y = layer(x)
-    g = torch.randn(y.shape, dtype=torch.float64)
-    (y * g).sum().backward()
+    with runs_on("dense", "conv2d", phases=BOTH_PHASES):
+        y = layer(x)
+        g = torch.randn(y.shape, dtype=torch.float64)
+        (y * g).sum().backward()
     (sparse_conv2d_reference(x_ref, w, b, mask, stride=2, padding=1) * g).sum().backward()
     _check_grads(layer, w, b, x, x_ref, mask)
