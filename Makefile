@@ -1,6 +1,6 @@
 # Two entry points, each doing its own set-up on a fresh machine:
 #   make demo   set up, build, run the main job: `ebsparse demo` (Early-Bird and TA-EB tickets on the
-#               embedded digits data, ~8 min on 2 cores; outputs in runs/demo)
+#               embedded digits data, about 10 min on 2 cores; outputs in runs/demo)
 #   make test   set up, build (pip and CMake), run the test suite
 #   make bench  set up, build, run every speed-up benchmark (pytest bench/ --benchmark)
 PYTHON ?= python3

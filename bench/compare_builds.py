@@ -13,7 +13,7 @@ registered side by side; each build keeps its own pattern caches.
 prints, per layer, sparsity and phase, the median of (this tree's time / REV's time) and its
 quartiles; below 1 means this tree is faster. The shapes and patterns are bench/phases.py's
 (EBSPARSE_BENCH_QUICK=1 shrinks them, to check the script runs). Rebuild this tree first
-(`setup.py build_ext --inplace`): the comparison is against what `import ebsparse` loads.
+(`setup.py build_ext --inplace`): the comparison is against the `ebsparse._C` it loads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import time
 import torch
 from torch.utils import cpp_extension
 
-import ebsparse  # noqa: F401  (registers torch.ops.ebsparse)
 from bench.phases import SPARSITIES, conv_calls, linear_calls
 from bench.settings import threads
 

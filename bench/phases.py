@@ -18,9 +18,18 @@ import torch.nn.functional as F
 
 from bench.providers import make_mask
 from bench.settings import CONV_SHAPES, LINEAR_SHAPES, SPARSE_SPARSITIES, ConvShape, LinearShape
+from ebsparse.backends.extension import extension_error
 from ebsparse.formats import build_index
 
 SPARSITIES = SPARSE_SPARSITIES  # what compare_builds compares
+
+
+def native_kernels():
+    """``torch.ops.ebsparse`` with the kernels registered (importing ebsparse does not load them)."""
+    error = extension_error()
+    if error is not None:
+        raise RuntimeError(error)
+    return torch.ops.ebsparse
 LINEAR_PHASES = ["forward", "grad-input", "grad-weight", "both gradients"]
 CONV_PHASES = ["forward", "grad-input", "grad-weight"]
 
@@ -28,7 +37,7 @@ CONV_PHASES = ["forward", "grad-input", "grad-weight"]
 def linear_calls(sparsity, op=None, shape: LinearShape | None = None, device="cpu"):
     """(sparse calls by phase, dense calls by phase, useful GFLOP of one forward-sized phase);
     `op`: the kernels' namespace (see the module docstring)."""
-    op = op or torch.ops.ebsparse
+    op = op or native_kernels()
     s = shape or LINEAR_SHAPES[0]
     torch.manual_seed(0)
     x = torch.randn(s.batch, s.in_features, device=device)
@@ -49,7 +58,7 @@ def linear_calls(sparsity, op=None, shape: LinearShape | None = None, device="cp
 
 def conv_calls(sparsity, op=None, shape: ConvShape | None = None, device="cpu"):
     """As linear_calls, for a conv shape (stride 1, dilation 1)."""
-    op = op or torch.ops.ebsparse
+    op = op or native_kernels()
     s = shape or CONV_SHAPES[0]
     torch.manual_seed(0)
     out_size = s.size + 2 * s.padding - s.kernel + 1

@@ -44,10 +44,16 @@ def unavailable_reason(provider: str, op: str) -> str | None:
     device = device_of(provider)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device (Triton on the CPU is the interpreter, a testing mode)"
+    if op == "2:4" and backend == "triton":
+        from ebsparse import triton as kernels
+
+        return "; ".join(kernels.unavailable_reasons(device)) or None
     from ebsparse.backends import registered_backends
 
-    op = "compress_2_4" if op == "2:4" else op  # the 2:4 helpers are registered together
-    reasons = registered_backends()[backend].unavailable_reasons(op, device, torch.float32)
+    # The 2:4 rows call the kernels directly; the backend's reasons for compress_2_4 cover them all
+    # (asking it also loads the extension, which importing ebsparse does not).
+    reasons = registered_backends()[backend].unavailable_reasons("compress_2_4" if op == "2:4" else op, device,
+                                                                 torch.float32)
     return "; ".join(reasons) or None
 
 

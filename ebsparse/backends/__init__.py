@@ -6,6 +6,7 @@ Importing this package registers them; `dispatch.resolve` picks the one that run
 
 from ebsparse.backends.base import Backend
 from ebsparse.backends.dense import DenseBackend
+from ebsparse.backends.extension import extension_error
 from ebsparse.backends.native import NativeBackend
 from ebsparse.backends.registry import get_backend, register_backend, registered_backends, trace
 from ebsparse.backends.report import availability, report
@@ -15,6 +16,10 @@ from ebsparse.backends.triton_backend import TritonBackend
 register_backend(DenseBackend())
 register_backend(NativeBackend())
 register_backend(TritonBackend())
+
+# Load the native kernels now where they are built (never an error here), so that `torch.ops.ebsparse`
+# holds them for direct callers (e.g. `torch.ops.ebsparse.cpu_capability()`) after `import ebsparse`.
+extension_error()
 
 __all__ = ["Backend", "report", "availability", "auto_candidates", "choices", "choose", "clear", "get_backend",
            "register_backend", "registered_backends", "trace"]

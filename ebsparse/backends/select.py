@@ -24,9 +24,8 @@ from ebsparse.backends.registry import registered_backends
 
 MARGIN = 0.9  # a sparse backend must take < 90% of dense's time to be chosen
 ROUNDS = 2  # interleaved measuring rounds per candidate
-# More rounds of the best sparse backend and dense when it landed between MARGIN and 1x dense: a
-# 2:4 layer ~15-25% faster than dense often measured above the margin in two rounds on a noisy
-# machine and ran dense (1.01x where native gave 1.33x in the same benchmark run).
+# More rounds of the best sparse backend and dense when it landed between MARGIN and 1x dense: two
+# rounds on a noisy machine can put a clearly faster sparse layer above the margin.
 CLOSE_CALL_ROUNDS = 4
 
 _lock = threading.Lock()

@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"the demo config {DEMO_CONFIG} is missing (it ships in the repository's configs/)")
     if getattr(args, "threads", None) is None:
         # The demo's models are tiny (per-op overhead dominates) and a second OpenMP thread competes
-        # with everything else on the machine: on the shared 2-core development machine one thread
-        # ran the dense steps 3-6x faster than two. --threads overrides.
+        # with everything else on the machine (bench/NOTES.md). --threads overrides.
         torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
     print(f"ebsparse demo: Early-Bird (EB) and timestep-aware Early-Bird (TA-EB) tickets on the embedded digits "

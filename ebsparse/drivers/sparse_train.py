@@ -1,6 +1,8 @@
 """Sparse-to-sparse training (front layer; ``ebsparse train CONFIG`` when the config has a
-``sparsity:`` section): train with the chosen method through :class:`ebsparse.s2s.SparsityPlugin`, then write the paper's summary (method, sparsity, FID, params, train/test FLOPs normalised
-to dense) plus the measured training-step speed-up of the sparse kernels over the dense model.
+``sparsity:`` section): train with the chosen method through
+:class:`ebsparse.s2s.trainer_plugin.SparsityPlugin`, then write the paper's summary (method,
+sparsity, FID, params, train/test FLOPs normalised to dense) plus the measured training-step
+speed-up of the sparse kernels over the dense model.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class PatternIndex:
     mask: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the mask it was built from
     mask_version: int = field(default=-1, repr=False, compare=False)
     _bits: dict = field(default_factory=dict, repr=False, compare=False)
-    # Made on first use: torch.compile cannot construct it while tracing a compiled layer's index.
+    # Made on the first foreign mask checked: an index built inside a compiled graph (where Dynamo
+    # cannot construct a user class) then holds only tensors and plain values.
     _checked: _LastChecked | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -71,10 +72,7 @@ class PatternIndex:
         if mask is self.mask and mask._version == self.mask_version:
             return True
         last = self._checked
-        if last is None:
-            last = _LastChecked()
-            object.__setattr__(self, "_checked", last)
-        if last.ref is not None and last.ref() is mask and mask._version == last.version:
+        if last is not None and last.ref is not None and last.ref() is mask and mask._version == last.version:
             return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols:
             return False
@@ -82,6 +80,9 @@ class PatternIndex:
         same = (self.row_ptr.device == mask.device and torch.equal(built.row_ptr, self.row_ptr)
                 and torch.equal(built.col_idx, self.col_idx))
         if same:
+            if last is None:
+                last = _LastChecked()
+                object.__setattr__(self, "_checked", last)  # the dataclass is frozen
             last.ref, last.version = weakref.ref(mask), mask._version
         return same
 

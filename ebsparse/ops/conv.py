@@ -11,27 +11,12 @@ import torch
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend, conv2d_output_size
 from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
+from ebsparse.ops import calls
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern, pair)
 from ebsparse.ops.inputs import Conv2dInputs
 
 _T = torch.Tensor
-
-
-def _gradients(backend: Backend, inputs: Conv2dInputs, grad_output: _T, input_grad: bool, weight_grad: bool):
-    """(grad-input, grad-weight); the full weight gradient comes from the dense backend."""
-    if registry.executed is not None:
-        registry.executed.append(("conv2d", "backward", backend.name))
-    if inputs.dense_weight_grad and weight_grad and backend.name != "dense":
-        grad_input = backend.conv2d_backward(inputs, grad_output, True, False)[0] if input_grad else None
-        return grad_input, registry.get_backend("dense").conv2d_backward(inputs, grad_output, False, True)[1]
-    return backend.conv2d_backward(inputs, grad_output, input_grad, weight_grad)
-
-
-def _forward(backend: Backend, inputs: Conv2dInputs) -> _T:
-    if registry.executed is not None:
-        registry.executed.append(("conv2d", "forward", backend.name))
-    return backend.conv2d_forward(inputs)
 
 
 # ---- eager: a plain autograd.Function ------------------------------------------------------------
@@ -41,13 +26,13 @@ class _EagerSparseConv2d(torch.autograd.Function):
     def forward(ctx, input, weight, bias, inputs: Conv2dInputs, backend: Backend):
         ctx.save_for_backward(input, weight)  # only for autograd's in-place edit check
         ctx.inputs, ctx.backend = inputs, backend
-        return _forward(backend, inputs)
+        return calls.forward(backend, inputs)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_conv2d", grad_output, input, weight)
-        grad_input, grad_weight = _gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
+        grad_input, grad_weight = calls.gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
         grad_bias = grad_output.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None
 
@@ -66,7 +51,7 @@ def _sparse_conv2d_op(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr:
                       dense_weight_grad: bool) -> _T:
     inputs = _traced_inputs(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding,
                             dilation, dense_weight_grad)
-    return _forward(registry.get_backend(backend), inputs)
+    return calls.forward(registry.get_backend(backend), inputs)
 
 
 @torch.library.custom_op("ebsparse::sparse_conv2d_backward", mutates_args=())
@@ -77,7 +62,7 @@ def _sparse_conv2d_backward_op(grad_output: _T, input: _T, weight: _T, mask: _T,
     """(grad-input, grad-weight); an empty tensor for a gradient not asked for."""
     inputs = _traced_inputs(input, weight, None, mask, row_ptr, col_idx, col_ptr, row_idx, stride, padding,
                             dilation, dense_weight_grad)
-    grad_input, grad_weight = _gradients(registry.get_backend(backend), inputs, grad_output, input_grad,
+    grad_input, grad_weight = calls.gradients(registry.get_backend(backend), inputs, grad_output, input_grad,
                                          weight_grad)
     return (grad_input if grad_input is not None else grad_output.new_empty(0),
             grad_weight if grad_weight is not None else grad_output.new_empty(0))

@@ -14,27 +14,12 @@ import torch
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend
 from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
+from ebsparse.ops import calls
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern)
 from ebsparse.ops.inputs import LinearInputs
 
 _T = torch.Tensor
-
-
-def _gradients(backend: Backend, inputs: LinearInputs, grad_output: _T, input_grad: bool, weight_grad: bool):
-    """(grad-input, grad-weight); the full weight gradient comes from the dense backend."""
-    if registry.executed is not None:
-        registry.executed.append(("linear", "backward", backend.name))
-    if inputs.dense_weight_grad and weight_grad and backend.name != "dense":
-        grad_input = backend.linear_backward(inputs, grad_output, True, False)[0] if input_grad else None
-        return grad_input, registry.get_backend("dense").linear_backward(inputs, grad_output, False, True)[1]
-    return backend.linear_backward(inputs, grad_output, input_grad, weight_grad)
-
-
-def _forward(backend: Backend, inputs: LinearInputs) -> _T:
-    if registry.executed is not None:
-        registry.executed.append(("linear", "forward", backend.name))
-    return backend.linear_forward(inputs)
 
 
 # ---- eager: a plain autograd.Function ------------------------------------------------------------
@@ -44,13 +29,13 @@ class _EagerSparseLinear(torch.autograd.Function):
     def forward(ctx, input, weight, bias, inputs: LinearInputs, backend: Backend):
         ctx.save_for_backward(input, weight)  # only for autograd's in-place edit check
         ctx.inputs, ctx.backend = inputs, backend
-        return _forward(backend, inputs)
+        return calls.forward(backend, inputs)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_linear", grad_output, input, weight)
-        grad_input, grad_weight = _gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
+        grad_input, grad_weight = calls.gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
         grad_bias = grad_output.sum(0) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None
 
@@ -66,7 +51,7 @@ def _traced_inputs(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx
 def _sparse_linear_op(input: _T, weight: _T, bias: _T | None, mask: _T, row_ptr: _T, col_idx: _T, col_ptr: _T,
                       row_idx: _T, backend: str, dense_weight_grad: bool) -> _T:
     inputs = _traced_inputs(input, weight, bias, mask, row_ptr, col_idx, col_ptr, row_idx, dense_weight_grad)
-    return _forward(registry.get_backend(backend), inputs)
+    return calls.forward(registry.get_backend(backend), inputs)
 
 
 @torch.library.custom_op("ebsparse::sparse_linear_backward", mutates_args=())
@@ -75,7 +60,7 @@ def _sparse_linear_backward_op(grad_output: _T, input: _T, weight: _T, mask: _T,
                                dense_weight_grad: bool) -> tuple[_T, _T]:
     """(grad-input, grad-weight); an empty tensor for a gradient not asked for."""
     inputs = _traced_inputs(input, weight, None, mask, row_ptr, col_idx, col_ptr, row_idx, dense_weight_grad)
-    grad_input, grad_weight = _gradients(registry.get_backend(backend), inputs, grad_output, input_grad,
+    grad_input, grad_weight = calls.gradients(registry.get_backend(backend), inputs, grad_output, input_grad,
                                          weight_grad)
     return (grad_input if grad_input is not None else grad_output.new_empty(0),
             grad_weight if grad_weight is not None else grad_output.new_empty(0))

@@ -1,9 +1,15 @@
 """`ebsparse info` and backends.report(): every op x backend row, with reasons where unavailable."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 import ebsparse
 from ebsparse.backends import availability
+from ebsparse.backends.extension import extension_error
 from ebsparse.cli import main
 
 
@@ -117,3 +123,14 @@ def test_backend_resolved_once_per_call_and_once_per_shape_in_a_module(monkeypat
     layer(torch.randn(5, 8))
     assert calls == ["linear", "linear"]
 
+
+
+@pytest.mark.skipif(extension_error() is not None, reason=str(extension_error()))
+def test_import_ebsparse_loads_the_native_ops():
+    """The README's `torch.ops.ebsparse.cpu_capability()` works right after `import ebsparse` (a fresh
+    process: nothing else has asked for the extension yet)."""
+    code = "import ebsparse, torch; print(torch.ops.ebsparse.cpu_capability())"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("avx2", "avx512")

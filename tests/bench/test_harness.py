@@ -43,3 +43,16 @@ def test_without_the_flag_nothing_runs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 skipped" in result.stdout and "passed" not in result.stdout
     assert not (tmp_path / "latest.md").exists()
+
+
+def test_phase_rows_run_in_a_fresh_process():
+    """bench.phases (the kernel-phase rows and `python -m bench.compare_builds`) calls the native
+    kernels in a process where importing ebsparse has not loaded the extension."""
+    code = ("from bench.phases import conv_calls, linear_calls\n"
+            "for calls in (linear_calls, conv_calls):\n"
+            "    sparse, dense, _ = calls(0.9)\n"
+            "    assert sparse['forward']().shape == dense['forward']().shape\n")
+    env = dict(os.environ, EBSPARSE_BENCH_QUICK="1")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -66,7 +66,7 @@ def test_one_pattern_on_several_geometries():
             torch.testing.assert_close(dx, ref_dx, atol=1e-4, rtol=1e-4)
 
 
-# Maps narrower than half a vector put several images side by side in one vector row (conv_impl.h):
+# Maps narrower than half a vector put several images side by side in one vector row (conv/engine.h):
 # batch sizes that leave a partial last group, strides (grad-input then upsamples dy), enough
 # channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
 SMALL_MAPS = [
@@ -248,7 +248,7 @@ def _column_mask(co, ci, kh, kw, generator):
        dilation=st.integers(1, 2), seed=st.integers(0, 2**16))
 def test_tap_groups_match_reference(n, ci, co, h, w, kh, kw, padding, dilation, seed):
     """The kernels load the rows that the kept taps kh, kh + 1 (and kh + 2) of one kernel column
-    share once for all of them (tap groups, conv_impl.h): every kind of group, columns longer than
+    share once for all of them (tap groups, conv/engine.h): every kind of group, columns longer than
     three, a one-row output (tiles of height 1, where one column's last row touches the next
     column's first), several channel blocks; dilation 2 takes the ungrouped path."""
     if h + 2 * padding - dilation * (kh - 1) < 1 or w + 2 * padding - dilation * (kw - 1) < 1:

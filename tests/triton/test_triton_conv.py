@@ -1,6 +1,6 @@
 """The Triton sparse conv2d kernels (forward, grad-input, grad-weight) against masked-dense PyTorch.
 
-Run under the Triton interpreter on a machine without a GPU (tests/triton/conftest.py), so the
+Run under the Triton interpreter on a machine without a GPU (tests/conftest.py), so the
 shapes are small. Weight entries outside the pattern are NaN, so reading one would show; odd
 sizes, stride, dilation, padding larger than the kernel reach, densities 0 and 1, float32/float64.
 """

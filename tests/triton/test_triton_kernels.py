@@ -1,6 +1,6 @@
 """The Triton kernels of ebsparse.triton against masked-dense PyTorch.
 
-On a machine without a GPU they run under the Triton interpreter (tests/triton/conftest.py sets
+On a machine without a GPU they run under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), so the shapes are small. Odd sizes, empty rows, density 0 and 1, float32 and
 float64; weight entries outside the pattern are NaN, so reading one would show.
 """
