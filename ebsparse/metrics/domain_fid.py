@@ -126,7 +126,5 @@ def digits_fid_from_folder(folder: str | os.PathLike, image_size: int = 16, chan
     """Domain FID of the PNGs in ``folder`` (as written by ``ebsparse sample``) against the digits."""
     from ..data.image_folder import ImageFolderDataset
 
-    from .sample_fid import samples_fid
-
     ds = ImageFolderDataset(folder, image_size, channels)
-    return samples_fid(torch.stack([ds[i][0] for i in range(len(ds))]), "digits")
+    return digits_fid(torch.stack([ds[i][0] for i in range(len(ds))]))
