@@ -59,7 +59,7 @@ def x0_norm_trajectories(models: Mapping[str, Callable], config: ExperimentConfi
 
 def save_line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
                    title: str, xlabel: str, ylabel: str, reference: float | None = None,
-                   size: tuple[int, int] = (560, 360)) -> Path:
+                   size: tuple[int, int] = (680, 360)) -> Path:
     """A small PNG line plot (PIL only). The y axis is logarithmic when the values span over 10x;
     ``reference`` draws a dashed horizontal line (e.g. the data's norm)."""
     from PIL import Image, ImageDraw
@@ -76,7 +76,7 @@ def save_line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
     y_lo, y_hi = (y_lo - 0.05, y_hi + 0.05) if y_hi - y_lo < 1e-9 else (y_lo, y_hi)
     x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     w, h = size
-    left, right, top, bottom = 60, 130, 30, 40
+    left, right, top, bottom = 60, 250, 30, 40
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
 
