@@ -20,7 +20,7 @@ its own checkpoint (``<stage>/checkpoint.safetensors``):
 Timing is measured wall-clock of training steps (``StageClock``); mask computation is timed
 separately and charged to EB and TA-EB (not to the dense baseline, which does not need it).
 Iterations and time are the papers': a method's chain is the dense steps up to its ticket plus its
-own training; for TA-EB the longest region chain, regions running in parallel.
+own training; for TA-EB the region chain of longest training time, regions running in parallel.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class EBRun:
         return {**region_parallel_totals(rows), "region_training": self.eb.region_training}
 
     def scratch_structure(self) -> tuple[nn.Module, ChannelMask, PruningConfig]:
-        """The papers' Scratch: the fully trained dense model pruned (EB's ratio and importance),
+        """The papers' Scratch: the fully trained dense model pruned (magnitude, at EB's ratio),
         returned with new random weights in that structure."""
         from ..pruning.pipeline import prune
 

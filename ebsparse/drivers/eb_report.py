@@ -2,8 +2,8 @@
 make it honest: whether each ticket really appeared, and how the TA-EB regions were timed.
 
 Every column means what the paper's does: FID of the saved (clipped, 8-bit) images; iterations and
-time of the longest chain (dense steps to the ticket + the method's own training; for TA-EB the
-longest region, regions in parallel); speed-up = dense time / that time; TA-EB's #params and MACs
+time of the method's chain (dense steps to the ticket + its own training; for TA-EB the region
+chain of longest training time, regions in parallel); speed-up = dense time / that time; TA-EB's #params and MACs
 averaged over the timesteps t in [0, T - 1] by the region serving each, with the region models'
 summed parameters (what a user stores) in a column of its own."""
 
@@ -92,8 +92,8 @@ def _notes(run, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> l
         notes.append(f"- TA-EB regions {', '.join(map(str, eb.regions))} (timestep-weighted average ratio "
                      f"{weighted_ratio(eb.regions, run.T):.3f}). #params and MACs are averaged over t in "
                      f"[0, {run.T - 1}] by the region serving each t; '#params stored' is the sum of the region "
-                     f"models. Training: {how}. Iterations and time are the longest chain (search to its ticket + "
-                     f"its own training, regions in parallel as in the papers): {chains}." +
+                     f"models. Training: {how}. Iterations and time are those of the chain of longest training time (search to its "
+                     f"ticket + its own training, regions in parallel as in the papers): {chains}." +
                      (f" On one device, regions one after another: {one:.1f} s"
                       + (f" ({one_x:.2f}x vs dense)." if one_x else ".") if one is not None else ""))
     notes.append("- time = measured wall-clock of training steps on this machine: EB/TA-EB include the dense "

@@ -18,8 +18,10 @@ def test_longest_chain_not_the_last_ticket_plus_another_region():
                {"step": 30, "train_s": 30.0, "tracking_s": 2.0, "found": False}]
     rows = [region_row("region0", tickets[0], 50, 20.0), region_row("region1", tickets[1], 10, 40.0)]
     out = region_parallel_totals(rows)
-    assert out["iterations"] == 60 and out["longest_chain"] == "region0"  # not 30 + 50
-    assert out["time_s"] == 72.0 and out["slowest_chain"] == "region1"  # 32 + 40 > 11 + 20
+    # the chain of longest training time (32 + 40 s > 11 + 20 s) sets time and iterations, not the
+    # last ticket's step plus another region's training (30 + 50)
+    assert out["time_s"] == 72.0 and out["slowest_chain"] == "region1" and out["iterations"] == 40
+    assert out["most_iterations"] == 60 and out["most_iterations_chain"] == "region0"
     assert out["one_device_s"] == 32.0 + 60.0
     assert out["ticket_found"] is False and out["no_ticket"] == ["region1"]
     with pytest.raises(ValueError, match="at least one region"):
@@ -64,8 +66,9 @@ def test_pipeline_accounting_on_a_fake_clock(tmp_path, monkeypatch):
         cost = r["ta_eb"]["region_params"][k] / dense_params["n"]
         chains.append((t["step"] + row["train_steps"], t["step"] + row["train_steps"] * cost))
         assert ckpt is None or ckpt.get("step", row["train_steps"]) == row["train_steps"]
-    assert r["ta_eb"]["iterations"] == max(c[0] for c in chains) == 18
-    assert r["ta_eb"]["time_s"] == pytest.approx(max(c[1] for c in chains))
+    slowest = max(chains, key=lambda c: c[1])
+    assert r["ta_eb"]["iterations"] == slowest[0] == 18
+    assert r["ta_eb"]["time_s"] == pytest.approx(slowest[1])
     speed = 20.0 / r["ta_eb"]["time_s"]
     assert f"{speed:.2f}x" in out["table"].splitlines()[4]
     shares = r["ta_eb"]["timestep_shares"]
