@@ -1,5 +1,6 @@
-"""A drift diagnostic for the EB-Diff-Train report: the norm of each model's x0 prediction along one
-DDIM trajectory started from the same noise, drawn as a small line plot (``figures/x0_norm.png``).
+"""Diagnostics for the EB-Diff-Train report. The drift plot: the norm of each model's x0 prediction
+along one DDIM trajectory started from the same noise (``figures/x0_norm.png``). The step costs:
+every model's training step timed round-robin, a load-independent check of the measured speed-ups.
 
 A model that predicts epsilon well keeps the x0 estimate near the data's norm all the way down; a
 model whose errors compound (a region model off its timesteps, a ticket trained too briefly) shows
@@ -20,7 +21,7 @@ from ..diffusion.samplers import ddim_sample
 from ..diffusion.schedule import NoiseSchedule
 from ..models import image_shape
 
-__all__ = ["x0_norm_trajectory", "x0_norm_trajectories", "save_line_plot"]
+__all__ = ["x0_norm_trajectory", "x0_norm_trajectories", "save_line_plot", "step_costs"]
 
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
 
@@ -113,3 +114,25 @@ def save_line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def step_costs(models: Mapping[str, torch.nn.Module], make_batch: Callable[[], tuple], rounds: int = 5
+               ) -> dict[str, float]:
+    """Seconds of one training step's forward + backward for each model, the minimum over ``rounds``
+    measured round-robin (model after model, so that a burst of load on a shared machine hits all of
+    them alike, unlike stage timings taken minutes apart)."""
+    import time
+
+    inputs = make_batch()
+    best = {name: math.inf for name in models}
+    for r in range(rounds + 1):
+        for name, model in models.items():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            out = model(*inputs)
+            (out[0] if isinstance(out, tuple) else out).float().pow(2).mean().backward()
+            if r:  # the first round warms up
+                best[name] = min(best[name], time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    return best

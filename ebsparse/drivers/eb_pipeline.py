@@ -170,7 +170,8 @@ class EBRun:
         results = {m: self._stage(f"eval_{m}", lambda m=m: self.evaluate(m)) for m in self.methods()}
         from .eb_report import write_report
 
-        return write_report(self, search, results, figures=[self.x0_norm_figure(list(results))])
+        return write_report(self, search, results, figures=[self.x0_norm_figure(list(results))],
+                            extra_notes=[self.step_cost_note(search, results)])
 
     # --- tickets -----------------------------------------------------------------------------
     def ticket_specs(self) -> list[TicketSpec]:
@@ -392,6 +393,36 @@ class EBRun:
         return str(save_line_plot({k: (v["t"], v["x0_rms"]) for k, v in data.items()}, out,
                                   f"x0 prediction RMS along one DDIM trajectory ({sc.timesteps} steps, {sc.skip_type}); "
                                   "dashed: data", "t", "RMS of x0", reference=reference))
+
+    def step_cost_note(self, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+        """The speed-ups again from per-step costs timed round-robin (:func:`.eb_diagnostics.step_costs`)
+        times each chain's steps: what the table's column would be on a machine with steady load."""
+        from ..models import image_shape
+        from .eb_diagnostics import step_costs
+
+        channels, size = image_shape(self.spec)
+        b = self.config.training.batch_size
+        g = torch.Generator().manual_seed(0)
+        batch = lambda: (torch.randn(b, channels, size, size, generator=g), torch.randint(0, self.T, (b,), generator=g))
+        models = {m: self.final_model(m) for m in results if m != "ta_eb"}
+        if "ta_eb" in results:
+            models.update({f"region{i}": m for i, m in enumerate(self.final_model("ta_eb").models)})
+        if "dense" not in models:
+            return "- step costs: no dense model to compare with."
+        cost = step_costs(models, batch)
+        rel = {k: v / cost["dense"] for k, v in cost.items()}
+        n = search["dense_steps"]
+        chains = {"dense": n}  # in dense-step units
+        for m, r in results.items():
+            if m == "ta_eb":
+                chains[m] = max(row["search_steps"] + row["train_steps"] * rel[row["name"]] for row in r["regions"])
+            elif m in ("eb", "scratch", "train_prune_finetune"):
+                chains[m] = r["iterations"] - r["train_steps"] + r["train_steps"] * rel[m]
+        parts = ", ".join(f"{m} {n / c:.2f}x" for m, c in chains.items() if m != "dense")
+        costs = ", ".join(f"{k} {v:.2f}" for k, v in rel.items() if k != "dense")
+        return (f"- the same speed-ups from training-step costs timed round-robin (forward + backward of a batch of "
+                f"{b}, relative to dense: {costs}) times each chain's steps, i.e. what the speed-up column would be "
+                f"under steady load: {parts}.")
 
     # --- evaluation --------------------------------------------------------------------------
     def final_model(self, method: str) -> nn.Module:

@@ -115,9 +115,9 @@ def _sampler(run) -> str:
 
 
 def write_report(run, search: dict[str, Any], results: dict[str, dict[str, Any]],
-                 figures: list[str] = ()) -> dict[str, Any]:
+                 figures: list[str] = (), extra_notes: list[str] = ()) -> dict[str, Any]:
     table = format_table(results)
-    notes = _notes(run, search, results)
+    notes = [*_notes(run, search, results), *extra_notes]
     text = "\n".join([table, "", *notes, ""])
     out = Path(run.run_dir)
     (out / "table.md").write_text(text)
