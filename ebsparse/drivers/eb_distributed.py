@@ -28,12 +28,14 @@ def region_ranks(world_size: int, n_regions: int) -> list[list[int]]:
 def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | None:
     """Every rank trains its region's ticket; rank 0 returns the stage result (others ``None``).
 
-    The time reported is the wall-clock of the whole parallel phase on rank 0 (barrier to barrier),
-    i.e. regions are counted as running at the same time on separate processes.
+    Each region's chain is timed as its ticket's search plus its own measured training (regions in
+    parallel, :mod:`ebsparse.earlybird.accounting`); the wall-clock of the whole parallel phase on
+    rank 0 (barrier to barrier) is kept as ``parallel_wall_s``.
     """
     import torch.distributed as dist
 
     from ..diffusion.trainer import Trainer
+    from ..earlybird.accounting import region_parallel_totals, region_row
     from ..earlybird.plugin import GradAllReduce, StageClock
     from ..earlybird.router import TimestepRouter, save_router
     from ..models import build_model
@@ -50,7 +52,7 @@ def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | N
     member = groups_ranks[i].index(rank)
     name = f"region{i}"
     ticket = search["tickets"][name]
-    steps = run._finetune_steps(ticket["step"])
+    steps = run._region_steps(i, ticket["step"])
     out_dir = run.run_dir / "ta_eb_parallel"
     dist.barrier()
     t0 = time.perf_counter()
@@ -84,11 +86,10 @@ def train_regions_distributed(run, search: dict[str, Any]) -> dict[str, Any] | N
         train_s.append(recipe["extra"]["train_s"])
     save_router(run.run_dir / "models" / "ta_eb", TimestepRouter(models, regions), run.spec, run.inputs, masks, configs,
                 extra={"region_training": "processes", "world_size": world})
-    per_region = [run._finetune_steps(search["tickets"][f"region{k}"]["step"]) for k in range(len(regions))]
-    last = max((search["tickets"][f"region{k}"] for k in range(len(regions))), key=lambda t: t["step"])
-    search_s = last["train_s"] + last["tracking_s"]
+    rows = []
+    for k in range(len(regions)):
+        t = search["tickets"][f"region{k}"]
+        rows.append(region_row(f"region{k}", t, run._region_steps(k, t["step"]), train_s[k]))
     (out_dir / "ranks.json").write_text(json.dumps({"groups": groups_ranks, "region_train_s": train_s}) + "\n")
-    return {"iterations": last["step"] + max(per_region), "search_steps": last["step"], "train_steps": per_region,
-            "time_s": search_s + wall_s, "train_s": wall_s, "search_s": search_s, "region_train_s": train_s,
-            "ticket_found": all(search["tickets"][f"region{k}"]["found"] for k in range(len(regions))),
-            "region_training": "processes", "world_size": world}
+    return {**region_parallel_totals(rows), "parallel_wall_s": wall_s, "region_training": "processes",
+            "world_size": world}

@@ -8,15 +8,19 @@ its own checkpoint (``<stage>/checkpoint.safetensors``):
 ``search``   dense training with ticket tracking (EB, and one ticket per TA-EB region); every
              ticket is shrunk physically from the EMA weights at its pseudo-epoch and written as a
              pruning recipe (``tickets/<name>/``). Continues to ``training.steps`` when a baseline
-             needs the full dense model, otherwise stops once every ticket is resolved.
-``eb``       the EB ticket trained further (weights kept, no re-init).
-``ta_eb``    the region tickets trained on their own timesteps (routed batch or one after another);
-             written as one :class:`TimestepRouter` artifact.
-``scratch``, ``train_prune_finetune``   the baselines.
-``eval_<method>``  samples, sample grid, FID, #params, MACs, sampling time.
+             needs the fully trained dense model, otherwise stops once every ticket is resolved.
+``eb``       the EB ticket trained further (weights kept, no re-init) for its budget.
+``ta_eb``    every region ticket trained on its own timesteps from its own ticket (full batches,
+             one region after another, or one routed batch); one :class:`TimestepRouter` artifact.
+``scratch``  the structure pruned from the fully trained dense model, re-initialised, trained
+             for EB's budget (the papers' "Scratch"; its cost includes the dense training).
+``train_prune_finetune``   the dense model pruned and fine-tuned.
+``eval_<method>``  samples, sample grid, FID of the saved images, #params, MACs, sampling time.
 
 Timing is measured wall-clock of training steps (``StageClock``); mask computation is timed
 separately and charged to EB and TA-EB (not to the dense baseline, which does not need it).
+Iterations and time are the papers': a method's chain is the dense steps up to its ticket plus its
+own training; for TA-EB the region chain of longest training time, regions running in parallel.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..diffusion.checkpoint import atomic_write_bytes
 from ..diffusion.config import ExperimentConfig
 from ..diffusion.plugins import TrainerPlugin
 from ..diffusion.trainer import CHECKPOINT_NAME, Trainer
+from ..earlybird.accounting import region_parallel_totals, region_row, warn_short_ema
 from ..earlybird.config import EarlyBirdConfig
 from ..earlybird.heatmap import save_distance_heatmap
 from ..earlybird.plugin import StageClock, TicketPlugin, TicketSpec
@@ -165,7 +170,8 @@ class EBRun:
         results = {m: self._stage(f"eval_{m}", lambda m=m: self.evaluate(m)) for m in self.methods()}
         from .eb_report import write_report
 
-        return write_report(self, search, results)
+        return write_report(self, search, results, figures=[self.x0_norm_figure(list(results))],
+                            extra_notes=[self.step_cost_note(search, results)])
 
     # --- tickets -----------------------------------------------------------------------------
     def ticket_specs(self) -> list[TicketSpec]:
@@ -203,7 +209,7 @@ class EBRun:
 
     def search(self) -> dict[str, Any]:
         eb, tc = self.eb, self.config.training
-        needs_dense = bool({"dense", "train_prune_finetune"} & set(eb.baselines))
+        needs_dense = bool({"dense", "scratch", "train_prune_finetune"} & set(eb.baselines))
         give_up = min(eb.max_search_steps or tc.steps, tc.steps)
         steps = tc.steps if needs_dense else give_up
         every = self.pseudo_epoch_steps()
@@ -273,6 +279,7 @@ class EBRun:
         """Train ``model`` for ``steps`` in ``<run>/<stage>``; returns (EMA weights model, train seconds)."""
         if steps <= 0:
             return model.eval(), 0.0
+        warn_short_ema(stage, steps, self.config.training.ema_rate, self.log)
         clock = StageClock()
         warmup = None if from_scratch else self.eb.finetune_warmup
         trainer = Trainer(with_steps(self.config, steps, seed_offset, warmup), self.run_dir / stage, model=model,
@@ -283,7 +290,10 @@ class EBRun:
         return out.eval(), clock.train_s
 
     def _finetune_steps(self, ticket_step: int) -> int:
-        return self.eb.finetune_steps if self.eb.finetune_steps is not None else self.config.training.steps - ticket_step
+        return self.eb.eb_finetune_steps(self.config.training.steps, ticket_step)
+
+    def _region_steps(self, index: int, ticket_step: int) -> int:
+        return self.eb.region_train_steps(index, self.config.training.steps, ticket_step)
 
     def train_ticket(self, name: str, search: dict[str, Any]) -> dict[str, Any]:
         t = search["tickets"][name]
@@ -303,45 +313,47 @@ class EBRun:
         recipes = [load_recipe(self.run_dir / "tickets" / n) for n in names]
         masks = [ChannelMask.from_json(r["groups"]) for r in recipes]
         configs = [PruningConfig.from_dict(r["pruning"]) for r in recipes]
-        last = max(tickets, key=lambda t: t["step"])
-        search_s = last["train_s"] + last["tracking_s"]
         if self.eb.region_training == "routed":
-            steps = self._finetune_steps(last["step"])
+            # all region models step together, so they all start at the last region's ticket
+            last = max(range(len(regions)), key=lambda i: tickets[i]["step"])
+            steps = self._region_steps(last, tickets[last]["step"])
             router = TimestepRouter([self._load_ticket(n) for n in names], regions)
             router, train_s = self._finetune("ta_eb", router, steps)
-            per_region = [steps] * len(regions)
+            rows = [region_row(n, tickets[last], steps, train_s, found=t["found"]) for n, t in zip(names, tickets)]
         else:
-            models, region_s, per_region = [], [], []
+            models, rows = [], []
             for i, (n, r, t) in enumerate(zip(names, regions, tickets)):
-                steps = self._finetune_steps(t["step"])
+                steps = self._region_steps(i, t["step"])
                 m, s = self._finetune(f"ta_eb/{n}", self._load_ticket(n), steps,
                                       timestep_range=(r.low, min(r.high, self.T - 1)), seed_offset=i + 1)
                 models.append(m)
-                region_s.append(s)
-                per_region.append(steps)
-            train_s = sum(region_s)
+                rows.append(region_row(n, t, steps, s))
             router = TimestepRouter(models, regions).eval()
         save_router(self.run_dir / "models" / "ta_eb", router, self.spec, self.inputs, masks, configs,
                     extra={"region_training": self.eb.region_training})
-        out = {"iterations": last["step"] + max(per_region), "search_steps": last["step"],
-               "train_steps": per_region, "time_s": search_s + train_s, "train_s": train_s, "search_s": search_s,
-               "ticket_found": all(t["found"] for t in tickets), "region_training": self.eb.region_training}
-        if self.eb.region_training == "sequential":
-            out["region_train_s"] = region_s  # measured one at a time; see the report's parallel figure
-        return out
+        return {**region_parallel_totals(rows), "region_training": self.eb.region_training}
 
-    def train_scratch(self, search: dict[str, Any]) -> dict[str, Any]:
-        recipe = load_recipe(self.run_dir / "tickets" / "eb")
-        mask = ChannelMask.from_json(recipe["groups"])
+    def scratch_structure(self) -> tuple[nn.Module, ChannelMask, PruningConfig]:
+        """The papers' Scratch: the fully trained dense model pruned (magnitude, at EB's ratio),
+        returned with new random weights in that structure."""
+        from ..pruning.pipeline import prune
+
+        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        mask = prune(self._dense_final(), self.inputs, config).mask
         with torch.random.fork_rng():
             torch.manual_seed(self.config.training.seed + 12345)
-            fresh = build_model(self.spec)  # the ticket's structure, new random weights
-        model = shrink(fresh, mask, self.inputs).train()
-        steps = self.config.training.steps
+            fresh = build_model(self.spec)
+        return shrink(fresh, mask, self.inputs).train(), mask, config
+
+    def train_scratch(self, search: dict[str, Any]) -> dict[str, Any]:
+        model, mask, config = self.scratch_structure()
+        steps = max(1, round(self.eb.eb_budget * self.config.training.steps))  # EB's budget
         model, train_s = self._finetune("scratch", model, steps, from_scratch=True)
         save_pruned(self.run_dir / "models" / "scratch", model, mask, base=self.spec, example_inputs=self.inputs,
-                    config=PruningConfig.from_dict(recipe["pruning"]))
-        return {"iterations": steps, "train_steps": steps, "time_s": train_s, "train_s": train_s, "search_s": 0.0}
+                    config=config)
+        dense_s = search["dense_train_s"]  # its structure needs the fully trained dense model first
+        return {"iterations": search["dense_steps"] + steps, "train_steps": steps, "time_s": dense_s + train_s,
+                "train_s": train_s, "search_s": dense_s, "structure_from_step": search["dense_steps"]}
 
     def _dense_final(self) -> nn.Module:
         return model_from_checkpoint(self.run_dir / "dense" / CHECKPOINT_NAME)[0]
@@ -363,6 +375,55 @@ class EBRun:
         return {"iterations": search["dense_steps"], "train_steps": search["dense_steps"],
                 "time_s": search["dense_train_s"], "train_s": search["dense_train_s"], "search_s": 0.0}
 
+    def x0_norm_figure(self, methods: list[str]) -> str:
+        """``figures/x0_norm.png`` (+ ``.json``): the x0 prediction's norm along one DDIM trajectory per
+        method, all from the same initial noise (:mod:`.eb_diagnostics`)."""
+        from ..data import build_dataset
+        from .eb_diagnostics import save_line_plot, x0_norm_trajectories
+        from .eb_report import NAMES
+
+        models = {NAMES.get(m, m): self.final_model(m).eval() for m in methods}
+        data = x0_norm_trajectories(models, self.config, n=8, seed=self.config.training.seed + 1)
+        images = getattr(build_dataset(self.config.data), "images", None)
+        reference = (float(images[:512].float().flatten(1).pow(2).mean(1).sqrt().mean())
+                     if isinstance(images, torch.Tensor) else None)
+        out = self.run_dir / "figures" / "x0_norm.png"
+        _write_json(out.with_suffix(".json"), {"data_rms": reference, "methods": data})
+        sc = self.config.sampling
+        return str(save_line_plot({k: (v["t"], v["x0_rms"]) for k, v in data.items()}, out,
+                                  f"x0 prediction RMS along one DDIM trajectory ({sc.timesteps} steps, {sc.skip_type}); "
+                                  "dashed: data", "t", "RMS of x0", reference=reference))
+
+    def step_cost_note(self, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+        """The speed-ups again from per-step costs timed round-robin (:func:`.eb_diagnostics.step_costs`)
+        times each chain's steps: what the table's column would be on a machine with steady load."""
+        from ..models import image_shape
+        from .eb_diagnostics import step_costs
+
+        channels, size = image_shape(self.spec)
+        b = self.config.training.batch_size
+        g = torch.Generator().manual_seed(0)
+        batch = lambda: (torch.randn(b, channels, size, size, generator=g), torch.randint(0, self.T, (b,), generator=g))
+        models = {m: self.final_model(m) for m in results if m != "ta_eb"}
+        if "ta_eb" in results:
+            models.update({f"region{i}": m for i, m in enumerate(self.final_model("ta_eb").models)})
+        if "dense" not in models:
+            return "- step costs: no dense model to compare with."
+        cost = step_costs(models, batch)
+        rel = {k: v / cost["dense"] for k, v in cost.items()}
+        n = search["dense_steps"]
+        chains = {"dense": n}  # in dense-step units
+        for m, r in results.items():
+            if m == "ta_eb":
+                chains[m] = max(row["search_steps"] + row["train_steps"] * rel[row["name"]] for row in r["regions"])
+            elif m in ("eb", "scratch", "train_prune_finetune"):
+                chains[m] = r["iterations"] - r["train_steps"] + r["train_steps"] * rel[m]
+        parts = ", ".join(f"{m} {n / c:.2f}x" for m, c in chains.items() if m != "dense")
+        costs = ", ".join(f"{k} {v:.2f}" for k, v in rel.items() if k != "dense")
+        return (f"- the same speed-ups from training-step costs timed round-robin (forward + backward of a batch of "
+                f"{b}, relative to dense: {costs}) times each chain's steps, i.e. what the speed-up column would be "
+                f"under steady load: {parts}.")
+
     # --- evaluation --------------------------------------------------------------------------
     def final_model(self, method: str) -> nn.Module:
         if method == "dense":
@@ -373,32 +434,30 @@ class EBRun:
 
     def evaluate(self, method: str) -> dict[str, Any]:
         from ..diffusion.images import save_grid
-        from ..diffusion.samplers import timestep_sequence
         from ..diffusion.trainer import sample_images
         from ..metrics.counting import count_macs, count_params
+        from ..metrics.sample_fid import samples_fid
 
         model = self.final_model(method).eval()
         n = self.eb.eval_samples
-        sc = self.config.sampling
         t0 = time.perf_counter()
         x = sample_images(model, self.config, n, seed=self.config.training.seed, model_fn=model)
         sample_s = time.perf_counter() - t0
         grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png")
-        fid = None
-        if self.fid and self.config.data.type == "digits":
-            from ..metrics.domain_fid import digits_fid
-
-            fid = digits_fid(x)
+        fid = samples_fid(x, self.config.data.type) if self.fid else None
         meta_inputs = example_inputs(self.spec, device="meta")
         if isinstance(model, TimestepRouter):
             from ..earlybird.regions import sampling_shares
 
-            shares = sampling_shares(model.regions, timestep_sequence(self.T, sc.timesteps, sc.skip_type))
+            # the papers' TA-EB counts: every timestep t in [0, T - 1] weighted alike, each served by
+            # its sampling-time region's model (independent of the sampler's step spacing)
+            shares = sampling_shares(model.regions, range(self.T))
             region_macs = [count_macs(copy.deepcopy(m).to("meta"), *meta_inputs).macs for m in model.models]
+            region_params = [count_params(m) for m in model.models]
             macs = sum(s * m for s, m in zip(shares, region_macs))
-            params = count_params(model)
-            extra = {"region_params": [count_params(m) for m in model.models], "region_macs": region_macs,
-                     "sampling_shares": shares}
+            params = sum(s * p for s, p in zip(shares, region_params))
+            extra = {"region_params": region_params, "region_params_sum": sum(region_params),
+                     "region_macs": region_macs, "timestep_shares": shares}
         else:
             macs = count_macs(copy.deepcopy(model).to("meta"), *meta_inputs).macs
             params = count_params(model)

@@ -130,10 +130,10 @@ def _fid(trainer: Trainer) -> float | None:
     """Domain FID for the embedded digits; other datasets need Inception weights ('ebsparse fid')."""
     if trainer.config.data.type != "digits":
         return None
-    from ..metrics.domain_fid import digits_fid
+    from ..metrics.sample_fid import samples_fid
 
     samples = trainer.sample(trainer.config.sampling.num_samples, seed=trainer.config.training.seed)
-    return float(digits_fid(samples))
+    return samples_fid(samples, "digits")
 
 
 def _say(progress: bool, text: str) -> None:

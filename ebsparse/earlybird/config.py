@@ -36,11 +36,20 @@ class EarlyBirdConfig:
       or a list of ``{low, high, pruning_ratio}``.
     - ``region_importance``: ``magnitude`` (each region's ticket is the EB ticket at its ratio, as in
       the reference) or ``taylor`` (first-order Taylor from that region's timesteps only).
-    - ``region_training``: ``routed`` (one process; each sample of a batch goes to its region's model,
-      all region models step together) or ``sequential`` (one region model after the other, each on
-      full batches from its region). Multi-process training is ``torchrun ... ebsparse eb-train``.
-    - ``finetune_steps``: steps of training after the ticket; ``None`` = ``training.steps`` minus the
-      ticket step, so every method runs the same number of iterations as the dense model.
+    - ``region_training``: ``sequential`` (default: every region model on full batches from its own
+      timesteps, one after the other on one device, each starting at its own ticket; the report
+      times them as the papers run them, in parallel) or ``routed`` (one process; each sample of a
+      batch goes to its region's model, all region models step together from the last ticket).
+      Multi-process training is ``torchrun ... ebsparse eb-train``.
+    - ``finetune_steps``: steps of the EB ticket's training after the ticket; ``None`` = the EB
+      budget ``eb_budget * training.steps`` minus the ticket step.
+    - ``eb_budget``: the EB chain's iterations (search + training) as a fraction of the dense
+      ``training.steps`` (the paper's CIFAR-10 setting: 1.0, EB trains as long as dense).
+    - ``region_steps``: steps of each TA-EB region model's training after its own ticket: one int
+      for every region, or a list with one per region; ``None`` = ``region_budget * training.steps``
+      minus that region's ticket step.
+    - ``region_budget``: each region chain's iterations (search + its own training) as a fraction of
+      the dense ``training.steps`` (the paper's CIFAR-10 setting: 0.25, 200K of 800K).
     - ``finetune_warmup``: learning-rate warm-up steps of every training after a ticket (a fresh
       optimizer meets already trained weights); ``None`` = ``training.warmup``.
     - ``baselines``: subset of ``dense``, ``scratch``, ``train_prune_finetune``.
@@ -56,8 +65,11 @@ class EarlyBirdConfig:
     max_search_steps: int | None = None
     regions: tuple[Region, ...] = field(default_factory=lambda: parse_regions("cifar10-3"))
     region_importance: str = "magnitude"
-    region_training: str = "routed"
+    region_training: str = "sequential"
     finetune_steps: int | None = None
+    eb_budget: float = 1.0
+    region_steps: int | tuple[int, ...] | None = None
+    region_budget: float = 0.25
     finetune_warmup: int | None = None
     baselines: tuple[str, ...] = ("dense",)
     eval_samples: int = 256
@@ -88,6 +100,20 @@ class EarlyBirdConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"earlybird.{name} must be a positive int or null, got {v!r}")
+        for name in ("eb_budget", "region_budget"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 10.0:
+                raise ValueError(f"earlybird.{name} must be a fraction of training.steps in (0, 10], got {v!r}")
+            setattr(self, name, float(v))
+        rs = self.region_steps
+        if isinstance(rs, (list, tuple)):
+            if len(rs) != len(self.regions) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in rs):
+                raise ValueError(f"earlybird.region_steps must be one int >= 0 per region ({len(self.regions)} "
+                                 f"regions), got {list(rs)!r}")
+            self.region_steps = tuple(rs)
+        elif rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 0):
+            raise ValueError(f"earlybird.region_steps must be an int >= 0, a list of them (one per region) or "
+                             f"null, got {rs!r}")
         w = self.finetune_warmup
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
             raise ValueError(f"earlybird.finetune_warmup must be an int >= 0 or null, got {w!r}")
@@ -100,6 +126,20 @@ class EarlyBirdConfig:
             raise ValueError(f"earlybird.baselines: unknown {bad}; expected a subset of {BASELINES}")
         if num_timesteps is not None:
             validate_regions(self.regions, num_timesteps)
+
+    def eb_finetune_steps(self, dense_steps: int, ticket_step: int) -> int:
+        """Steps the EB ticket trains after its ticket (``finetune_steps`` or what the budget leaves)."""
+        if self.finetune_steps is not None:
+            return self.finetune_steps
+        return max(0, round(self.eb_budget * dense_steps) - ticket_step)
+
+    def region_train_steps(self, index: int, dense_steps: int, ticket_step: int) -> int:
+        """Steps region ``index`` trains after its own ticket (``region_steps`` or what the budget leaves)."""
+        if isinstance(self.region_steps, tuple):
+            return self.region_steps[index]
+        if self.region_steps is not None:
+            return self.region_steps
+        return max(0, round(self.region_budget * dense_steps) - ticket_step)
 
     def tracked_ratios(self, ta_eb: bool) -> list[float]:
         """Ratios whose tickets the dense search tracks (EB's, plus each region's for TA-EB)."""
@@ -123,4 +163,6 @@ class EarlyBirdConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["regions"] = [r.to_dict() for r in self.regions]
         out["baselines"] = list(self.baselines)
+        if isinstance(self.region_steps, tuple):
+            out["region_steps"] = list(self.region_steps)
         return out

@@ -12,6 +12,20 @@ def test_defaults_are_the_papers():
     assert c.regions == PRESETS["cifar10-3"]
     assert c.tracked_ratios(ta_eb=True) == [0.3, 0.6, 0.8]
     assert EarlyBirdConfig.from_dict(c.to_dict(), 1000) == c
+    assert c.region_training == "sequential"  # full batches per region, as the papers' region models
+    # budgets: EB trains as long as dense, each region a quarter of it (CIFAR-10: 800K vs 200K)
+    assert c.eb_finetune_steps(800_000, 12_000) == 788_000
+    assert c.region_train_steps(2, 800_000, 12_000) == 188_000
+
+
+def test_explicit_budgets_per_region():
+    c = EarlyBirdConfig.from_dict({"region_steps": [5, 6, 7], "finetune_steps": 9}, 1000)
+    assert [c.region_train_steps(i, 800, 100) for i in range(3)] == [5, 6, 7]
+    assert c.eb_finetune_steps(800, 100) == 9
+    assert EarlyBirdConfig.from_dict(c.to_dict(), 1000) == c
+    c = EarlyBirdConfig.from_dict({"region_steps": 4, "region_budget": 0.1}, 1000)
+    assert c.region_train_steps(1, 800, 100) == 4
+    assert EarlyBirdConfig.from_dict({"region_budget": 0.1}, 1000).region_train_steps(0, 800, 100) == 0
 
 
 @pytest.mark.parametrize("d, match", [
@@ -26,6 +40,10 @@ def test_defaults_are_the_papers():
     ({"finetune_steps": 2.5}, "earlybird.finetune_steps"),
     ({"baselines": ["dense", "lottery"]}, "earlybird.baselines"),
     ({"eval_samples": 0}, "earlybird.eval_samples"),
+    ({"region_steps": [5, 6]}, "earlybird.region_steps must be one int >= 0 per region \\(3 regions\\)"),
+    ({"region_steps": -1}, "earlybird.region_steps"),
+    ({"eb_budget": 0}, "earlybird.eb_budget"),
+    ({"region_budget": "quarter"}, "earlybird.region_budget"),
     ({"regions": [[0, 500, 0.3]]}, "reach t = 999"),
 ])
 def test_bad_values_name_the_key(d, match):

@@ -16,7 +16,7 @@ from tests.earlybird.conftest import tiny_config
 
 SMALL_RUN = ["training.steps=10", "earlybird.pseudo_epoch_steps=2", "earlybird.queue_length=3",
              "earlybird.regions=celeba-2", "earlybird.baselines=[]", "training.ema_rate=0.5",
-             "earlybird.region_training=routed"]
+             "earlybird.region_training=routed", "earlybird.region_steps=4"]
 
 
 def test_ticket_found_while_a_tiny_model_trains(tmp_path):

@@ -155,3 +155,22 @@ def test_a_corrupted_digits_classifier_cache_is_retrained_not_used(tmp_path, mon
     assert len(trained) == 2
     domain_fid.digits_classifier(8, 1)  # the rewritten cache verifies
     assert len(trained) == 2
+
+
+def test_fid_of_samples_equals_fid_of_their_saved_pngs(tmp_path):
+    """Sampler output with a few diverging pixels is scored as the PNGs written from it: clipped to the
+    data range and rounded to 8 bits (raw, the outliers alone would move the FID)."""
+    from ebsparse.data.digits import load_digits_tensor
+    from ebsparse.diffusion.images import save_images
+    from ebsparse.metrics.domain_fid import digits_fid, digits_fid_from_folder
+    from ebsparse.metrics.sample_fid import samples_fid
+
+    x, _ = load_digits_tensor(16, 1)
+    g = torch.Generator().manual_seed(0)
+    samples = x[:300] + 0.05 * torch.randn(x[:300].shape, generator=g)
+    samples[::10, :, 3:5, 3:5] = 26.0  # divergent pixels, as a drifting model leaves them
+    save_images(samples, tmp_path)
+    in_memory = samples_fid(samples, "digits")
+    assert in_memory == pytest.approx(digits_fid_from_folder(tmp_path), rel=1e-9, abs=1e-9)
+    assert digits_fid(samples) > 2 * in_memory  # what scoring the raw output gave
+    assert samples_fid(samples, "cifar10") is None
