@@ -30,15 +30,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def describe_sampler(cfg) -> str:
-    """The sampler as it ran, in words (e.g. 'ddim, 50 of 1000 timesteps, eta 0')."""
-    sc, total = cfg.sampling, cfg.diffusion.num_timesteps
-    if sc.sampler == "ddpm":
-        return (f"ddpm, ancestral steps on {sc.timesteps} of {total} timesteps ({sc.skip_type}"
-                f"{'' if sc.timesteps == total else ', strided'})")
-    return f"ddim, {sc.timesteps} of {total} timesteps ({sc.skip_type}), eta {sc.eta:g}"
-
-
 def describe_model(cfg, meta) -> str:
     """What was sampled: method and training step (e.g. 'rigl, step 800')."""
     if meta.get("pruned"):
@@ -55,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..diffusion.images import save_grid, save_images
+    from ..diffusion.samplers import describe_sampler
     from ..diffusion.trainer import sample_images
     from ..drivers.checkpoints import model_from_checkpoint
 

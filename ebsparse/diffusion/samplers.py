@@ -14,7 +14,7 @@ import torch
 from .losses import ModelFn
 from .schedule import NoiseSchedule
 
-__all__ = ["timestep_sequence", "ddim_sample", "ddpm_sample", "SAMPLERS"]
+__all__ = ["timestep_sequence", "ddim_sample", "ddpm_sample", "SAMPLERS", "describe_sampler"]
 
 
 def timestep_sequence(num_timesteps: int, timesteps: int, skip_type: str = "uniform") -> list[int]:
@@ -110,3 +110,12 @@ def ddpm_sample(
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+
+
+def describe_sampler(cfg) -> str:
+    """The sampler as it ran, in words (e.g. 'ddim, 50 of 1000 timesteps, eta 0')."""
+    sc, total = cfg.sampling, cfg.diffusion.num_timesteps
+    if sc.sampler == "ddpm":
+        return (f"ddpm, ancestral steps on {sc.timesteps} of {total} timesteps ({sc.skip_type}"
+                f"{'' if sc.timesteps == total else ', strided'})")
+    return f"ddim, {sc.timesteps} of {total} timesteps ({sc.skip_type}), eta {sc.eta:g}"

@@ -434,8 +434,10 @@ class EBRun:
 
     def evaluate(self, method: str) -> dict[str, Any]:
         from ..diffusion.images import save_grid
+        from ..diffusion.samplers import describe_sampler
         from ..diffusion.trainer import sample_images
         from ..metrics.counting import count_macs, count_params
+        from .eb_report import NAMES
         from ..metrics.sample_fid import samples_fid
 
         model = self.final_model(method).eval()
@@ -443,7 +445,8 @@ class EBRun:
         t0 = time.perf_counter()
         x = sample_images(model, self.config, n, seed=self.config.training.seed, model_fn=model)
         sample_s = time.perf_counter() - t0
-        grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png")
+        grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png",
+                         caption=f"{NAMES.get(method, method)}; {describe_sampler(self.config)}")
         fid = samples_fid(x, self.config.data.type) if self.fid else None
         meta_inputs = example_inputs(self.spec, device="meta")
         if isinstance(model, TimestepRouter):

@@ -107,6 +107,10 @@ def test_small_run_outputs(small_run):
     for name in ("distance_eb.png", "distance_region0.png", "distance_region1.png", "samples_eb.png", "samples_ta_eb.png"):
         assert (small_run / "figures" / name).is_file()
     assert "EB-Diff-Train (TA-EB)" in (small_run / "table.md").read_text()
+    from PIL import Image
+
+    grid = Image.open(small_run / "figures" / "samples_eb.png")  # 4 samples: a 2x2 grid
+    assert grid.width >= 2 * 64 and grid.height > grid.width  # enlarged, under a caption strip
 
 
 def test_eb_ticket_is_the_shrunk_ema_weights_and_the_eb_stage_starts_from_it(observed_small_run):
