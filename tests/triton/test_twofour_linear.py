@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ebsparse import triton as tk
 from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows
-from ebsparse.triton import twofour_linear as T
+from ebsparse.triton import twofour_linear_kernels as T
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REASONS = tk.unavailable_reasons(DEVICE)
