@@ -142,24 +142,43 @@ def gemm_step(n: int, k: int, m: int, dtype: str = "bf16", density_24: float = 0
     e = BYTES[dtype]
     x = n * k * e / taps  # X, or dX: the activations as stored
     w_24 = m * k * e * density_24 + m * k / 8  # values + 2-bit metadata per kept value pair
+    w_meta = m * k * e + m * k / 4  # dense-shaped weight + one metadata byte per group of 4
+    cols = x if taps == 1 else n * k * e  # what an im2col GEMM reads as X: the unfolded rows
+    unfolds = [] if taps == 1 else [Cost("im2col x2", 0.0, 2 * (x + cols), "simt", dtype, 2),
+                                    Cost("col2im", 0.0, cols + x, "simt", dtype)]
     nnz = unstructured_density * m * k
     steps = {
-        "dense cuBLAS": [_masked_weight(m, k, dtype),
-                         _gemm("fwd", n, k, m, dtype, a_bytes=x), _gemm("dgrad", n, m, k, dtype, c_bytes=x),
-                         _gemm("wgrad", m, n, k, dtype, b_bytes=x),
-                         Cost("mask dW", 0.0, 3 * m * k * e, "simt", dtype)],
-        # cuSPARSELt: W and (transposable mask) W^T compressed each step; dW dense then masked.
-        "2:4 sparse TC": [_compress("compress W, W^T", m, k, dtype, copies=2),
-                          _gemm("fwd", n, k, m, dtype, "sparse_tensor", a_bytes=x, b_bytes=w_24),
-                          _gemm("dgrad", n, m, k, dtype, "sparse_tensor", b_bytes=w_24, c_bytes=x),
-                          _gemm("wgrad", m, n, k, dtype, b_bytes=x),
-                          Cost("mask dW", 0.0, 3 * m * k * e, "simt", dtype)],
-        # ebsparse.triton.twofour_linear: compressed W decompressed in registers, dense tl.dot; dW
-        # masked in the kernel's epilogue.
-        "2:4 Triton (dense TC)": [_compress("compress W", m, k, dtype),
-                                  _gemm("fwd", n, k, m, dtype, a_bytes=x, b_bytes=w_24),
-                                  _gemm("dgrad", n, m, k, dtype, b_bytes=w_24, c_bytes=x),
-                                  _gemm("wgrad", m, n, k, dtype, b_bytes=x)],
+        # The baseline of the goals: a dense layer (nn.Linear / cuDNN conv), three GEMMs.
+        "dense cuBLAS": [_gemm("fwd", n, k, m, dtype, a_bytes=x), _gemm("dgrad", n, m, k, dtype, c_bytes=x),
+                         _gemm("wgrad", m, n, k, dtype, b_bytes=x)],
+        # ebsparse's dense path (DenseBackend, the fallback of a sparse layer): the same GEMMs plus
+        # masking the weight and its gradient.
+        "dense path (masked)": [_masked_weight(m, k, dtype),
+                                _gemm("fwd", n, k, m, dtype, a_bytes=x), _gemm("dgrad", n, m, k, dtype, c_bytes=x),
+                                _gemm("wgrad", m, n, k, dtype, b_bytes=x),
+                                Cost("mask dW", 0.0, 3 * m * k * e, "simt", dtype)],
+        # ebsparse.backends.semi_structured as built: W and (transposable mask) W^T compressed each
+        # step by torch, one pass each; fwd and dgrad on sparse tensor cores; dW by the Triton
+        # kernel with the masking in its epilogue.
+        # A KxK conv (taps > 1) goes through im2col there: the unfolded rows (n*k values) are written
+        # and read back in each GEMM, and dgrad's are folded back.
+        "2:4 sparse TC": [_compress("compress W, W^T", m, k, dtype, copies=2), *unfolds,
+                          _gemm("fwd", n, k, m, dtype, "sparse_tensor", a_bytes=cols, b_bytes=w_24),
+                          _gemm("dgrad", n, m, k, dtype, "sparse_tensor", b_bytes=w_24, c_bytes=cols),
+                          _gemm("wgrad", m, n, k, dtype, b_bytes=cols, c_bytes=w_meta)],
+        # Not built (a design): one pass reading W and writing both compressed copies, and convs as
+        # implicit GEMMs on sparse tensor cores (no im2col).
+        "2:4 sparse TC, fused (design)": [
+            Cost("compress W+W^T", 0.0, m * k * e + m * k / 8 + 2 * w_24, "simt", dtype),
+            _gemm("fwd", n, k, m, dtype, "sparse_tensor", a_bytes=x, b_bytes=w_24),
+            _gemm("dgrad", n, m, k, dtype, "sparse_tensor", b_bytes=w_24, c_bytes=x),
+            _gemm("wgrad", m, n, k, dtype, b_bytes=x, c_bytes=w_meta)],
+        # ebsparse.triton.twofour_linear_kernels (training form): the dense-shaped W read once per
+        # GEMM with its uint8 metadata (one byte per group), dropped entries zeroed in registers,
+        # dense tl.dot; dW masked in the kernel's epilogue: no separate masking passes.
+        "2:4 Triton (dense TC)": [_gemm("fwd", n, k, m, dtype, a_bytes=x, b_bytes=w_meta),
+                                  _gemm("dgrad", n, m, k, dtype, b_bytes=w_meta, c_bytes=x),
+                                  _gemm("wgrad", m, n, k, dtype, b_bytes=x, c_bytes=w_meta)],
         # Row-split CSR gather on CUDA cores (the old per-element Triton kernels, at best): the
         # useful FLOPs only, but every kept weight re-reads its activation column from L2.
         f"CSR {1 - unstructured_density:.0%} SIMT": [

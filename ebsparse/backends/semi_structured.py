@@ -7,7 +7,8 @@ One training step of a layer whose mask is 2:4 along the input dimension:
 - forward: the masked weight compressed (values + metadata) and multiplied on sparse tensor cores;
 - grad-input: dY . W is a GEMM with W^T as the sparse operand, so it runs sparse only when W^T is
   2:4 too, i.e. the mask is transposable (`ebsparse.formats.transposable`); otherwise dense;
-- grad-weight: dense dY^T . X, then masked.
+- grad-weight: dense dY^T . X, then masked; for linear layers where Triton runs, one tensor-core
+  kernel with the masking in its epilogue (`ebsparse.triton.twofour_linear_grad_weight`).
 
 Convolutions run as implicit GEMMs over channels-last rows: a 1x1 stride-1 conv is the GEMM of the
 (N*H*W, Ci) pixels; any other conv unfolds its input (im2col) into (N*Ho*Wo, KH*KW*Ci) rows with
@@ -152,7 +153,11 @@ class SemiStructuredBackend(Backend):
             grad_input = (F.linear(grad_output, self._sparse(w.t())) if plan.transposable
                           else grad_output.mm(w))
         if weight_grad:
-            grad_weight = self._masked_grad(inputs, grad_output.t().mm(inputs.input))
+            meta = None if inputs.dense_weight_grad else _triton_meta(inputs)
+            if meta is not None:  # dense tensor-core GEMM with the masking fused in its epilogue
+                grad_weight = _triton().twofour_linear_grad_weight(grad_output, inputs.input, meta)
+            else:
+                grad_weight = self._masked_grad(inputs, grad_output.t().mm(inputs.input))
         return grad_input, grad_weight
 
     # ---- conv2d as implicit GEMM -----------------------------------------------------------------
@@ -178,6 +183,27 @@ class SemiStructuredBackend(Backend):
             dw_rows = dy.t().mm(_im2col(inputs))
             grad_weight = self._masked_grad(inputs, dw_rows.reshape(co_, kh, kw, ci).permute(0, 3, 1, 2).contiguous())
         return grad_input, grad_weight
+
+
+# ---- the Triton grad-weight ----------------------------------------------------------------------
+
+def _triton():
+    from ebsparse import triton
+
+    return triton
+
+
+def _triton_meta(inputs):
+    """The 2:4 metadata for the Triton grad-weight kernel (masked epilogue: no separate masking pass
+    over dW) where Triton runs here, else None (dense GEMM, then masked)."""
+    from ebsparse.backends.triton_backend import two_four_meta
+
+    try:
+        if _triton().unavailable_reasons(inputs.device):
+            return None
+    except ImportError:
+        return None
+    return two_four_meta(inputs)
 
 
 # ---- layouts -------------------------------------------------------------------------------------

@@ -91,6 +91,23 @@ def test_linear_step_matches_reference(kind, sparse_grad_input):
     assert fake.shapes == ([(64, 128), (128, 64)] if sparse_grad_input else [(64, 128)])
 
 
+def test_linear_grad_weight_uses_the_triton_masked_epilogue_where_triton_runs(monkeypatch):
+    import ebsparse.triton as kernels
+
+    if kernels.unavailable_reasons(CPU):
+        pytest.skip("Triton cannot run here (interpreter off)")
+    calls = []
+    fn = kernels.twofour_linear_grad_weight
+    monkeypatch.setattr(kernels, "twofour_linear_grad_weight", lambda *a: calls.append(1) or fn(*a))
+    be, _ = backend()
+    inputs, (x, w, b, mask) = _linear(32, 64, 16, "2:4")
+    y = be.linear_forward(inputs)
+    _, gw = be.linear_backward(inputs, torch.ones_like(y), False, True)
+    assert calls == [1]
+    ref = torch.where(mask, torch.ones(16, 32, dtype=torch.float64).T @ x.bfloat16().double(), 0.0)
+    torch.testing.assert_close(gw.double(), ref, atol=0.1, rtol=0.02)
+
+
 def test_linear_refuses_non_2_4_masks_and_bad_multiples_with_reasons():
     be, _ = backend()
     inputs, _ = _linear(64, 128, 8, "unstructured")

@@ -18,12 +18,17 @@ def test_bound_is_the_larger_of_compute_and_memory_time(gpu):
     assert p.expected_s > p.bound_s
 
 
-def test_small_batch_gemm_is_memory_bound_and_the_2_4_weight_halves_it():
+def test_small_batch_gemm_is_memory_bound_and_the_compressed_2_4_weight_nearly_halves_it():
     steps = roofline.gemm_step(16, 4096, 4096)
     dense_fwd = next(c for c in steps["dense cuBLAS"] if c.name == "fwd")
-    triton_fwd = next(c for c in steps["2:4 Triton (dense TC)"] if c.name == "fwd")
+    sparse_fwd = next(c for c in steps["2:4 sparse TC"] if c.name == "fwd")
     assert predict(dense_fwd, H100).limited_by == "memory"
-    assert triton_fwd.bytes < 0.7 * dense_fwd.bytes
+    assert sparse_fwd.bytes < 0.6 * dense_fwd.bytes
+
+
+def test_the_dense_path_costs_more_than_plain_dense_by_its_masking_passes():
+    steps = roofline.gemm_step(256, 4096, 4096)
+    assert roofline.step_time(steps["dense path (masked)"], H100) > roofline.step_time(steps["dense cuBLAS"], H100)
 
 
 def test_sparse_tensor_cores_run_the_same_flops_at_twice_the_peak():
