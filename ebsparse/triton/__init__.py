@@ -18,6 +18,7 @@ from .csr_linear import csr_linear, csr_linear_reference
 from .csr_linear_grad_input import csr_linear_grad_input, csr_linear_grad_input_reference
 from .csr_linear_grad_weight import csr_linear_grad_weight, csr_linear_grad_weight_reference
 from .decompress_2_4 import decompress_2_4, decompress_2_4_reference
+from .twofour_conv2d_kernels import twofour_conv2d, twofour_conv2d_grad_input, twofour_conv2d_grad_weight
 from .twofour_linear_kernels import (twofour_linear, twofour_linear_grad_input, twofour_linear_grad_input_reference,
                              twofour_linear_grad_weight, twofour_linear_grad_weight_reference,
                              twofour_linear_reference)
@@ -46,4 +47,7 @@ __all__ = [
     "twofour_linear_grad_input_reference",
     "twofour_linear_grad_weight",
     "twofour_linear_grad_weight_reference",
+    "twofour_conv2d",
+    "twofour_conv2d_grad_input",
+    "twofour_conv2d_grad_weight",
 ]

@@ -159,9 +159,9 @@ def _grad_weight_kernel(dy_ptr, x_ptr, meta_ptr, dw_ptr, N, M, K, stride_dyn, st
 _tuned: dict = {}
 
 
-def _launch(k: kernel, name: str, grid_of, args: tuple, constexprs: dict, key_values: tuple) -> None:
+def _launch(k: kernel, name: str, grid_of, args: tuple, constexprs: dict, key: tuple[str, ...]) -> None:
     """Launch `k` with the interpreter's config, or on a GPU through `triton.autotune` over
-    `tensor_core_configs()` (keyed on the problem sizes)."""
+    `tensor_core_configs()`, keyed on the size arguments named in `key`."""
     if _interpreting():
         a, b, kb, _, _ = CONFIGS[0]
         meta = dict(BLOCK_A=a, BLOCK_B=b, BLOCK_K=kb)
@@ -171,7 +171,7 @@ def _launch(k: kernel, name: str, grid_of, args: tuple, constexprs: dict, key_va
     if tuned is None:
         configs = [triton.Config(dict(BLOCK_A=a, BLOCK_B=b, BLOCK_K=kb), num_warps=w, num_stages=s)
                    for a, b, kb, w, s in tensor_core_configs()]
-        tuned = _tuned[name] = triton.autotune(configs=configs, key=["N", "M", "K"])(triton.jit(k.fn))
+        tuned = _tuned[name] = triton.autotune(configs=configs, key=list(key))(triton.jit(k.fn))
     tuned[grid_of](*args, **constexprs)
 
 
@@ -233,7 +233,7 @@ def twofour_linear(input: torch.Tensor, weight: torch.Tensor, meta: torch.Tensor
             (x, w, meta, bias if bias is not None else out, out, n, m, k, x.stride(0), w.stride(0), meta.stride(0),
              out.stride(0)),
             dict(HAS_BIAS=bias is not None, COMPRESSED=compressed, UPCAST=_interpreting(),
-                 PRECISION=_precision(input.dtype)), (n, m, k))
+                 PRECISION=_precision(input.dtype)), ("N", "M", "K"))
     return out
 
 
@@ -255,7 +255,7 @@ def twofour_linear_grad_input(grad_output: torch.Tensor, weight: torch.Tensor, m
     dy, w, meta = grad_output.contiguous(), weight.contiguous(), meta.contiguous()
     _launch(_grad_input_kernel, "grad_input", lambda c: (cdiv(n, c["BLOCK_A"]), cdiv(k, c["BLOCK_B"])),
             (dy, w, meta, out, n, m, k, dy.stride(0), w.stride(0), meta.stride(0), out.stride(0)),
-            dict(COMPRESSED=compressed, UPCAST=_interpreting(), PRECISION=_precision(dy.dtype)), (n, m, k))
+            dict(COMPRESSED=compressed, UPCAST=_interpreting(), PRECISION=_precision(dy.dtype)), ("N", "M", "K"))
     return out
 
 
@@ -282,7 +282,7 @@ def twofour_linear_grad_weight(grad_output: torch.Tensor, input: torch.Tensor, m
     dy, x, meta = grad_output.contiguous(), input.contiguous(), meta.contiguous()
     _launch(_grad_weight_kernel, "grad_weight", lambda c: (cdiv(m, c["BLOCK_A"]), cdiv(k, c["BLOCK_B"])),
             (dy, x, meta, out, n, m, k, dy.stride(0), x.stride(0), meta.stride(0), out.stride(0)),
-            dict(UPCAST=_interpreting(), PRECISION=_precision(dy.dtype)), (n, m, k))
+            dict(UPCAST=_interpreting(), PRECISION=_precision(dy.dtype)), ("N", "M", "K"))
     return out
 
 

@@ -88,3 +88,38 @@ def test_meta_follows_mask_edits(backend, tensor_core_calls):
     torch.testing.assert_close(y, sparse_linear_reference(x, w, None, mask), **tolerance(torch.float32, 3))
     assert tensor_core_calls == []
 
+
+
+CONV_KERNELS = ("twofour_conv2d", "twofour_conv2d_grad_input", "twofour_conv2d_grad_weight")
+
+
+@pytest.mark.parametrize("backend", TRITON)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_2_4_conv_runs_the_implicit_gemm_tensor_core_kernels(backend, dtype, monkeypatch):
+    import ebsparse.triton as kernels
+
+    calls = []
+    for name in CONV_KERNELS:
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(2, 8, 6, 5, generator=g, dtype=torch.float64)
+    w64 = torch.randn(6, 8, 3, 3, generator=g, dtype=torch.float64)
+    b64 = torch.randn(6, generator=g, dtype=torch.float64)
+    mask = ops.prune_2_4(w64, backend="dense")
+    x64, w64, b64 = x64.to(dtype).double(), w64.to(dtype).double(), b64.to(dtype).double()
+    x = x64.to(dtype).to(DEVICE).requires_grad_()
+    w = torch.where(mask, w64, torch.nan).to(dtype).to(DEVICE).requires_grad_()
+    b = b64.to(dtype).to(DEVICE).requires_grad_()
+    with runs_on(backend, "conv2d", ("forward", "backward")):
+        y = ops.sparse_conv2d(x, w, b, mask.to(DEVICE), 2, 1, backend=backend)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+    assert sorted(calls) == sorted(CONV_KERNELS)
+    xr, wr, br = x64.clone().requires_grad_(), torch.where(mask, w64, 0.0).requires_grad_(), b64.clone().requires_grad_()
+    yr = ops.sparse_conv2d_reference(xr, wr, br, mask, 2, 1)
+    yr.backward(grad.double().cpu())
+    torch.testing.assert_close(y.double().cpu(), yr, **tolerance(dtype, 72 ** 0.5 * 3))
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, **tolerance(dtype, 54 ** 0.5 * 3))
+    torch.testing.assert_close(w.grad.double().cpu(), wr.grad, **tolerance(dtype, 30 ** 0.5 * 3))
+    assert not w.grad.cpu()[~mask].any()
