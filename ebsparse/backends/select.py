@@ -72,13 +72,16 @@ def auto_candidates(op: str, device: torch.device, dtype: torch.dtype) -> list[s
 
 
 def _measured(name: str, measure, op: str) -> float | None:
-    """`measure(name)`, or None with a warning when a sparse candidate fails (a kernel refusing
-    these inputs, a launch error): it is dropped and the choice falls back to the others, dense
-    last. Dense failing is the caller's own error and propagates."""
+    """`measure(name)`, or None when a sparse candidate cannot run these inputs: quietly when it
+    says so with NotImplementedError (a backend whose kernels take only some patterns or shapes),
+    with a warning for any other failure (a launch error). It is dropped and the choice falls back
+    to the others, dense last. Dense failing is the caller's own error and propagates."""
     if name == "dense":
         return measure(name)
     try:
         return measure(name)
+    except NotImplementedError:
+        return None  # the candidate does not take these inputs (e.g. a mask that is not 2:4): no failure
     except Exception as exc:  # noqa: BLE001 - any failure of a candidate must not break the layer
         warnings.warn(f"auto: backend {name!r} failed while measuring {op} ({type(exc).__name__}: {exc}); "
                       "it is skipped for these inputs", RuntimeWarning, stacklevel=3)

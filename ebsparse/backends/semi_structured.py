@@ -117,7 +117,10 @@ class SemiStructuredBackend(Backend):
     def _checked(self, inputs) -> _Plan:
         plan = self.plan(inputs)
         if plan.reasons:
-            raise RuntimeError(f"backend 'semi_structured' cannot run this {inputs.op}: " + "; ".join(plan.reasons))
+            # NotImplementedError (a RuntimeError): auto drops this candidate quietly; a caller who
+            # named the backend gets the reasons.
+            raise NotImplementedError(f"backend 'semi_structured' cannot run this {inputs.op}: "
+                                      + "; ".join(plan.reasons))
         return plan
 
     def _sparse(self, dense: torch.Tensor):
