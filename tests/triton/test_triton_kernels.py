@@ -2,7 +2,7 @@
 
 On a machine without a GPU they run under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), so the shapes are small. Odd sizes, empty rows, density 0 and 1, float32 and
-float64; weight entries outside the pattern are NaN, so reading one would show.
+float64 (bfloat16 and float16 against float32 math); weight entries outside the pattern are NaN, so reading one would show.
 """
 
 from __future__ import annotations
@@ -184,3 +184,25 @@ def test_unavailable_reasons():
     assert tk.unavailable_reasons(DEVICE) == []
     reasons = tk.unavailable_reasons("meta")
     assert reasons and "meta" in reasons[0]
+
+
+HALF_EPS = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
+
+
+@pytest.mark.parametrize("dtype", list(HALF_EPS), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_linear_half_dtypes_accumulate_in_float32(shape, dtype):
+    n, k, m = shape
+    mask, dense, weight, x, dy, bias, row_ptr, col_idx, col_ptr, row_idx = problem(n, k, m, 0.4, dtype)
+    masked = torch.where(mask, dense, torch.zeros((), dtype=dtype, device=DEVICE)).float()
+    eps = HALF_EPS[dtype]
+
+    def close(actual, expected, fan):
+        assert actual.dtype == dtype
+        torch.testing.assert_close(actual.float(), expected, rtol=4 * eps, atol=4 * eps * max(1.0, fan ** 0.5))
+
+    close(tk.csr_linear(x, weight, bias, row_ptr, col_idx), x.float() @ masked.T + bias.float(), k)
+    close(tk.csr_linear_grad_input(dy, weight, col_ptr, row_idx), dy.float() @ masked, m)
+    dw = tk.csr_linear_grad_weight(dy, x, row_ptr, col_idx)
+    close(dw, torch.where(mask, dy.float().T @ x.float(), 0.0), n)
+    assert not dw[~mask].any()
