@@ -202,7 +202,8 @@ def _check_operands(a: torch.Tensor, a_name: str, weight: torch.Tensor, meta: to
         raise RuntimeError(f"meta: expected shape ({m}, {k // 4}), got {tuple(meta.shape)}")
     expected_cols = k // 2 if compressed else k
     if weight.shape[1] != expected_cols:
-        raise RuntimeError(f"weight: expected ({m}, {expected_cols}) ({'compressed values' if compressed else 'dense'}),"
+        form = "compressed values" if compressed else "dense"
+        raise RuntimeError(f"weight: expected ({m}, {expected_cols}) ({form}),"
                            f" got {tuple(weight.shape)}")
     for t, name in ((weight, "weight"), (meta, "meta")):
         if t.device != a.device:
@@ -272,7 +273,8 @@ def twofour_linear_grad_weight(grad_output: torch.Tensor, input: torch.Tensor, m
     if input.shape[0] != n:
         raise RuntimeError(f"input: expected ({n}, K), got {tuple(input.shape)}")
     if tuple(meta.shape) != (m, k // 4) or k % 4:
-        raise RuntimeError(f"meta: expected shape ({m}, {k // 4}) with K ({k}) a multiple of 4, got {tuple(meta.shape)}")
+        raise RuntimeError(f"meta: expected shape ({m}, {k // 4}) with K ({k}) a multiple of 4, "
+                           f"got {tuple(meta.shape)}")
     require_available(input.device, "twofour_linear_grad_weight")
     out = torch.empty(m, k, dtype=input.dtype, device=input.device)
     if m == 0 or k == 0:

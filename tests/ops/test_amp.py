@@ -54,7 +54,8 @@ def test_autocast_bf16_module_runs_the_2_4_tensor_core_kernels(monkeypatch):
     calls = []
     for name in ("twofour_linear", "twofour_linear_grad_input", "twofour_linear_grad_weight"):
         fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _n=name, **k: calls.append((_n, a[0].dtype)) or _fn(*a, **k))
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _fn=fn, _n=name, **k: calls.append((_n, a[0].dtype)) or _fn(*a, **k))
     layer = _layer()
     layer.backend = "triton"
     x = torch.randn(7, 16, requires_grad=True)

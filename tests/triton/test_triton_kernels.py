@@ -2,7 +2,8 @@
 
 On a machine without a GPU they run under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), so the shapes are small. Odd sizes, empty rows, density 0 and 1, float32 and
-float64 (bfloat16 and float16 against float32 math); weight entries outside the pattern are NaN, so reading one would show.
+float64 (bfloat16 and float16 against float32 math); weight entries outside the pattern are NaN, so
+reading one would show.
 """
 
 from __future__ import annotations
