@@ -207,3 +207,26 @@ def test_linear_half_dtypes_accumulate_in_float32(shape, dtype):
     dw = tk.csr_linear_grad_weight(dy, x, row_ptr, col_idx)
     close(dw, torch.where(mask, dy.float().T @ x.float(), 0.0), n)
     assert not dw[~mask].any()
+
+
+def test_malformed_patterns_are_refused_before_any_launch():
+    """On a GPU an out-of-range index would be an illegal address that ends the CUDA context: the
+    values are checked on the host first (once per pattern)."""
+    mask, dense, weight, x, dy, bias, row_ptr, col_idx, col_ptr, row_idx = problem(4, 8, 3, 1.0, torch.float32)
+    bad_idx = col_idx.clone()
+    bad_idx[5] = 8  # out of range
+    with pytest.raises(RuntimeError, match=r"col_idx: expected values in \[0, 8\), got 8 at position 5"):
+        tk.csr_linear(x, weight, None, row_ptr, bad_idx)
+    unsorted = col_idx.clone()
+    unsorted[1], unsorted[2] = col_idx[2], col_idx[1]
+    with pytest.raises(RuntimeError, match="col_idx: expected strictly increasing"):
+        tk.csr_linear_grad_weight(dy, x, row_ptr, unsorted)
+    bad_ptr = row_ptr.clone()
+    bad_ptr[1], bad_ptr[2] = row_ptr[2], row_ptr[1]
+    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing"):
+        tk.csr_linear(x, weight, None, bad_ptr, col_idx)
+    short = col_ptr.clone()
+    short[-1] -= 1
+    with pytest.raises(RuntimeError, match="col_ptr: expected to start at 0 and end at row_idx.numel()"):
+        tk.csr_linear_grad_input(dy, weight, short, row_idx)
+    tk.csr_linear(x, weight, None, row_ptr, col_idx)  # the well-formed pattern still runs
