@@ -146,11 +146,13 @@ class SemiStructuredBackend(Backend):
 
     def linear_forward(self, inputs):
         self._checked(inputs)
-        return F.linear(inputs.input, self._sparse(self._masked_rows(inputs)), inputs.bias)
+        # torch's semi-structured matmuls take contiguous dense operands
+        return F.linear(inputs.input.contiguous(), self._sparse(self._masked_rows(inputs)), inputs.bias)
 
     def linear_backward(self, inputs, grad_output, input_grad, weight_grad):
         plan = self._checked(inputs)
         w = self._masked_rows(inputs)
+        grad_output = grad_output.contiguous()
         grad_input = grad_weight = None
         if input_grad:
             grad_input = (F.linear(grad_output, self._sparse(w.t())) if plan.transposable
