@@ -29,7 +29,8 @@ if _cuda_root:
     # torch.utils.cpp_extension reads CUDA_HOME at import; its own guess from the nvcc wrapper's
     # folder compiles but then fails to link cudart.
     os.environ["CUDA_HOME"] = _cuda_root
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+# sm_80 and sm_90 machine code, plus sm_90 PTX that newer GPUs (Blackwell, ...) JIT-compile.
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402

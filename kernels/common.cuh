@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "cpu/checks.h"
+#include "index.cuh"
 
 namespace ebsparse::cuda {
 
@@ -38,8 +39,6 @@ inline void check_float_cuda(const at::Tensor& t, const char* name) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A 1-D grid of kThreads-thread blocks covering n items (the kernels grid-stride past the cap).
-inline dim3 grid_1d(int64_t n) {
-  return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(n, kThreads), 1, kMaxGridX)));
-}
+inline dim3 grid_1d(int64_t n) { return dim3(static_cast<unsigned>(index::grid_tiles(n, kThreads, kMaxGridX))); }
 
 }  // namespace ebsparse::cuda

@@ -92,8 +92,7 @@ at::Tensor row_gather_spmm(const at::Tensor& in_t, const at::Tensor& w, const at
   auto out_t = at::empty({R, N}, in_t.options());
   if (R == 0 || N == 0) return out_t;
   TORCH_CHECK(R <= kMaxGridX, op_name, ": too many rows (", R, ") for one launch");
-  const dim3 grid(static_cast<unsigned>(R),
-                  static_cast<unsigned>(std::min<int64_t>(ceil_div(N, kThreads), kMaxGridYZ)));
+  const dim3 grid(static_cast<unsigned>(R), static_cast<unsigned>(index::grid_tiles(N, kThreads, kMaxGridYZ)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in_t.scalar_type(), "row_gather_spmm", [&] {
     row_gather_spmm_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(

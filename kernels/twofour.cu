@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "index.cuh"
 
 namespace ebsparse::cuda {
 namespace {
@@ -21,11 +22,8 @@ __global__ void prune_2_4_kernel(const scalar_t* __restrict__ w, bool* __restric
   for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
     float a[4];
     for (int i = 0; i < 4; ++i) a[i] = fabsf(static_cast<float>(w[4 * g + i]));
-    int best = 0, second = -1;
-    for (int i = 1; i < 4; ++i)
-      if (a[i] > a[best]) best = i;
-    for (int i = 0; i < 4; ++i)
-      if (i != best && (second < 0 || a[i] > a[second])) second = i;
+    int best, second;
+    index::two_four_select(a, best, second);
     for (int i = 0; i < 4; ++i) mask[4 * g + i] = (i == best || i == second);
   }
 }
@@ -36,15 +34,13 @@ template <typename scalar_t>
 __global__ void compress_2_4_kernel(const scalar_t* __restrict__ w, const bool* __restrict__ mask,
                                     scalar_t* __restrict__ values, uint8_t* __restrict__ meta, int64_t G) {
   for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
-    int slot = 0;
-    uint8_t code = 0;
-    for (int i = 0; i < 4; ++i)
-      if (mask[4 * g + i] && slot < 2) {
-        values[2 * g + slot] = w[4 * g + i];
-        code |= static_cast<uint8_t>(i << (2 * slot));
-        ++slot;
-      }
-    meta[g] = code;
+    const bool kept[4] = {mask[4 * g], mask[4 * g + 1], mask[4 * g + 2], mask[4 * g + 3]};
+    int p0, p1;
+    const int code = index::two_four_code(kept);  // a valid code: every group was checked on the host
+    index::two_four_decode(static_cast<uint8_t>(code), p0, p1);
+    values[2 * g] = w[4 * g + p0];
+    values[2 * g + 1] = w[4 * g + p1];
+    meta[g] = static_cast<uint8_t>(code);
   }
 }
 
@@ -54,7 +50,8 @@ template <typename scalar_t>
 __global__ void decompress_2_4_kernel(const scalar_t* __restrict__ values, const uint8_t* __restrict__ meta,
                                       scalar_t* __restrict__ out, int64_t G) {
   for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < G; g += int64_t(gridDim.x) * blockDim.x) {
-    const int p0 = meta[g] & 3, p1 = (meta[g] >> 2) & 3;
+    int p0, p1;
+    index::two_four_decode(meta[g], p0, p1);  // valid: every code was checked on the host
     for (int i = 0; i < 4; ++i)
       out[4 * g + i] = i == p0 ? values[2 * g] : (i == p1 ? values[2 * g + 1] : static_cast<scalar_t>(0));
   }

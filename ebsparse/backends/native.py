@@ -13,6 +13,7 @@ from ebsparse.backends.base import Backend
 from ebsparse.backends.extension import extension_error
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+_CUDA_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d",
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
               "decompress_2_4": "ebsparse::decompress_2_4"}
@@ -38,8 +39,10 @@ class NativeBackend(Backend):
         error = extension_error()
         if error is not None:
             return reasons + [error]
-        if dtype not in _NATIVE_DTYPES and op not in _TWO_FOUR:
-            reasons.append(f"dtype {dtype} not supported (float32, float64)")
+        # The CUDA linear kernels also take float16/bfloat16 (fp32 accumulation); the CPU ones do not.
+        cuda_half = torch.device(device).type == "cuda" and op == "linear" and dtype in _CUDA_HALF_DTYPES
+        if dtype not in _NATIVE_DTYPES and op not in _TWO_FOUR and not cuda_half:
+            reasons.append(f"dtype {dtype} not supported (float32, float64; float16/bfloat16 for linear on CUDA)")
         key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
         if key is None:
             reasons.append(f"no kernels for device type {torch.device(device).type}")

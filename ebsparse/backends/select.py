@@ -5,7 +5,8 @@ runs a forward + grad-input + grad-weight a few times once per key, in interleav
 burst of load on a shared machine hits every candidate alike), keeping each one's minimum; a
 sparse backend wins only if it beats dense by `MARGIN`, so that measurement noise near the
 break-even density cannot make a sparse layer slower than its dense fallback; a close call (the best
-sparse backend between the margin and dense) gets more rounds before it is decided. Every candidate,
+sparse backend between the margin and dense) gets more rounds before it is decided. A candidate
+that fails (refuses these inputs, a launch error) is dropped with a warning; dense is the fallback. Every candidate,
 dense included, is timed through the kernels the op runs (`timing.time_step`). Under
 `torch.compile` nothing can be timed, so an unmeasured key gets dense there (measure in eager
 first: one eager step warms the cache). Set EBSPARSE_AUTOTUNE_CACHE to a JSON path to keep the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 
 import torch
 
@@ -69,6 +71,23 @@ def auto_candidates(op: str, device: torch.device, dtype: torch.dtype) -> list[s
     return names
 
 
+def _measured(name: str, measure, op: str) -> float | None:
+    """`measure(name)`, or None when a sparse candidate cannot run these inputs: quietly when it
+    says so with NotImplementedError (a backend whose kernels take only some patterns or shapes),
+    with a warning for any other failure (a launch error). It is dropped and the choice falls back
+    to the others, dense last. Dense failing is the caller's own error and propagates."""
+    if name == "dense":
+        return measure(name)
+    try:
+        return measure(name)
+    except NotImplementedError:
+        return None  # the candidate does not take these inputs (e.g. a mask that is not 2:4): no failure
+    except Exception as exc:  # noqa: BLE001 - any failure of a candidate must not break the layer
+        warnings.warn(f"auto: backend {name!r} failed while measuring {op} ({type(exc).__name__}: {exc}); "
+                      "it is skipped for these inputs", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def choose(op: str, device: torch.device, dtype: torch.dtype, measure, key: tuple) -> str:
     full_key = repr((op, device.type, str(dtype), torch.get_num_threads()) + tuple(key))
     with _lock:
@@ -80,8 +99,12 @@ def choose(op: str, device: torch.device, dtype: torch.dtype, measure, key: tupl
         return "dense"
     timings = {name: float("inf") for name in candidates}
     for _ in range(ROUNDS):
-        for name in candidates:
-            timings[name] = min(timings[name], measure(name))
+        for name in list(timings):
+            seconds = _measured(name, measure, op)
+            if seconds is None:
+                del timings[name]
+            else:
+                timings[name] = min(timings[name], seconds)
     best = min(timings, key=timings.get)
     if best != "dense" and MARGIN * timings["dense"] <= timings[best]:
         for _ in range(CLOSE_CALL_ROUNDS):

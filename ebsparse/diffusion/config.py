@@ -24,6 +24,9 @@ __all__ = ["ALGORITHM_SECTIONS", "TrainConfig", "SamplingConfig", "ExperimentCon
            "config_diff"]
 
 OPTIMIZERS = ("adam", "adamw")
+#: ``training.precision``: the autocast dtype of the forward and backward (fp32: no autocast). The
+#: parameters, optimizer state and EMA stay float32; fp16 adds loss scaling (a GradScaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
 #: Sections owned by algorithm packages (``ebsparse.s2s``, ``ebsparse.earlybird``); stored verbatim.
 ALGORITHM_SECTIONS = ("sparsity", "earlybird")
 
@@ -33,7 +36,8 @@ class TrainConfig:
     """Optimisation and bookkeeping. ``warmup``: steps of linear learning-rate warm-up (0 = none);
     ``grad_clip``: max global grad norm (0 = none); ``*_every``: intervals in steps (0 = never);
     ``keep_last``: checkpoints kept, the latest included (``--resume`` falls back to an earlier one
-    when the latest is unreadable or fails its hash)."""
+    when the latest is unreadable or fails its hash); ``precision``: one of ``PRECISIONS``, mixed
+    precision under ``torch.autocast`` (sparse layers stay sparse: ``ebsparse.ops.amp``)."""
 
     batch_size: int = 64
     steps: int = 1000
@@ -50,6 +54,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 2
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -57,6 +62,8 @@ class TrainConfig:
             setattr(self, name, float(getattr(self, name)))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision={self.precision!r}; expected one of {PRECISIONS}")
         for name in ("batch_size", "steps", "keep_last"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

@@ -12,6 +12,8 @@ what is trained (:func:`resume_breaking_changes`) unless told to go on, and then
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import csv
 import functools
@@ -61,9 +63,46 @@ def resume_breaking_changes(saved: dict[str, Any], current: ExperimentConfig) ->
     def safe(key: str) -> bool:
         if key == "training.steps" and steps_set_schedule:
             return False
+        if key == "training.precision" and changes[key] == (None, "fp32"):
+            return True  # a checkpoint from before the setting trained in fp32
         return key.startswith(_RESUME_SAFE[-1]) or key in _RESUME_SAFE[:-1]
 
     return {k: v for k, v in changes.items() if not safe(k)}
+
+
+class MixedPrecision:
+    """``training.precision`` in the step: the autocast region of the forward (and loss), and for
+    fp16 a GradScaler (loss scaled for the backward, gradients unscaled before anyone reads them,
+    steps with inf/NaN gradients skipped and the scale lowered)."""
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, precision: str, device: torch.device):
+        self.dtype = self.DTYPES[precision]
+        self.device = device
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, self.dtype)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)  # skipped when the unscaled gradients hold inf/NaN
+
+    def update(self) -> None:
+        if self.scaler is not None:
+            self.scaler.update()
 
 
 class BatchOrder:
@@ -146,6 +185,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.ema = EMA(self.model, tc.ema_rate)
         self.optimizer = _make_optimizer(self.model, tc)
+        self.amp = MixedPrecision(tc.precision, self.device)
         self.schedule = NoiseSchedule(config.diffusion)
         self.dataset = build_dataset(config.data)
         self.order = BatchOrder(len(self.dataset), tc.batch_size, tc.seed)
@@ -171,6 +211,8 @@ class Trainer:
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
                 "torch_version": torch.__version__, "elapsed_s": self.elapsed_s(), "plugins": {}}
+        if self.amp.scaler is not None:
+            meta["grad_scaler"] = self.amp.scaler.state_dict()
         for p in self.plugins:
             p_tensors, p_meta = p.state_tensors()
             tensors.update({f"plugin/{p.name}/{k}": v for k, v in p_tensors.items()})
@@ -211,6 +253,8 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.step = int(meta["step"])
+        if self.amp.scaler is not None and "grad_scaler" in meta:
+            self.amp.scaler.load_state_dict(meta["grad_scaler"])
         self._saved_config = meta["config"]
         self._elapsed_before = float(meta.get("elapsed_s", 0.0))
         if path is None:  # the run directory's latest checkpoint is this step's
@@ -276,9 +320,10 @@ class Trainer:
         t = sample_timesteps(x0.shape[0], dc.num_timesteps, antithetic=dc.timestep_sampling == "antithetic",
                              low=low, high=high, generator=self.generator).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
-        loss = epsilon_loss(self.model, self.schedule, x0, t, noise, dc.loss_reduction)
+        with self.amp.autocast():
+            loss = epsilon_loss(self.model, self.schedule, x0, t, noise, dc.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.amp.backward(loss, self.optimizer)  # gradients unscaled: plugins and clipping see true values
         lr = self._lr(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -287,7 +332,8 @@ class Trainer:
         if do_step:
             if tc.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=False))
-            self.optimizer.step()
+            self.amp.step(self.optimizer)
+        self.amp.update()
         for p in self.plugins:
             p.after_optimizer_step(self)
         self.ema.update(self.model)

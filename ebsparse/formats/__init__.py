@@ -7,6 +7,7 @@ from ebsparse.formats.masks import (
     magnitude_mask,
     random_mask,
 )
+from ebsparse.formats.transposable import is_transposable_2_4, transposable_2_4_mask
 from ebsparse.formats.twofour import check_2_4_mask, is_2_4_mask
 
 __all__ = [
@@ -18,4 +19,6 @@ __all__ = [
     "random_mask",
     "check_2_4_mask",
     "is_2_4_mask",
+    "transposable_2_4_mask",
+    "is_transposable_2_4",
 ]

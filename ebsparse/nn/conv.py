@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
+from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.conv import check_conv2d_args, run_conv2d
 from ebsparse.ops.inputs import Conv2dInputs
 
@@ -61,12 +62,12 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
-        key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
-        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
-        return run_conv2d(input, self.weight, self.bias, self.mask, pattern, list(self.stride), list(self.padding),
+        input, weight, bias = autocast_args("conv2d", self.backend, input, self.weight, self.bias)
+        key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
+        return run_conv2d(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding),
                           list(self.dilation), backend, self.dense_weight_grad)
 
-    def _inputs(self, input: torch.Tensor, pattern) -> Conv2dInputs:
-        geometry = check_conv2d_args(input, self.weight, self.bias, self.mask, self.stride, self.padding,
-                                     self.dilation)
-        return Conv2dInputs(input, self.weight, self.bias, self.mask, pattern, *geometry)
+    def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None) -> Conv2dInputs:
+        geometry = check_conv2d_args(input, weight, bias, self.mask, self.stride, self.padding, self.dilation)
+        return Conv2dInputs(input, weight, bias, self.mask, pattern, *geometry)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
+from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
 
 
@@ -41,10 +42,11 @@ class SparseLinear(SparsityMixin, nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
-        key = (tuple(input.shape), input.dtype, input.device, self.weight.dtype)
-        backend = self._resolved.get(key) or self._resolve(key, input, pattern)
-        return run_linear(input, self.weight, self.bias, self.mask, pattern, backend, self.dense_weight_grad)
+        input, weight, bias = autocast_args("linear", self.backend, input, self.weight, self.bias)
+        key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
+        backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
+        return run_linear(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
 
-    def _inputs(self, input: torch.Tensor, pattern):
-        check_linear_args(input, self.weight, self.bias, self.mask)
-        return linear_inputs(input, self.weight, self.bias, self.mask, pattern)
+    def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None):
+        check_linear_args(input, weight, bias, self.mask)
+        return linear_inputs(input, weight, bias, self.mask, pattern)

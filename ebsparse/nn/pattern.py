@@ -126,13 +126,14 @@ class SparsityMixin:
             missing_keys.remove(prefix + "mask")
         self.check_mask_edits("load_state_dict()")
 
-    def _resolve(self, key: tuple, input: torch.Tensor, pattern: PatternIndex) -> Backend:
+    def _resolve(self, key: tuple, input: torch.Tensor, pattern: PatternIndex, *params: torch.Tensor | None) -> Backend:
         """The backend for inputs like `input` (`key`: shape, dtypes, device), resolved once in eager
-        mode, where `self._inputs(...)` checks the arguments and makes the op's inputs object;
+        mode, where `self._inputs(input, pattern, *params)` checks the arguments (`params`: weight and
+        bias as the op runs them, e.g. cast by autocast) and makes the op's inputs object;
         under torch.compile an unseen key gets the requested backend, or dense for auto."""
         if torch.compiler.is_compiling():
             return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
-        backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern))
+        backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern, *params))
         return backend
 
     def extra_repr(self) -> str:

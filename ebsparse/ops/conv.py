@@ -11,7 +11,7 @@ import torch
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend, conv2d_output_size
 from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
-from ebsparse.ops import calls
+from ebsparse.ops import amp, calls
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern, pair)
 from ebsparse.ops.inputs import Conv2dInputs
@@ -22,13 +22,17 @@ _T = torch.Tensor
 # ---- eager: a plain autograd.Function ------------------------------------------------------------
 
 class _EagerSparseConv2d(torch.autograd.Function):
+    # Tensors arrive in the autocast dtype (ebsparse.ops.amp); the backward runs under the
+    # forward's autocast state.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, input, weight, bias, inputs: Conv2dInputs, backend: Backend):
         ctx.save_for_backward(input, weight)  # only for autograd's in-place edit check
         ctx.inputs, ctx.backend = inputs, backend
         return calls.forward(backend, inputs)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_conv2d", grad_output, input, weight)
@@ -159,7 +163,10 @@ def sparse_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     Returns:
         (N, Co, Ho, Wo). Raises TypeError/ValueError naming the bad argument before any kernel, and
         RuntimeError for a backend that cannot run or a second-order gradient (differentiable once).
+        Under `torch.autocast` it runs in the autocast dtype where a sparse kernel does
+        (`ebsparse.ops.amp`).
     """
+    input, weight, bias = amp.autocast_args("conv2d", backend, input, weight, bias)
     if torch.compiler.is_compiling():
         # Nothing can be measured while tracing: an unresolved backend means dense.
         name = backend if backend not in (None, "auto") else "dense"

@@ -14,7 +14,7 @@ import torch
 from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend
 from ebsparse.formats.index import PatternIndex, index_from_tensors, pattern_tensors
-from ebsparse.ops import calls
+from ebsparse.ops import amp, calls
 from ebsparse.ops.checks import (check_bias, check_like, check_mask, check_once_differentiable, check_tensor,
                                  checked_pattern)
 from ebsparse.ops.inputs import LinearInputs
@@ -25,13 +25,17 @@ _T = torch.Tensor
 # ---- eager: a plain autograd.Function ------------------------------------------------------------
 
 class _EagerSparseLinear(torch.autograd.Function):
+    # The tensors arrive already in the autocast dtype (ebsparse.ops.amp); the decorators make the
+    # backward run under the forward's autocast state.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, input, weight, bias, inputs: LinearInputs, backend: Backend):
         ctx.save_for_backward(input, weight)  # only for autograd's in-place edit check
         ctx.inputs, ctx.backend = inputs, backend
         return calls.forward(backend, inputs)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_linear", grad_output, input, weight)
@@ -152,8 +156,10 @@ def sparse_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     Returns:
         (*, M). Raises TypeError/ValueError naming the bad argument before any kernel runs, and
         RuntimeError if an explicitly requested backend cannot run these inputs, or when asked for
-        a second-order gradient (the op is differentiable once).
+        a second-order gradient (the op is differentiable once). Under `torch.autocast` it runs in
+        the autocast dtype where a sparse kernel does (`ebsparse.ops.amp`).
     """
+    input, weight, bias = amp.autocast_args("linear", backend, input, weight, bias)
     if torch.compiler.is_compiling():
         # Nothing can be measured while tracing: an unresolved backend means dense.
         name = backend if backend not in (None, "auto") else "dense"

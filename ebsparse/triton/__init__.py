@@ -18,6 +18,10 @@ from .csr_linear import csr_linear, csr_linear_reference
 from .csr_linear_grad_input import csr_linear_grad_input, csr_linear_grad_input_reference
 from .csr_linear_grad_weight import csr_linear_grad_weight, csr_linear_grad_weight_reference
 from .decompress_2_4 import decompress_2_4, decompress_2_4_reference
+from .twofour_conv2d_kernels import twofour_conv2d, twofour_conv2d_grad_input, twofour_conv2d_grad_weight
+from .twofour_linear_kernels import (twofour_linear, twofour_linear_grad_input, twofour_linear_grad_input_reference,
+                             twofour_linear_grad_weight, twofour_linear_grad_weight_reference,
+                             twofour_linear_reference)
 
 __all__ = [
     "unavailable_reasons",
@@ -37,4 +41,13 @@ __all__ = [
     "compress_2_4_reference",
     "decompress_2_4",
     "decompress_2_4_reference",
+    "twofour_linear",
+    "twofour_linear_reference",
+    "twofour_linear_grad_input",
+    "twofour_linear_grad_input_reference",
+    "twofour_linear_grad_weight",
+    "twofour_linear_grad_weight_reference",
+    "twofour_conv2d",
+    "twofour_conv2d_grad_input",
+    "twofour_conv2d_grad_weight",
 ]

@@ -17,6 +17,8 @@ callers see the same exception type whichever backend runs an op.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 try:
@@ -105,9 +107,49 @@ def check_index(t: torch.Tensor, name: str, numel: int, like: torch.Tensor) -> N
 
 
 def check_pattern(ptr: torch.Tensor, idx: torch.Tensor, rows: int, ptr_name: str, idx_name: str,
-                  like: torch.Tensor) -> None:
+                  like: torch.Tensor, cols: int) -> None:
+    """The pattern's tensors (csrc/cpu/checks.h's check_pattern) and, once per pattern while its
+    tensors live unmodified, its values (check_pattern_values): a kernel indexes the weight by
+    them, and on a GPU an out-of-range index is an illegal address that ends the CUDA context."""
     check_index(ptr, ptr_name, rows + 1, like)
     check_index(idx, idx_name, -1, like)
+    key = (id(ptr), ptr._version, id(idx), idx._version, cols)
+    cached = _checked_patterns.get(key)
+    if cached is not None and cached[0]() is ptr and cached[1]() is idx:
+        return
+    _check_pattern_values(ptr, idx, cols, ptr_name, idx_name)
+    if len(_checked_patterns) >= 1024:  # room for every layer's CSR and CSC; forget the oldest
+        _checked_patterns.pop(next(iter(_checked_patterns)))
+    _checked_patterns[key] = (weakref.ref(ptr), weakref.ref(idx))
+
+
+_checked_patterns: dict[tuple, tuple] = {}
+
+
+def _check_pattern_values(ptr, idx, cols, ptr_name, idx_name) -> None:
+    """ptr starts at 0, never decreases and ends at idx.numel(); within each row idx strictly
+    increases and lies in [0, cols). Checked on a host copy (one transfer per pattern)."""
+    p, v = ptr.cpu().long(), idx.cpu().long()
+    if int(p[0]) != 0 or int(p[-1]) != v.numel():
+        raise RuntimeError(f"{ptr_name}: expected to start at 0 and end at {idx_name}.numel() = {v.numel()}, "
+                           f"got {int(p[0])} and {int(p[-1])}")
+    steps = p[1:] - p[:-1]
+    if bool((steps < 0).any()):
+        r = int((steps < 0).nonzero()[0, 0])
+        raise RuntimeError(f"{ptr_name}: expected non-decreasing values, got {int(p[r])} then {int(p[r + 1])} "
+                           f"at row {r}")
+    bad = ((v < 0) | (v >= cols)).nonzero()
+    if bad.numel():
+        j = int(bad[0, 0])
+        raise RuntimeError(f"{idx_name}: expected values in [0, {cols}), got {int(v[j])} at position {j}")
+    if v.numel() > 1:
+        row_start = torch.zeros(v.numel(), dtype=torch.bool)
+        row_start[p[:-1][steps > 0]] = True
+        bad = ((v[1:] <= v[:-1]) & ~row_start[1:]).nonzero()
+        if bad.numel():
+            j = int(bad[0, 0]) + 1
+            raise RuntimeError(f"{idx_name}: expected strictly increasing values within each row (sorted, no "
+                               f"repeats), got {int(v[j - 1])} then {int(v[j])} at position {j}")
 
 
 def check_float(t: torch.Tensor, name: str) -> None:

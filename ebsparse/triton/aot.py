@@ -45,10 +45,13 @@ def compile_for(
     *,
     num_warps: int = 4,
     num_stages: int = 3,
+    divisible_by_16: tuple[str, ...] = (),
 ) -> CompiledKernel:
     """Compile `fn` (a plain function, an `ebsparse.triton._common.kernel` or a `triton.jit`
     function) for `sm_<arch>`. `signature` gives every non-constexpr argument's Triton type
-    (`"*bf16"`, `"i32"`, `"fp32"`); `constexprs` the value of every `tl.constexpr` argument."""
+    (`"*bf16"`, `"i32"`, `"fp32"`); `constexprs` the value of every `tl.constexpr` argument.
+    `divisible_by_16` names the pointer/integer arguments to compile as 16-aligned / multiples of 16,
+    as the JIT specialises them at launch when they are (what lets loads vectorise)."""
     if triton is None:
         raise RuntimeError("triton is not installed: ahead-of-time compilation needs it")
     from triton.backends.compiler import GPUTarget
@@ -65,7 +68,11 @@ def compile_for(
     if missing:
         raise ValueError(f"signature: no type for argument(s) {missing} of {jit_fn.__name__}")
     sig = {a: ("constexpr" if a in constexprs else signature[a]) for a in jit_fn.arg_names}
-    source = ASTSource(jit_fn, sig, dict(constexprs))
+    unknown = [a for a in divisible_by_16 if a not in signature]
+    if unknown:
+        raise ValueError(f"divisible_by_16: {unknown} are not non-constexpr arguments of {jit_fn.__name__}")
+    attrs = {(jit_fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in divisible_by_16}
+    source = ASTSource(jit_fn, sig, dict(constexprs), attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
     # The cache would otherwise go to ~/.triton; a test must not depend on (or fill) it.
     previous = os.environ.get("TRITON_CACHE_DIR")

@@ -90,7 +90,7 @@ def csr_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     check_same(input, weight, "input", "weight")
     ho, wo = conv_geometry(input.shape, weight.shape, stride, padding, dilation)
     co, ci, kh, kw = weight.shape
-    check_pattern(row_ptr, col_idx, co, "row_ptr", "col_idx", input)
+    check_pattern(row_ptr, col_idx, co, "row_ptr", "col_idx", input, ci * kh * kw)
     if bias is not None:
         check_same(input, bias, "input", "bias")
         if bias.dim() != 1 or bias.shape[0] != co:

@@ -63,7 +63,7 @@ def csr_conv2d_grad_input(grad_output: torch.Tensor, weight: torch.Tensor, col_p
     co, ci, kh, kw = weight.shape
     if tuple(grad_output.shape) != (input_size[0], co, ho, wo):
         raise RuntimeError(f"grad_output: expected {(input_size[0], co, ho, wo)}, got {tuple(grad_output.shape)}")
-    check_pattern(col_ptr, row_idx, ci * kh * kw, "col_ptr", "row_idx", weight)
+    check_pattern(col_ptr, row_idx, ci * kh * kw, "col_ptr", "row_idx", weight, co)
     require_available(grad_output.device, "csr_conv2d_grad_input")
     n, _, h, w = input_size
     dx = torch.empty(input_size, dtype=grad_output.dtype, device=grad_output.device)

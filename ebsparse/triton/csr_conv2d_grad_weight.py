@@ -61,7 +61,7 @@ def csr_conv2d_grad_weight(grad_output: torch.Tensor, input: torch.Tensor, row_p
     co, ci, kh, kw = weight_size
     if tuple(grad_output.shape) != (input.shape[0], co, ho, wo):
         raise RuntimeError(f"grad_output: expected {(input.shape[0], co, ho, wo)}, got {tuple(grad_output.shape)}")
-    check_pattern(row_ptr, col_idx, co, "row_ptr", "col_idx", input)
+    check_pattern(row_ptr, col_idx, co, "row_ptr", "col_idx", input, ci * kh * kw)
     require_available(input.device, "csr_conv2d_grad_weight")
     n, _, h, w = input.shape
     dw = torch.zeros(weight_size, dtype=input.dtype, device=input.device)

@@ -82,7 +82,7 @@ def csr_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         raise RuntimeError(f"input: expected (N, K), got {tuple(input.shape)}")
     if weight.dim() != 2 or weight.shape[1] != input.shape[1]:
         raise RuntimeError(f"weight: expected (M, {input.shape[1]}), got {tuple(weight.shape)}")
-    check_pattern(row_ptr, col_idx, weight.shape[0], "row_ptr", "col_idx", input)
+    check_pattern(row_ptr, col_idx, weight.shape[0], "row_ptr", "col_idx", input, weight.shape[1])
     if bias is not None:
         check_same(input, bias, "input", "bias")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:

@@ -25,7 +25,7 @@ def csr_linear_grad_input(grad_output: torch.Tensor, weight: torch.Tensor, col_p
     if grad_output.dim() != 2 or weight.dim() != 2 or grad_output.shape[1] != weight.shape[0]:
         rows = weight.shape[0] if weight.dim() >= 1 else "M"
         raise RuntimeError(f"grad_output: expected (N, {rows}), got {tuple(grad_output.shape)}")
-    check_pattern(col_ptr, row_idx, weight.shape[1], "col_ptr", "row_idx", weight)
+    check_pattern(col_ptr, row_idx, weight.shape[1], "col_ptr", "row_idx", weight, weight.shape[0])
     require_available(grad_output.device, "csr_linear_grad_input")
     k = weight.shape[1]
     return row_gather_spmm(grad_output.contiguous(), weight.contiguous(), None, col_ptr, row_idx, k,

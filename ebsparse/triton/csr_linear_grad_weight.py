@@ -51,7 +51,7 @@ def csr_linear_grad_weight(grad_output: torch.Tensor, input: torch.Tensor, row_p
     if grad_output.dim() != 2 or input.dim() != 2 or grad_output.shape[0] != input.shape[0]:
         rows = grad_output.shape[0] if grad_output.dim() >= 1 else "N"
         raise RuntimeError(f"input: expected ({rows}, K), got {tuple(input.shape)}")
-    check_pattern(row_ptr, col_idx, grad_output.shape[1], "row_ptr", "col_idx", input)
+    check_pattern(row_ptr, col_idx, grad_output.shape[1], "row_ptr", "col_idx", input, input.shape[1])
     require_available(input.device, "csr_linear_grad_weight")
     n, k = input.shape
     m = grad_output.shape[1]

@@ -32,7 +32,10 @@ def test_unavailable_rows_carry_reasons():
     triton_bf16 = [r for r in rows if r["backend"] == "triton" and r["dtype"] == "bfloat16"
                    and r["op"] in ("linear", "conv2d")]
     assert {r["op"] for r in triton_bf16} == {"linear", "conv2d"}
-    assert all("bfloat16" in " ".join(r["reasons"]) for r in triton_bf16)
+    assert not any("bfloat16" in " ".join(r["reasons"]) for r in triton_bf16)  # it has bf16 kernels
+    sparse_tc_fp32 = [r for r in rows if r["backend"] == "semi_structured" and r["dtype"] == "float32"
+                      and r["op"] == "linear"]
+    assert sparse_tc_fp32 and all("float32" in " ".join(r["reasons"]) for r in sparse_tc_fp32)
 
 
 def test_missing_op_is_a_reason():

@@ -6,10 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ebsparse.ops import sparse_conv2d, sparse_conv2d_reference
-from tests.ops.helpers import backend_params, runs_on, tolerance
+from tests.ops.helpers import DEVICE, backend_params, runs_on, tolerance
 
 CPU = torch.device("cpu")
 BACKENDS = backend_params("conv2d", CPU, torch.float32)
+# The reference checks also run on the test device (CUDA where present: tools/gpu_check.sh).
+DEVICE_BACKENDS = backend_params("conv2d", DEVICE, torch.float32)
 
 
 def _interpreted() -> bool:
@@ -18,36 +20,36 @@ def _interpreted() -> bool:
 
 
 def _check(backend, n, ci, co, h, w, k, stride, padding, dilation, density, dtype, seed, bias,
-           channels_last=False):
+           channels_last=False, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     x64 = torch.randn(n, ci, h, w, generator=g, dtype=torch.float64)
     w64 = torch.randn(co, ci, k[0], k[1], generator=g, dtype=torch.float64)
     b64 = torch.randn(co, generator=g, dtype=torch.float64) if bias else None
     mask = torch.rand(co, ci, k[0], k[1], generator=g) < density
-    x = x64.to(dtype)
+    x = x64.to(dtype).to(device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
-    wt = w64.to(dtype).requires_grad_()
-    b = b64.to(dtype).requires_grad_() if bias else None
+    wt = w64.to(dtype).to(device).requires_grad_()
+    b = b64.to(dtype).to(device).requires_grad_() if bias else None
     with runs_on(backend, "conv2d", ("forward", "backward")):
-        y = sparse_conv2d(x, wt, b, mask, stride, padding, dilation, backend=backend)
+        y = sparse_conv2d(x, wt, b, mask.to(device), stride, padding, dilation, backend=backend)
         grad = torch.randn_like(y)
         y.backward(grad)
     xr, wr = x64.detach().clone().requires_grad_(), w64.detach().clone().requires_grad_()
     br = b64.detach().clone().requires_grad_() if bias else None
     yr = sparse_conv2d_reference(xr, wr, br, mask, stride, padding, dilation)
-    yr.backward(grad.double())
+    yr.backward(grad.double().cpu())
     fan = (ci * k[0] * k[1]) ** 0.5 * 3
-    torch.testing.assert_close(y.double(), yr, **tolerance(dtype, fan))
-    torch.testing.assert_close(x.grad.double(), xr.grad, **tolerance(dtype, (co * k[0] * k[1]) ** 0.5 * 3))
-    torch.testing.assert_close(wt.grad.double(), wr.grad, **tolerance(dtype, (n * h * w) ** 0.5 * 3))
-    assert not wt.grad[~mask].any(), "grad-weight must be zero outside the pattern"
+    torch.testing.assert_close(y.double().cpu(), yr, **tolerance(dtype, fan))
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, **tolerance(dtype, (co * k[0] * k[1]) ** 0.5 * 3))
+    torch.testing.assert_close(wt.grad.double().cpu(), wr.grad, **tolerance(dtype, (n * h * w) ** 0.5 * 3))
+    assert not wt.grad.cpu()[~mask].any(), "grad-weight must be zero outside the pattern"
     if bias:
-        torch.testing.assert_close(b.grad.double(), br.grad, **tolerance(dtype, (n * h * w) ** 0.5 * 3))
+        torch.testing.assert_close(b.grad.double().cpu(), br.grad, **tolerance(dtype, (n * h * w) ** 0.5 * 3))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 @given(n=st.integers(1, 3), ci=st.integers(1, 9), co=st.integers(1, 9), h=st.integers(1, 13),
        w=st.integers(1, 13), k=st.sampled_from([(1, 1), (3, 3), (5, 5), (1, 3), (3, 2)]),
        stride=st.sampled_from([1, 2, (1, 2)]), padding=st.sampled_from([0, 1, 2, (1, 0)]),
@@ -64,7 +66,7 @@ def test_matches_reference(backend, n, ci, co, h, w, k, stride, padding, dilatio
     _check(backend, n, ci, co, h, w, k, stride, padding, dilation, density, dtype, seed, bias)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("shape", [
     # n, ci, co, h, w, k, stride, padding, dilation, density
     (2, 32, 48, 16, 16, (3, 3), 1, 1, 1, 0.1),
@@ -78,7 +80,7 @@ def test_larger_shapes(backend, shape):
     _check(backend, *shape, torch.float32, 0, True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 def test_channels_last_input(backend):
     _check(backend, 2, 8, 6, 7, 9, (3, 3), 1, 1, 1, 0.4, torch.float32, 5, True, channels_last=True)
 

@@ -7,10 +7,12 @@ from hypothesis import strategies as st
 
 from ebsparse.formats import build_index
 from ebsparse.ops import sparse_linear, sparse_linear_reference
-from tests.ops.helpers import backend_params, runs_on, tolerance
+from tests.ops.helpers import DEVICE, backend_params, runs_on, tolerance
 
 CPU = torch.device("cpu")
 BACKENDS = backend_params("linear", CPU, torch.float32)
+# The reference checks also run on the test device (CUDA where present: tools/gpu_check.sh).
+DEVICE_BACKENDS = backend_params("linear", DEVICE, torch.float32)
 
 
 def _case(n, k, m, density, dtype, seed, bias):
@@ -22,32 +24,32 @@ def _case(n, k, m, density, dtype, seed, bias):
     return x, w, b, mask
 
 
-def _check(backend, n, k, m, density, dtype, seed, bias, transpose_input=False):
+def _check(backend, n, k, m, density, dtype, seed, bias, transpose_input=False, device=DEVICE):
     x64, w64, b64, mask = _case(n, k, m, density, dtype, seed, bias)
-    x = x64.to(dtype).requires_grad_()
+    x = x64.to(dtype).to(device).requires_grad_()
     if transpose_input:  # a non-contiguous view with the same values
-        x = x64.to(dtype).t().contiguous().t().requires_grad_()
-    w = w64.to(dtype).requires_grad_()
-    b = b64.to(dtype).requires_grad_() if bias else None
+        x = x64.to(dtype).to(device).t().contiguous().t().requires_grad_()
+    w = w64.to(dtype).to(device).requires_grad_()
+    b = b64.to(dtype).to(device).requires_grad_() if bias else None
     with runs_on(backend, "linear", ("forward", "backward")):
-        y = sparse_linear(x, w, b, mask, backend=backend)
+        y = sparse_linear(x, w, b, mask.to(device), backend=backend)
         grad = torch.randn_like(y)
         y.backward(grad)
 
     xr, wr = x64.detach().clone().requires_grad_(), w64.detach().clone().requires_grad_()
     br = b64.detach().clone().requires_grad_() if bias else None
     yr = sparse_linear_reference(xr, wr, br, mask)
-    yr.backward(grad.double())
+    yr.backward(grad.double().cpu())
     tol = tolerance(dtype, k ** 0.5 * 3)
-    torch.testing.assert_close(y.double(), yr, **tol)
-    torch.testing.assert_close(x.grad.double(), xr.grad, **tolerance(dtype, m ** 0.5 * 3))
-    torch.testing.assert_close(w.grad.double(), wr.grad, **tolerance(dtype, n ** 0.5 * 3))
-    assert not w.grad[~mask].any(), "grad-weight must be zero outside the pattern"
+    torch.testing.assert_close(y.double().cpu(), yr, **tol)
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, **tolerance(dtype, m ** 0.5 * 3))
+    torch.testing.assert_close(w.grad.double().cpu(), wr.grad, **tolerance(dtype, n ** 0.5 * 3))
+    assert not w.grad.cpu()[~mask].any(), "grad-weight must be zero outside the pattern"
     if bias:
-        torch.testing.assert_close(b.grad.double(), br.grad, **tolerance(dtype, n ** 0.5 * 3))
+        torch.testing.assert_close(b.grad.double().cpu(), br.grad, **tolerance(dtype, n ** 0.5 * 3))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 @given(n=st.integers(1, 40), k=st.integers(1, 70), m=st.integers(1, 50),
        density=st.sampled_from([0.0, 0.05, 0.1, 0.5, 0.9, 1.0]) | st.floats(0, 1),
        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16), bias=st.booleans())
@@ -55,13 +57,13 @@ def test_matches_reference(backend, n, k, m, density, dtype, seed, bias):
     _check(backend, n, k, m, density, dtype, seed, bias)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("n,k,m,density", [(64, 256, 96, 0.1), (33, 1000, 17, 0.05), (128, 64, 128, 0.5)])
 def test_larger_shapes(backend, n, k, m, density):
     _check(backend, n, k, m, density, torch.float32, 0, True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 def test_non_contiguous_input(backend):
     _check(backend, 9, 13, 11, 0.4, torch.float32, 3, True, transpose_input=True)
 

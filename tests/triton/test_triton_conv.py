@@ -112,3 +112,21 @@ def test_conv_argument_errors_name_the_argument(call, match):
     p = conv_problem(GEOMETRIES[1], 0.5, torch.float64)
     with pytest.raises(RuntimeError, match=match):
         call(p)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=str)
+def test_conv_half_dtypes_accumulate_in_float32(geometry, dtype):
+    p = conv_problem(geometry, 0.4, dtype)
+    stride, padding, dilation = p["geo"]
+    x, dy, masked = p["x"], p["dy"], p["masked"].float()
+    eps = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}[dtype]
+    tol = dict(rtol=4 * eps, atol=4 * eps * max(1.0, masked[0].numel() ** 0.5))
+    y = tk.csr_conv2d(x, p["weight"], p["bias"], p["rp"], p["ci"], stride, padding, dilation)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), torch.nn.functional.conv2d(x.float(), masked, p["bias"].float(), stride,
+                                                                     padding, dilation), **tol)
+    dw = tk.csr_conv2d_grad_weight(dy, x, p["rp"], p["ci"], list(masked.shape), stride, padding, dilation)
+    full = torch.nn.grad.conv2d_weight(x.float(), list(masked.shape), dy.float(), stride, padding, dilation)
+    torch.testing.assert_close(dw.float(), torch.where(p["mask"], full, 0.0),
+                               rtol=4 * eps, atol=4 * eps * max(1.0, dy[:, 0].numel() ** 0.5))

@@ -2,7 +2,8 @@
 
 On a machine without a GPU they run under the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), so the shapes are small. Odd sizes, empty rows, density 0 and 1, float32 and
-float64; weight entries outside the pattern are NaN, so reading one would show.
+float64 (bfloat16 and float16 against float32 math); weight entries outside the pattern are NaN, so
+reading one would show.
 """
 
 from __future__ import annotations
@@ -184,3 +185,48 @@ def test_unavailable_reasons():
     assert tk.unavailable_reasons(DEVICE) == []
     reasons = tk.unavailable_reasons("meta")
     assert reasons and "meta" in reasons[0]
+
+
+HALF_EPS = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
+
+
+@pytest.mark.parametrize("dtype", list(HALF_EPS), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_linear_half_dtypes_accumulate_in_float32(shape, dtype):
+    n, k, m = shape
+    mask, dense, weight, x, dy, bias, row_ptr, col_idx, col_ptr, row_idx = problem(n, k, m, 0.4, dtype)
+    masked = torch.where(mask, dense, torch.zeros((), dtype=dtype, device=DEVICE)).float()
+    eps = HALF_EPS[dtype]
+
+    def close(actual, expected, fan):
+        assert actual.dtype == dtype
+        torch.testing.assert_close(actual.float(), expected, rtol=4 * eps, atol=4 * eps * max(1.0, fan ** 0.5))
+
+    close(tk.csr_linear(x, weight, bias, row_ptr, col_idx), x.float() @ masked.T + bias.float(), k)
+    close(tk.csr_linear_grad_input(dy, weight, col_ptr, row_idx), dy.float() @ masked, m)
+    dw = tk.csr_linear_grad_weight(dy, x, row_ptr, col_idx)
+    close(dw, torch.where(mask, dy.float().T @ x.float(), 0.0), n)
+    assert not dw[~mask].any()
+
+
+def test_malformed_patterns_are_refused_before_any_launch():
+    """On a GPU an out-of-range index would be an illegal address that ends the CUDA context: the
+    values are checked on the host first (once per pattern)."""
+    mask, dense, weight, x, dy, bias, row_ptr, col_idx, col_ptr, row_idx = problem(4, 8, 3, 1.0, torch.float32)
+    bad_idx = col_idx.clone()
+    bad_idx[5] = 8  # out of range
+    with pytest.raises(RuntimeError, match=r"col_idx: expected values in \[0, 8\), got 8 at position 5"):
+        tk.csr_linear(x, weight, None, row_ptr, bad_idx)
+    unsorted = col_idx.clone()
+    unsorted[1], unsorted[2] = col_idx[2], col_idx[1]
+    with pytest.raises(RuntimeError, match="col_idx: expected strictly increasing"):
+        tk.csr_linear_grad_weight(dy, x, row_ptr, unsorted)
+    bad_ptr = row_ptr.clone()
+    bad_ptr[1], bad_ptr[2] = row_ptr[2], row_ptr[1]
+    with pytest.raises(RuntimeError, match="row_ptr: expected non-decreasing"):
+        tk.csr_linear(x, weight, None, bad_ptr, col_idx)
+    short = col_ptr.clone()
+    short[-1] -= 1
+    with pytest.raises(RuntimeError, match="col_ptr: expected to start at 0 and end at row_idx.numel()"):
+        tk.csr_linear_grad_input(dy, weight, short, row_idx)
+    tk.csr_linear(x, weight, None, row_ptr, col_idx)  # the well-formed pattern still runs

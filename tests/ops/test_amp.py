@@ -1,0 +1,94 @@
+"""Sparse layers under torch.autocast (ebsparse.ops.amp): on CUDA they run in the autocast dtype
+(sparse kernels in bf16/fp16); on the CPU they keep their dtype and run the fp32 sparse kernels
+unless a backend that runs the autocast dtype is named. The CUDA policy is checked here with the
+Triton interpreter standing in for the GPU where it can, and by faking CUDA's autocast state."""
+
+import pytest
+import torch
+
+from ebsparse.nn import SparseLinear
+from ebsparse.ops import amp, sparse_conv2d, sparse_linear, sparse_linear_reference
+from tests.ops.helpers import runs_on, usable_backends
+
+CPU = torch.device("cpu")
+
+
+def _layer(seed=0):
+    torch.manual_seed(seed)
+    return SparseLinear(16, 12, pattern="2:4")
+
+
+def test_cpu_autocast_keeps_float32_and_the_sparse_kernels_under_auto():
+    sparse = [b for b in usable_backends("linear", CPU, torch.float32) if b not in ("dense", "triton")]
+    if not sparse:
+        pytest.skip("no CPU sparse backend built here")
+    x = torch.randn(8, 16)
+    w = torch.randn(12, 16)
+    mask = torch.rand(12, 16) < 0.3
+    with torch.autocast("cpu", torch.bfloat16):
+        assert amp.autocast_dtype(CPU, "linear", None) is None
+        y = sparse_linear(x, w, None, mask, backend=sparse[0])
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16  # autocast is on
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, sparse_linear_reference(x, w, None, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_autocast_runs_bf16_on_a_named_backend_that_has_it():
+    layer = _layer()
+    x = torch.randn(5, 16)
+    with torch.autocast("cpu", torch.bfloat16):
+        with runs_on("dense", "linear"):
+            layer.backend = "dense"
+            y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32  # the master weight's gradient
+    assert not layer.weight.grad[~layer.mask].any()
+
+
+@pytest.mark.skipif("triton" not in usable_backends("linear", CPU, torch.bfloat16),
+                    reason="the Triton backend cannot run here (interpreter off)")
+def test_autocast_bf16_module_runs_the_2_4_tensor_core_kernels(monkeypatch):
+    import ebsparse.triton as kernels
+
+    calls = []
+    for name in ("twofour_linear", "twofour_linear_grad_input", "twofour_linear_grad_weight"):
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _fn=fn, _n=name, **k: calls.append((_n, a[0].dtype)) or _fn(*a, **k))
+    layer = _layer()
+    layer.backend = "triton"
+    x = torch.randn(7, 16, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16), runs_on("triton", "linear", ("forward", "backward")):
+        y = layer(x)
+        y.float().pow(2).sum().backward()
+    assert y.dtype == torch.bfloat16
+    assert {n for n, _ in calls} == {"twofour_linear", "twofour_linear_grad_input", "twofour_linear_grad_weight"}
+    assert {d for _, d in calls} == {torch.bfloat16}
+    assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    ref = sparse_linear_reference(x.detach().double(), layer.weight.detach().double(), layer.bias.detach().double(),
+                                  layer.mask)
+    torch.testing.assert_close(y.double(), ref, atol=0.1, rtol=0.05)
+
+
+def test_cuda_autocast_policy_casts_to_the_autocast_dtype(monkeypatch):
+    """On CUDA every backend is asked for the autocast dtype (no GPU here: CUDA's autocast state is
+    faked; the cast itself is device-independent)."""
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert amp.autocast_dtype(torch.device("cuda"), "linear", None) is torch.bfloat16
+    assert amp.autocast_dtype(torch.device("cuda"), "conv2d", "auto") is torch.bfloat16
+    assert amp.autocast_dtype(CPU, "linear", None) is None  # CPU autocast is off
+    x, w, b = torch.randn(2, 4), torch.randn(3, 4, dtype=torch.float16), torch.randn(3, dtype=torch.float64)
+    cx, cw, cb = amp.cast(torch.bfloat16, x, w, b)
+    assert (cx.dtype, cw.dtype, cb.dtype) == (torch.bfloat16, torch.bfloat16, torch.float64)
+
+
+def test_autocast_conv_on_named_dense_backend():
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(8, 4, 3, 3)
+    mask = torch.rand(8, 4, 3, 3) < 0.5
+    with torch.autocast("cpu", torch.bfloat16), runs_on("dense", "conv2d"):
+        y = sparse_conv2d(x, w, None, mask, 1, 1, backend="dense")
+    assert y.dtype == torch.bfloat16
+
