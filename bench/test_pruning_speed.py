@@ -10,8 +10,8 @@ and grad-weight) with the papers' counter.
 
 Run: ``pytest bench/test_pruning_speed.py --benchmark`` (bench/settings.py lists the environment
 variables). Every row is timed alternately with the contiguous dense step of the same family
-(minimum of 5 rounds each) and its speed-up is against that paired dense time; channels_last dense
-is a row of its own.
+(minimum of 9 rounds each; the notes give the rounds and both medians, so the spread shows) and
+its speed-up is against that paired dense time; channels_last dense is a row of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.timing import paired
 
 BATCH = settings.UNET_BATCH
 RATIOS = [0.0, 0.3, 0.5]
-ROUNDS = 5
+ROUNDS = 9
 MODELS = ["ebsparse", "diffusers"]
 
 

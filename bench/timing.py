@@ -12,6 +12,7 @@ provider minimum) go into `benchmark.extra_info` and into `ROWS` for the summary
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -64,7 +65,11 @@ def paired(benchmark, step, baseline, *, group: str, provider: str, rounds: int,
     if benchmark.stats is None:
         return None
     seconds = benchmark.stats.stats.min
-    row = Row(group, provider, seconds, baseline_name, min(baseline_times[-rounds:]), gflop, dict(extra or {}))
+    # The spread says how far a row's minimum can be trusted: median over minimum, for both sides.
+    spread = {"rounds": rounds, "median_ms": 1e3 * benchmark.stats.stats.median,
+              "baseline_median_ms": 1e3 * statistics.median(baseline_times[-rounds:])}
+    row = Row(group, provider, seconds, baseline_name, min(baseline_times[-rounds:]), gflop,
+              {**spread, **(extra or {})})
     benchmark.extra_info.update(
         provider=provider, baseline=baseline_name, baseline_min_s=row.baseline_seconds,
         speedup_vs_baseline=row.speedup, useful_gflop=gflop,

@@ -32,4 +32,12 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("decompress_2_4(Tensor values, Tensor meta) -> Tensor");
   // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
   m.def("cpu_capability() -> str");
+  // silu(group_norm(input)) fused (CPU): (output, mean (N, G), rstd (N, G)); its backward returns
+  // (grad_input, grad_weight (C,), grad_bias (C,)).
+  m.def("fused_group_norm_silu(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fused_group_norm_silu_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor rstd, int num_groups, "
+      "Tensor? weight, Tensor? bias) -> (Tensor, Tensor, Tensor)");
+  // [layouts held, layouts built] by the CPU pattern caches of the process (cpu/pattern_cache.h).
+  m.def("cpu_pattern_cache_stats() -> int[]");
 }

@@ -9,8 +9,8 @@ namespace ebsparse {
 
 void check_pattern_values(const at::Tensor& ptr, const at::Tensor& idx, int64_t cols, const char* ptr_name,
                           const char* idx_name) {
-  // Room for the patterns of every sparse layer of a model (two per layer: CSR and CSC).
-  static PatternCache<bool> passed(1024);
+  // One verdict per pattern (CSR or CSC) and column count.
+  static PatternCache<bool> passed(2);
   passed.get(ptr, idx, {cols}, [&] {
     // A CUDA pattern is checked on a host copy: one transfer per pattern, not one per call.
     const at::Tensor ptr_host = ptr.cpu(), idx_host = idx.cpu();

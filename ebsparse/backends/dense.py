@@ -8,6 +8,8 @@ hold, as on the sparse backends that never read them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -36,7 +38,7 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4"})
+    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4", "group_norm_silu"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -56,6 +58,25 @@ class DenseBackend(Backend):
             grad_output, inputs.input, _masked_weight(inputs), None, inputs.stride, inputs.padding,
             inputs.dilation, False, [0, 0], 1, [input_grad, weight_grad, False])
         return grad_input, _masked_grad(inputs, grad_weight) if weight_grad else None
+
+    def group_norm_silu_forward(self, inputs):
+        x = inputs.input
+        n, c = x.shape[:2]
+        normed, mean, rstd = torch.ops.aten.native_group_norm(x, inputs.weight, inputs.bias, n, c,
+                                                              math.prod(x.shape[2:]), inputs.num_groups,
+                                                              inputs.eps)
+        inputs.state.update(normed=normed, mean=mean, rstd=rstd)
+        return F.silu(normed)
+
+    def group_norm_silu_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_weight, grad_bias) or None); None for a gradient not asked for."""
+        x, s = inputs.input, inputs.state
+        n, c = x.shape[:2]
+        dz = torch.ops.aten.silu_backward(grad_output, s["normed"])
+        grad_input, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+            dz, x, s["mean"], s["rstd"], inputs.weight, n, c, math.prod(x.shape[2:]), inputs.num_groups,
+            [input_grad, weight_grad and inputs.weight is not None, weight_grad and inputs.bias is not None])
+        return grad_input if input_grad else None, (grad_weight, grad_bias) if weight_grad else None
 
     def prune_2_4(self, rows):
         return magnitude_2_4_rows(rows)

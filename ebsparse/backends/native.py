@@ -16,7 +16,7 @@ _NATIVE_DTYPES = (torch.float32, torch.float64)
 _CUDA_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d",
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
-              "decompress_2_4": "ebsparse::decompress_2_4"}
+              "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -83,6 +83,21 @@ class NativeBackend(Backend):
             grad_weight = torch.ops.ebsparse.csr_conv2d_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx,
                                                                     list(inputs.weight.shape), *geometry)
         return grad_input, grad_weight
+
+    def group_norm_silu_forward(self, inputs):
+        y, mean, rstd = torch.ops.ebsparse.fused_group_norm_silu(inputs.input, inputs.num_groups, inputs.weight,
+                                                                 inputs.bias, inputs.eps)
+        inputs.state.update(mean=mean, rstd=rstd)
+        return y
+
+    def group_norm_silu_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_weight, grad_bias) or None), one fused pass (csrc/cpu/norm/)."""
+        s = inputs.state
+        grad_input, grad_weight, grad_bias = torch.ops.ebsparse.fused_group_norm_silu_backward(
+            grad_output, inputs.input, s["mean"], s["rstd"], inputs.num_groups, inputs.weight, inputs.bias)
+        weight_grads = (grad_weight if inputs.weight is not None else None,
+                        grad_bias if inputs.bias is not None else None)
+        return grad_input if input_grad else None, weight_grads if weight_grad else None
 
     def prune_2_4(self, rows):
         return torch.ops.ebsparse.prune_2_4(rows)

@@ -196,6 +196,8 @@ class Trainer:
         # training time of the run before this process (from the checkpoint) and when fit() started
         self._elapsed_before, self._fit_started = 0.0, None
         self.step_seconds = 0.0
+        # this process's training steps and their summed step_seconds: its own measured throughput
+        self.timed_steps, self.timed_seconds = 0, 0.0
         for p in self.plugins:
             p.attach(self)
 
@@ -263,6 +265,13 @@ class Trainer:
             if p.name not in meta.get("plugins", {}):
                 raise ValueError(f"cannot resume: the checkpoint holds no state for plugin {p.name!r}")
             p.load_state_tensors(part(f"plugin/{p.name}/"), meta["plugins"][p.name])
+
+    def images_per_s(self) -> float | None:
+        """Images per second of this process's training steps (`train_step` as a whole: data,
+        forward, backward, optimizer, EMA and plugin hooks; no sampling or checkpoints)."""
+        if not self.timed_steps:
+            return None
+        return self.timed_steps * self.config.training.batch_size / self.timed_seconds
 
     def elapsed_s(self) -> float:
         """Seconds of training of this run so far, earlier processes of a resumed run included."""
@@ -340,6 +349,8 @@ class Trainer:
         self.step += 1
         stats = {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
         self.step_seconds = time.perf_counter() - t0
+        self.timed_steps += 1
+        self.timed_seconds += self.step_seconds
         for p in self.plugins:
             p.after_step(self, stats)
         return stats

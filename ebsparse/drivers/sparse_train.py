@@ -26,7 +26,8 @@ from ..s2s.trainer_plugin import SparsityPlugin
 
 __all__ = ["run_sparse_train", "summary_row", "summary_table", "measure_step_speedup"]
 
-COLUMNS = ("method", "sparsity", "FID", "params", "params (rel.)", "train FLOPs", "test FLOPs", "step speed-up")
+COLUMNS = ("method", "sparsity", "FID", "params", "params (rel.)", "train FLOPs", "test FLOPs", "images/s",
+           "step speed-up")
 
 
 def _example_inputs(model_spec: dict[str, Any], batch: int, device: str | torch.device = "cpu") -> tuple:
@@ -83,6 +84,7 @@ def summary_row(trainer: Trainer, plugin: SparsityPlugin, fid: float | None, tim
         "params": params, "params (rel.)": params / dense_params,
         "train FLOPs": report.train_ratio(sp.method, sp.config.update_every),
         "test FLOPs": report.test_ratio,
+        "images/s": trainer.images_per_s(),
         "step speed-up": None if timing is None else timing["speedup"],
         "dense params": dense_params, "dense forward FLOPs": report.dense_forward,
         "sparse forward FLOPs": report.sparse_forward, "kept weights": sp.kept, "sparsified weights": sp.total,
@@ -98,6 +100,8 @@ def _fmt(key: str, value: Any) -> str:
         return f"{value / 1e6:.3f}M"
     if key == "step speed-up":
         return f"{value:.2f}x"
+    if key == "images/s":
+        return f"{value:.1f}"
     if key == "sparsity":
         return f"{value:g}"
     if key == "FID":
@@ -117,7 +121,15 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def summary_notes(rows: list[dict[str, Any]], steps: int) -> str:
     """What the table's columns mean, and a warning for a run whose masks never changed."""
     notes = ["`params (rel.)`, `train FLOPs` and `test FLOPs` are relative to the dense model (1.0 = dense), "
-             "as in the papers' Tables 1-2; `step speed-up` is the measured dense over sparse training-step time."]
+             "as in the papers' Tables 1-2.",
+             "`images/s` is this run's own training throughput: every `Trainer.train_step` of this process "
+             "(data, forward, backward, clipping, optimizer, mask re-application, EMA, mask updates), "
+             "without sampling and checkpoints.",
+             "`step speed-up` is measured after training on one batch: forward + backward of this run's sparse "
+             "model against a freshly built dense model, interleaved, minimum of 5 calls each; it leaves out "
+             "the optimizer, EMA and data, which the dense and sparse runs pay alike "
+             "(`pytest bench/test_train_iteration.py --benchmark` times whole iterations, dense and sparse "
+             "interleaved)."]
     for row in rows:
         if row.get("method") != "static" and row.get("mask updates") == 0:
             notes.append(f"{row['method']}: the masks were never updated in this run's {steps} steps "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
+from ..nn.norm import norm_silu
 
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
 
@@ -144,7 +145,9 @@ class Downsample(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """norm1 → swish → conv1 → +temb_proj(swish(temb)) → norm2 → swish → dropout → conv2, + shortcut."""
+    """norm1 → swish → conv1 → +temb_proj(swish(temb)) → norm2 → swish → dropout → conv2, + shortcut.
+
+    Each norm → swish pair is one fused op on the CPU (`ebsparse.nn.norm.norm_silu`)."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float, groups: int):
         super().__init__()
@@ -160,9 +163,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv1(norm_silu(self.norm1, x))
         h = h + self.temb_proj(_swish(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(_swish(self.norm2(h))))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
         # Decided by structure, not by widths: channel pruning may make the two widths equal
         # while the block still has (and needs) its 1x1 shortcut.
         if hasattr(self, "nin_shortcut"):
@@ -304,4 +307,4 @@ class DDPMUNet(nn.Module):
             if i_level != 0:
                 h = level.upsample(h)
 
-        return self.conv_out(_swish(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -29,3 +29,9 @@ def prune_2_4_reference(weight: torch.Tensor) -> torch.Tensor:
     """Mask of the 2 largest |w| in every 4 consecutive along the input dim (ties: lower index)."""
     check_2_4_shape(weight.shape)
     return from_rows_view(magnitude_2_4_rows(rows_view(weight)), weight.shape)
+
+
+def group_norm_silu_reference(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
+                              bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+    """silu(group_norm(input)), ATen's two ops."""
+    return F.silu(F.group_norm(input, num_groups, weight, bias, eps))

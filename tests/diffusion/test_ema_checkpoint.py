@@ -86,3 +86,26 @@ def test_truncated_file_and_bad_paths_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "foreign.safetensors")
     with pytest.raises(ValueError, match=".safetensors"):
         save_checkpoint(tmp_path / "c.pt", {}, {})
+
+
+def test_buffers_are_copied_when_they_change_and_only_then():
+    """A bool buffer (a sparse layer's mask) is copied into the shadow after in-place edits and after
+    being replaced, and not read again while unchanged; other buffers are copied on every update
+    (BatchNorm updates its running statistics without a version bump)."""
+    m = torch.nn.BatchNorm1d(3)
+    m.register_buffer("mask", torch.ones(3, dtype=torch.bool))
+    ema = EMA(m, rate=0.5)
+    ema.update(m)
+    m(torch.randn(4, 3))
+    m.mask.data[0] = False  # bypasses the version counter: not seen, as documented for masks
+    ema.update(m)
+    assert torch.equal(ema.shadow["running_mean"], m.running_mean)
+    assert ema.shadow["mask"].all()
+    m(torch.randn(4, 3))  # running statistics move without a version bump: still copied
+    m.mask[1] = False  # in place: seen
+    ema.update(m)
+    assert torch.equal(ema.shadow["running_mean"], m.running_mean)
+    assert torch.equal(ema.shadow["mask"], torch.tensor([False, False, True]))
+    m.mask = torch.zeros(3, dtype=torch.bool)  # replaced: seen
+    ema.update(m)
+    assert not ema.shadow["mask"].any()

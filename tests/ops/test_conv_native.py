@@ -269,3 +269,45 @@ def test_tap_groups_match_reference(n, ci, co, h, w, kh, kw, padding, dilation, 
     expected_dw = torch.nn.grad.conv2d_weight(x, wt.shape, dy, 1, padding, dilation) * mask
     torch.testing.assert_close(ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo),
                                expected_dw, atol=1e-4, rtol=1e-4)
+
+
+def _cache_stats():
+    held, built = torch.ops.ebsparse.cpu_pattern_cache_stats()
+    return held, built
+
+
+def test_packs_of_more_layers_than_a_global_lru_held_are_all_kept():
+    """A model cycling through ~300 patterns (three packs per layer and step, as a U-Net's ~90 sparse
+    convs do) builds each pack once: the second cycle builds nothing (a global LRU of 256 missed on
+    every call of such a cycle and rebuilt every pack)."""
+    x, dy = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    indices = [build_index(torch.rand(4, 4, 3, 3) < 0.5) for _ in range(100)]
+    w = torch.randn(4, 4, 3, 3)
+
+    def cycle():
+        for index in indices:
+            rp, ci, cp, ri = index.tensors()
+            torch.ops.ebsparse.csr_conv2d(x, w, None, rp, ci, ONE, ONE, ONE)
+            torch.ops.ebsparse.csr_conv2d_grad_input(dy, w, cp, ri, list(x.shape), ONE, ONE, ONE)
+            torch.ops.ebsparse.csr_conv2d_grad_weight(dy, x, rp, ci, list(w.shape), ONE, ONE, ONE)
+
+    cycle()
+    _, built = _cache_stats()
+    cycle()
+    assert _cache_stats()[1] == built
+
+
+def test_packs_of_dead_patterns_are_purged():
+    """Entries whose index tensors died are removed (at the next build), not kept until evicted."""
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 4, 3, 3)
+    first = build_index(torch.rand(4, 4, 3, 3) < 0.5)
+    torch.ops.ebsparse.csr_conv2d(x, w, None, first.row_ptr, first.col_idx, ONE, ONE, ONE)  # purges earlier tests'
+    held_before, _ = _cache_stats()
+    indices = [build_index(torch.rand(4, 4, 3, 3) < 0.5) for _ in range(50)]
+    for index in indices:
+        torch.ops.ebsparse.csr_conv2d(x, w, None, index.row_ptr, index.col_idx, ONE, ONE, ONE)
+    assert _cache_stats()[0] >= held_before + 50
+    del indices, index
+    fresh = build_index(torch.rand(4, 4, 3, 3) < 0.5)
+    torch.ops.ebsparse.csr_conv2d(x, w, None, fresh.row_ptr, fresh.col_idx, ONE, ONE, ONE)
+    assert _cache_stats()[0] <= held_before + 2  # the fresh pattern's pack and its values check

@@ -25,9 +25,9 @@ def test_train_writes_summary(tmp_path, capsys, method):
         args += ["--set", kv]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| method | sparsity | FID | params | params (rel.) | train FLOPs | test FLOPs | step speed-up |" in out
+    assert "| method | sparsity | FID | params | params (rel.) | train FLOPs | test FLOPs | images/s | step speed-up |" in out
     row = json.loads((tmp_path / "sparsity_summary.json").read_text())
-    assert row["method"] == method and row["FID"] > 0 and row["step speed-up"] > 0
+    assert row["method"] == method and row["FID"] > 0 and row["step speed-up"] > 0 and row["images/s"] > 0
     assert row["mask updates"] == (0 if method == "static" else 2)
     assert (tmp_path / "sparsity_summary.md").read_text().startswith("| method |")
 

@@ -183,7 +183,8 @@ template <class Each>
 std::shared_ptr<const PackedPattern> cached_pack(Engine engine, int64_t phase, const at::Tensor& a,
                                                  const at::Tensor& b, const Geometry& g, const convk::Plan& p,
                                                  int64_t nnz, Each each) {
-  static PatternCache<PackedPattern> cache(256);
+  // Per pattern: forward and grad-weight (CSR) or the grad-input row phases (CSC), per input shape.
+  static PatternCache<PackedPattern> cache(16);
   const bool grouped = engine != Engine::kGradWeight && convk::groups_taps(p);  // see gw_kernel
   return cache.get(a, b, {static_cast<int64_t>(engine), phase, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh,
                           g.Co, g.Ci, g.KH, g.KW, g.sh, g.ph, g.dh, nnz, int64_t(grouped)},

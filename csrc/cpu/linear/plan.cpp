@@ -86,8 +86,8 @@ at::Tensor ForwardValues::get(const at::Tensor& weight) const {
 
 std::shared_ptr<const LinearPlan> linear_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                               int64_t M, int64_t K) {
-  // Enough for every sparse linear layer of a model to keep its plan; least recently used out.
-  static PatternCache<LinearPlan> cache(256);
+  // One plan per pattern (the key holds only its shape).
+  static PatternCache<LinearPlan> cache(2);
   return cache.get(row_ptr, col_idx, {M, K, col_idx.numel()}, [&] {
     return build(row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), M, K);
   });

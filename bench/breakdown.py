@@ -1,0 +1,118 @@
+"""Where a training step's time goes: one profiled step, its operators' self times by category,
+as a markdown table and a stacked-bar PNG (drawn with Pillow; matplotlib is not a dependency).
+
+Categories come from operator names (torch.profiler, CPU, self time, so nothing is counted twice).
+"python/dispatch" is the profiled step's wall time less every operator's self time: the Python
+of the modules, autograd's engine and the per-op dispatch between kernels. The profiler adds a
+few microseconds per operator, so a profiled step is slower than a timed one; the table gives
+each category's share and milliseconds of the profiled step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+# (category, operator-name fragments), first match wins; names are lower-cased.
+CATEGORIES = [
+    ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear")),
+    ("sparse grad-input", ("csr_conv2d_grad_input", "csr_linear_grad_input")),
+    ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward")),
+    ("dense conv/linear", ("convolution", "conv2d", "addmm", "aten::mm", "aten::linear", "aten::matmul")),
+    ("groupnorm+silu", ("group_norm", "silu", "ebsparse::group_norm")),
+    ("attention", ("bmm", "softmax", "attention")),
+    ("optimizer", ("adam", "_foreach", "optimizer")),
+    ("autograd engine", ("autograd::", "backward0", "backward1", "evaluate_function")),
+    ("elementwise/other ops", ("",)),
+]
+PHASE_ORDER = [name for name, _ in CATEGORIES] + ["python/dispatch"]
+COLOURS = {"sparse fwd": (31, 119, 180), "sparse grad-input": (100, 160, 220), "sparse grad-weight": (174, 199, 232),
+           "dense conv/linear": (255, 127, 14), "groupnorm+silu": (44, 160, 44), "attention": (214, 39, 40),
+           "optimizer": (148, 103, 189), "autograd engine": (140, 86, 75),
+           "elementwise/other ops": (188, 189, 34), "python/dispatch": (127, 127, 127)}
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    if lowered.startswith("ebsparse::csr_conv2d_grad") or lowered.startswith("ebsparse::csr_linear_"):
+        # the phase is in the suffix; checked before the forward's prefix
+        for cat, fragments in CATEGORIES[1:3]:
+            if any(f in lowered for f in fragments):
+                return cat
+    for cat, fragments in CATEGORIES:
+        if any(f in lowered for f in fragments):
+            return cat
+    return CATEGORIES[-1][0]
+
+
+def profile_step(step, warmup: int = 1) -> dict[str, float]:
+    """Seconds per category of one profiled call of `step` (after `warmup` plain calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        step()
+        wall = time.perf_counter() - start
+    seconds = dict.fromkeys(PHASE_ORDER, 0.0)
+    for event in prof.key_averages():
+        seconds[category(event.key)] += event.self_cpu_time_total / 1e6
+    ops = sum(seconds.values())
+    seconds["python/dispatch"] = max(wall - ops, 0.0)
+    return seconds
+
+
+def table(rows: dict[str, dict[str, float]], timed: dict[str, float] | None = None) -> str:
+    """Markdown: one line per model, ms per category of its profiled step (share in brackets)."""
+    cats = [c for c in PHASE_ORDER if any(r.get(c, 0) > 0 for r in rows.values())]
+    head = "| model | " + (" timed ms (min) |" if timed else "") + " profiled ms | " + " | ".join(cats) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in rows.items():
+        total = sum(r.values())
+        cells = [f"{1e3 * r.get(c, 0):.0f} ({100 * r.get(c, 0) / total:.0f}%)" for c in cats]
+        timed_cell = f" {1e3 * timed[name]:.0f} |" if timed else ""
+        lines.append(f"| {name} |{timed_cell} {1e3 * total:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stacked_bars(rows: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """A horizontal stacked bar per model (ms of its profiled step by category), with a legend."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cats = [c for c in PHASE_ORDER if any(r.get(c, 0) > 0 for r in rows.values())]
+    longest = max((sum(r.values()) for r in rows.values()), default=1.0) or 1.0
+    left, bar_h, gap, plot_w, top = 150, 22, 10, 640, 30
+    legend_top = top + len(rows) * (bar_h + gap) + 30
+    height = legend_top + 18 * ((len(cats) + 2) // 3) + 10
+    img = Image.new("RGB", (left + plot_w + 90, height), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill="black", font=font)
+    scale = plot_w / longest
+    for i, (name, r) in enumerate(rows.items()):
+        y = top + i * (bar_h + gap)
+        draw.text((10, y + 6), name, fill="black", font=font)
+        x = left
+        for c in cats:
+            w = r.get(c, 0) * scale
+            if w > 0:
+                draw.rectangle([x, y, x + w, y + bar_h], fill=COLOURS[c])
+            x += w
+        draw.text((x + 6, y + 6), f"{1e3 * sum(r.values()):.0f} ms", fill="black", font=font)
+    axis_y = top + len(rows) * (bar_h + gap)
+    draw.line([left, axis_y, left + plot_w, axis_y], fill="black")
+    for k in range(5):
+        x = left + k * plot_w / 4
+        draw.text((x - 10, axis_y + 4), f"{1e3 * longest * k / 4:.0f}", fill="black", font=font)
+    for k, c in enumerate(cats):
+        x, y = 10 + (k % 3) * 260, legend_top + (k // 3) * 18
+        draw.rectangle([x, y, x + 12, y + 12], fill=COLOURS[c])
+        draw.text((x + 18, y), c, fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
