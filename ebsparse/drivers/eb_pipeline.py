@@ -176,15 +176,20 @@ class EBRun:
     # --- tickets -----------------------------------------------------------------------------
     def ticket_specs(self) -> list[TicketSpec]:
         eb = self.eb
-        specs = [TicketSpec("eb", PruningConfig(pruning_ratio=eb.pruning_ratio, importance=eb.importance,
-                                                taylor_t_range=(0, self.T - 1)), self._taylor(0, self.T - 1, eb.importance))]
+        specs = [TicketSpec("eb", self._pruning(eb.pruning_ratio, eb.importance, (0, self.T - 1)),
+                            self._taylor(0, self.T - 1, eb.importance))]
         if self.ta_eb:
             for i, r in enumerate(eb.regions):
                 rng = (r.low, min(r.high, self.T - 1))
-                specs.append(TicketSpec(f"region{i}", PruningConfig(pruning_ratio=r.pruning_ratio,
-                                                                    importance=eb.region_importance, taylor_t_range=rng),
+                specs.append(TicketSpec(f"region{i}", self._pruning(r.pruning_ratio, eb.region_importance, rng),
                                         self._taylor(*rng, eb.region_importance)))
         return specs
+
+    def _pruning(self, ratio: float, importance: str = "magnitude",
+                 t_range: tuple[int, int] | None = None) -> PruningConfig:
+        return PruningConfig(pruning_ratio=ratio, importance=importance, taylor_t_range=t_range or (0, self.T - 1),
+                             attention=self.eb.attention, head_dim_multiple=self.eb.head_dim_multiple,
+                             ignored_layers=self.eb.ignored_layers)
 
     def _taylor(self, lo: int, hi: int, importance: str):
         if importance != "taylor":
@@ -338,7 +343,7 @@ class EBRun:
         returned with new random weights in that structure."""
         from ..pruning.pipeline import prune
 
-        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        config = self._pruning(self.eb.pruning_ratio)
         mask = prune(self._dense_final(), self.inputs, config).mask
         with torch.random.fork_rng():
             torch.manual_seed(self.config.training.seed + 12345)
@@ -361,7 +366,7 @@ class EBRun:
     def train_prune_finetune(self, search: dict[str, Any]) -> dict[str, Any]:
         from ..pruning.pipeline import prune
 
-        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        config = self._pruning(self.eb.pruning_ratio)
         result = prune(self._dense_final(), self.inputs, config)
         steps = self._finetune_steps(search["tickets"]["eb"]["step"])
         model, train_s = self._finetune("train_prune_finetune", result.model.train(), steps)

@@ -275,7 +275,13 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    #: the trainer and samplers pass class labels to models that say so
+    class_conditional = True
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator`` draws the training-time label dropout (classifier-free guidance), so that a
+        trainer that owns its RNG state resumes bit-identically; ``None`` uses the global RNG."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(
@@ -286,11 +292,12 @@ class DiT(nn.Module):
                 f"DiT expects t and y of shape ({x.shape[0]},), got {tuple(t.shape)} and {tuple(y.shape)}"
             )
         h = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, generator)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
         """The epsilon prediction only (first ``in_channels`` output channels)."""
-        return self.forward(x, t, y)[:, : self.config.in_channels]
+        return self.forward(x, t, y, generator)[:, : self.config.in_channels]
