@@ -432,9 +432,9 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
     schedule = NoiseSchedule(config.diffusion)
     channels, size = image_shape(config.model)
     g = torch.Generator().manual_seed(seed)
-    conditional = model_fn is None and hasattr(model, "eps") and hasattr(model, "y_embedder")
+    conditional = model_fn is None and getattr(model, "class_conditional", False)
     if conditional:
-        labels = torch.randint(0, model.y_embedder.num_classes, (n,), generator=g).to(device)
+        labels = torch.randint(0, model.num_classes, (n,), generator=g).to(device)
     batch_size = batch_size or n
     kwargs: dict[str, Any] = dict(timesteps=sc.timesteps, skip_type=sc.skip_type, generator=g)
     if sc.sampler == "ddim":

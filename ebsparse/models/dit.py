@@ -278,6 +278,10 @@ class DiT(nn.Module):
     #: the trainer and samplers pass class labels to models that say so
     class_conditional = True
 
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """``generator`` draws the training-time label dropout (classifier-free guidance), so that a
