@@ -36,7 +36,7 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4"})
+    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4", "block_attention"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)

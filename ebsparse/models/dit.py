@@ -168,6 +168,9 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
+        #: ``q, k, v -> out`` in place of SDPA: block-sparse attention
+        #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: dense SDPA
+        self.block_sparse = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Widths come from the layers, not from x: after channel pruning the residual width (x's)
@@ -175,7 +178,10 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         inner = self.qkv.out_features // 3
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        if self.block_sparse is not None:
+            out = self.block_sparse(qkv[0], qkv[1], qkv[2])
+        else:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(out.transpose(1, 2).reshape(b, n, inner))
 
 
