@@ -142,9 +142,19 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
     tl.store(dv_ptr + base + cols[:, None] * D + dims[None, :], dv.to(dv_ptr.dtype.element_ty), mask=cd)
 
 
+#: element bytes x block x padded head width a program may hold: the backward's dk/dv program keeps
+#: four such tiles and stages two more, 98 KB at the limit (bf16 64 x 128, fp32 64 x 64 or 32 x 128);
+#: fp32 64 x 128 needs 197 KB, more than an A100's 163 KB of shared memory (measured with triton.aot).
+TILE_BYTES = 2 * 64 * 128
+
+
 def _check(q, k, v, crow, col, block_size):
     if block_size < 16 or block_size & (block_size - 1):
         raise RuntimeError(f"block_size: the Triton kernel needs a power of two >= 16 (a tl.dot tile), got {block_size}")
+    if q.element_size() * block_size * _pow2(q.shape[-1]) > TILE_BYTES:
+        raise RuntimeError(f"block_size {block_size} with head width {q.shape[-1]} (padded to {_pow2(q.shape[-1])}) in "
+                           f"{q.dtype}: a tile of more than {TILE_BYTES} bytes does not fit the GPU's shared memory; "
+                           "use bf16/fp16 or a smaller block")
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise RuntimeError(f"query/key/value: expected equal (B, H, N, D) shapes, got {q.shape}, {k.shape}, {v.shape}")
     if crow.dtype != torch.int32 or col.dtype != torch.int32:
