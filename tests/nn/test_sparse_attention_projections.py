@@ -32,3 +32,30 @@ def test_dit_qkv_is_one_sparse_linear_call(pattern, density, attention):
     assert linear.count(("linear", "forward", "native")) == 2  # qkv (q, k, v together) and proj
     assert linear.count(("linear", "backward", "native")) == 2
     assert attn.qkv.weight.grad is not None and torch.isfinite(out).all()
+
+
+def test_diffusers_fused_projections_are_one_sparse_linear_call():
+    """diffusers' own ``Attention.fuse_projections()`` (one ``to_qkv`` linear) + ``sparsify``: q, k and v in one
+    sparse kernel call per attention."""
+    pytest.importorskip("diffusers")
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                  num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=10).eval()
+    x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([3, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        dense = model(x, timestep=t, class_labels=y).sample
+    from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            with torch.no_grad():
+                m.fuse_projections()
+            m.set_processor(FusedAttnProcessor2_0())
+    report = sparsify(model, density=1.0, include=["*to_qkv", "*to_out.0"], backend="native")
+    assert report is not None
+    with trace() as calls, torch.no_grad():
+        out = model(x, timestep=t, class_labels=y).sample
+    assert [c for c in calls if c[0] == "linear"].count(("linear", "forward", "native")) == 2
+    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-4)
