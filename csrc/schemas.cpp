@@ -30,6 +30,13 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("prune_2_4(Tensor weight) -> Tensor");
   m.def("compress_2_4(Tensor weight, Tensor mask) -> (Tensor, Tensor)");
   m.def("decompress_2_4(Tensor values, Tensor meta) -> Tensor");
+  // Block-sparse attention (layout as CSR of kept key blocks per query block; cpu/attention/).
+  m.def(
+      "block_attention(Tensor query, Tensor key, Tensor value, Tensor crow, Tensor col, int block_size, "
+      "float scale) -> (Tensor, Tensor)");
+  m.def(
+      "block_attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
+      "Tensor lse, Tensor crow, Tensor col, int block_size, float scale) -> (Tensor, Tensor, Tensor)");
   // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
   m.def("cpu_capability() -> str");
   // silu(group_norm(input)) fused (CPU): (output, mean (N, G), rstd (N, G)); its backward returns

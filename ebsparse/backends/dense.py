@@ -38,7 +38,8 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4", "group_norm_silu"})
+    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4", "group_norm_silu",
+                     "block_attention"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)

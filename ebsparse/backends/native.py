@@ -16,7 +16,8 @@ _NATIVE_DTYPES = (torch.float32, torch.float64)
 _CUDA_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d",
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
-              "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu"}
+              "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
+              "block_attention": "ebsparse::block_attention"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -49,6 +50,14 @@ class NativeBackend(Backend):
         elif op in _OP_SCHEMA and not torch._C._dispatch_has_kernel_for_dispatch_key(_OP_SCHEMA[op], key):
             reasons.append(f"the extension was built without {key} kernels for {op}")
         return reasons
+
+    def block_attention_forward(self, inputs):
+        return torch.ops.ebsparse.block_attention(inputs.query, inputs.key, inputs.value, inputs.crow, inputs.col,
+                                                  inputs.block_size, inputs.scale)
+
+    def block_attention_backward(self, inputs, grad_out, out, lse):
+        return torch.ops.ebsparse.block_attention_backward(grad_out, inputs.query, inputs.key, inputs.value, out, lse,
+                                                           inputs.crow, inputs.col, inputs.block_size, inputs.scale)
 
     def linear_forward(self, inputs):
         p = inputs.pattern

@@ -50,7 +50,7 @@ def _kernels():
 
 class TritonBackend(Backend):
     name = "triton"
-    ops = frozenset({"linear", "conv2d", "compress_2_4", "decompress_2_4"})
+    ops = frozenset({"linear", "conv2d", "compress_2_4", "decompress_2_4", "block_attention"})
 
     def unavailable_reasons(self, op, device, dtype):
         reasons = super().unavailable_reasons(op, device, dtype)
@@ -62,6 +62,14 @@ class TritonBackend(Backend):
         if op in ("linear", "conv2d") and dtype not in _FLOAT_DTYPES:
             reasons.append(f"dtype {dtype} not supported (float32, float64, float16, bfloat16)")
         return reasons
+
+    def block_attention_forward(self, inputs):
+        return _kernels().block_attention(inputs.query, inputs.key, inputs.value, inputs.crow, inputs.col,
+                                          inputs.block_size, inputs.scale)
+
+    def block_attention_backward(self, inputs, grad_out, out, lse):
+        return _kernels().block_attention_backward(grad_out, inputs.query, inputs.key, inputs.value, out, lse,
+                                                   inputs.crow, inputs.col, inputs.block_size, inputs.scale)
 
     def linear_forward(self, inputs):
         p, meta = inputs.pattern, two_four_meta(inputs)

@@ -29,6 +29,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, required=True, help="pruning_ratio per dependency group, in [0, 1)")
     p.add_argument("--importance", choices=("magnitude", "taylor"), default="magnitude")
     p.add_argument("--round-to", type=int, default=None, help="round kept channels to a multiple of this (e.g. 8)")
+    p.add_argument("--attention", choices=("width", "heads"), default="width",
+                   help="multi-head attention: narrow every head ('width', default) or remove whole heads ('heads')")
+    p.add_argument("--head-dim-multiple", type=int, default=8,
+                   help="with --attention width: round the kept head width to a multiple of this (1: exact rule)")
+    p.add_argument("--ignore", action="append", default=None, metavar="LAYER",
+                   help="never prune this layer's output channels (repeatable); replaces the default, the output "
+                        "layer, so name it too (the EB paper's DiT table: --ignore x_embedder.proj "
+                        "--ignore final_layer.linear, i.e. the residual width stays whole)")
     p.add_argument("--t-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help="Taylor: draw timesteps only from [LO, HI] (default: the whole schedule)")
     p.add_argument("--taylor-batch-size", type=int, default=16, help="Taylor: images per gradient batch")
@@ -55,10 +63,11 @@ def summary_table(before, after, inputs_meta) -> tuple[str, dict[str, Any]]:
     from ..metrics.counting import count_macs, count_params
 
     def macs(m):
-        return count_macs(copy.deepcopy(m).to("meta"), *inputs_meta).macs
+        c = count_macs(copy.deepcopy(m).to("meta"), *inputs_meta)
+        return c.macs, c.total
 
     p0, p1 = count_params(before), count_params(after)
-    m0, m1 = macs(before), macs(after)
+    (m0, t0), (m1, t1) = macs(before), macs(after)
     shapes0 = {n: tuple(t.shape) for n, t in before.state_dict().items()}
     shapes1 = {n: tuple(t.shape) for n, t in after.state_dict().items()}
     layers = [n for n, m in before.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.GroupNorm,
@@ -69,9 +78,12 @@ def summary_table(before, after, inputs_meta) -> tuple[str, dict[str, Any]]:
         "|---|---|---|---|",
         f"| params | {_fmt(p0, 'M')} | {_fmt(p1, 'M')} | {p0 / max(p1, 1):.2f}x |",
         f"| MACs | {_fmt(m0, 'G')} | {_fmt(m1, 'G')} | {m0 / max(m1, 1):.2f}x |",
-        f"| layers changed | | {len(changed)} of {len(layers)} | |",
     ]
+    if t0 != m0:  # attention matmuls (the DiT paper counts them; the U-Net papers do not)
+        rows.append(f"| MACs with attention matmuls | {_fmt(t0, 'G')} | {_fmt(t1, 'G')} | {t0 / max(t1, 1):.2f}x |")
+    rows.append(f"| layers changed | | {len(changed)} of {len(layers)} | |")
     return "\n".join(rows), {"params_before": p0, "params_after": p1, "macs_before": m0, "macs_after": m1,
+                             "macs_with_attention_before": t0, "macs_with_attention_after": t1,
                              "layers_changed": len(changed), "layers": len(layers)}
 
 
@@ -123,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     config = PruningConfig(pruning_ratio=args.ratio, importance=args.importance, round_to=args.round_to,
                            on_unsupported="skip" if args.skip_unsupported else "error",
                            taylor_t_range=tuple(args.t_range) if args.t_range else (0, cfg.diffusion.num_timesteps - 1),
-                           taylor_batches=args.taylor_batches)
+                           taylor_batches=args.taylor_batches, attention=args.attention,
+                           head_dim_multiple=args.head_dim_multiple, ignored_layers=args.ignore)
     inputs = example_inputs(spec)
     loss_fn = None
     if config.importance == "taylor":

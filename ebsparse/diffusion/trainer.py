@@ -188,6 +188,7 @@ class Trainer:
         self.amp = MixedPrecision(tc.precision, self.device)
         self.schedule = NoiseSchedule(config.diffusion)
         self.dataset = build_dataset(config.data)
+        self._check_labels()
         self.order = BatchOrder(len(self.dataset), tc.batch_size, tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
@@ -200,6 +201,15 @@ class Trainer:
         self.timed_steps, self.timed_seconds = 0, 0.0
         for p in self.plugins:
             p.attach(self)
+
+    def _check_labels(self) -> None:
+        classes = getattr(getattr(self.model, "config", None), "num_classes", None)
+        labels = getattr(self.dataset, "labels", None)
+        if not getattr(self.model, "class_conditional", False) or not isinstance(labels, torch.Tensor):
+            return
+        if labels.numel() and int(labels.max()) >= classes:
+            raise ValueError(f"model.num_classes={classes} is too small for data.type={self.config.data.type!r}, "
+                             f"whose labels go up to {int(labels.max())}")
 
     # --- state -------------------------------------------------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -302,17 +312,28 @@ class Trainer:
                   f"{self.run_dir / CONFIG_CHANGES_NAME}")
 
     # --- one step ----------------------------------------------------------------------------
-    def _batch(self, step: int) -> torch.Tensor:
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's images (B, C, H, W) and class labels (B,) int64."""
         idx = self.order.indices(step)
         images = getattr(self.dataset, "images", None)
-        if isinstance(images, torch.Tensor):
-            x = images[idx]
+        labels = getattr(self.dataset, "labels", None)
+        if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+            x, y = images[idx], labels[idx]
         else:
-            x = torch.stack([self.dataset[int(i)][0] for i in idx])
+            items = [self.dataset[int(i)] for i in idx]
+            x = torch.stack([item[0] for item in items])
+            y = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
         if self.config.data.random_flip:
             flip = torch.rand(x.shape[0], generator=self.generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x.to(self.device)
+        return x.to(self.device), y.to(self.device)
+
+    def _model_fn(self, labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(x_t, t) -> epsilon`` of this step: a class-conditional model (DiT) gets the batch's labels
+        and draws its label dropout from the trainer's generator (so a resume is bit-identical)."""
+        if not getattr(self.model, "class_conditional", False):
+            return self.model
+        return functools.partial(_conditional_eps, self.model, labels, self.generator)
 
     def _lr(self, step: int) -> float:
         tc = self.config.training
@@ -324,13 +345,13 @@ class Trainer:
         t0 = time.perf_counter()
         tc, dc = self.config.training, self.config.diffusion
         self.model.train()
-        x0 = self._batch(self.step)
+        x0, labels = self._batch(self.step)
         low, high = self.timestep_range or (0, dc.num_timesteps - 1)
         t = sample_timesteps(x0.shape[0], dc.num_timesteps, antithetic=dc.timestep_sampling == "antithetic",
                              low=low, high=high, generator=self.generator).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
         with self.amp.autocast():
-            loss = epsilon_loss(self.model, self.schedule, x0, t, noise, dc.loss_reduction)
+            loss = epsilon_loss(self._model_fn(labels), self.schedule, x0, t, noise, dc.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
         self.amp.backward(loss, self.optimizer)  # gradients unscaled: plugins and clipping see true values
         lr = self._lr(self.step)
@@ -450,6 +471,11 @@ def _with_labels(model: nn.Module, y: torch.Tensor, x: torch.Tensor, t: torch.Te
     return model.eps(x, t, y)
 
 
+def _conditional_eps(model: nn.Module, y: torch.Tensor, generator: torch.Generator, x: torch.Tensor,
+                     t: torch.Tensor) -> torch.Tensor:
+    return model.eps(x, t, y, generator)
+
+
 @torch.no_grad()
 def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int = 0,
                   device: str | torch.device = "cpu", batch_size: int | None = None, progress: bool = False,
@@ -463,9 +489,9 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
     schedule = NoiseSchedule(config.diffusion)
     channels, size = image_shape(config.model)
     g = torch.Generator().manual_seed(seed)
-    conditional = model_fn is None and hasattr(model, "eps") and hasattr(model, "y_embedder")
+    conditional = model_fn is None and getattr(model, "class_conditional", False)
     if conditional:
-        labels = torch.randint(0, model.y_embedder.num_classes, (n,), generator=g).to(device)
+        labels = torch.randint(0, model.num_classes, (n,), generator=g).to(device)
     batch_size = batch_size or n
     kwargs: dict[str, Any] = dict(timesteps=sc.timesteps, skip_type=sc.skip_type, generator=g)
     if sc.sampler == "ddim":

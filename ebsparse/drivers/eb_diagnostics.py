@@ -9,6 +9,8 @@ as a curve that leaves the others, before its samples are looked at.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -53,9 +55,16 @@ def x0_norm_trajectories(models: Mapping[str, Callable], config: ExperimentConfi
     sc = config.sampling
     out = {}
     for name, fn in models.items():
+        if getattr(fn, "class_conditional", False):  # DiT: the same labels for every model
+            labels = torch.randint(0, fn.num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+            fn = functools.partial(_conditional, fn, labels)
         t, norm = x0_norm_trajectory(fn, schedule, x_T.clone(), sc.timesteps, sc.skip_type)
         out[name] = {"t": t, "x0_rms": norm}
     return out
+
+
+def _conditional(model, labels: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return model.eps(x, t, labels)
 
 
 def save_line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,

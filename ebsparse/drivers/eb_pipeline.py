@@ -176,15 +176,20 @@ class EBRun:
     # --- tickets -----------------------------------------------------------------------------
     def ticket_specs(self) -> list[TicketSpec]:
         eb = self.eb
-        specs = [TicketSpec("eb", PruningConfig(pruning_ratio=eb.pruning_ratio, importance=eb.importance,
-                                                taylor_t_range=(0, self.T - 1)), self._taylor(0, self.T - 1, eb.importance))]
+        specs = [TicketSpec("eb", self._pruning(eb.pruning_ratio, eb.importance, (0, self.T - 1)),
+                            self._taylor(0, self.T - 1, eb.importance))]
         if self.ta_eb:
             for i, r in enumerate(eb.regions):
                 rng = (r.low, min(r.high, self.T - 1))
-                specs.append(TicketSpec(f"region{i}", PruningConfig(pruning_ratio=r.pruning_ratio,
-                                                                    importance=eb.region_importance, taylor_t_range=rng),
+                specs.append(TicketSpec(f"region{i}", self._pruning(r.pruning_ratio, eb.region_importance, rng),
                                         self._taylor(*rng, eb.region_importance)))
         return specs
+
+    def _pruning(self, ratio: float, importance: str = "magnitude",
+                 t_range: tuple[int, int] | None = None) -> PruningConfig:
+        return PruningConfig(pruning_ratio=ratio, importance=importance, taylor_t_range=t_range or (0, self.T - 1),
+                             attention=self.eb.attention, head_dim_multiple=self.eb.head_dim_multiple,
+                             ignored_layers=self.eb.ignored_layers)
 
     def _taylor(self, lo: int, hi: int, importance: str):
         if importance != "taylor":
@@ -255,7 +260,7 @@ class EBRun:
         config = plugin.specs[name].config
         dense = copy.deepcopy(trainer.model).cpu()
         trainer.ema.copy_to(dense)  # the ticket keeps the EMA weights it was found on (as the reference)
-        pruned = shrink(dense.eval(), mask, self.inputs)
+        pruned = shrink(dense.eval(), mask, self.inputs, ignored_layers=config.ignored_layers)
         info = {"name": name, "found": found, "pruning_ratio": config.pruning_ratio, "importance": config.importance,
                 "epoch": tracker.ticket_epoch if found else len(tracker.masks) - 1, "step": trainer.step,
                 "train_s": clock.train_s, "tracking_s": plugin.tracking_s, "density": mask.density(),
@@ -338,12 +343,12 @@ class EBRun:
         returned with new random weights in that structure."""
         from ..pruning.pipeline import prune
 
-        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        config = self._pruning(self.eb.pruning_ratio)
         mask = prune(self._dense_final(), self.inputs, config).mask
         with torch.random.fork_rng():
             torch.manual_seed(self.config.training.seed + 12345)
             fresh = build_model(self.spec)
-        return shrink(fresh, mask, self.inputs).train(), mask, config
+        return shrink(fresh, mask, self.inputs, ignored_layers=config.ignored_layers).train(), mask, config
 
     def train_scratch(self, search: dict[str, Any]) -> dict[str, Any]:
         model, mask, config = self.scratch_structure()
@@ -361,7 +366,7 @@ class EBRun:
     def train_prune_finetune(self, search: dict[str, Any]) -> dict[str, Any]:
         from ..pruning.pipeline import prune
 
-        config = PruningConfig(pruning_ratio=self.eb.pruning_ratio, importance="magnitude")
+        config = self._pruning(self.eb.pruning_ratio)
         result = prune(self._dense_final(), self.inputs, config)
         steps = self._finetune_steps(search["tickets"]["eb"]["step"])
         model, train_s = self._finetune("train_prune_finetune", result.model.train(), steps)
@@ -403,8 +408,10 @@ class EBRun:
         channels, size = image_shape(self.spec)
         b = self.config.training.batch_size
         g = torch.Generator().manual_seed(0)
-        batch = lambda: (torch.randn(b, channels, size, size, generator=g), torch.randint(0, self.T, (b,), generator=g))
         models = {m: self.final_model(m) for m in results if m != "ta_eb"}
+        classes = [m.num_classes for m in models.values() if getattr(m, "class_conditional", False)][:1]
+        batch = lambda: (torch.randn(b, channels, size, size, generator=g), torch.randint(0, self.T, (b,), generator=g),
+                         *[torch.randint(0, c, (b,), generator=g) for c in classes])  # DiT: labels
         if "ta_eb" in results:
             models.update({f"region{i}": m for i, m in enumerate(self.final_model("ta_eb").models)})
         if "dense" not in models:
@@ -443,7 +450,7 @@ class EBRun:
         model = self.final_model(method).eval()
         n = self.eb.eval_samples
         t0 = time.perf_counter()
-        x = sample_images(model, self.config, n, seed=self.config.training.seed, model_fn=model)
+        x = sample_images(model, self.config, n, seed=self.config.training.seed)
         sample_s = time.perf_counter() - t0
         grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png",
                          caption=f"{NAMES.get(method, method)}; {describe_sampler(self.config)}")

@@ -55,6 +55,12 @@ class EarlyBirdConfig:
     - ``baselines``: subset of ``dense``, ``scratch``, ``train_prune_finetune``.
     - ``eval_samples``: images sampled per method for the sample grid and FID.
     - ``taylor_batch_size``: images per Taylor-importance gradient batch.
+    - ``attention``, ``head_dim_multiple``: how multi-head attention is pruned (whole ``heads`` or
+      every head's ``width``, rounded to the multiple); see :class:`ebsparse.pruning.PruningConfig`.
+    - ``ignored_layers``: module names whose output channels are never pruned (``None``: the output
+      layer only, as the reference). Giving a list replaces that default, so name the output layer
+      too: the Early-Bird paper's DiT table keeps the residual width whole
+      (``[x_embedder.proj, final_layer.linear]``, see ``configs/imagenet256_dit_xl2.yaml``).
     """
 
     pruning_ratio: float = 0.3
@@ -74,10 +80,15 @@ class EarlyBirdConfig:
     baselines: tuple[str, ...] = ("dense",)
     eval_samples: int = 256
     taylor_batch_size: int = 16
+    attention: str = "width"
+    head_dim_multiple: int = 8
+    ignored_layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.regions = parse_regions(self.regions)
         self.baselines = tuple(self.baselines) if not isinstance(self.baselines, str) else (self.baselines,)
+        if self.ignored_layers is not None:
+            self.ignored_layers = tuple(self.ignored_layers)
         self.validate()
 
     def validate(self, num_timesteps: int | None = None) -> None:
@@ -89,6 +100,11 @@ class EarlyBirdConfig:
         for name in ("importance", "region_importance"):
             if getattr(self, name) not in IMPORTANCES:
                 raise ValueError(f"earlybird.{name} must be one of {IMPORTANCES}, got {getattr(self, name)!r}")
+        if self.attention not in ("width", "heads"):
+            raise ValueError(f"earlybird.attention must be 'width' or 'heads', got {self.attention!r}")
+        if isinstance(self.head_dim_multiple, bool) or not isinstance(self.head_dim_multiple, int) \
+                or self.head_dim_multiple < 1:
+            raise ValueError(f"earlybird.head_dim_multiple must be a positive int, got {self.head_dim_multiple!r}")
         if self.region_training not in REGION_TRAINING:
             raise ValueError(f"earlybird.region_training must be one of {REGION_TRAINING}, got {self.region_training!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:

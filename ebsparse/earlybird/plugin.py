@@ -66,7 +66,10 @@ class TicketPlugin(TrainerPlugin):
     def masks_now(self, trainer) -> dict[str, Any]:
         """The mask every tracked ticket would have at this moment (scores shared where configs agree)."""
         if self._groups is None:
-            self._groups = build_groups(trainer.model, self.example_inputs, None)
+            ignored = {spec.config.ignored_layers for spec in self.specs.values()}
+            if len(ignored) > 1:
+                raise ValueError(f"ticket specs must share ignored_layers (one dependency graph), got {ignored}")
+            self._groups = build_groups(trainer.model, self.example_inputs, next(iter(ignored), None))
         ema = trainer.ema.state_dict()
         cache: dict[tuple, dict[str, torch.Tensor]] = {}
         masks = {}
@@ -76,7 +79,8 @@ class TicketPlugin(TrainerPlugin):
             if key not in cache:
                 loss = spec.loss_fn(trainer.step) if spec.loss_fn is not None else None
                 cache[key] = compute_importance(trainer.model, self._groups, c, ema_state=ema, loss_fn=loss)
-            masks[name] = select_channels(self._groups, cache[key], c.pruning_ratio, c.round_to, c.on_unsupported)
+            masks[name] = select_channels(self._groups, cache[key], c.pruning_ratio, c.round_to, c.on_unsupported,
+                                          c.attention, c.head_dim_multiple)
         return masks
 
     def after_step(self, trainer, stats: dict[str, float]) -> None:

@@ -61,7 +61,24 @@ class TimestepRouter(nn.Module):
                 idx = torch.where(shared, torch.full_like(idx, i), idx)
         return idx
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def class_conditional(self) -> bool:
+        """Whether the region models take class labels (DiT): then ``forward``/``eps`` take them too."""
+        return any(getattr(m, "class_conditional", False) for m in self.models)
+
+    @property
+    def num_classes(self) -> int:
+        return self.models[0].num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """Each sample to its region's model; ``cond``: per-sample extra inputs (a DiT's labels)."""
+        return self._route("__call__", x, t, cond)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """The region models' epsilon heads (class-conditional models with learned sigma)."""
+        return self._route("eps", x, t, cond)
+
+    def _route(self, method: str, x: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...]) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -70,11 +87,11 @@ class TimestepRouter(nn.Module):
         idx = self.assign(t)
         used = torch.unique(idx).tolist()
         if len(used) == 1:  # the common case while sampling: one model for the whole batch
-            return self.models[used[0]](x, t)
+            return getattr(self.models[used[0]], method)(x, t, *cond)
         out: torch.Tensor | None = None
         for i in used:
             sel = torch.nonzero(idx == i).flatten()
-            y = self.models[i](x[sel], t[sel])
+            y = getattr(self.models[i], method)(x[sel], t[sel], *[c[sel] for c in cond])
             if out is None:
                 out = y.new_zeros((x.shape[0], *y.shape[1:]))
             out = out.index_copy(0, sel, y)

@@ -1,5 +1,6 @@
 """Sparsity patterns as plain data: masks, CSR/CSC index, 2:4 checks. No compute kernels here."""
 
+from ebsparse.formats.block_layout import local_layout, strided_layout
 from ebsparse.formats.index import PatternIndex, build_index
 from ebsparse.formats.masks import (
     check_density,
@@ -11,6 +12,8 @@ from ebsparse.formats.transposable import is_transposable_2_4, transposable_2_4_
 from ebsparse.formats.twofour import check_2_4_mask, is_2_4_mask
 
 __all__ = [
+    "local_layout",
+    "strided_layout",
     "PatternIndex",
     "build_index",
     "check_density",

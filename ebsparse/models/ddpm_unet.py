@@ -187,11 +187,18 @@ class AttnBlock(nn.Module):
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
+        #: ``q, k, v -> out`` over the pixels in raster order (one head): block-sparse attention
+        #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: the reference's dense attention
+        self.block_sparse = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         q, k, v = self.q(h), self.k(h), self.v(h)
         b, c, hh, ww = q.shape
+        if self.block_sparse is not None:
+            tokens = [t.reshape(b, 1, c, hh * ww).transpose(-1, -2) for t in (q, k, v)]  # (b, 1, hw, c)
+            out = self.block_sparse(*tokens, scale=int(c) ** (-0.5))
+            return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, hh, ww))
         q = q.reshape(b, c, hh * ww).permute(0, 2, 1)  # b, hw, c
         k = k.reshape(b, c, hh * ww)  # b, c, hw
         w = torch.bmm(q, k) * (int(c) ** (-0.5))

@@ -168,6 +168,9 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
+        #: ``q, k, v -> out`` in place of SDPA: block-sparse attention
+        #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: dense SDPA
+        self.block_sparse = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Widths come from the layers, not from x: after channel pruning the residual width (x's)
@@ -175,7 +178,10 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         inner = self.qkv.out_features // 3
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        if self.block_sparse is not None:
+            out = self.block_sparse(qkv[0], qkv[1], qkv[2])
+        else:
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(out.transpose(1, 2).reshape(b, n, inner))
 
 
@@ -275,7 +281,17 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    #: the trainer and samplers pass class labels to models that say so
+    class_conditional = True
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator`` draws the training-time label dropout (classifier-free guidance), so that a
+        trainer that owns its RNG state resumes bit-identically; ``None`` uses the global RNG."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(
@@ -286,11 +302,12 @@ class DiT(nn.Module):
                 f"DiT expects t and y of shape ({x.shape[0]},), got {tuple(t.shape)} and {tuple(y.shape)}"
             )
         h = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, generator)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
         """The epsilon prediction only (first ``in_channels`` output channels)."""
-        return self.forward(x, t, y)[:, : self.config.in_channels]
+        return self.forward(x, t, y, generator)[:, : self.config.in_channels]

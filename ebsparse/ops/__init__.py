@@ -1,12 +1,16 @@
 """Functional sparse ops, registered with torch.library, each with a pure-PyTorch reference."""
 
+from ebsparse.ops.attention import block_sparse_attention
 from ebsparse.ops.conv import sparse_conv2d
 from ebsparse.ops.group_norm_silu import group_norm_silu
 from ebsparse.ops.linear import sparse_linear
-from ebsparse.ops.reference import group_norm_silu_reference, prune_2_4_reference, sparse_conv2d_reference, sparse_linear_reference
+from ebsparse.ops.reference import (block_sparse_attention_reference, group_norm_silu_reference, prune_2_4_reference,
+                                    sparse_conv2d_reference, sparse_linear_reference)
 from ebsparse.ops.twofour import compress_2_4, decompress_2_4, prune_2_4
 
 __all__ = [
+    "block_sparse_attention",
+    "block_sparse_attention_reference",
     "sparse_linear",
     "sparse_conv2d",
     "sparse_linear_reference",

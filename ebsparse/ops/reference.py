@@ -35,3 +35,20 @@ def group_norm_silu_reference(input: torch.Tensor, num_groups: int, weight: torc
                               bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """silu(group_norm(input)), ATen's two ops."""
     return F.silu(F.group_norm(input, num_groups, weight, bias, eps))
+
+
+def block_sparse_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                     layout: torch.Tensor, block_size: int, scale: float | None = None) -> torch.Tensor:
+    """``softmax(scale * Q K^T + M) V`` with ``M`` the layout's dense mask (0 kept, -inf dropped), the
+    plain math (no SDPA); rows with no kept key give 0. q/k/v (B, H, N, D); layout (nq, nk) or
+    (H, nq, nk) bool blocks of ``block_size`` tokens."""
+    from ebsparse.formats.block_layout import dense_mask
+
+    n, d = query.shape[-2], query.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
+    lay = layout if layout.ndim == 3 else layout.unsqueeze(0)
+    mask = dense_mask(lay.to(query.device), n, n, block_size).unsqueeze(0)  # (1, H or 1, N, N)
+    live = mask.any(-1, keepdim=True)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~live, 0.0)
+    return torch.matmul(torch.softmax(scores, dim=-1) * live, value)

@@ -28,6 +28,12 @@ class PruningConfig:
     - ``on_unsupported``: ``"error"`` raises when a group the ratio would prune holds a layer the
       pruner cannot shrink; ``"skip"`` leaves such groups whole.
     - ``taylor_t_range``: inclusive timestep range ``(lo, hi)`` the Taylor gradients are drawn from.
+    - ``attention``: how multi-head attention inner widths are pruned: ``"width"`` (every head keeps
+      the same, narrower width) or ``"heads"`` (whole heads go; the head width stays).
+    - ``head_dim_multiple``: with ``"width"``, the kept head width is rounded to a multiple of this
+      (8: tensor-core and SIMD friendly); 1 keeps the reference's exact per-group rule. Single-head
+      attention (the DDPM U-Net's) is an ordinary group: ``round_to`` applies, so the papers' U-Net
+      counts stay the reference's.
     """
 
     pruning_ratio: float = 0.5
@@ -37,6 +43,8 @@ class PruningConfig:
     on_unsupported: str = "error"
     taylor_t_range: tuple[int, int] = (0, 999)
     taylor_batches: int = 1
+    attention: str = "width"
+    head_dim_multiple: int = 8
 
     def __post_init__(self) -> None:
         if self.ignored_layers is not None:
@@ -60,6 +68,11 @@ class PruningConfig:
         lo_hi = self.taylor_t_range
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
             raise PruningError(f"PruningConfig.taylor_t_range must be (lo, hi) with 0 <= lo <= hi, got {lo_hi!r}")
+        if self.attention not in ("width", "heads"):
+            raise PruningError(f"PruningConfig.attention must be 'width' or 'heads', got {self.attention!r}")
+        if isinstance(self.head_dim_multiple, bool) or not isinstance(self.head_dim_multiple, int) \
+                or self.head_dim_multiple < 1:
+            raise PruningError(f"PruningConfig.head_dim_multiple must be a positive int, got {self.head_dim_multiple!r}")
         if not isinstance(self.taylor_batches, int) or self.taylor_batches < 1:
             raise PruningError(f"PruningConfig.taylor_batches must be a positive int, got {self.taylor_batches!r}")
 

@@ -38,8 +38,22 @@ def _resnet(name: str, m: nn.Module, pruned: Pruned) -> None:
     m.out_channels = m.conv2.out_channels
 
 
+def _heads_left(heads: int, width_now: int, gone: list[int] | None) -> int:
+    """Heads that keep channels, from the inner width's removed indices (head h owns the channels
+    ``h * d .. (h + 1) * d - 1`` of the unpruned width)."""
+    if not gone or heads <= 1:
+        return heads
+    d = (width_now + len(gone)) // heads
+    removed = [0] * heads
+    for i in set(gone):
+        removed[i // d] += 1
+    return sum(1 for r in removed if r < d)
+
+
 def _attention(name: str, m: nn.Module, pruned: Pruned) -> None:
     if isinstance(getattr(m, "to_q", None), nn.Linear):
+        if isinstance(getattr(m, "heads", None), int):
+            m.heads = _heads_left(m.heads, m.to_q.out_features, pruned.get((f"{name}.to_q", "out")))
         m.inner_dim = m.to_q.out_features
         m.query_dim = m.to_q.in_features
         if hasattr(m, "inner_kv_dim"):
@@ -68,6 +82,12 @@ def _our_dit(name: str, m: nn.Module, pruned: Pruned) -> None:
         m.pos_embed = nn.Parameter(pos.detach()[..., keep].contiguous(), requires_grad=pos.requires_grad)
 
 
+def _our_attention(name: str, m: nn.Module, pruned: Pruned) -> None:
+    """ebsparse DiT attention: whole heads removed lower ``num_heads``; the head width is the kept
+    inner width over it (SDPA's scale follows the tensors' head width)."""
+    m.num_heads = _heads_left(m.num_heads, m.proj.in_features, pruned.get((f"{name}.proj", "in")))
+
+
 def _our_resnet(name: str, m: nn.Module, pruned: Pruned) -> None:
     """Keep ``in_channels`` / ``out_channels`` of the ebsparse U-Net's ResnetBlock true after a shrink."""
     m.in_channels, m.out_channels = m.conv1.in_channels, m.conv2.out_channels
@@ -75,6 +95,7 @@ def _our_resnet(name: str, m: nn.Module, pruned: Pruned) -> None:
 
 _RULES: dict[str, Callable[[str, nn.Module, Pruned], None]] = {
     "ebsparse.models.dit.DiT": _our_dit,
+    "ebsparse.models.dit.Attention": _our_attention,
     "ebsparse.models.ddpm_unet.ResnetBlock": _our_resnet,
     "diffusers.models.downsampling.Downsample2D": _resample,
     "diffusers.models.upsampling.Upsample2D": _resample,

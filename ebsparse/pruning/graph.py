@@ -56,13 +56,21 @@ class Member:
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels pruned together. ``size`` root channels; ``partitions`` equal parts pruned evenly."""
+    """Channels pruned together. ``size`` root channels; ``partitions`` equal parts pruned evenly.
+
+    ``heads``: the group is a multi-head attention inner width and its partitions are its heads
+    (``heads == partitions``), so a whole head may go (0 kept) where a GroupNorm part may not.
+    ``manual``: the shrink cuts the members itself (by ``Member.idxs``) instead of asking the tracer,
+    whose index mapping is wrong for this group (a fused qkv's (3, heads, head_dim) rows).
+    """
 
     key: str
     size: int
     partitions: int
     members: tuple[Member, ...]
     unsupported: str = ""
+    heads: int = 0
+    manual: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -97,14 +105,26 @@ class DependencyGroups:
         return [(g.key, g.size) for g in self.groups]
 
 
-#: Per-model rules for couplings the tracer cannot see. Maps "module.QualName" of a submodule class
-#: to a function (submodule name, submodule) -> list of (member name, kind, reason).
-_FIXED_WIDTH_RULES: dict[str, Callable[[str, nn.Module], list[tuple[str, str, str]]]] = {
-    "ebsparse.models.dit.Attention": lambda name, m: [
-        (f"{name}.qkv", "out", ("ebsparse DiT Attention's fused qkv rows are (3, heads, head_dim) "
-                                "interleaved; the tracer maps them as one flat width, so its inner width "
-                                "is not pruned (the residual width is)")),
-    ],
+def _fused_qkv(name: str, attn: nn.Module) -> ChannelGroup | None:
+    """The inner-width group of an attention with one fused ``qkv`` linear (timm / DiT layout: rows
+    ``(3, heads, head_dim)``) and an output ``proj``: root channel ``i`` of the inner width owns qkv
+    rows ``i``, ``inner + i``, ``2 * inner + i`` and proj column ``i``. The tracer maps the rows as one
+    flat width, so this group is built here and cut by the shrink itself."""
+    qkv, proj, heads = getattr(attn, "qkv", None), getattr(attn, "proj", None), getattr(attn, "num_heads", None)
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int)):
+        return None
+    inner = qkv.out_features // 3
+    if qkv.out_features != 3 * inner or proj.in_features != inner or inner % heads:
+        return None
+    rows = tuple(s * inner + i for s in range(3) for i in range(inner))
+    members = (Member(f"{name}.qkv", "out", "Linear", rows, tuple(i for _ in range(3) for i in range(inner))),
+               Member(f"{name}.proj", "in", "Linear", tuple(range(inner)), tuple(range(inner))))
+    return ChannelGroup(f"{name}.qkv", inner, heads, members, heads=heads if heads > 1 else 0, manual=True)
+
+
+#: Attention modules whose inner-width group the tracer gets wrong, by "module.QualName" -> builder.
+_FUSED_ATTENTION: dict[str, Callable[[str, nn.Module], ChannelGroup | None]] = {
+    "ebsparse.models.dit.Attention": _fused_qkv,
 }
 
 
@@ -193,16 +213,17 @@ class _Tracer:
             self.ignored = [executed[-1]]
         for p, n in pnames.items():
             self.names.setdefault(p, n)
-        self.fixed = self._fixed_widths()
+        self.fused = self._fused_groups()
 
-    def _fixed_widths(self) -> dict[tuple[str, str], str]:
-        fixed = {}
+    def _fused_groups(self) -> dict[str, ChannelGroup]:
+        """Fused-qkv attention groups, keyed by their qkv layer's name."""
+        fused = {}
         for name, m in self.model.named_modules():
-            rule = _FIXED_WIDTH_RULES.get(f"{type(m).__module__}.{type(m).__qualname__}")
-            if rule is not None:
-                for member, kind, reason in rule(name, m):
-                    fixed[(member, kind)] = reason
-        return fixed
+            rule = _FUSED_ATTENTION.get(f"{type(m).__module__}.{type(m).__qualname__}")
+            group = rule(name, m) if rule is not None else None
+            if group is not None:
+                fused[group.key] = group
+        return fused
 
     def _name(self, module: Any) -> str:
         return self.names.get(module, f"<{type(module).__name__}>")
@@ -228,7 +249,7 @@ class _Tracer:
         reference's rule, which keeps every GroupNorm's channel count divisible by G, also where a
         concatenation feeds it). Multi-head attention inner dims: evenly inside each head."""
         modules = dict(self.model.named_modules())
-        parts = 1
+        parts, heads = 1, 0
         for m in members:
             mod = modules.get(m.name)
             if isinstance(mod, nn.GroupNorm):
@@ -241,6 +262,21 @@ class _Tracer:
         if size % parts:
             return 1, f"{size} channels cannot be split into {parts} equal GroupNorm/head partitions"
         return parts, ""
+
+    def _heads(self, members: list[Member], parts: int) -> int:
+        """The attention heads a group's partitions are (0 if they are not all heads: GroupNorm)."""
+        modules = dict(self.model.named_modules())
+        found = 0
+        for m in members:
+            mod = modules.get(m.name)
+            if isinstance(mod, nn.GroupNorm) and mod.num_groups > 1:
+                return 0
+            parent = modules.get(m.name.rsplit(".", 1)[0]) if "." in m.name else None
+            heads = getattr(parent, "heads", None)
+            if (isinstance(heads, int) and heads > 1 and m.kind == "out"
+                    and m.name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v")):
+                found = heads
+        return found if found == parts else 0
 
     def groups(self, root_types: tuple[type, ...]) -> tuple[list[ChannelGroup], dict[str, nn.Module]]:
         out: list[ChannelGroup] = []
@@ -256,6 +292,11 @@ class _Tracer:
             cands.sort(key=lambda m: (len(m.idxs), self.order.get(m.name, 1 << 30)))
             root_name = cands[0].name
             root = modules[root_name]
+            fused = self.fused.get(root_name)
+            if fused is not None and {(m.name, m.kind) for m in first} == {(m.name, m.kind) for m in fused.members}:
+                out.append(fused)
+                roots[root_name] = root
+                continue
             size = _layer_dim(root, "out")
             if root is tp_group[0].dep.target.module:
                 members = first
@@ -264,12 +305,15 @@ class _Tracer:
             members.sort(key=lambda m: (self.order.get(m.name, 1 << 30), m.name, m.kind))
             reasons = [_unsupported_reason(modules.get(m.name, None) if m.name in modules else _param(self.model, m.name),
                                            m.name, m.kind, m.idxs) for m in members]
-            reasons += [self.fixed[(m.name, m.kind)] for m in members if (m.name, m.kind) in self.fixed]
+            if root_name in self.fused:
+                reasons.append(f"the fused qkv of {root_name.rsplit('.', 1)[0]!r} is coupled with layers other than "
+                               "its proj")
             reasons = [r for r in reasons if r]
             parts, why = _partition_or_reason(self, members, size, reasons)
             if why:
                 reasons.append(why)
-            out.append(ChannelGroup(root_name, size, parts, tuple(members), "; ".join(dict.fromkeys(reasons))))
+            heads = self._heads(members, parts) if parts > 1 and not reasons else 0
+            out.append(ChannelGroup(root_name, size, parts, tuple(members), "; ".join(dict.fromkeys(reasons)), heads))
             roots[root_name] = root
         out.sort(key=lambda g: self.order[g.key])
         return out, roots

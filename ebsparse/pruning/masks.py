@@ -17,7 +17,7 @@ import torch
 from .errors import PruningError
 from .graph import ChannelGroup, DependencyGroups
 
-__all__ = ["ChannelMask", "hamming_distance", "kept_count", "select_channels"]
+__all__ = ["ATTENTION_MODES", "ChannelMask", "hamming_distance", "kept_count", "select_channels"]
 
 
 @dataclass(frozen=True)
@@ -96,21 +96,40 @@ def hamming_distance(a: ChannelMask, b: ChannelMask) -> float:
     return int((va != vb).sum()) / va.numel()
 
 
-def kept_count(group: ChannelGroup, ratio: float, round_to: int | None = None) -> int:
+ATTENTION_MODES = ("width", "heads")
+
+
+def kept_count(group: ChannelGroup, ratio: float, round_to: int | None = None, attention: str = "width",
+               head_dim_multiple: int = 1) -> int:
     """Channels the group keeps at ``ratio``; the reference's rule, then optional rounding.
 
     ``n_pruned = C - int(C * (1 - ratio))``; with P partitions (GroupNorm groups, heads) each part
     loses ``n_pruned // P``, so the kept count rounds *up* to a multiple of P (at 0.3: 128 -> 96,
     256 -> 192 with GroupNorm(32); 512 -> 358 without). ``round_to`` then moves the kept count to the
     nearest multiple of ``lcm(round_to, P)`` (ties up), at least one multiple and at most C.
+
+    Multi-head attention groups (``group.heads``): ``attention="heads"`` keeps ``int(H * (1 - ratio))``
+    whole heads (at least one); ``"width"`` keeps every head and the same width in each, rounded to
+    the nearest multiple of ``head_dim_multiple`` (ties up; at least one multiple, at most the head
+    width; a head narrower than the multiple keeps the exact rule), instead of ``round_to``.
     Raises :class:`PruningError` if a group would lose all its channels.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
         raise PruningError(f"pruning_ratio must be a number in [0, 1), got {ratio!r}")
+    if attention not in ATTENTION_MODES:
+        raise PruningError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     c, parts = group.size, group.partitions
+    if group.heads and attention == "heads":
+        return max(1, int(group.heads * (1.0 - float(ratio)))) * (c // group.heads)
     n_pruned = c - int(c * (1.0 - float(ratio)))
     kept = c - (n_pruned // parts) * parts
-    if round_to is not None and kept < c:
+    if group.heads and kept < c:
+        width, per = c // parts, kept // parts
+        m = int(head_dim_multiple)
+        if m > 1 and width >= m:
+            per = min(width, max(m, math.floor(per / m + 0.5) * m))
+        kept = per * parts
+    elif round_to is not None and kept < c:
         step = math.lcm(int(round_to), parts)
         if step <= c:
             kept = min(c - c % step, max(step, math.floor(kept / step + 0.5) * step))
@@ -121,11 +140,14 @@ def kept_count(group: ChannelGroup, ratio: float, round_to: int | None = None) -
 
 
 def select_channels(groups: DependencyGroups, scores: Mapping[str, torch.Tensor], ratio: float,
-                    round_to: int | None = None, on_unsupported: str = "error") -> ChannelMask:
+                    round_to: int | None = None, on_unsupported: str = "error", attention: str = "width",
+                    head_dim_multiple: int = 1) -> ChannelMask:
     """Keep the highest-scoring channels of every group (lowest score pruned first; on ties the higher index goes).
 
-    Pruning is even inside each of a group's partitions. Unsupported groups raise
-    :class:`PruningError` when ``ratio > 0`` unless ``on_unsupported == "skip"`` (then kept whole).
+    Pruning is even inside each of a group's partitions; with ``attention="heads"`` a multi-head
+    attention group keeps its highest-scoring whole heads (a head's score: the sum of its channels').
+    Unsupported groups raise :class:`PruningError` when ``ratio > 0`` unless
+    ``on_unsupported == "skip"`` (then kept whole).
     """
     keep: dict[str, torch.Tensor] = {}
     for g in groups:
@@ -139,15 +161,21 @@ def select_channels(groups: DependencyGroups, scores: Mapping[str, torch.Tensor]
                 continue
             raise PruningError(f"group {g.key!r} cannot be pruned: {g.unsupported}. Add its root to "
                                f"ignored_layers or set on_unsupported='skip'")
-        n_keep = kept_count(g, ratio, round_to)
+        n_keep = kept_count(g, ratio, round_to, attention, head_dim_multiple)
         if g.key not in scores:
             raise PruningError(f"no importance scores for group {g.key!r}")
         s = scores[g.key].detach().float().cpu()
         if s.shape != (g.size,):
             raise PruningError(f"scores[{g.key!r}] has shape {tuple(s.shape)}, expected ({g.size},)")
         per = g.size // g.partitions
-        keep_per = n_keep // g.partitions
         mask = torch.zeros(g.size, dtype=torch.bool)
+        if g.heads and attention == "heads":
+            head_scores = s.view(g.heads, per).double().sum(1)
+            order = torch.sort(head_scores, stable=True, descending=True).indices
+            mask.view(g.heads, per)[order[:n_keep // per]] = True
+            keep[g.key] = mask
+            continue
+        keep_per = n_keep // g.partitions
         for p in range(g.partitions):
             part = s[p * per:(p + 1) * per]
             order = torch.sort(part, stable=True, descending=True).indices  # high first; ties: low index

@@ -55,7 +55,8 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, config: PruningConfig,
     example_inputs = check_inputs(example_inputs)
     groups = groups or build_groups(model, example_inputs, config.ignored_layers)
     scores = compute_importance(model, groups, config, ema_state=ema_state, loss_fn=loss_fn)
-    mask = select_channels(groups, scores, config.pruning_ratio, config.round_to, config.on_unsupported)
+    mask = select_channels(groups, scores, config.pruning_ratio, config.round_to, config.on_unsupported,
+                           config.attention, config.head_dim_multiple)
     return Plan(groups, scores, mask)
 
 

@@ -41,9 +41,10 @@ def check_mask(groups: DependencyGroups, mask: ChannelMask) -> None:
         if not g.prunable:
             raise PruningError(f"group {g.key!r} cannot be pruned: {g.unsupported}")
         per = keep.view(g.partitions, -1).sum(1)
-        if g.partitions > 1 and not bool((per == per[0]).all()):
-            raise PruningError(f"group {g.key!r}: its {g.partitions} GroupNorm/head partitions must keep equally "
-                               f"many channels, got {per.tolist()}")
+        kept = per[per > 0] if g.heads else per  # attention heads may go whole; GroupNorm parts may not
+        if g.partitions > 1 and not bool((kept == kept[0]).all()):
+            raise PruningError(f"group {g.key!r}: its {g.partitions} {'heads' if g.heads else 'GroupNorm/head partitions'} "
+                               f"must keep equally many channels{' (or none)' if g.heads else ''}, got {per.tolist()}")
 
 
 def _member_pruned(g: ChannelGroup, gone: set[int]) -> dict[tuple[str, str], list[int]]:
@@ -65,11 +66,34 @@ def shrink_in_place(model: nn.Module, groups: DependencyGroups, mask: ChannelMas
         gone = mask.pruned(g.key)
         if not gone:
             continue
-        for k, v in _member_pruned(g, set(gone)).items():
+        cuts = _member_pruned(g, set(gone))
+        for k, v in cuts.items():
             removed.setdefault(k, []).extend(v)
-        tracer.group_for(groups.roots[g.key], gone).prune()
+        if g.manual:
+            _cut(model, cuts)
+        else:
+            tracer.group_for(groups.roots[g.key], gone).prune()
     apply_fixups(model, removed)
     return removed
+
+
+@torch.no_grad()
+def _cut(model: nn.Module, cuts: dict[tuple[str, str], list[int]]) -> None:
+    """Remove channels of Linear/Conv members directly (groups the tracer maps wrongly)."""
+    modules = dict(model.named_modules())
+    for (name, kind), idxs in cuts.items():
+        m = modules[name]
+        if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            raise PruningError(f"cannot cut {kind}-channels of {name!r} ({type(m).__name__})")
+        dim = 0 if kind == "out" else 1
+        n = m.weight.shape[dim]
+        keep = torch.tensor(sorted(set(range(n)) - set(idxs)), dtype=torch.long, device=m.weight.device)
+        m.weight = nn.Parameter(m.weight.index_select(dim, keep).contiguous(), m.weight.requires_grad)
+        if dim == 0 and m.bias is not None:
+            m.bias = nn.Parameter(m.bias.index_select(0, keep).contiguous(), m.bias.requires_grad)
+        attr = {(True, "out"): "out_features", (True, "in"): "in_features",
+                (False, "out"): "out_channels", (False, "in"): "in_channels"}[(isinstance(m, nn.Linear), kind)]
+        setattr(m, attr, keep.numel())
 
 
 def _validate(model: nn.Module, example_inputs: ExampleInputs) -> None:

@@ -10,6 +10,7 @@ launch (slow; meant for tests).
 """
 
 from ._common import unavailable_reasons
+from .block_attention import block_attention, block_attention_backward
 from .compress_2_4 import compress_2_4, compress_2_4_reference
 from .csr_conv2d import csr_conv2d, csr_conv2d_reference
 from .csr_conv2d_grad_input import csr_conv2d_grad_input, csr_conv2d_grad_input_reference
@@ -25,6 +26,8 @@ from .twofour_linear_kernels import (twofour_linear, twofour_linear_grad_input, 
 
 __all__ = [
     "unavailable_reasons",
+    "block_attention",
+    "block_attention_backward",
     "csr_linear",
     "csr_linear_reference",
     "csr_linear_grad_input",

@@ -83,7 +83,7 @@ def test_diffusers_dit_adaln_rows_follow_the_hidden_channel(hf_dit, dit_inputs):
     assert hidden.prunable
 
 
-def test_our_dit_marks_what_it_cannot_shrink(our_dit, dit_inputs):
+def test_our_dit_groups_include_the_fused_qkv_inner_width(our_dit, dit_inputs):
     groups = build_groups(our_dit, dit_inputs)
     assert "final_layer.linear" not in [g.key for g in groups]
     hidden = _group_with(groups, "blocks.0.attn.qkv", "in")
@@ -91,7 +91,11 @@ def test_our_dit_marks_what_it_cannot_shrink(our_dit, dit_inputs):
     ada = [m for m in hidden.members if m.name == "blocks.0.adaLN_modulation.1" and m.kind == "out"][0]
     assert len(ada.idxs) == 6 * 64
     inner = _group_with(groups, "blocks.0.attn.qkv", "out")
-    assert not inner.prunable and inner.unsupported
+    # root channel i of the inner width: qkv rows i, 64 + i, 128 + i (q, k, v) and proj column i
+    assert inner.prunable and inner.manual and inner.size == 64 and inner.heads == inner.partitions == 4
+    qkv = [m for m in inner.members if m.kind == "out"][0]
+    assert qkv.idxs[:2] == (0, 1) and qkv.idxs[64] == 64 and qkv.root_idxs[64] == 0 and len(qkv.idxs) == 192
+    assert {(m.name, m.kind) for m in inner.members} == {("blocks.0.attn.qkv", "out"), ("blocks.0.attn.proj", "in")}
     mlp = _group_with(groups, "blocks.0.mlp.fc1", "out")
     assert mlp.prunable and mlp.size == 256
 
