@@ -30,6 +30,18 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("prune_2_4(Tensor weight) -> Tensor");
   m.def("compress_2_4(Tensor weight, Tensor mask) -> (Tensor, Tensor)");
   m.def("decompress_2_4(Tensor values, Tensor meta) -> Tensor");
+  // Block-sparse (BSR) ops: blocks of (bo, bi) along (out, in) channels, shared by every conv tap.
+  m.def("bsr_linear(Tensor input, Tensor weight, Tensor? bias, Tensor brow_ptr, Tensor bcol_idx, int bo, int bi) -> Tensor");
+  m.def(
+      "bsr_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
+      "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+  m.def(
+      "bsr_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor brow_ptr, Tensor bcol_idx, int bo, int bi, "
+      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "bsr_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
+      "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
   // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
   m.def("cpu_capability() -> str");
 }

@@ -36,7 +36,8 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4"})
+    ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
+                     "decompress_2_4"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -56,6 +57,10 @@ class DenseBackend(Backend):
             grad_output, inputs.input, _masked_weight(inputs), None, inputs.stride, inputs.padding,
             inputs.dilation, False, [0, 0], 1, [input_grad, weight_grad, False])
         return grad_input, _masked_grad(inputs, grad_weight) if weight_grad else None
+
+    # A block mask is a mask: the same masked dense kernels run it.
+    block_linear_forward, block_linear_backward = linear_forward, linear_backward
+    block_conv2d_forward, block_conv2d_backward = conv2d_forward, conv2d_backward
 
     def prune_2_4(self, rows):
         return magnitude_2_4_rows(rows)

@@ -15,7 +15,8 @@ from ebsparse.backends.extension import extension_error
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d",
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
-              "decompress_2_4": "ebsparse::decompress_2_4"}
+              "decompress_2_4": "ebsparse::decompress_2_4", "block_linear": "ebsparse::bsr_linear",
+              "block_conv2d": "ebsparse::bsr_conv2d"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -80,6 +81,29 @@ class NativeBackend(Backend):
             grad_weight = torch.ops.ebsparse.csr_conv2d_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx,
                                                                     list(inputs.weight.shape), *geometry)
         return grad_input, grad_weight
+
+    def block_linear_forward(self, inputs):
+        p = inputs.pattern
+        return torch.ops.ebsparse.bsr_linear(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx,
+                                             *p.block)
+
+    def block_linear_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p = inputs.pattern
+        grad_input, grad_weight = torch.ops.ebsparse.bsr_linear_backward(
+            grad_output, inputs.input, inputs.weight, *p.tensors(), *p.block, input_grad, weight_grad)
+        return grad_input if input_grad else None, grad_weight if weight_grad else None
+
+    def block_conv2d_forward(self, inputs):
+        p = inputs.pattern
+        return torch.ops.ebsparse.bsr_conv2d(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx,
+                                             *p.block, inputs.stride, inputs.padding, inputs.dilation)
+
+    def block_conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p = inputs.pattern
+        grad_input, grad_weight = torch.ops.ebsparse.bsr_conv2d_backward(
+            grad_output, inputs.input, inputs.weight, *p.tensors(), *p.block, inputs.stride, inputs.padding,
+            inputs.dilation, input_grad, weight_grad)
+        return grad_input if input_grad else None, grad_weight if weight_grad else None
 
     def prune_2_4(self, rows):
         return torch.ops.ebsparse.prune_2_4(rows)

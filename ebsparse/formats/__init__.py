@@ -19,3 +19,17 @@ __all__ = [
     "check_2_4_mask",
     "is_2_4_mask",
 ]
+
+from ebsparse.formats.block import (  # noqa: E402
+    SUPPORTED_BLOCKS,
+    BlockIndex,
+    build_block_index,
+    check_block,
+    check_block_mask,
+    is_block_mask,
+    magnitude_block_mask,
+    random_block_mask,
+)
+
+__all__ += ["SUPPORTED_BLOCKS", "BlockIndex", "build_block_index", "check_block", "check_block_mask",
+            "is_block_mask", "magnitude_block_mask", "random_block_mask"]

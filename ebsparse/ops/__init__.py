@@ -1,5 +1,7 @@
 """Functional sparse ops, registered with torch.library, each with a pure-PyTorch reference."""
 
+from ebsparse.ops.block_conv import block_sparse_conv2d
+from ebsparse.ops.block_linear import block_sparse_linear
 from ebsparse.ops.conv import sparse_conv2d
 from ebsparse.ops.linear import sparse_linear
 from ebsparse.ops.reference import prune_2_4_reference, sparse_conv2d_reference, sparse_linear_reference
@@ -8,6 +10,8 @@ from ebsparse.ops.twofour import compress_2_4, decompress_2_4, prune_2_4
 __all__ = [
     "sparse_linear",
     "sparse_conv2d",
+    "block_sparse_linear",
+    "block_sparse_conv2d",
     "sparse_linear_reference",
     "sparse_conv2d_reference",
     "prune_2_4",
