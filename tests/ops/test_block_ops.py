@@ -19,6 +19,17 @@ CPU = torch.device("cpu")
 DTYPES = [torch.float32, torch.float64]
 
 
+def _params(op):
+    """(backend, dtype) for the CPU backends with fp32/fp64 kernels; the Triton block kernels (tl.dot:
+    fp32/bf16/fp16, slow under the interpreter) have their own small cases in tests/triton."""
+    out = []
+    for dtype in DTYPES:
+        for p in backend_params(op, CPU, dtype):
+            if p.values[0] != "triton":
+                out.append(pytest.param(p.values[0], dtype, marks=p.marks, id=f"{p.values[0]}-{dtype}"))
+    return out
+
+
 def _tol(dtype, terms):
     eps = 2e-6 if dtype == torch.float32 else 1e-13
     return dict(atol=eps * max(1.0, terms) * 4, rtol=eps * 100)
@@ -75,8 +86,7 @@ def _check_conv(backend, n, rb, cb, block, size, kernel, stride, padding, dilati
     assert not ws.grad[~mask].any()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params("block_linear", CPU, torch.float32))
+@pytest.mark.parametrize("backend,dtype", _params("block_linear"))
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 150), rb=st.integers(1, 4), cb=st.integers(1, 4), block=st.sampled_from(SUPPORTED_BLOCKS),
        density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), seed=st.integers(0, 9999), bias=st.booleans())
@@ -84,8 +94,7 @@ def test_block_linear_matches_reference(backend, dtype, n, rb, cb, block, densit
     _check_linear(backend, n, rb, cb, block, density, dtype, seed, bias)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", backend_params("block_conv2d", CPU, torch.float32))
+@pytest.mark.parametrize("backend,dtype", _params("block_conv2d"))
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 3), rb=st.integers(1, 3), cb=st.integers(1, 2), block=st.sampled_from(SUPPORTED_BLOCKS),
        h=st.integers(3, 11), w=st.integers(3, 11), kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
