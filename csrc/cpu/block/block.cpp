@@ -297,14 +297,20 @@ Split split(int64_t columns, int64_t ld, int64_t rb) {
   return {tiles, chunks, rb};
 }
 
+// SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 1 MB.
+int64_t panel_widen(int64_t kdim, int64_t pt, size_t bytes) {
+  return std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(1, kdim * pt * int64_t(bytes)), 1, 4);
+}
+
 // out = S . im2col(src) (+ bias), S in BSR (ptr, idx over block rows of br, block columns of bck
 // panel rows = bci input channels), vals packed per block.
 template <typename T>
 void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_t* ptr, const int32_t* idx,
                     int br, int bci, const T* bias, T* out) {
   const Kernels<T> kern = pick_kernels<T>();
-  const int64_t kk = g.KH * g.KW, bck = bci * kk, ld = kern.pt, kdim = g.kdim();
+  const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim();
   const int64_t rb = g.R / br;
+  const int64_t ld = kern.pt;  // wider tiles measured slower (the output tile leaves L1)
   const std::vector<uint8_t> used = used_channels(g, idx, ptr[rb], bci);
   const Split s = split(g.columns(), ld, rb);
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t) {
@@ -328,9 +334,8 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
                         int br, int bci, T* acc) {
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
-  // Wider tiles than the forward's: the horizontal sums are paid once per tile; the panel stays in L2.
-  const int64_t widen = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(1, kdim * kern.pt * sizeof(T)), 1, 4);
-  const int64_t ld = kern.pt * widen;
+  // Wide tiles: the horizontal sums and the panel rows' set-up are paid once per tile.
+  const int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
   const Split s = split(g.columns(), ld, rb);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
