@@ -297,9 +297,9 @@ Split split(int64_t columns, int64_t ld, int64_t rb) {
   return {tiles, chunks, rb};
 }
 
-// SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 1 MB.
+// SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
 int64_t panel_widen(int64_t kdim, int64_t pt, size_t bytes) {
-  return std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(1, kdim * pt * int64_t(bytes)), 1, 4);
+  return std::clamp<int64_t>((int64_t(2) << 20) / std::max<int64_t>(1, kdim * pt * int64_t(bytes)), 1, 4);
 }
 
 // out = S . im2col(src) (+ bias), S in BSR (ptr, idx over block rows of br, block columns of bck

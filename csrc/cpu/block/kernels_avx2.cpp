@@ -11,6 +11,13 @@ namespace ebsparse::block_detail {
 namespace avx2 {
 using Vec = simd::Avx2;
 constexpr int kRows = 2;  // 2 rows x 4 vectors: 8 accumulators within AVX2's 16 registers
+
+// o[c] += the lanes of s[c] summed, c < 4: a transposing hadd tree.
+static inline void add_sums4(const __m256* s, float* o) {
+  const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+  _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), r));
+}
 #include "cpu/block/micro.h"
 }  // namespace avx2
 

@@ -16,6 +16,16 @@ namespace ebsparse::block_detail {
 namespace avx512 {
 using Vec = simd::Avx512;
 constexpr int kRows = 4;  // 4 rows x 4 vectors: 16 accumulators, 4 panel vectors, a broadcast
+
+// o[c] += the lanes of s[c] summed, c < 4: halves added, then a transposing hadd tree.
+static inline void add_sums4(const __m512* s, float* o) {
+  __m256 h[4];
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) h[c] = _mm256_add_ps(_mm512_castps512_ps256(s[c]), _mm512_extractf32x8_ps(s[c], 1));
+  const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+  _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), r));
+}
 #include "cpu/block/micro.h"
 }  // namespace avx512
 

@@ -81,8 +81,14 @@ inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* id
       }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < RT; ++r)
-      for (int c = 0; c < nc; ++c) out[(r0 + r) * bc + c0 + c] += Vec::hsum(s[r][c]);
+    for (int r = 0; r < RT; ++r) {
+      float* o = out + (r0 + r) * bc + c0;
+      if (nc == 4) {
+        add_sums4(s[r], o);  // one transposing add tree for the 4 sums (kernels_<isa>.cpp)
+      } else {
+        for (int c = 0; c < nc; ++c) o[c] += Vec::hsum(s[r][c]);
+      }
+    }
   }
 }
 
