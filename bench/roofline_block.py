@@ -77,7 +77,8 @@ def table(density: float = 0.1, blocks=((16, 16), (32, 32))) -> str:
             dense = step(layer, gpu, 1.0, None)[0]
             for block in blocks:
                 hbm, chip = step(layer, gpu, density, block)
-                lines.append(f"| {gname} | {layer.name} | {dense * 1e6:.0f} | {block[0]}x{block[1]} | {hbm * 1e6:.0f} | "
+                lines.append(f"| {gname} | {layer.name} | {dense * 1e6:.0f} | {block[0]}x{block[1]} | "
+                             f"{hbm * 1e6:.0f} | "
                              f"{hbm / dense:.2f}x | {chip * 1e6:.0f} | {chip / dense:.2f}x |")
     return "\n".join(lines)
 

@@ -110,5 +110,6 @@ def _unet_step(model):
 @pytest.mark.parametrize("sparsity", [0.9], ids=lambda s: f"sparsity-{s}")
 def test_unet_cifar10_block_train_step(benchmark, sparsity, block):
     paired(benchmark, _unet_step(_unet(sparsity, block)), _unet_step(_unet(0.0, None)),
-           group=f"cifar10 U-Net s2s train step b{settings.UNET_BATCH}", provider=f"erk-{sparsity}-block-{_block_id(block)}",
+           group=f"cifar10 U-Net s2s train step b{settings.UNET_BATCH}",
+           provider=f"erk-{sparsity}-block-{_block_id(block)}",
            rounds=settings.rounds(3))

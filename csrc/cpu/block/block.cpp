@@ -431,7 +431,9 @@ Geometry conv_geometry(const at::Tensor& x, int64_t r, int64_t kh, int64_t kw, a
   return g;
 }
 
-int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
+int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (size + 2 * p - d * (k - 1) - 1) / s + 1;
+}
 
 template <typename T>
 at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& w,

@@ -100,7 +100,8 @@ std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward_cpu(
   check_geometry(stride, padding, dilation);
   check_blocks(weight, bo, bi, brow_ptr, bcol_idx, &bcol_ptr, &brow_idx, input);
   for (int d = 0; d < 2; ++d) {
-    const int64_t out = (input.size(2 + d) + 2 * padding[d] - dilation[d] * (weight.size(2 + d) - 1) - 1) / stride[d] + 1;
+    const int64_t out =
+        (input.size(2 + d) + 2 * padding[d] - dilation[d] * (weight.size(2 + d) - 1) - 1) / stride[d] + 1;
     TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(2 + d) == out && grad_output.size(0) == input.size(0) &&
                     grad_output.size(1) == weight.size(0),
                 "grad_output: expected (", input.size(0), ", ", weight.size(0), ", Ho, Wo) of the conv's output, got ",
