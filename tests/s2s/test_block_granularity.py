@@ -104,3 +104,16 @@ def test_sparsify_block_pattern_on_any_model():
     assert all(is_block_mask(model[i].mask, (16, 16)) for i in (2, 5))
     with pytest.raises(ValueError, match="block: a block pattern needs a block shape"):
         ebsparse.sparsify(_model(), pattern="block", density=0.5)
+
+
+def test_block_module_state_dict_round_trip_and_mask_check():
+    src = ebsparse.SparseConv2d(32, 32, 3, padding=1, pattern="block", block=(16, 16), density=0.5)
+    dst = ebsparse.SparseConv2d(32, 32, 3, padding=1, pattern="block", block=(16, 16), density=1.0)
+    dst.load_state_dict(src.state_dict())
+    assert torch.equal(dst.mask, src.mask) and int(blocks_of(dst.mask, (16, 16)).sum()) == 2
+    x = torch.randn(2, 32, 5, 5)
+    torch.testing.assert_close(dst(x), src(x))
+    bad = src.state_dict()
+    bad["mask"] = torch.rand(32, 32, 3, 3) < 0.5
+    with pytest.raises(RuntimeError, match="not a \\(16, 16\\) block pattern"):
+        dst.load_state_dict(bad)
