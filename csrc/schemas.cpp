@@ -37,6 +37,18 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def(
       "block_attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
       "Tensor lse, Tensor crow, Tensor col, int block_size, float scale) -> (Tensor, Tensor, Tensor)");
+  // Block-sparse (BSR) ops: blocks of (bo, bi) along (out, in) channels, shared by every conv tap.
+  m.def("bsr_linear(Tensor input, Tensor weight, Tensor? bias, Tensor brow_ptr, Tensor bcol_idx, int bo, int bi) -> Tensor");
+  m.def(
+      "bsr_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
+      "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+  m.def(
+      "bsr_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor brow_ptr, Tensor bcol_idx, int bo, int bi, "
+      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "bsr_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
+      "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
   // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
   m.def("cpu_capability() -> str");
   // silu(group_norm(input)) fused (CPU): (output, mean (N, G), rstd (N, G)); its backward returns

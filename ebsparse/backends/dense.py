@@ -38,8 +38,8 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
-    ops = frozenset({"linear", "conv2d", "prune_2_4", "compress_2_4", "decompress_2_4", "group_norm_silu",
-                     "block_attention"})
+    ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
+                     "decompress_2_4", "group_norm_silu", "block_attention"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -78,6 +78,10 @@ class DenseBackend(Backend):
             dz, x, s["mean"], s["rstd"], inputs.weight, n, c, math.prod(x.shape[2:]), inputs.num_groups,
             [input_grad, weight_grad and inputs.weight is not None, weight_grad and inputs.bias is not None])
         return grad_input if input_grad else None, (grad_weight, grad_bias) if weight_grad else None
+
+    # A block mask is a mask: the same masked dense kernels run it.
+    block_linear_forward, block_linear_backward = linear_forward, linear_backward
+    block_conv2d_forward, block_conv2d_backward = conv2d_forward, conv2d_backward
 
     def prune_2_4(self, rows):
         return magnitude_2_4_rows(rows)

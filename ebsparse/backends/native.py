@@ -17,7 +17,8 @@ _CUDA_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d",
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
               "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
-              "block_attention": "ebsparse::block_attention"}
+              "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
+              "block_conv2d": "ebsparse::bsr_conv2d"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -107,6 +108,29 @@ class NativeBackend(Backend):
         weight_grads = (grad_weight if inputs.weight is not None else None,
                         grad_bias if inputs.bias is not None else None)
         return grad_input if input_grad else None, weight_grads if weight_grad else None
+
+    def block_linear_forward(self, inputs):
+        p = inputs.pattern
+        return torch.ops.ebsparse.bsr_linear(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx,
+                                             *p.block)
+
+    def block_linear_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p = inputs.pattern
+        grad_input, grad_weight = torch.ops.ebsparse.bsr_linear_backward(
+            grad_output, inputs.input, inputs.weight, *p.tensors(), *p.block, input_grad, weight_grad)
+        return grad_input if input_grad else None, grad_weight if weight_grad else None
+
+    def block_conv2d_forward(self, inputs):
+        p = inputs.pattern
+        return torch.ops.ebsparse.bsr_conv2d(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx,
+                                             *p.block, inputs.stride, inputs.padding, inputs.dilation)
+
+    def block_conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        p = inputs.pattern
+        grad_input, grad_weight = torch.ops.ebsparse.bsr_conv2d_backward(
+            grad_output, inputs.input, inputs.weight, *p.tensors(), *p.block, inputs.stride, inputs.padding,
+            inputs.dilation, input_grad, weight_grad)
+        return grad_input if input_grad else None, grad_weight if weight_grad else None
 
     def prune_2_4(self, rows):
         return torch.ops.ebsparse.prune_2_4(rows)

@@ -48,9 +48,16 @@ def _kernels():
     return kernels
 
 
+def _block():
+    from ebsparse.triton import block_ops  # the block kernels (tl.dot per block)
+
+    return block_ops
+
+
 class TritonBackend(Backend):
     name = "triton"
-    ops = frozenset({"linear", "conv2d", "compress_2_4", "decompress_2_4", "block_attention"})
+    ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "compress_2_4", "decompress_2_4",
+                     "block_attention"})
 
     def unavailable_reasons(self, op, device, dtype):
         reasons = super().unavailable_reasons(op, device, dtype)
@@ -61,6 +68,8 @@ class TritonBackend(Backend):
         reasons += list(kernels.unavailable_reasons(torch.device(device)))
         if op in ("linear", "conv2d") and dtype not in _FLOAT_DTYPES:
             reasons.append(f"dtype {dtype} not supported (float32, float64, float16, bfloat16)")
+        if op in ("block_linear", "block_conv2d") and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            reasons.append(f"dtype {dtype} not supported (float32, float16, bfloat16: tl.dot)")
         return reasons
 
     def block_attention_forward(self, inputs):
@@ -113,6 +122,24 @@ class TritonBackend(Backend):
             grad_weight = kernels.csr_conv2d_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx,
                                                          list(inputs.weight.shape), *geometry)
         return grad_input, grad_weight
+
+    def block_linear_forward(self, inputs):
+        p = inputs.pattern
+        return _block().bsr_linear(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx, *p.block)
+
+    def block_linear_backward(self, inputs, grad_output, input_grad, weight_grad):
+        return _block().bsr_linear_backward(grad_output, inputs.input, inputs.weight, *inputs.pattern.tensors(),
+                                            *inputs.pattern.block, input_grad, weight_grad)
+
+    def block_conv2d_forward(self, inputs):
+        p = inputs.pattern
+        return _block().bsr_conv2d(inputs.input, inputs.weight, inputs.bias, p.brow_ptr, p.bcol_idx, *p.block,
+                                   inputs.stride, inputs.padding, inputs.dilation)
+
+    def block_conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        return _block().bsr_conv2d_backward(grad_output, inputs.input, inputs.weight, *inputs.pattern.tensors(),
+                                            *inputs.pattern.block, inputs.stride, inputs.padding, inputs.dilation,
+                                            input_grad, weight_grad)
 
     def compress_2_4(self, rows, mask_rows):
         return _kernels().compress_2_4(rows, mask_rows)

@@ -25,3 +25,17 @@ __all__ = [
     "transposable_2_4_mask",
     "is_transposable_2_4",
 ]
+
+from ebsparse.formats.block import (  # noqa: E402
+    SUPPORTED_BLOCKS,
+    BlockIndex,
+    build_block_index,
+    check_block,
+    check_block_mask,
+    is_block_mask,
+    magnitude_block_mask,
+    random_block_mask,
+)
+
+__all__ += ["SUPPORTED_BLOCKS", "BlockIndex", "build_block_index", "check_block", "check_block_mask",
+            "is_block_mask", "magnitude_block_mask", "random_block_mask"]

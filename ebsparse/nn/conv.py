@@ -7,6 +7,8 @@ from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
+from ebsparse.ops.block_conv import run_block_conv2d
+from ebsparse.ops.block_linear import BlockConv2dInputs
 from ebsparse.ops.conv import check_conv2d_args, run_conv2d
 from ebsparse.ops.inputs import Conv2dInputs
 
@@ -29,17 +31,17 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
                  density: float | None = None, pattern: str = "unstructured", mask: torch.Tensor | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, block=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
         reason = conv_unsupported_reason(self)
         if reason:
             raise ValueError(f"SparseConv2d: unsupported configuration: {reason}")
-        self._init_sparsity(mask, pattern, density, backend)
+        self._init_sparsity(mask, pattern, density, backend, block)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, *, density: float | None = None, pattern: str = "unstructured",
-                   mask: torch.Tensor | None = None, backend: str | None = None) -> "SparseConv2d":
+                   mask: torch.Tensor | None = None, backend: str | None = None, block=None) -> "SparseConv2d":
         """A SparseConv2d holding a copy of `conv`'s parameters, masked by magnitude or `mask`."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
@@ -50,7 +52,7 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, 1, conv.bias is not None, device=w.device, dtype=w.dtype,
                      mask=torch.ones_like(w, dtype=torch.bool), backend=backend)
-        module._adopt_dense(conv, pattern, density, mask)
+        module._adopt_dense(conv, pattern, density, mask, block)
         return module
 
     def to_dense(self) -> nn.Conv2d:
@@ -62,12 +64,15 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
-        input, weight, bias = autocast_args("conv2d", self.backend, input, self.weight, self.bias)
+        op = "block_conv2d" if self.pattern == "block" else "conv2d"
+        input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        return run_conv2d(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding),
-                          list(self.dilation), backend, self.dense_weight_grad)
+        run = run_block_conv2d if self.pattern == "block" else run_conv2d
+        return run(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding), list(self.dilation),
+                   backend, self.dense_weight_grad)
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None) -> Conv2dInputs:
         geometry = check_conv2d_args(input, weight, bias, self.mask, self.stride, self.padding, self.dilation)
-        return Conv2dInputs(input, weight, bias, self.mask, pattern, *geometry)
+        cls = BlockConv2dInputs if self.pattern == "block" else Conv2dInputs
+        return cls(input, weight, bias, self.mask, pattern, *geometry)

@@ -7,23 +7,25 @@ from torch import nn
 
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
+from ebsparse.ops.block_linear import block_linear_inputs, run_block_linear
 from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
 
 
 class SparseLinear(SparsityMixin, nn.Linear):
     """Drop-in nn.Linear (same constructor, `weight`/`bias` names and state dict) plus a `mask`
-    buffer. `pattern` is "unstructured" (exact `density`) or "2:4"; `backend` is None/"auto"
-    (measured, never slower than dense) or a backend name."""
+    buffer. `pattern` is "unstructured" (exact `density`), "2:4" or "block" (with `block=(bo, bi)`:
+    exactly round(density * n_blocks) blocks kept); `backend` is None/"auto" (measured, never slower
+    than dense) or a backend name."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  density: float | None = None, pattern: str = "unstructured", mask: torch.Tensor | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, block=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_sparsity(mask, pattern, density, backend)
+        self._init_sparsity(mask, pattern, density, backend, block)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, density: float | None = None, pattern: str = "unstructured",
-                   mask: torch.Tensor | None = None, backend: str | None = None) -> "SparseLinear":
+                   mask: torch.Tensor | None = None, backend: str | None = None, block=None) -> "SparseLinear":
         """A SparseLinear holding a copy of `linear`'s parameters, masked by magnitude or `mask`."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
@@ -31,7 +33,7 @@ class SparseLinear(SparsityMixin, nn.Linear):
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, device=w.device,
                      dtype=w.dtype, mask=torch.ones_like(w, dtype=torch.bool), pattern="unstructured",
                      backend=backend)
-        module._adopt_dense(linear, pattern, density, mask)
+        module._adopt_dense(linear, pattern, density, mask, block)
         return module
 
     def to_dense(self) -> nn.Linear:
@@ -42,11 +44,14 @@ class SparseLinear(SparsityMixin, nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern_index()
-        input, weight, bias = autocast_args("linear", self.backend, input, self.weight, self.bias)
+        op = "block_linear" if self.pattern == "block" else "linear"
+        input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        return run_linear(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
+        run = run_block_linear if self.pattern == "block" else run_linear
+        return run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None):
         check_linear_args(input, weight, bias, self.mask)
-        return linear_inputs(input, weight, bias, self.mask, pattern)
+        make = block_linear_inputs if self.pattern == "block" else linear_inputs
+        return make(input, weight, bias, self.mask, pattern)

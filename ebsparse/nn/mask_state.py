@@ -27,6 +27,7 @@ import weakref
 import torch
 
 from ebsparse.formats import build_index
+from ebsparse.formats.block import BlockIndex, build_block_index
 from ebsparse.formats.index import PatternIndex
 
 STRICT_ENV = "EBSPARSE_STRICT_MASKS"
@@ -64,6 +65,7 @@ class MaskState:
         self._key: tuple | None = None
         self._built_from: torch.Tensor | None = None
         self._index: PatternIndex | None = None
+        self._block_index: dict = {}  # block shape -> BlockIndex
 
     def is_for(self, mask: torch.Tensor) -> bool:
         return self._mask() is mask
@@ -75,6 +77,7 @@ class MaskState:
             self._key = key
             self._built_from = mask.detach().clone()
             self._index = None
+            self._block_index = {}
 
     def check_edits(self, mask: torch.Tensor, where: str, *, strict: bool) -> bool:
         """Compare the mask with the one the caches were built from. An edit that bypassed the version
@@ -100,6 +103,17 @@ class MaskState:
         if self._index is None:
             self._index = build_index(mask)
         return self._index
+
+
+    def block_index(self, mask: torch.Tensor, block: tuple[int, int], where: str) -> BlockIndex:
+        """BSR of the current mask with `block` blocks (built once per mask version)."""
+        self._follow_counter(mask)
+        if strict_masks():
+            self.check_edits(mask, where, strict=True)
+        index = self._block_index.get(block)
+        if index is None:
+            index = self._block_index[block] = build_block_index(mask, block)
+        return index
 
 
 _STATES: dict[int, MaskState] = {}

@@ -9,17 +9,35 @@ import torch
 from ebsparse.backends import dispatch, get_backend
 from ebsparse.backends.base import Backend
 from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
+from ebsparse.formats.block import check_block, check_block_mask, check_block_shape, magnitude_block_mask
 from ebsparse.formats.index import PatternIndex
 from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
 
-PATTERNS = ("unstructured", "2:4")
+PATTERNS = ("unstructured", "2:4", "block")
 
 
-def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> torch.Tensor:
-    """Magnitude mask of `weight`: 2:4 by magnitude, or exactly round(density * n) kept."""
+def check_pattern_block(pattern: str, block) -> tuple[int, int] | None:
+    """The checked block shape of a "block" pattern (required), None for the others (must be None)."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern: expected one of {PATTERNS}, got {pattern!r}")
+    if pattern == "block":
+        if block is None:
+            raise ValueError("block: a block pattern needs a block shape (bo, bi), e.g. block=(16, 16)")
+        return check_block(block)
+    if block is not None:
+        raise ValueError(f"block: only the 'block' pattern takes a block shape, got block={block!r} with "
+                         f"pattern={pattern!r}")
+    return None
+
+
+def initial_mask(weight: torch.Tensor, pattern: str, density: float | None, block=None) -> torch.Tensor:
+    """Magnitude mask of `weight`: 2:4 by magnitude, exactly round(density * n) kept, or for "block"
+    exactly round(density * n_blocks) blocks of largest L2 norm kept."""
+    block = check_pattern_block(pattern, block)
+    if pattern == "block":
+        check_block_shape(weight.shape, block)
+        return magnitude_block_mask(weight.detach(), check_density(1.0 if density is None else density), block)
     if pattern == "2:4":
         if density not in (None, 0.5):
             raise ValueError(f"density: a 2:4 pattern has density 0.5, got {density!r}")
@@ -38,9 +56,10 @@ class SparsityMixin:
     ebsparse.nn.mask_state."""
 
     def _init_sparsity(self, mask: torch.Tensor | None, pattern: str, density: float | None,
-                       backend: str | None) -> None:
+                       backend: str | None, block=None) -> None:
+        self.block = check_pattern_block(pattern, block)
         if mask is None:
-            mask = initial_mask(self.weight, pattern, density)
+            mask = initial_mask(self.weight, pattern, density, self.block)
         self.pattern = pattern
         self.backend = backend
         # RigL asks for the dense weight gradient on its update steps only.
@@ -59,6 +78,8 @@ class SparsityMixin:
             raise ValueError(f"{name}: expected shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
         if self.pattern == "2:4":
             check_2_4_mask(mask, name)
+        elif self.pattern == "block":
+            check_block_mask(mask, self.block, name)
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the kept positions and zero the weights outside them (seen by the next forward)."""
@@ -73,8 +94,11 @@ class SparsityMixin:
         return float(self.mask.sum()) / self.mask.numel()
 
     def pattern_index(self) -> PatternIndex:
-        """CSR/CSC of the mask, rebuilt only when the mask changes (eager and compiled)."""
-        index = current_index(self.mask, type(self).__name__)
+        """CSR/CSC of the mask (BSR for a block pattern), rebuilt only when the mask changes."""
+        if self.pattern == "block":
+            index = mask_state(self.mask).block_index(self.mask, self.block, type(self).__name__)
+        else:
+            index = current_index(self.mask, type(self).__name__)
         if not torch.compiler.is_compiling() and index is not self._index:
             self._index = index
             self._resolved.clear()  # another density may favour another backend
@@ -93,15 +117,16 @@ class SparsityMixin:
         return super().train(mode)
 
     def _adopt_dense(self, dense: torch.nn.Module, pattern: str, density: float | None,
-                     mask: torch.Tensor | None) -> None:
+                     mask: torch.Tensor | None, block=None) -> None:
         """Copy `dense`'s weight and bias, then mask them (by magnitude unless `mask` is given)."""
         with torch.no_grad():
             self.weight.copy_(dense.weight)
             if dense.bias is not None:
                 self.bias.copy_(dense.bias)
         self.weight.requires_grad_(dense.weight.requires_grad)
+        self.block = check_pattern_block(pattern, block)
         self.pattern = pattern
-        self.set_mask(mask if mask is not None else initial_mask(self.weight, pattern, density))
+        self.set_mask(mask if mask is not None else initial_mask(self.weight, pattern, density, self.block))
 
     def _export_dense(self, dense: torch.nn.Module) -> torch.nn.Module:
         """Fill `dense` (same shapes) with the masked weight and the bias."""
@@ -137,4 +162,5 @@ class SparsityMixin:
         return backend
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pattern={self.pattern}, density={self.density:.4f}"
+        block = f", block={self.block}" if self.pattern == "block" else ""
+        return f"{super().extra_repr()}, pattern={self.pattern}{block}, density={self.density:.4f}"

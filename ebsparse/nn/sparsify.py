@@ -14,8 +14,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ebsparse.formats.block import block_unsupported_reason
 from ebsparse.nn.conv import SparseConv2d, conv_unsupported_reason
 from ebsparse.nn.linear import SparseLinear
+from ebsparse.nn.pattern import check_pattern_block
 
 Selector = Callable[[str, nn.Module], bool] | str | list[str] | None
 
@@ -40,7 +42,7 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _unsupported_reason(module: nn.Module, pattern: str) -> str | None:
+def _unsupported_reason(module: nn.Module, pattern: str, block=None) -> str | None:
     if isinstance(module, (SparseLinear, SparseConv2d)):
         return "already sparse"
     base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
@@ -53,25 +55,32 @@ def _unsupported_reason(module: nn.Module, pattern: str) -> str | None:
     if pattern == "2:4" and module.weight.shape[1] % 4:
         what = "in_features" if isinstance(module, nn.Linear) else "in_channels"
         return f"2:4 needs {what} % 4 == 0, got {module.weight.shape[1]}"
+    if pattern == "block":
+        return block_unsupported_reason(module.weight.shape, block)
     return None
 
 
 def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = None,
              pattern: str = "unstructured", masks: Mapping[str, torch.Tensor] | None = None,
              include: Selector = None, exclude: Selector = None, backend: str | None = None,
-             strict: bool = False) -> SparsifyReport:
+             strict: bool = False, block=None) -> SparsifyReport:
     """Replace matching nn.Linear / nn.Conv2d modules of `model` in place.
 
     Args:
         density: kept fraction, one float for every layer or a mapping layer name -> density
             (layers missing from the mapping are left dense). For 2:4 it must be None or 0.5
             (a 2:4 pattern keeps half); any other value raises ValueError.
-        pattern: "unstructured" (magnitude mask with exact counts) or "2:4".
+        pattern: "unstructured" (magnitude mask with exact counts), "2:4" or "block" (whole
+            (bo, bi) blocks of the (out, in) channel plane, every conv tap alike; magnitude by block
+            L2 norm, exactly round(density * n_blocks) blocks kept; layers whose channels the block
+            does not divide are skipped with that reason).
+        block: (bo, bi) for pattern="block" (one of `ebsparse.formats.SUPPORTED_BLOCKS`).
         masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation).
         include / exclude: layer-name globs (or a predicate (name, module) -> bool).
         backend: forwarded to the modules (None/"auto", or a backend name).
         strict: raise instead of skipping a selected layer that cannot be made sparse.
     """
+    block = check_pattern_block(pattern, block)  # checked before any layer is swapped
     if pattern == "2:4":  # checked before any layer is swapped, so a bad call leaves the model as it was
         for value in (density.values() if isinstance(density, Mapping) else [density]):
             if value not in (None, 0.5):
@@ -87,7 +96,7 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
             continue
         if isinstance(density, Mapping) and name not in density and not (masks and name in masks):
             continue
-        reason = _unsupported_reason(module, pattern)
+        reason = _unsupported_reason(module, pattern, block)
         if reason:
             if strict:
                 raise ValueError(f"layer {name!r} cannot be made sparse: {reason}")
@@ -98,7 +107,8 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
         layer_density = density.get(name) if isinstance(density, Mapping) else density
         mask = masks.get(name) if masks else None
         cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
-        sparse = cls.from_dense(module, density=layer_density, pattern=pattern, mask=mask, backend=backend)
+        sparse = cls.from_dense(module, density=layer_density, pattern=pattern, mask=mask, backend=backend,
+                                block=block)
         _set_submodule(model, name, sparse)
         report.converted.append(name)
     return report

@@ -1,6 +1,8 @@
 """Functional sparse ops, registered with torch.library, each with a pure-PyTorch reference."""
 
 from ebsparse.ops.attention import block_sparse_attention
+from ebsparse.ops.block_conv import block_sparse_conv2d
+from ebsparse.ops.block_linear import block_sparse_linear
 from ebsparse.ops.conv import sparse_conv2d
 from ebsparse.ops.group_norm_silu import group_norm_silu
 from ebsparse.ops.linear import sparse_linear
@@ -13,6 +15,8 @@ __all__ = [
     "block_sparse_attention_reference",
     "sparse_linear",
     "sparse_conv2d",
+    "block_sparse_linear",
+    "block_sparse_conv2d",
     "sparse_linear_reference",
     "sparse_conv2d_reference",
     "prune_2_4",

@@ -10,14 +10,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ebsparse.formats.block import SUPPORTED_BLOCKS
+
 from .._config import config_from_dict
 
-__all__ = ["SparsityConfig", "METHODS", "DISTRIBUTIONS", "LAYER_KINDS", "DECAYS"]
+__all__ = ["SparsityConfig", "METHODS", "DISTRIBUTIONS", "LAYER_KINDS", "DECAYS", "GRANULARITIES"]
 
 METHODS = ("static", "rigl", "magran")
 DISTRIBUTIONS = ("erk", "er", "uniform")
 LAYER_KINDS = ("conv", "linear", "rnn")
 DECAYS = ("constant", "cosine")
+GRANULARITIES = ("element", "block")
 
 
 @dataclass
@@ -37,6 +40,10 @@ class SparsityConfig:
     ``custom_sparsity``: glob -> sparsity S for layers that keep their own level (left out of the ERK
     budget; S as in the paper's per-layer settings). ``optimizer_safe`` declares an optimizer other than Adam/AdamW safe to use (its state is
     then not touched on mask updates). ``backend`` goes to the sparse modules (None = auto).
+    ``granularity: block`` keeps and drops whole ``block`` = (bo, bi) blocks of the (out, in) channel
+    plane (every conv tap alike; ``ebsparse.formats.block``) in the conv and linear layers the block
+    divides: ER/ERK densities become exact block counts, drop by block L2 norm, grow by the block's
+    summed |dense gradient| (RigL) or at random (MagRan); other weights stay element-wise.
     """
 
     method: str = "static"
@@ -55,6 +62,8 @@ class SparsityConfig:
     optimizer_safe: bool = False
     backend: str | None = None
     seed: int = 0
+    granularity: str = "element"
+    block: tuple[int, int] = (16, 16)
     sparsity: dataclasses.InitVar[float | None] = None
 
     def __post_init__(self, sparsity: float | None) -> None:
@@ -108,6 +117,11 @@ class SparsityConfig:
             raise bad("backend", "None or a backend name")
         if not isinstance(self.seed, int):
             raise bad("seed", "an integer")
+        if self.granularity not in GRANULARITIES:
+            raise bad("granularity", f"one of {GRANULARITIES}")
+        self.block = tuple(self.block) if isinstance(self.block, (list, tuple)) else self.block
+        if self.block not in SUPPORTED_BLOCKS:
+            raise bad("block", f"one of {[list(b) for b in SUPPORTED_BLOCKS]} (bo, bi)")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SparsityConfig":
@@ -123,6 +137,7 @@ class SparsityConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["layers"], out["exclude"] = list(self.layers), list(self.exclude)
+        out["block"] = list(self.block)
         return out
 
     @property

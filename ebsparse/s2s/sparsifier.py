@@ -16,17 +16,22 @@ schedule position and the sparsifier's generator are in :meth:`Sparsifier.state_
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from ebsparse.formats.block import (block_norms, block_sums, block_unsupported_reason, blocks_of, expand_blocks,
+                                    kept_blocks, random_block_mask)
+from ebsparse.nn.conv import conv_unsupported_reason
 
 from .config import SparsityConfig
 from .distribution import layer_densities
 from .masks import drop_smallest, grow_largest, kept_count, random_mask
 from .optim import check_optimizer, rebind_parameters, reset_moments
 from .schedule import UpdateSchedule
-from .targets import InPlaceTarget, Target, build_targets, find_candidates
+from .targets import InPlaceTarget, Target, build_targets, find_candidates, swappable
 
 __all__ = ["Sparsifier", "Static", "RigL", "MagRan", "from_config"]
 
@@ -62,6 +67,8 @@ class Sparsifier:
         self.targets: list[Target] = []
         self.densities: dict[str, float] = {}
         self.dense_layers: dict[str, int] = {}  # weights the distribution made dense -> numel
+        self.blocks: dict[str, tuple[int, int]] = {}  # weights with block masks -> (bo, bi)
+        self.element_wise: dict[str, str] = {}  # with granularity block: weights left element-wise -> why
         self._applied = False
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps = 0  # optimizer steps taken (or skipped) so far
@@ -98,19 +105,45 @@ class Sparsifier:
         sparse, masks = [], {}
         for c in candidates:
             weight = getattr(model.get_submodule(c.module_name), c.attr)
+            block = self._block_for(model, c) if cfg.granularity == "block" else None
+            if block is not None:  # exact counts in blocks
+                n_blocks = weight.numel() // (block[0] * block[1] * math.prod(c.shape[2:]))
+                if kept_blocks(n_blocks, self.densities[c.name]) == n_blocks:
+                    self.dense_layers[c.name] = weight.numel()
+                    continue
+                sparse.append(c)
+                self.blocks[c.name] = block
+                masks[c.name] = random_block_mask(c.shape, self.densities[c.name], block, generator=self.generator,
+                                                  device=weight.device)
+                continue
             n_keep = kept_count(weight.numel(), self.densities[c.name])
             if n_keep == weight.numel():
                 self.dense_layers[c.name] = n_keep
                 continue
             sparse.append(c)
             masks[c.name] = random_mask(c.shape, n_keep, self.generator, weight.device)
-        self.targets, rebound = build_targets(model, sparse, masks, cfg.backend)
+        self.targets, rebound = build_targets(model, sparse, masks, cfg.backend, self.blocks)
         self._applied = True
         if optimizer is not None:
             rebind_parameters(optimizer, rebound)
             self.attach_optimizer(optimizer)
         self._set_dense_grad()
         return model
+
+    def _block_for(self, model: nn.Module, c) -> tuple[int, int] | None:
+        """The block shape of a candidate under granularity "block", or None (left element-wise,
+        with the reason recorded in `element_wise`)."""
+        block = tuple(self.config.block)
+        if c.kind not in ("conv", "linear") or not swappable(model, c):
+            self.element_wise[c.name] = "masked in place (no block kernel runs it)"
+            return None
+        reason = block_unsupported_reason(c.shape, block)
+        if reason is None and c.kind == "conv":
+            reason = conv_unsupported_reason(model.get_submodule(c.module_name))
+        if reason:
+            self.element_wise[c.name] = reason
+            return None
+        return block
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Use ``optimizer`` (built on the sparsified model): checked, and hooked to re-zero the
@@ -152,6 +185,10 @@ class Sparsifier:
     def _grow_scores(self, target: Target) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _grow_block_scores(self, target: Target, block: tuple[int, int]) -> torch.Tensor:
+        """Grow scores per block (out / bo, in / bi); by default the block sums of |element scores|."""
+        return block_sums(self._grow_scores(target).abs(), block)
+
     @torch.no_grad()
     def _update(self, fraction: float) -> None:
         """Drop the ``fraction`` of active weights with the smallest |W| and grow as many by the
@@ -160,19 +197,24 @@ class Sparsifier:
         dropped = 0
         for target in self.targets:
             mask, weight = target.mask, target.weight
-            n_active = int(mask.sum())
+            block = self.blocks.get(target.name)
+            # With a block pattern the units are blocks: drop by block L2 norm, grow by block score.
+            units = blocks_of(mask, block) if block else mask
+            n_active = int(units.sum())
             k = int(fraction * n_active)
-            if k == 0 or n_active == mask.numel():
+            if k == 0 or n_active == units.numel():
                 continue
-            drop_scores = weight.abs()
-            grow_scores = self._grow_scores(target)
+            drop_scores = block_norms(weight, block) if block else weight.abs()
+            grow_scores = self._grow_block_scores(target, block) if block else self._grow_scores(target)
             if distributed:  # a rank's local gradient differs from its neighbours'
                 drop_scores = _all_reduce_mean(drop_scores)
                 grow_scores = _all_reduce_mean(grow_scores)
             grow_scores = grow_scores.abs()
-            kept = drop_smallest(mask, drop_scores, k)
+            kept = drop_smallest(units, drop_scores, k)
             grow = grow_largest(kept, grow_scores, k)
             new_mask = kept | grow
+            if block:
+                kept, new_mask = (expand_blocks(m, mask.shape, block).to(mask.device) for m in (kept, new_mask))
             weight.mul_(kept)  # grown weights start at exactly zero
             target.set_mask(new_mask)
             if weight.grad is not None:
@@ -245,6 +287,10 @@ class MagRan(Sparsifier):
 
     def _grow_scores(self, target: Target) -> torch.Tensor:
         return torch.rand(target.mask.shape, generator=self.generator).to(target.mask.device)
+
+    def _grow_block_scores(self, target: Target, block: tuple[int, int]) -> torch.Tensor:
+        shape = target.mask.shape
+        return torch.rand(shape[0] // block[0], shape[1] // block[1], generator=self.generator).to(target.mask.device)
 
 
 _CLASSES = {"static": Static, "rigl": RigL, "magran": MagRan}

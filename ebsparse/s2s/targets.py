@@ -160,18 +160,34 @@ def _swappable(model: nn.Module, c: Candidate) -> bool:
     return not isinstance(parent, nn.MultiheadAttention)  # MHA reads out_proj.weight directly
 
 
+def swappable(model: nn.Module, c: Candidate) -> bool:
+    """Whether the candidate's module becomes a SparseLinear / SparseConv2d (else masked in place)."""
+    return bool(c.module_name) and _swappable(model, c)
+
+
 def build_targets(model: nn.Module, candidates: list[Candidate], masks: dict[str, torch.Tensor],
-                  backend: str | None = None) -> tuple[list[Target], dict[nn.Parameter, nn.Parameter]]:
+                  backend: str | None = None, blocks: dict[str, tuple[int, int]] | None = None
+                  ) -> tuple[list[Target], dict[nn.Parameter, nn.Parameter]]:
     """Install ``masks`` (parameter name -> bool mask): swap what the kernels can run, mask the rest
-    in place. Returns the targets and old -> new parameters (the swap makes new ones)."""
-    swap = {c.module_name: c for c in candidates if c.module_name and _swappable(model, c)}
+    in place. ``blocks``: parameter name -> (bo, bi) for the swappable weights whose masks are block
+    patterns (their modules get the "block" pattern). Returns the targets and old -> new parameters
+    (the swap makes new ones)."""
+    blocks = blocks or {}
+    swap = {c.module_name: c for c in candidates if swappable(model, c)}
     old = {}
     for module_name in swap:
         m = model.get_submodule(module_name)
         old[module_name] = (m.weight, m.bias)
-    report = sparsify(model, masks={n: masks[c.name] for n, c in swap.items()},
-                      include=lambda n, m: n in swap, backend=backend)
-    converted = set(report.converted)
+    converted = set()
+    groups: dict[tuple | None, list[str]] = {}
+    for n, c in swap.items():
+        groups.setdefault(blocks.get(c.name), []).append(n)
+    for block, names in groups.items():
+        chosen = set(names)
+        report = sparsify(model, masks={n: masks[swap[n].name] for n in names},
+                          include=lambda n, m, chosen=chosen: n in chosen, backend=backend,
+                          pattern="block" if block else "unstructured", block=block, strict=block is not None)
+        converted |= set(report.converted)
     rebound: dict[nn.Parameter, nn.Parameter] = {}
     targets: list[Target] = []
     for c in candidates:

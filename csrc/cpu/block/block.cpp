@@ -1,0 +1,565 @@
+// Block-sparse (BSR) linear and conv kernels on the CPU.
+//
+// One engine serves both ops: a convolution is a GEMM of the weight viewed as (Co, Ci * KH * KW)
+// with the im2col of its input, and a linear layer is the 1x1 case on 1x1 maps. A block pattern
+// keeps (bo x bi) blocks of the (out, in) channel plane, each shared by every (kh, kw) tap, so in the
+// (Co, Ci * KH * KW) view a kept block is a dense (bo x bi * KH * KW) sub-matrix: the engine runs
+// out (R, P) = S (R, Kdim) . B (Kdim, P) with S block-sparse (block rows of br, block columns of bck),
+// P the output columns (batch rows for linear; images x output pixels for conv).
+//
+// Columns are processed in tiles of `ld` (a multiple of the micro-kernel's width), each task by one
+// thread with its own scratch: the panel (Kdim x ld: the transposed activation for linear, an
+// im2col of the tile for conv, only the input channels some kept block reads), the output tile
+// (R x ld), then written to the (N, R) / (N, R, Ho, Wo) output. For stride-1 convolutions the
+// columns of one image run over a padded-width grid (q = oy * Wp + ox, Wp the padded width), so an
+// im2col row is one contiguous copy from the padded input; the columns with ox >= Wo are computed
+// and discarded. With fewer tiles than 2 x threads, tasks also split the block rows.
+//
+//   forward      out = S . im2col(x)                       (register-tiled SpMM per block row)
+//   grad-input   the forward engine on grad_output with the transposed pattern and flipped taps
+//                (the gradient of a convolution is a convolution): each thread owns its outputs,
+//                no scatter-add; strided convolutions first spread grad_output onto the stride grid
+//   grad-weight  per tile, dot products of grad_output rows with panel rows at the kept blocks only
+//                (SDDMM), summed per thread, then over threads, and written into a dense-shaped dW.
+//
+// fp32 runs kernels_avx512.cpp or kernels_avx2.cpp as cpu_capability() chooses; fp64 the portable
+// loops below.
+#include "cpu/block/block.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu/block/kernels.h"
+#include "cpu/capability.h"
+#include "cpu/linear/kernels.h"
+#include "cpu/tasks.h"
+
+namespace ebsparse {
+namespace {
+
+// ---- kernels -------------------------------------------------------------------------------------
+
+template <typename T, int PT>
+void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
+                  T* tile, int64_t ld) {
+  for (int64_t j = b0; j < b1; ++j)
+    for (int r = 0; r < br; ++r)
+      for (int c = 0; c < bc; ++c) {
+        const T w = vals[(j * br + r) * bc + c];
+        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        T* t = tile + r * ld;
+        for (int i = 0; i < PT; ++i) t[i] += w * p[i];
+      }
+}
+
+template <typename T>
+void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
+                   int64_t ld, int64_t n, T* acc) {
+  for (int64_t j = b0; j < b1; ++j)
+    for (int r = 0; r < br; ++r)
+      for (int c = 0; c < bc; ++c) {
+        const T* a = dtile + r * ld;
+        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        T s = 0;
+        for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
+        acc[(j * br + r) * bc + c] += s;
+      }
+}
+
+template <typename T>
+struct Kernels {
+  int pt;  // columns per SpMM call
+  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, T*, int64_t);
+  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, int64_t, int64_t, T*);
+};
+
+template <typename T>
+Kernels<T> pick_kernels();
+
+template <>
+Kernels<float> pick_kernels<float>() {
+  namespace d = block_detail;
+  if (cpu_capability() == CpuCapability::kAvx512) return {d::kPtAvx512, d::spmm_f32_avx512, d::sddmm_f32_avx512};
+  return {d::kPtAvx2, d::spmm_f32_avx2, d::sddmm_f32_avx2};
+}
+
+template <>
+Kernels<double> pick_kernels<double>() {
+  return {8, spmm_generic<double, 8>, sddmm_generic<double>};
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
+void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd, bool dst_outer) {
+  if (cpu_capability() == CpuCapability::kAvx512)
+    linear_detail::transpose_f32_avx512(src, lds, rows, cols, dst, ldd, dst_outer);
+  else
+    linear_detail::transpose_f32_avx2(src, lds, rows, cols, dst, ldd, dst_outer);
+}
+void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, double* dst, int64_t ldd, bool) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// Per-thread scratch, 64-byte aligned, kept between calls (no page faults on the hot path).
+enum Slot { kPanel, kTile, kSlots };
+
+template <typename T>
+T* scratch(Slot slot, int64_t n) {
+  struct Buf {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  const size_t need = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) & ~size_t(63);
+  if (b.bytes < need) {
+    std::free(b.p);
+    b.p = std::aligned_alloc(64, need);
+    TORCH_CHECK(b.p, "ebsparse: out of memory for ", need, " bytes of block-sparse scratch");
+    b.bytes = need;
+  }
+  return static_cast<T*>(b.p);
+}
+
+// ---- geometry: the GEMM view of a layer ----------------------------------------------------------
+
+struct Geometry {
+  bool linear;             // input (N, C), output (N, R); else NCHW
+  int64_t N, C, H, W, R;   // input (N, C, H, W), R output rows (channels / features)
+  int64_t KH, KW, sh, sw, ph, pw, dh, dw;  // ph / pw: top / left padding (negative crops)
+  int64_t Ho, Wo;
+  // derived
+  int64_t Hp = 1, Wp = 1;  // the padded input the panels read
+  int64_t rp = 1;          // column pitch of an output row (Wp for stride 1: the padded-width grid)
+  int64_t qn = 1;          // columns per image
+
+  void derive() {
+    if (linear) return;
+    Hp = (Ho - 1) * sh + (KH - 1) * dh + 1;
+    Wp = (Wo - 1) * sw + (KW - 1) * dw + 1;
+    const bool unit = sh == 1 && sw == 1;
+    rp = unit ? Wp : Wo;
+    qn = unit ? (Ho - 1) * Wp + Wo : Ho * Wo;
+  }
+  bool unit_stride() const { return sh == 1 && sw == 1; }
+  int64_t kdim() const { return C * KH * KW; }
+  int64_t columns() const { return N * qn; }
+};
+
+// The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside.
+template <typename T>
+at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
+  at::Tensor out = at::empty({g.N, g.C, g.Hp, g.Wp}, x.options());
+  const T* src = x.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* s = src + p * g.H * g.W;
+      T* d = dst + p * g.Hp * g.Wp;
+      const int64_t x0 = std::clamp<int64_t>(g.pw, 0, g.Wp), x1 = std::clamp<int64_t>(g.pw + g.W, x0, g.Wp);
+      for (int64_t y = 0; y < g.Hp; ++y) {
+        T* row = d + y * g.Wp;
+        const int64_t iy = y - g.ph;
+        if (iy < 0 || iy >= g.H) {
+          std::fill(row, row + g.Wp, T(0));
+          continue;
+        }
+        std::fill(row, row + x0, T(0));
+        std::memcpy(row + x0, s + iy * g.W + (x0 - g.pw), sizeof(T) * (x1 - x0));
+        std::fill(row + x1, row + g.Wp, T(0));
+      }
+    }
+  });
+  return out;
+}
+
+// Panel rows of the input channels marked in `used` for columns [c0, c1) (zero past c1).
+template <typename T>
+void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& used, int64_t c0, int64_t c1,
+                 T* panel, int64_t ld) {
+  const int64_t kk = g.KH * g.KW, n = c1 - c0;
+  if (g.linear) {
+    transpose(src + c0 * g.C, g.C, n, g.C, panel, ld, false);
+  } else {
+    for (int64_t col = c0; col < c1;) {
+      const int64_t img = col / g.qn, q0 = col % g.qn, len = std::min(c1 - col, g.qn - q0), i0 = col - c0;
+      for (int64_t ci = 0; ci < g.C; ++ci) {
+        if (!used[ci]) continue;
+        const T* plane = src + (img * g.C + ci) * g.Hp * g.Wp;
+        for (int64_t kh = 0; kh < g.KH; ++kh)
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            T* row = panel + (ci * kk + kh * g.KW + kw) * ld + i0;
+            if (g.unit_stride()) {
+              std::memcpy(row, plane + kh * g.dh * g.Wp + kw * g.dw + q0, sizeof(T) * len);
+            } else {
+              for (int64_t t = 0; t < len; ++t) {
+                const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
+                row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
+              }
+            }
+          }
+      }
+      col += len;
+    }
+  }
+  if (n < ld)
+    for (int64_t ci = 0; ci < g.C; ++ci)
+      if (g.linear || used[ci])
+        for (int64_t k = ci * kk; k < (ci + 1) * kk; ++k) std::fill(panel + k * ld + n, panel + (k + 1) * ld, T(0));
+}
+
+// Calls f(img, q0, len, i0) for the pieces of columns [c0, c1) that lie in one image.
+template <typename F>
+void for_pieces(const Geometry& g, int64_t c0, int64_t c1, F&& f) {
+  for (int64_t col = c0; col < c1;) {
+    const int64_t img = col / g.qn, q0 = col % g.qn, len = std::min(c1 - col, g.qn - q0);
+    f(img, q0, len, col - c0);
+    col += len;
+  }
+}
+
+// Calls f(oy, ox, offset, count) for the valid output pixels of columns [q0, q0 + len) of one image.
+template <typename F>
+void for_rows(const Geometry& g, int64_t q0, int64_t len, F&& f) {
+  for (int64_t q = q0; q < q0 + len;) {
+    const int64_t oy = q / g.rp, ox = q % g.rp, run = std::min(g.rp - ox, q0 + len - q);
+    if (ox < g.Wo) f(oy, ox, q - q0, std::min(run, g.Wo - ox));
+    q += run;
+  }
+}
+
+// Output tile rows [r0, r1), columns [c0, c1) into out.
+template <typename T>
+void scatter_tile(const Geometry& g, const T* tile, int64_t ld, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                  T* out) {
+  if (g.linear) {
+    transpose(tile + r0 * ld, ld, r1 - r0, c1 - c0, out + c0 * g.R + r0, g.R, true);
+    return;
+  }
+  for_pieces(g, c0, c1, [&](int64_t img, int64_t q0, int64_t len, int64_t i0) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* s = tile + r * ld + i0;
+      T* d = out + (img * g.R + r) * g.Ho * g.Wo;
+      for_rows(g, q0, len, [&](int64_t oy, int64_t ox, int64_t off, int64_t cnt) {
+        std::memcpy(d + oy * g.Wo + ox, s + off, sizeof(T) * cnt);
+      });
+    }
+  });
+}
+
+// grad_output rows [r0, r1), columns [c0, c1) into a tile (zero at discarded and tail columns).
+template <typename T>
+void gather_tile(const Geometry& g, const T* dy, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* tile,
+                 int64_t ld) {
+  if (g.linear) {
+    transpose(dy + c0 * g.R + r0, g.R, c1 - c0, r1 - r0, tile + r0 * ld, ld, false);
+    for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * ld + (c1 - c0), tile + (r + 1) * ld, T(0));
+    return;
+  }
+  for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, T(0));
+  for_pieces(g, c0, c1, [&](int64_t img, int64_t q0, int64_t len, int64_t i0) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* d = tile + r * ld + i0;
+      const T* s = dy + (img * g.R + r) * g.Ho * g.Wo;
+      for_rows(g, q0, len, [&](int64_t oy, int64_t ox, int64_t off, int64_t cnt) {
+        std::memcpy(d + off, s + oy * g.Wo + ox, sizeof(T) * cnt);
+      });
+    }
+  });
+}
+
+// Which input channels (rows of C) some kept block reads.
+std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_t nnzb, int64_t bci) {
+  std::vector<uint8_t> used(g.C, 0);
+  for (int64_t j = 0; j < nnzb; ++j)
+    for (int64_t c = 0; c < bci; ++c) used[int64_t(idx[j]) * bci + c] = 1;
+  return used;
+}
+
+// Tasks: column tiles, times block-row chunks when the tiles alone cannot keep the threads busy.
+struct Split {
+  int64_t tiles, chunks, rb;
+  int64_t rows(int64_t chunk, int64_t& r1) const {
+    r1 = rb * (chunk + 1) / chunks;
+    return rb * chunk / chunks;
+  }
+};
+
+Split split(int64_t columns, int64_t ld, int64_t rb) {
+  const int64_t tiles = (columns + ld - 1) / ld, threads = at::get_num_threads();
+  int64_t chunks = 1;
+  if (tiles < 2 * threads) chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
+  return {tiles, chunks, rb};
+}
+
+// SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
+int64_t panel_widen(int64_t kdim, int64_t pt, size_t bytes) {
+  return std::clamp<int64_t>((int64_t(2) << 20) / std::max<int64_t>(1, kdim * pt * int64_t(bytes)), 1, 4);
+}
+
+// out = S . im2col(src) (+ bias), S in BSR (ptr, idx over block rows of br, block columns of bck
+// panel rows = bci input channels), vals packed per block.
+template <typename T>
+void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_t* ptr, const int32_t* idx,
+                    int br, int bci, const T* bias, T* out) {
+  const Kernels<T> kern = pick_kernels<T>();
+  const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim();
+  const int64_t rb = g.R / br;
+  const int64_t ld = kern.pt;  // wider tiles measured slower (the output tile leaves L1)
+  const std::vector<uint8_t> used = used_channels(g, idx, ptr[rb], bci);
+  const Split s = split(g.columns(), ld, rb);
+  run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t) {
+    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
+    int64_t rb1;
+    const int64_t rb0 = s.rows(task % s.chunks, rb1);
+    if (rb0 == rb1) return;
+    T* panel = scratch<T>(kPanel, kdim * ld);
+    T* tile = scratch<T>(kTile, g.R * ld);
+    if (ptr[rb1] > ptr[rb0]) build_panel(g, src, used, c0, c1, panel, ld);
+    for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
+    for (int64_t b = rb0; b < rb1; ++b)
+      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), panel, tile + b * br * ld, ld);
+    scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
+  });
+}
+
+// acc[j * br * bck + r * bck + c] = sum over columns of dy rows . panel rows, at the kept blocks.
+template <typename T>
+void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int32_t* ptr, const int32_t* idx,
+                        int br, int bci, T* acc) {
+  const Kernels<T> kern = pick_kernels<T>();
+  const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
+  // Wide tiles: the horizontal sums and the panel rows' set-up are paid once per tile.
+  const int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
+  const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
+  const Split s = split(g.columns(), ld, rb);
+  const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
+  std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * per), T(0));
+  std::fill(acc, acc + per, T(0));
+  run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
+    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
+    int64_t rb1;
+    const int64_t rb0 = s.rows(task % s.chunks, rb1);
+    if (ptr[rb1] == ptr[rb0]) return;
+    T* panel = scratch<T>(kPanel, kdim * ld);
+    T* tile = scratch<T>(kTile, g.R * ld);
+    build_panel(g, src, used, c0, c1, panel, ld);
+    gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
+    T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
+    for (int64_t b = rb0; b < rb1; ++b)
+      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), panel, ld, ld, a);
+  });
+  for (int64_t t = 1; t < threads; ++t)
+    for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];
+}
+
+// ---- weights packed per call -----------------------------------------------------------------------
+
+// vals[j][r][c] = W2d[(b * br + r), idx[j] * bck + c] for the kept blocks (forward order).
+template <typename T>
+at::Tensor pack_forward(const at::Tensor& w, const int32_t* ptr, const int32_t* idx, int64_t rb, int64_t br,
+                        int64_t bck) {
+  const int64_t kdim = w.numel() / w.size(0);
+  at::Tensor vals = at::empty({ptr[rb] * br * bck}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        for (int64_t r = 0; r < br; ++r)
+          std::memcpy(v + (j * br + r) * bck, W + (b * br + r) * kdim + idx[j] * bck, sizeof(T) * bck);
+  });
+  return vals;
+}
+
+// The transposed, tap-flipped weight W'[ci, co, kh, kw] = W[co, ci, KH-1-kh, KW-1-kw] packed in the
+// order of the transposed pattern (cptr over block columns of bi, ridx the block rows of bo).
+template <typename T>
+at::Tensor pack_transposed(const at::Tensor& w, const int32_t* cptr, const int32_t* ridx, int64_t cb, int64_t bo,
+                           int64_t bi, int64_t KH, int64_t KW) {
+  const int64_t ci_total = w.size(1), kk = KH * KW, bck = bo * kk;
+  at::Tensor vals = at::empty({cptr[cb] * bi * bck}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, cb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = cptr[b]; j < cptr[b + 1]; ++j)
+        for (int64_t c = 0; c < bi; ++c)
+          for (int64_t r = 0; r < bo; ++r)
+            for (int64_t t = 0; t < kk; ++t)
+              v[(j * bi + c) * bck + r * kk + t] =
+                  W[((int64_t(ridx[j]) * bo + r) * ci_total + b * bi + c) * kk + (kk - 1 - t)];
+  });
+  return vals;
+}
+
+// dW (dense-shaped, zero off the pattern) from the per-block sums.
+template <typename T>
+at::Tensor unpack_grad(const at::Tensor& acc, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
+                       int64_t rb, int64_t br, int64_t bck, const at::TensorOptions& opt) {
+  at::Tensor dw = at::zeros(shape, opt);
+  const int64_t kdim = dw.numel() / shape[0];
+  const T* a = acc.const_data_ptr<T>();
+  T* d = dw.mutable_data_ptr<T>();
+  at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        for (int64_t r = 0; r < br; ++r)
+          std::memcpy(d + (b * br + r) * kdim + idx[j] * bck, a + (j * br + r) * bck, sizeof(T) * bck);
+  });
+  return dw;
+}
+
+// ---- the ops -------------------------------------------------------------------------------------
+
+Geometry linear_geometry(int64_t n, int64_t c, int64_t r) {
+  Geometry g{true, n, c, 1, 1, r, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1};
+  g.derive();
+  return g;
+}
+
+Geometry conv_geometry(const at::Tensor& x, int64_t r, int64_t kh, int64_t kw, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t ho, int64_t wo) {
+  Geometry g{false, x.size(0), x.size(1), x.size(2), x.size(3), r, kh, kw, stride[0], stride[1], padding[0],
+             padding[1], dilation[0], dilation[1], ho, wo};
+  g.derive();
+  return g;
+}
+
+int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (size + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+template <typename T>
+at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& bias, const int32_t* ptr, const int32_t* idx, int64_t bo,
+                         int64_t bi) {
+  const int64_t rb = g.R / bo, kk = g.KH * g.KW;
+  at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
+  at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
+  at::Tensor src = g.linear ? x : padded_input<T>(x, g);
+  at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
+                    bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+  return out;
+}
+
+// dX: the forward engine on grad_output (spread onto the stride grid) with the transposed pattern.
+template <typename T>
+at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at::Tensor& w, const int32_t* cptr,
+                            const int32_t* ridx, int64_t bo, int64_t bi) {
+  const int64_t cb = fwd.C / bi;
+  at::Tensor vals = pack_transposed<T>(w, cptr, ridx, cb, bo, bi, fwd.KH, fwd.KW);
+  if (fwd.linear) {
+    Geometry g = linear_geometry(fwd.N, fwd.R, fwd.C);
+    at::Tensor out = at::empty({fwd.N, fwd.C}, dy.options());
+    forward_engine<T>(g, dy.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
+                      out.mutable_data_ptr<T>());
+    return out;
+  }
+  at::Tensor spread = dy;
+  if (fwd.sh != 1 || fwd.sw != 1) {
+    spread = at::zeros({fwd.N, fwd.R, (fwd.Ho - 1) * fwd.sh + 1, (fwd.Wo - 1) * fwd.sw + 1}, dy.options());
+    spread.slice(2, 0, c10::nullopt, fwd.sh).slice(3, 0, c10::nullopt, fwd.sw).copy_(dy);
+  }
+  Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
+             fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
+  g.derive();
+  at::Tensor src = padded_input<T>(spread, g);
+  at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
+  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
+                    out.mutable_data_ptr<T>());
+  return out;
+}
+
+template <typename T>
+at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
+                             const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
+  const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
+  at::Tensor acc = at::empty({ptr[rb] * bo * bck}, x.options());
+  at::Tensor src = g.linear ? x : padded_input<T>(x, g);
+  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
+                        acc.mutable_data_ptr<T>());
+  return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
+}
+
+template <typename F>
+auto by_dtype(const at::Tensor& t, F&& f) {
+  if (t.scalar_type() == at::kFloat) return f(float{});
+  return f(double{});
+}
+
+}  // namespace
+
+at::Tensor bsr_linear(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& brow_ptr, const at::Tensor& bcol_idx, int64_t bo, int64_t bi) {
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const Geometry g = linear_geometry(x.size(0), x.size(1), w.size(0));
+  return by_dtype(x, [&](auto t) {
+    using T = decltype(t);
+    return forward_typed<T>(g, x, w, bias, brow_ptr.const_data_ptr<int32_t>(), bcol_idx.const_data_ptr<int32_t>(),
+                            bo, bi);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> bsr_linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                       const at::Tensor& weight, const at::Tensor& brow_ptr,
+                                                       const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr,
+                                                       const at::Tensor& brow_idx, int64_t bo, int64_t bi,
+                                                       bool input_grad, bool weight_grad) {
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  const Geometry g = linear_geometry(x.size(0), x.size(1), w.size(0));
+  return by_dtype(x, [&](auto t) {
+    using T = decltype(t);
+    at::Tensor gi = input_grad ? grad_input_typed<T>(g, dy, w, bcol_ptr.const_data_ptr<int32_t>(),
+                                                     brow_idx.const_data_ptr<int32_t>(), bo, bi)
+                               : at::empty({0, 0}, x.options());
+    at::Tensor gw = weight_grad ? grad_weight_typed<T>(g, x, dy, w, brow_ptr.const_data_ptr<int32_t>(),
+                                                       bcol_idx.const_data_ptr<int32_t>(), bo, bi)
+                                : at::empty({0, 0}, x.options());
+    return std::make_tuple(gi, gw);
+  });
+}
+
+at::Tensor bsr_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& brow_ptr, const at::Tensor& bcol_idx, int64_t bo, int64_t bi,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const int64_t kh = w.size(2), kw = w.size(3);
+  const Geometry g = conv_geometry(x, w.size(0), kh, kw, stride, padding, dilation,
+                                   out_size(x.size(2), kh, stride[0], padding[0], dilation[0]),
+                                   out_size(x.size(3), kw, stride[1], padding[1], dilation[1]));
+  return by_dtype(x, [&](auto t) {
+    using T = decltype(t);
+    return forward_typed<T>(g, x, w, bias, brow_ptr.const_data_ptr<int32_t>(), bcol_idx.const_data_ptr<int32_t>(),
+                            bo, bi);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                       const at::Tensor& weight, const at::Tensor& brow_ptr,
+                                                       const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr,
+                                                       const at::Tensor& brow_idx, int64_t bo, int64_t bi,
+                                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                                       at::IntArrayRef dilation, bool input_grad, bool weight_grad) {
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  const int64_t kh = w.size(2), kw = w.size(3);
+  const Geometry g = conv_geometry(x, w.size(0), kh, kw, stride, padding, dilation, dy.size(2), dy.size(3));
+  return by_dtype(x, [&](auto t) {
+    using T = decltype(t);
+    at::Tensor gi = input_grad ? grad_input_typed<T>(g, dy, w, bcol_ptr.const_data_ptr<int32_t>(),
+                                                     brow_idx.const_data_ptr<int32_t>(), bo, bi)
+                               : at::empty({0, 0}, x.options());
+    at::Tensor gw = weight_grad ? grad_weight_typed<T>(g, x, dy, w, brow_ptr.const_data_ptr<int32_t>(),
+                                                       bcol_idx.const_data_ptr<int32_t>(), bo, bi)
+                                : at::empty({0, 0}, x.options());
+    return std::make_tuple(gi, gw);
+  });
+}
+
+}  // namespace ebsparse

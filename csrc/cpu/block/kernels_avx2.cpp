@@ -1,0 +1,36 @@
+// The block micro-kernels (kernels.h) for AVX2+FMA, the library's baseline.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/block/kernels.h"
+#include "cpu/simd_vec.h"
+
+namespace ebsparse::block_detail {
+
+namespace avx2 {
+using Vec = simd::Avx2;
+constexpr int kRows = 2;  // 2 rows x 4 vectors: 8 accumulators within AVX2's 16 registers
+
+// o[c] += the lanes of s[c] summed, c < 4: a transposing hadd tree.
+static inline void add_sums4(const __m256* s, float* o) {
+  const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+  _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), r));
+}
+#include "cpu/block/micro.h"
+}  // namespace avx2
+
+static_assert(avx2::kVecs * avx2::Vec::W == kPtAvx2, "the tile width must match micro.h");
+
+void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
+                   const float* panel, float* tile, int64_t ld) {
+  avx2::spmm(vals, idx, b0, b1, br, bc, panel, tile, ld);
+}
+
+void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
+                    const float* panel, int64_t ld, int64_t n, float* acc) {
+  avx2::sddmm(dtile, idx, b0, b1, br, bc, panel, ld, n, acc);
+}
+
+}  // namespace ebsparse::block_detail
