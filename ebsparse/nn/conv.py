@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
@@ -65,6 +66,9 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         input, weight, bias = autocast_args("conv2d", self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
+        if self._plain_dense(backend):
+            out = F.conv2d(input, torch.where(self.mask, weight, 0.0), bias, self.stride, self.padding, self.dilation)
+            return self._trace_plain_dense("conv2d", out)
         return run_conv2d(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding),
                           list(self.dilation), backend, self.dense_weight_grad)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.backends import dispatch, get_backend
+from ebsparse.backends import dispatch, get_backend, registry
 from ebsparse.backends.base import Backend
 from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
@@ -135,6 +135,23 @@ class SparsityMixin:
             return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
         backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern, *params))
         return backend
+
+    def _plain_dense(self, backend: Backend) -> bool:
+        """Whether this forward runs as plain F.linear / F.conv2d on ``where(mask, weight, 0)``: where the
+        dense backend was resolved (a layer too small for a sparse kernel to win), autograd masks the
+        weight gradient through the `where` and the op's autograd.Function would only add per-call
+        overhead. A RigL update step (dense weight gradient) and torch.compile keep the op."""
+        return backend.name == "dense" and not self.dense_weight_grad and not torch.compiler.is_compiling()
+
+    @staticmethod
+    def _trace_plain_dense(op: str, out: torch.Tensor) -> torch.Tensor:
+        """Record a plain dense forward (and its backward, when it runs) in `ebsparse.backends.trace()`."""
+        calls = registry.executed
+        if calls is not None:
+            calls.append((op, "forward", "dense"))
+            if out.requires_grad:
+                out.register_hook(lambda grad: calls.append((op, "backward", "dense")))
+        return out
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern}, density={self.density:.4f}"

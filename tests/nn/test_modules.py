@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import ebsparse
+from ebsparse import backends
 from ebsparse import SparseConv2d, SparseLinear, densify, sparsify
 from tests.ops.helpers import backend_params, runs_on
 
@@ -154,11 +156,46 @@ def test_every_path_masks_forward_and_weight_grad(make, backend):
 
 @pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float64))
 def test_module_second_order_gradient_raises(backend):
-    """Every backend, the dense one included, is differentiable once through a layer."""
+    """Every sparse backend is differentiable once through a layer; a layer on the dense backend
+    runs as plain F.linear on the masked weight (test_plain_dense_path_*), which autograd
+    differentiates to any order."""
     layer = SparseLinear(8, 4, density=0.5, backend=backend).double()
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    if backend == "dense":
+        torch.autograd.gradgradcheck(lambda x: layer(x).square(), (x,))
+        return
     with pytest.raises(RuntimeError, match="differentiable once only"):
         torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SparseLinear(12, 7, density=0.4, backend="dense"),
+    lambda: SparseConv2d(4, 6, 3, stride=2, padding=1, density=0.4, backend="dense"),
+], ids=["linear", "conv"])
+def test_plain_dense_path_skips_the_op_and_masks(make):
+    """A layer on the dense backend runs plain F.linear / F.conv2d on where(mask, weight, 0) (no
+    autograd.Function: per-call overhead that a layer too small to gain would pay on every step),
+    traced as the dense backend; its weight gradient is masked, and a RigL update step (dense
+    weight gradient) goes through the op and gets the full gradient."""
+    torch.manual_seed(0)
+    m = make().double()
+    op = "linear" if isinstance(m, torch.nn.Linear) else "conv2d"
+    x = torch.randn(3, 12, dtype=torch.float64) if op == "linear" else torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        m.weight[~m.mask] = float("inf")  # must not leak into the output or the gradient
+    w = torch.where(m.mask, m.weight, 0.0).detach().requires_grad_()
+    ref = F.linear(x, w, m.bias) if op == "linear" else F.conv2d(x, w, m.bias, stride=2, padding=1)
+    ref.square().sum().backward()
+    for dense_grad in (False, True):
+        m.zero_grad()
+        m.dense_weight_grad = dense_grad
+        with backends.trace() as calls:
+            y = m(x)
+            y.square().sum().backward()
+        assert calls == [(op, "forward", "dense"), (op, "backward", "dense")]
+        assert ("_Eager" in type(y.grad_fn).__name__) == dense_grad
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(m.weight.grad, w.grad if dense_grad else w.grad * m.mask)
 
 
 def test_load_state_dict_checks_the_pattern_as_set_mask_does():
