@@ -67,7 +67,7 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
         if self._plain_dense(backend):
-            out = F.conv2d(input, torch.where(self.mask, weight, 0.0), bias, self.stride, self.padding, self.dilation)
+            out = F.conv2d(input, self._masked_weight(weight), bias, self.stride, self.padding, self.dilation)
             return self._trace_plain_dense("conv2d", out)
         return run_conv2d(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding),
                           list(self.dilation), backend, self.dense_weight_grad)

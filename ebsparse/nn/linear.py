@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
@@ -46,8 +45,6 @@ class SparseLinear(SparsityMixin, nn.Linear):
         input, weight, bias = autocast_args("linear", self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        if self._plain_dense(backend):
-            return self._trace_plain_dense("linear", F.linear(input, torch.where(self.mask, weight, 0.0), bias))
         return run_linear(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None):

@@ -14,6 +14,7 @@ from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4")
+_ZEROS: dict[torch.device, torch.Tensor] = {}
 
 
 def initial_mask(weight: torch.Tensor, pattern: str, density: float | None) -> torch.Tensor:
@@ -137,11 +138,20 @@ class SparsityMixin:
         return backend
 
     def _plain_dense(self, backend: Backend) -> bool:
-        """Whether this forward runs as plain F.linear / F.conv2d on ``where(mask, weight, 0)``: where the
+        """Whether this forward runs as plain F.conv2d on ``where(mask, weight, 0)``: where the
         dense backend was resolved (a layer too small for a sparse kernel to win), autograd masks the
         weight gradient through the `where` and the op's autograd.Function would only add per-call
-        overhead. A RigL update step (dense weight gradient) and torch.compile keep the op."""
+        overhead. A RigL update step (dense weight gradient) and torch.compile keep the op; so does a
+        SparseLinear, whose small matmuls cost less than the `where` and its backward would."""
         return backend.name == "dense" and not self.dense_weight_grad and not torch.compiler.is_compiling()
+
+    def _masked_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``where(mask, weight, 0)`` (a NaN or inf outside the mask is dropped too); the zero is a
+        0-dim tensor made once per device (`where` with a Python scalar wraps it on every call)."""
+        zero = _ZEROS.get(weight.device)
+        if zero is None:
+            zero = _ZEROS[weight.device] = torch.zeros((), device=weight.device)
+        return torch.where(self.mask, weight, zero)
 
     @staticmethod
     def _trace_plain_dense(op: str, out: torch.Tensor) -> torch.Tensor:
