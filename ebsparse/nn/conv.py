@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
@@ -68,6 +69,9 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
+        if self._plain_dense(backend):
+            out = F.conv2d(input, self._masked_weight(weight), bias, self.stride, self.padding, self.dilation)
+            return self._trace_plain_dense(op, out)
         run = run_block_conv2d if self.pattern == "block" else run_conv2d
         return run(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding), list(self.dilation),
                    backend, self.dense_weight_grad)

@@ -46,6 +46,8 @@ def same_contents(mask: torch.Tensor, copy: torch.Tensor) -> bool:
     allows (several times faster than comparing bools one by one). `copy` is contiguous."""
     if not mask.is_contiguous() or mask.storage_offset() % 8:
         return torch.equal(mask, copy)
+    if mask.numel() % 8 == 0:  # one comparison of words: this runs for every mask on every train()
+        return torch.equal(mask.reshape(-1).view(torch.int64), copy.reshape(-1).view(torch.int64))
     a, b = mask.reshape(-1).view(torch.uint8), copy.reshape(-1).view(torch.uint8)
     words = a.numel() // 8 * 8
     return torch.equal(a[:words].view(torch.int64), b[:words].view(torch.int64)) and \

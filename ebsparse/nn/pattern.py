@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ebsparse.backends import dispatch, get_backend
+from ebsparse.backends import dispatch, get_backend, registry
 from ebsparse.backends.base import Backend
 from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.block import check_block, check_block_mask, check_block_shape, magnitude_block_mask
@@ -15,6 +15,7 @@ from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4", "block")
+_ZEROS: dict[torch.device, torch.Tensor] = {}
 
 
 def check_pattern_block(pattern: str, block) -> tuple[int, int] | None:
@@ -160,6 +161,32 @@ class SparsityMixin:
             return get_backend(self.backend if self.backend not in (None, "auto") else "dense")
         backend = self._resolved[key] = dispatch.resolve(self.backend, self._inputs(input, pattern, *params))
         return backend
+
+    def _plain_dense(self, backend: Backend) -> bool:
+        """Whether this forward runs as plain F.conv2d on ``where(mask, weight, 0)``: where the
+        dense backend was resolved (a layer too small for a sparse kernel to win), autograd masks the
+        weight gradient through the `where` and the op's autograd.Function would only add per-call
+        overhead. A RigL update step (dense weight gradient) and torch.compile keep the op; so does a
+        SparseLinear, whose small matmuls cost less than the `where` and its backward would."""
+        return backend.name == "dense" and not self.dense_weight_grad and not torch.compiler.is_compiling()
+
+    def _masked_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``where(mask, weight, 0)`` (a NaN or inf outside the mask is dropped too); the zero is a
+        0-dim tensor made once per device (`where` with a Python scalar wraps it on every call)."""
+        zero = _ZEROS.get(weight.device)
+        if zero is None:
+            zero = _ZEROS[weight.device] = torch.zeros((), device=weight.device)
+        return torch.where(self.mask, weight, zero)
+
+    @staticmethod
+    def _trace_plain_dense(op: str, out: torch.Tensor) -> torch.Tensor:
+        """Record a plain dense forward (and its backward, when it runs) in `ebsparse.backends.trace()`."""
+        calls = registry.executed
+        if calls is not None:
+            calls.append((op, "forward", "dense"))
+            if out.requires_grad:
+                out.register_hook(lambda grad: calls.append((op, "backward", "dense")))
+        return out
 
     def extra_repr(self) -> str:
         block = f", block={self.block}" if self.pattern == "block" else ""

@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import ebsparse
+from ebsparse import backends
 from ebsparse import SparseConv2d, SparseLinear, densify, sparsify
 from tests.ops.helpers import backend_params, runs_on
 
@@ -154,11 +156,42 @@ def test_every_path_masks_forward_and_weight_grad(make, backend):
 
 @pytest.mark.parametrize("backend", backend_params("linear", CPU, torch.float64))
 def test_module_second_order_gradient_raises(backend):
-    """Every backend, the dense one included, is differentiable once through a layer."""
+    """Every backend, the dense one included, is differentiable once through a layer (a conv on
+    the dense backend runs plain F.conv2d instead: test_plain_dense_conv_*)."""
     layer = SparseLinear(8, 4, density=0.5, backend=backend).double()
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match="differentiable once only"):
         torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+def test_plain_dense_conv_skips_the_op_and_masks():
+    """A conv on the dense backend runs plain F.conv2d on where(mask, weight, 0) (no
+    autograd.Function: per-call overhead that a layer too small to gain pays on every step),
+    traced as the dense backend; its output and weight gradient are masked (an inf outside the
+    mask does not leak), it is differentiable twice, and a RigL update step (dense weight
+    gradient) goes through the op and gets the full gradient."""
+    torch.manual_seed(0)
+    m = SparseConv2d(4, 6, 3, stride=2, padding=1, density=0.4, backend="dense").double()
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        m.weight[~m.mask] = float("inf")
+    w = torch.where(m.mask, m.weight, 0.0).detach().requires_grad_()
+    ref = F.conv2d(x, w, m.bias, stride=2, padding=1)
+    ref.square().sum().backward()
+    for dense_grad in (False, True):
+        m.zero_grad()
+        m.dense_weight_grad = dense_grad
+        with backends.trace() as calls:
+            y = m(x)
+            y.square().sum().backward()
+        assert calls == [("conv2d", "forward", "dense"), ("conv2d", "backward", "dense")]
+        assert ("_Eager" in type(y.grad_fn).__name__) == dense_grad
+        torch.testing.assert_close(y, ref)
+        torch.testing.assert_close(m.weight.grad, w.grad if dense_grad else w.grad * m.mask)
+    m.dense_weight_grad = False
+    with torch.no_grad():
+        m.weight[~m.mask] = 0.0
+    torch.autograd.gradgradcheck(lambda x: m(x).square(), (x.requires_grad_(),))
 
 
 def test_load_state_dict_checks_the_pattern_as_set_mask_does():
