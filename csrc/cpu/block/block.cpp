@@ -35,6 +35,7 @@
 
 #include "cpu/block/kernels.h"
 #include "cpu/capability.h"
+#include "cpu/scratch.h"
 #include "cpu/linear/kernels.h"
 #include "cpu/tasks.h"
 
@@ -104,26 +105,12 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
     for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-// Per-thread scratch, 64-byte aligned, kept between calls (no page faults on the hot path).
+// The scratch buffers a thread holds at the same time (cpu/scratch.h).
 enum Slot { kPanel, kTile, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
-  struct Buf {
-    void* p = nullptr;
-    size_t bytes = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[kSlots];
-  Buf& b = bufs[slot];
-  const size_t need = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) & ~size_t(63);
-  if (b.bytes < need) {
-    std::free(b.p);
-    b.p = std::aligned_alloc(64, need);
-    TORCH_CHECK(b.p, "ebsparse: out of memory for ", need, " bytes of block-sparse scratch");
-    b.bytes = need;
-  }
-  return static_cast<T*>(b.p);
+  return thread_scratch<Slot, kSlots, T>(slot, n, "block-sparse");
 }
 
 // ---- geometry: the GEMM view of a layer ----------------------------------------------------------

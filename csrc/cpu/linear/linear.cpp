@@ -43,6 +43,7 @@
 
 #include "ebsparse.h"
 #include "cpu/capability.h"
+#include "cpu/scratch.h"
 #include "cpu/linear/kernels.h"
 #include "cpu/linear/plan.h"
 #include "cpu/tasks.h"
@@ -123,29 +124,12 @@ Kernels<double> pick_kernels<double>() {
           nullptr};
 }
 
-// Per-thread scratch, 64-byte aligned, grown on demand and kept between calls: the panels and
-// values are rewritten on every call, and reusing the pages avoids paying a page fault per 4 KB of
-// fresh scratch (a large share of the fixed cost at high sparsity). `slot` tells apart the
-// buffers a thread holds at the same time.
+// The scratch buffers a thread holds at the same time (cpu/scratch.h).
 enum Slot { kPanel, kTile, kPanel2, kValues, kValues2, kPartial, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
-  struct Buf {
-    void* p = nullptr;
-    size_t bytes = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[kSlots];
-  Buf& b = bufs[slot];
-  const size_t need = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) & ~size_t(63);
-  if (b.bytes < need) {
-    std::free(b.p);
-    b.p = std::aligned_alloc(64, need);
-    TORCH_CHECK(b.p, "ebsparse: out of memory for ", need, " bytes of linear scratch");
-    b.bytes = need;
-  }
-  return static_cast<T*>(b.p);
+  return thread_scratch<Slot, kSlots, T>(slot, n, "linear");
 }
 
 // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols; dst_rows_outer: see transpose_f32.
