@@ -47,8 +47,9 @@ def _steps(seq: list[int]):
 def _step_alpha_bars(schedule: NoiseSchedule, x: torch.Tensor, i: int, j: int):
     """The batch's timestep tensor t = i, and alpha_bar at steps i and j shaped to broadcast over x."""
     t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    at = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
-    at_j = schedule.alpha_bar(torch.full_like(t, j)).to(x.dtype).view(-1, 1, 1, 1)
+    shape = (-1, *([1] * (x.ndim - 1)))
+    at = schedule.alpha_bar(t).to(x.dtype).view(shape)
+    at_j = schedule.alpha_bar(torch.full_like(t, j)).to(x.dtype).view(shape)
     return t, at, at_j
 
 
@@ -58,7 +59,8 @@ def ddim_sample(
     skip_type: str = "uniform", eta: float = 0.0, generator: torch.Generator | None = None,
     seq: list[int] | None = None, progress: Callable | None = None,
 ) -> torch.Tensor:
-    """DDIM's generalized steps. x_T: (B, C, H, W) standard normal. Returns x_0 (unclipped).
+    """DDIM's generalized steps. x_T: (B, ...) standard normal (images, latents, sequences). Returns
+    x_0 (unclipped).
 
     With ``eta = 0`` the map x_T → x_0 is deterministic; ``eta = 1`` is DDPM-like ancestral noise.
     """
@@ -82,10 +84,10 @@ def ddim_sample(
 def ddpm_sample(
     model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, timesteps: int | None = None,
     skip_type: str = "uniform", generator: torch.Generator | None = None, seq: list[int] | None = None,
-    progress: Callable | None = None, **_: object,
+    progress: Callable | None = None, clip_denoised: bool = True, **_: object,
 ) -> torch.Tensor:
     """Ancestral sampling (DDPM), optionally on a strided sequence. x_0 predictions are clipped to
-    [-1, 1]; variance per ``schedule.config.var_type`` (``fixedlarge`` = beta of the step,
+    [-1, 1] when ``clip_denoised`` (images; not latents or stroke sequences); variance per ``schedule.config.var_type`` (``fixedlarge`` = beta of the step,
     ``fixedsmall`` = the posterior variance of the step)."""
     timesteps = schedule.num_timesteps if timesteps is None else timesteps
     seq = seq if seq is not None else timestep_sequence(schedule.num_timesteps, timesteps, skip_type)
@@ -95,7 +97,9 @@ def ddpm_sample(
         t, at, atm1 = _step_alpha_bars(schedule, x, i, j)
         beta_t = 1 - at / atm1
         e = model_fn(x, t)
-        x0 = ((1 / at).sqrt() * x - (1 / at - 1).sqrt() * e).clamp(-1, 1)
+        x0 = (1 / at).sqrt() * x - (1 / at - 1).sqrt() * e
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
         mean = (atm1.sqrt() * beta_t * x0 + (1 - beta_t).sqrt() * (1 - atm1) * x) / (1.0 - at)
         if i == 0:
             x = mean

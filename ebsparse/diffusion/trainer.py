@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data import build_dataset
-from ..models import build_model, image_shape
+from ..models import build_model
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
                          unflatten_optimizer_state)
 from .config import ExperimentConfig, config_diff
@@ -37,6 +37,7 @@ from .losses import epsilon_loss, sample_timesteps
 from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
+from .spaces import sample_space
 
 __all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME", "CONFIG_CHANGES_NAME",
            "resume_breaking_changes"]
@@ -322,7 +323,7 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's images (B, C, H, W) and class labels (B,) int64."""
+        """The step's samples (B, *sample shape: images, latents or sequences) and class labels (B,) int64."""
         idx = self.order.indices(step)
         images = getattr(self.dataset, "images", None)
         labels = getattr(self.dataset, "labels", None)
@@ -488,15 +489,17 @@ def _conditional_eps(model: nn.Module, y: torch.Tensor, generator: torch.Generat
 @torch.no_grad()
 def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int = 0,
                   device: str | torch.device = "cpu", batch_size: int | None = None, progress: bool = False,
-                  model_fn: Callable | None = None) -> torch.Tensor:
-    """Draw ``n`` images with the config's sampler, in batches; reproducible for a given seed.
+                  model_fn: Callable | None = None, raw: bool = False) -> torch.Tensor:
+    """Draw ``n`` samples with the config's sampler, in batches; reproducible for a given seed.
 
-    A class-conditional model (DiT) is sampled with uniformly drawn labels and its epsilon head;
-    pass ``model_fn(x, t)`` to sample anything else (guidance, timestep-routed models).
+    Returns images (N, C, H, W), unclipped: the samples of a latent or sequence model are mapped to
+    images by its :func:`~ebsparse.diffusion.spaces.sample_space` (``raw=True``: the samples as the
+    model generates them). A class-conditional model (DiT) is sampled with uniformly drawn labels and
+    its epsilon head; pass ``model_fn(x, t)`` to sample anything else (guidance, timestep-routed models).
     """
     sc = config.sampling
     schedule = NoiseSchedule(config.diffusion)
-    channels, size = image_shape(config.model)
+    space = sample_space(config)
     g = torch.Generator().manual_seed(seed)
     conditional = model_fn is None and getattr(model, "class_conditional", False)
     if conditional:
@@ -505,15 +508,18 @@ def sample_images(model: nn.Module, config: ExperimentConfig, n: int, seed: int 
     kwargs: dict[str, Any] = dict(timesteps=sc.timesteps, skip_type=sc.skip_type, generator=g)
     if sc.sampler == "ddim":
         kwargs["eta"] = sc.eta
+    else:
+        kwargs["clip_denoised"] = space.clip_denoised
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        x_T = torch.randn((b, channels, size, size), generator=g).to(device)
+        x_T = space.noise(b, generator=g).to(device)
         if conditional:
             fn = functools.partial(_with_labels, model, labels[start:start + b])
         else:
             fn = model_fn or model
-        out.append(SAMPLERS[sc.sampler](fn, schedule, x_T, **kwargs).cpu())
+        x = SAMPLERS[sc.sampler](fn, schedule, x_T, **kwargs)
+        out.append((x if raw else space.to_images(x)).cpu())
     return torch.cat(out)
 
 

@@ -21,7 +21,7 @@ import torch
 from ..diffusion.config import ExperimentConfig
 from ..diffusion.samplers import ddim_sample
 from ..diffusion.schedule import NoiseSchedule
-from ..models import image_shape
+from ..diffusion.spaces import sample_space
 
 __all__ = ["x0_norm_trajectory", "x0_norm_trajectories", "save_line_plot", "step_costs"]
 
@@ -49,8 +49,7 @@ def x0_norm_trajectory(model_fn: Callable, schedule: NoiseSchedule, x_T: torch.T
 def x0_norm_trajectories(models: Mapping[str, Callable], config: ExperimentConfig, n: int = 8,
                          seed: int = 0) -> dict[str, dict[str, list]]:
     """:func:`x0_norm_trajectory` of every model from the same ``n`` initial noise images."""
-    channels, size = image_shape(config.model)
-    x_T = torch.randn((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
+    x_T = sample_space(config).noise(n, generator=torch.Generator().manual_seed(seed))
     schedule = NoiseSchedule(config.diffusion)
     sc = config.sampling
     out = {}

@@ -402,15 +402,15 @@ class EBRun:
     def step_cost_note(self, search: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         """The speed-ups again from per-step costs timed round-robin (:func:`.eb_diagnostics.step_costs`)
         times each chain's steps: what the table's column would be on a machine with steady load."""
-        from ..models import image_shape
+        from ..diffusion.spaces import sample_space
         from .eb_diagnostics import step_costs
 
-        channels, size = image_shape(self.spec)
+        shape = sample_space(self.config).shape
         b = self.config.training.batch_size
         g = torch.Generator().manual_seed(0)
         models = {m: self.final_model(m) for m in results if m != "ta_eb"}
         classes = [m.num_classes for m in models.values() if getattr(m, "class_conditional", False)][:1]
-        batch = lambda: (torch.randn(b, channels, size, size, generator=g), torch.randint(0, self.T, (b,), generator=g),
+        batch = lambda: (torch.randn(b, *shape, generator=g), torch.randint(0, self.T, (b,), generator=g),
                          *[torch.randint(0, c, (b,), generator=g) for c in classes])  # DiT: labels
         if "ta_eb" in results:
             models.update({f"region{i}": m for i, m in enumerate(self.final_model("ta_eb").models)})

@@ -171,3 +171,26 @@ def test_ddpm_matches_diffusers_step_by_step_with_an_inexact_model(var_type, dif
     assert len(ours_seen) == 20
     for k, x in enumerate(ours_seen + [out]):
         assert torch.allclose(x, ref[k], rtol=1e-9, atol=1e-9), f"step {k}: max diff {(x - ref[k]).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("sampler", [ddim_sample, ddpm_sample])
+def test_samples_of_any_rank(sampler):
+    """Latents and stroke sequences are not 4-D: a (B, L, 3) batch is sampled exactly as the same
+    numbers shaped (B, L, 3, 1) are, by a model that works elementwise."""
+    sched = NoiseSchedule(DiffusionConfig(num_timesteps=50))
+    model = lambda x, t: 0.3 * x + 0.01 * t.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # noqa: E731
+    x_T = torch.randn(4, 7, 3, generator=torch.Generator().manual_seed(0))
+    seq = sampler(model, sched, x_T, timesteps=10, generator=torch.Generator().manual_seed(1))
+    img = sampler(model, sched, x_T[..., None], timesteps=10, generator=torch.Generator().manual_seed(1))
+    assert seq.shape == x_T.shape
+    torch.testing.assert_close(seq, img[..., 0], rtol=0, atol=0)
+
+
+def test_ddpm_clips_only_when_told():
+    """Images clip x0 to [-1, 1]; latents and sequences (``clip_denoised=False``) must not be clipped."""
+    sched = NoiseSchedule(DiffusionConfig(num_timesteps=20))
+    x_T = torch.full((2, 5), 8.0)
+    zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731: predicts x0 = x / sqrt(alpha_bar)
+    clipped = ddpm_sample(zero_eps, sched, x_T, generator=torch.Generator().manual_seed(0))
+    free = ddpm_sample(zero_eps, sched, x_T, generator=torch.Generator().manual_seed(0), clip_denoised=False)
+    assert clipped.abs().max() < 2 and free.min() > 4
