@@ -19,12 +19,13 @@ from torch import nn
 from ..diffusion.config import ExperimentConfig
 from ..diffusion.trainer import Trainer
 from ..metrics.counting import count_params
+from ..metrics.sample_fid import has_domain_fid
 from ..models import build_model, example_inputs
 from ..s2s.config import SparsityConfig
 from ..s2s.flops import densities_of, flops_report
 from ..s2s.trainer_plugin import SparsityPlugin
 
-__all__ = ["run_sparse_train", "summary_row", "summary_table", "measure_step_speedup"]
+__all__ = ["run_sparse_train", "summary_row", "summary_table", "measure_step_speedup", "fid_of_samples"]
 
 COLUMNS = ("method", "sparsity", "FID", "params", "params (rel.)", "train FLOPs", "test FLOPs", "images/s",
            "step speed-up")
@@ -138,14 +139,15 @@ def summary_notes(rows: list[dict[str, Any]], steps: int) -> str:
     return "\n".join(f"- {n}" for n in notes)
 
 
-def _fid(trainer: Trainer) -> float | None:
-    """Domain FID for the embedded digits; other datasets need Inception weights ('ebsparse fid')."""
-    if trainer.config.data.type != "digits":
-        return None
+def fid_of_samples(trainer: Trainer) -> float | None:
+    """The domain FID of the run's EMA samples where the dataset has one (:func:`samples_fid`); ``None``
+    for datasets whose FID needs Inception weights and a reference folder ('ebsparse fid')."""
     from ..metrics.sample_fid import samples_fid
 
+    if not has_domain_fid(trainer.config.data.type):
+        return None
     samples = trainer.sample(trainer.config.sampling.num_samples, seed=trainer.config.training.seed)
-    return samples_fid(samples, "digits")
+    return samples_fid(samples, trainer.config.data.type)
 
 
 def _say(progress: bool, text: str) -> None:
@@ -163,10 +165,10 @@ def run_sparse_train(config: ExperimentConfig, run_dir: str | Path, *, resume: b
     plugin = SparsityPlugin(SparsityConfig.from_dict(section))
     trainer = Trainer(config, run_dir, device, plugins=[plugin])
     summary = trainer.fit(resume=resume, progress=progress, allow_config_change=allow_config_change)
-    if config.data.type == "digits":
+    if has_domain_fid(config.data.type):
         _say(progress, f"evaluating: domain FID of {config.sampling.num_samples} samples "
                        f"({config.sampling.sampler}, {config.sampling.timesteps} steps) ...")
-    fid = _fid(trainer)
+    fid = fid_of_samples(trainer)
     timing = None
     if measure:
         _say(progress, "measuring the training-step speed-up of the sparse model over the dense one ...")

@@ -12,7 +12,10 @@ import torch
 
 from ..diffusion.images import to_uint8
 
-__all__ = ["as_saved", "samples_fid"]
+__all__ = ["as_saved", "samples_fid", "has_domain_fid", "DOMAIN_FID_DATA"]
+
+#: data types with a domain FID computed here (no Inception weights needed)
+DOMAIN_FID_DATA = ("digits",)
 
 
 def as_saved(samples: torch.Tensor) -> torch.Tensor:
@@ -21,10 +24,15 @@ def as_saved(samples: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def has_domain_fid(data_type: str) -> bool:
+    """Whether :func:`samples_fid` scores samples of ``data_type`` (else it returns ``None``)."""
+    return data_type in DOMAIN_FID_DATA
+
+
 def samples_fid(samples: torch.Tensor, data_type: str) -> float | None:
     """FID of sampler output for a dataset type: the digits domain FID of the saved images; ``None``
     for datasets whose FID needs Inception weights and a reference folder (``ebsparse fid``)."""
-    if data_type != "digits":
+    if not has_domain_fid(data_type):
         return None
     from .domain_fid import digits_fid
 
