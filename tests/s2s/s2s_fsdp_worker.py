@@ -1,0 +1,130 @@
+"""One rank of the two-process FSDP2 tests (gloo, CPU): RigL inside the Trainer with
+``training.distributed: fsdp``. Imported as a top-level module (see s2s_dist_worker.py for why).
+
+Phases: ``full`` trains 20 steps in one go; ``killed`` trains the same run in another directory and
+dies (``os._exit``) right after the checkpoint of step 10; ``resume`` resumes that directory to
+step 20 with pickle and ``torch.load`` made to raise. Each phase writes this rank's results as
+safetensors (tensors) and JSON (the rest) for the test to compare.
+"""
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from ebsparse.diffusion.config import load_config
+from ebsparse.diffusion.trainer import Trainer
+from ebsparse.nn.sharded import full, is_sharded
+from ebsparse.s2s import SparsityConfig
+from ebsparse.s2s.trainer_plugin import SparsityPlugin
+
+DIGITS = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
+STEPS, KILL_AT = 20, 10
+
+
+def fsdp_config(steps: int = STEPS):
+    cfg = load_config(DIGITS, [
+        f"training.steps={steps}", "training.batch_size=8", "training.ckpt_every=5", "training.log_every=1",
+        "training.sample_every=0", "training.warmup=2", "model.dropout=0.1", "training.ema_rate=0.9",
+        "training.weight_decay=0.01", "training.optimizer=adamw", "model.ch=16", "model.ch_mult=[1]",
+        "model.attn_resolutions=[]", "training.distributed=fsdp",
+    ])
+    cfg.algorithms["sparsity"] = {"method": "rigl", "sparsity": 0.8, "update_every": 5, "prune_fraction": 0.3,
+                                  "backend": "native"}
+    return cfg
+
+
+def _trainer(run_dir: Path):
+    cfg = fsdp_config()
+    plugin = SparsityPlugin(SparsityConfig.from_dict(cfg.algorithms["sparsity"]))
+    return Trainer(cfg, run_dir, plugins=[plugin]), plugin
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return (t.to_local() if is_sharded(t) else t).detach().clone().contiguous()
+
+
+class _Recorder:
+    """After every RigL update: the masks before and after, and the whole Adam moments (the optimizer
+    step is skipped on update steps, so they are exactly what the reset left)."""
+
+    def __init__(self, plugin):
+        self.sp = plugin.sparsifier
+        self.before = {t.name: t.mask.clone() for t in self.sp.targets}
+        self.tensors: dict[str, torch.Tensor] = {"initial_masks/" + n: m.clone() for n, m in self.before.items()}
+        self.updates: list[int] = []
+
+    def __call__(self, trainer, stats):
+        if self.sp.last_update.get("step") != self.sp.steps:
+            return
+        u = len(self.updates)
+        self.updates.append(trainer.step)
+        for t in self.sp.targets:
+            state = trainer.optimizer.state[t.weight]
+            self.tensors[f"update{u}/before/{t.name}"] = self.before[t.name]
+            self.tensors[f"update{u}/mask/{t.name}"] = t.mask.clone()
+            for key in ("exp_avg", "exp_avg_sq"):  # gathered: a collective at the same point on every rank
+                self.tensors[f"update{u}/{key}/{t.name}"] = full(state[key]).clone()
+            self.before[t.name] = t.mask.clone()
+
+
+def _write(trainer, plugin, out: Path, tag: str, recorder=None) -> None:
+    state, meta = trainer.state_tensors()
+    tensors = {f"state/{k}": _local(v) for k, v in state.items()}
+    sharded = sorted(k for k, v in state.items() if is_sharded(v))
+    for t in plugin.sparsifier.targets:  # whole weights, to check them against the masks
+        tensors[f"weight/{t.name}"] = full(t.weight).detach().clone()
+    if recorder is not None:
+        tensors.update(recorder.tensors)
+    rank = dist.get_rank()
+    save_file(tensors, str(out / f"{tag}_rank{rank}.safetensors"))
+    info = {"plugins": meta["plugins"], "step": trainer.step, "sharded": sharded,
+            "densities": plugin.sparsifier.densities, "blocks": trainer.sharded.blocks,
+            "updates": recorder.updates if recorder else None,
+            "local_shapes": {k: list(_local(v).shape) for k, v in state.items() if is_sharded(v)},
+            "global_shapes": {k: list(v.shape) for k, v in state.items() if is_sharded(v)}}
+    (out / f"{tag}_rank{rank}.json").write_text(json.dumps(info))
+
+
+def _no_pickle(*args, **kwargs):
+    raise AssertionError("a sharded checkpoint must load without pickle or torch.load")
+
+
+def run_rank(rank: int, world: int, init_file: str, out_dir: str, phase: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    out = Path(out_dir)
+    try:
+        if phase == "train":
+            trainer, plugin = _trainer(out / "full")
+            recorder = _Recorder(plugin)
+            trainer.fit(progress=False, callback=recorder)
+            _write(trainer, plugin, out, "full", recorder)
+
+            def die_after_checkpoint(trainer, stats):
+                if trainer.step == KILL_AT:
+                    sys.stdout.flush()
+                    os._exit(0)  # a kill: no cleanup, no final save
+
+            trainer, _ = _trainer(out / "split")
+            trainer.fit(progress=False, callback=die_after_checkpoint)
+            raise AssertionError("the run was to die at step 10")
+        trainer, plugin = _trainer(out / "split")
+        saved = pickle.load, pickle.loads, torch.load
+        pickle.load = pickle.loads = torch.load = _no_pickle
+        try:
+            trainer.fit(resume=True, progress=False)
+        finally:
+            pickle.load, pickle.loads, torch.load = saved
+        _write(trainer, plugin, out, "resumed")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as in s2s_dist_worker.py: skip the interpreter teardown that sometimes aborts
