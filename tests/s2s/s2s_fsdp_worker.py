@@ -3,7 +3,8 @@
 
 Phases: ``full`` trains 20 steps in one go; ``killed`` trains the same run in another directory and
 dies (``os._exit``) right after the checkpoint of step 10; ``resume`` resumes that directory to
-step 20 with pickle and ``torch.load`` made to raise. Each phase writes this rank's results as
+step 20 with pickle and ``torch.load`` made to raise, and then a copy of it whose step-10 file of
+rank 1 the test has corrupted (both ranks must fall back to step 5). Each phase writes this rank's results as
 safetensors (tensors) and JSON (the rest) for the test to compare.
 """
 
@@ -73,7 +74,7 @@ class _Recorder:
             self.before[t.name] = t.mask.clone()
 
 
-def _write(trainer, plugin, out: Path, tag: str, recorder=None) -> None:
+def _write(trainer, plugin, out: Path, tag: str, recorder=None, start_step: int = 0) -> None:
     state, meta = trainer.state_tensors()
     tensors = {f"state/{k}": _local(v) for k, v in state.items()}
     sharded = sorted(k for k, v in state.items() if is_sharded(v))
@@ -83,7 +84,7 @@ def _write(trainer, plugin, out: Path, tag: str, recorder=None) -> None:
         tensors.update(recorder.tensors)
     rank = dist.get_rank()
     save_file(tensors, str(out / f"{tag}_rank{rank}.safetensors"))
-    info = {"plugins": meta["plugins"], "step": trainer.step, "sharded": sharded,
+    info = {"plugins": meta["plugins"], "step": trainer.step, "start_step": start_step, "sharded": sharded,
             "densities": plugin.sparsifier.densities, "blocks": trainer.sharded.blocks,
             "updates": recorder.updates if recorder else None,
             "local_shapes": {k: list(_local(v).shape) for k, v in state.items() if is_sharded(v)},
@@ -114,14 +115,15 @@ def run_rank(rank: int, world: int, init_file: str, out_dir: str, phase: str) ->
             trainer, _ = _trainer(out / "split")
             trainer.fit(progress=False, callback=die_after_checkpoint)
             raise AssertionError("the run was to die at step 10")
-        trainer, plugin = _trainer(out / "split")
-        saved = pickle.load, pickle.loads, torch.load
-        pickle.load = pickle.loads = torch.load = _no_pickle
-        try:
-            trainer.fit(resume=True, progress=False)
-        finally:
-            pickle.load, pickle.loads, torch.load = saved
-        _write(trainer, plugin, out, "resumed")
+        for run, tag in (("split", "resumed"), ("split_corrupt", "fallback")):
+            trainer, plugin = _trainer(out / run)
+            saved = pickle.load, pickle.loads, torch.load
+            pickle.load = pickle.loads = torch.load = _no_pickle
+            try:
+                summary = trainer.fit(resume=True, progress=False)
+            finally:
+                pickle.load, pickle.loads, torch.load = saved
+            _write(trainer, plugin, out, tag, start_step=summary["start_step"])
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

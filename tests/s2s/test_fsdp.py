@@ -1,0 +1,173 @@
+"""RigL under FSDP2 (``training.distributed: fsdp``, ``fully_shard`` per block + root), two gloo
+processes on the CPU: masks identical on both ranks after every update, exact counts, weights and
+Adam moments reset on the sharded parameters, and a run killed after a checkpoint and resumed (with
+pickle made to raise) ends bit for bit where the uninterrupted run does.
+
+One spawn trains the uninterrupted run and then the run that dies at step 10; a second resumes it
+(s2s_fsdp_worker.py). The tests below read what the ranks wrote.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from ebsparse.diffusion.config import load_config
+from ebsparse.diffusion.sharded_checkpoint import SHARDED_DIR, sharded_checkpoint_dirs
+from ebsparse.diffusion.trainer import Trainer, resume_breaking_changes
+from ebsparse.s2s.masks import kept_count
+
+HERE = Path(__file__).parent
+RANKS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("fsdp")
+    import sys
+    sys.path.insert(0, str(HERE))
+    try:
+        from s2s_fsdp_worker import run_rank
+        mp.spawn(run_rank, args=(2, str(out / "init_train"), str(out), "train"), nprocs=2, join=True)
+        shutil.copytree(out / "split", out / "split_corrupt")
+        bad = out / "split_corrupt" / SHARDED_DIR / "step_000000010" / "rank00001.safetensors"
+        data = bytearray(bad.read_bytes())
+        data[-1] ^= 0xFF  # a flipped bit in rank 1's last tensor
+        bad.write_bytes(bytes(data))
+        mp.spawn(run_rank, args=(2, str(out / "init_resume"), str(out), "resume"), nprocs=2, join=True)
+    finally:
+        sys.path.remove(str(HERE))
+
+    def read(tag, rank):
+        return load_file(str(out / f"{tag}_rank{rank}.safetensors")), json.loads((out / f"{tag}_rank{rank}.json").read_text())
+
+    return out, {(tag, r): read(tag, r) for tag in ("full", "resumed", "fallback") for r in RANKS}
+
+
+def _names(tensors, prefix):
+    return sorted(k[len(prefix):] for k in tensors if k.startswith(prefix))
+
+
+def test_parameters_are_sharded_and_masks_are_not(runs):
+    _, res = runs
+    tensors, info = res[("full", 0)]
+    assert info["blocks"], "no block was sharded on its own"
+    assert "down.0.block.0" in info["blocks"]
+    model_sharded = [k for k in info["sharded"] if k.startswith("model/")]
+    assert model_sharded and not any(k.endswith("mask") for k in info["sharded"])
+    # every parameter of the model is a DTensor, and so are its Adam moments and EMA weights
+    assert any(k.startswith("optim/") for k in info["sharded"]) and any(k.startswith("ema/") for k in info["sharded"])
+    weight = "model/conv_in.weight"
+    assert weight in model_sharded
+    assert info["local_shapes"][weight][0] * 2 == info["global_shapes"][weight][0]  # dim 0 split over 2 ranks
+
+
+def test_masks_identical_on_both_ranks_after_every_update(runs):
+    _, res = runs
+    (t0, i0), (t1, i1) = res[("full", 0)], res[("full", 1)]
+    assert i0["updates"] == i1["updates"] == [5, 10, 15, 20]  # RigL every 5 steps for 20 steps
+    masks = _names(t0, "update3/mask/")
+    assert masks
+    for u in range(4):
+        for name in masks:
+            assert torch.equal(t0[f"update{u}/mask/{name}"], t1[f"update{u}/mask/{name}"]), (u, name)
+    mask_keys = [k for k in t0 if k.startswith("state/model/") and k.endswith("mask")]
+    assert mask_keys and all(torch.equal(t0[k], t1[k]) for k in mask_keys)
+
+
+def test_masks_keep_exact_counts_and_move(runs):
+    _, res = runs
+    tensors, info = res[("full", 0)]
+    moved = 0
+    for name in _names(tensors, "update3/mask/"):
+        initial = tensors[f"initial_masks/{name}"]
+        expected = kept_count(initial.numel(), info["densities"][name])
+        for u in range(4):
+            assert int(tensors[f"update{u}/mask/{name}"].sum()) == expected, (u, name)
+        moved += int((tensors[f"update3/mask/{name}"] != initial).sum())
+        # the whole weight (gathered from its shards) is exactly zero outside its final mask
+        weight, mask = tensors[f"weight/{name}"], tensors[f"update3/mask/{name}"]
+        assert not weight[~mask].any(), name
+        assert weight[mask].ne(0).float().mean() > 0.5, name
+    assert moved > 0, "RigL moved no weight"
+
+
+def test_adam_moments_of_dropped_and_grown_weights_restart_at_zero(runs):
+    _, res = runs
+    tensors, _ = res[("full", 1)]
+    grown_total = 0
+    for u in range(4):
+        for name in _names(tensors, f"update{u}/mask/"):
+            before, after = tensors[f"update{u}/before/{name}"], tensors[f"update{u}/mask/{name}"]
+            grown = after & ~before
+            stayed = after & before
+            grown_total += int(grown.sum())
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = tensors[f"update{u}/{key}/{name}"]
+                assert not moment[~after].any(), (u, key, name)  # dropped and inactive
+                assert not moment[grown].any(), (u, key, name)  # grown
+                assert moment[stayed].ne(0).any(), (u, key, name)  # kept weights keep their moments
+    assert grown_total > 0
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run_bit_for_bit(runs):
+    out, res = runs
+    for rank in RANKS:
+        (full_t, full_i), (res_t, res_i) = res[("full", rank)], res[("resumed", rank)]
+        assert res_i["step"] == full_i["step"] == 20 and res_i["start_step"] == 10
+        state = _names(full_t, "state/")
+        assert state == _names(res_t, "state/")
+        assert any(k.startswith("optim/") for k in state) and any(k.startswith("rng/") for k in state)
+        for key in state:  # this rank's shards: weights, masks, EMA, Adam state, RNG states
+            assert torch.equal(full_t[f"state/{key}"], res_t[f"state/{key}"]), (rank, key)
+        assert full_i["plugins"] == res_i["plugins"]
+    # the killed run left complete checkpoints of steps 5 and 10 (keep_last=2); the resume wrote 15 and 20
+    steps = [int(d.name[5:]) for d in sharded_checkpoint_dirs(out / "split")]
+    assert steps == [20, 15]
+    files = {p.suffix for p in (out / "split" / SHARDED_DIR).rglob("*") if p.is_file()}
+    assert files == {".safetensors", ".json"}
+    # a corrupted file of rank 1 at step 10: both ranks fell back to step 5 and still end bit for bit alike
+    for rank in RANKS:
+        (full_t, _), (fb_t, fb_i) = res[("full", rank)], res[("fallback", rank)]
+        assert fb_i["step"] == 20 and fb_i["start_step"] == 5
+        for key in _names(full_t, "state/"):
+            assert torch.equal(full_t[f"state/{key}"], fb_t[f"state/{key}"]), (rank, key)
+    assert (out / "split_corrupt" / SHARDED_DIR / "step_000000010").is_dir() is False  # pruned by keep_last
+    full_log = [json.loads(line) for line in (out / "full" / "metrics.jsonl").read_text().splitlines()]
+    split_log = [json.loads(line) for line in (out / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in full_log] == [r["loss"] for r in split_log] and len(full_log) == 20
+
+
+DIGITS = HERE.parents[1] / "configs" / "digits.yaml"
+
+
+def test_distributed_setting_is_validated():
+    with pytest.raises(ValueError, match=r"training.distributed='ddp'.*'none', 'fsdp'"):
+        load_config(DIGITS, ["training.distributed=ddp"])
+    assert load_config(DIGITS, []).training.distributed == "none"
+
+
+def test_fsdp_without_a_launcher_says_how_to_launch(tmp_path, monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    cfg = load_config(DIGITS, ["training.distributed=fsdp"])
+    with pytest.raises(RuntimeError, match="torchrun.*RANK, WORLD_SIZE"):
+        Trainer(cfg, tmp_path)
+
+
+def test_checkpoints_from_before_the_setting_resume_in_one_process():
+    cfg = load_config(DIGITS, [])
+    saved = cfg.to_dict()
+    del saved["training"]["distributed"]
+    assert resume_breaking_changes(saved, cfg) == {}
+    saved["training"]["distributed"] = "fsdp"
+    assert "training.distributed" in resume_breaking_changes(saved, cfg)
