@@ -12,7 +12,8 @@ What changes against one process:
   timesteps, noise, flips: the same generator everywhere) and trains its contiguous slice, so the
   gradient that the reduce-scatter averages is the one-process gradient of that batch.
 - checkpoints are sharded (:mod:`ebsparse.diffusion.sharded_checkpoint`): one safetensors file per
-  rank plus a JSON index, no pickle.
+  rank plus a JSON index, no pickle. When ``fit`` ends, rank 0 also joins the last one into the
+  ordinary ``checkpoint.safetensors``, which sampling, FID and ``model_from_checkpoint`` read.
 - rank 0 alone writes logs, ``config.json`` and the progress bar; the logged loss is the mean over ranks.
 """
 
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sharded_checkpoint import (has_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint)
+from .sharded_checkpoint import (consolidate_sharded_checkpoint, has_sharded_checkpoint, load_sharded_checkpoint,
+                                 save_sharded_checkpoint)
 
 __all__ = ["ShardedTraining", "shard_blocks"]
 
@@ -125,3 +127,11 @@ class ShardedTraining:
     def load(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta, _ = load_sharded_checkpoint(path, self.mesh, device=self.device)
         return tensors, meta
+
+    def consolidate(self, run_dir: Path, out: Path) -> None:
+        """Rank 0 joins the newest sharded checkpoint into ``out``; the others wait for it."""
+        import torch.distributed as dist
+
+        if self.is_main:
+            consolidate_sharded_checkpoint(run_dir, out)
+        dist.barrier()

@@ -21,6 +21,8 @@ replicated, saving it from one rank, which loses the per-rank RNG states an exac
 
 A resume needs the world size the checkpoint was written with (the shards are cut for it). The run
 directory must be on a filesystem every process sees (multi-node: a shared filesystem).
+:func:`consolidate_sharded_checkpoint` joins the shards into one ordinary checkpoint (one process,
+no process group), which everything that reads ``checkpoint.safetensors`` reads.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from .checkpoint import _HASH_KEY, atomic_write_bytes, load_checkpoint, save_checkpoint
 
 __all__ = ["SHARDED_DIR", "SHARDED_FORMAT", "save_sharded_checkpoint", "load_sharded_checkpoint",
-           "has_sharded_checkpoint", "sharded_checkpoint_dirs"]
+           "has_sharded_checkpoint", "sharded_checkpoint_dirs", "consolidate_sharded_checkpoint"]
 
 SHARDED_DIR = "checkpoint.sharded"
 SHARDED_FORMAT = "ebsparse-sharded-checkpoint-v1"
@@ -144,7 +146,7 @@ def save_sharded_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor
     return step_dir
 
 
-def _load_rank(step_dir: Path, rank: int, world: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _load_rank(step_dir: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     try:
@@ -185,7 +187,7 @@ def load_sharded_checkpoint(path: str | Path, mesh, device: torch.device | str =
             raise ValueError(f"sharded checkpoint {str(step_dir)!r} was written by {saved_world} processes, and this "
                              f"run has {world}: resume with torchrun --nproc-per-node (x --nnodes) = {saved_world}")
         try:
-            tensors, meta = _load_rank(step_dir, rank, world)
+            tensors, meta = _load_rank(step_dir, rank)
             error = None
         except (ValueError, OSError) as e:
             error = e
@@ -198,3 +200,31 @@ def load_sharded_checkpoint(path: str | Path, mesh, device: torch.device | str =
             return _join(tensors, meta.pop("sharded"), mesh, torch.device(device)), meta, step_dir
         failures.append(f"rank {rank}: {error}" if error else f"sharded checkpoint {str(step_dir)!r} failed on another rank")
     raise ValueError("no usable sharded checkpoint: " + "; ".join(failures))
+
+
+def consolidate_sharded_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Join the newest complete sharded checkpoint of a run directory (or the step directory ``path``)
+    into one :func:`~ebsparse.diffusion.checkpoint.save_checkpoint` file ``out``: each DTensor
+    concatenated from every rank's shard, everything else (masks, RNG states) as rank 0 holds it.
+    Needs no process group; holds the whole state in memory. Returns ``out``."""
+    path = Path(path)
+    step_dir = path if (path / _INDEX).is_file() else next(iter(sharded_checkpoint_dirs(path)), None)
+    if step_dir is None:
+        raise FileNotFoundError(f"no sharded checkpoint at {str(path)!r} (expected {SHARDED_DIR}/step_*/{_INDEX})")
+    world = json.loads((step_dir / _INDEX).read_text())["world_size"]
+    parts = [_load_rank(step_dir, r) for r in range(world)]
+    tensors, meta = dict(parts[0][0]), dict(parts[0][1])
+    layouts = meta.pop("sharded")
+    for key in ("rank", "world_size", "format", "blocks"):
+        meta.pop(key, None)
+    for name, layout in layouts.items():
+        if len(layout["placements"]) != 1:
+            raise ValueError(f"sharded checkpoint {str(step_dir)!r}: {name} is placed on a "
+                             f"{len(layout['placements'])}-D mesh; only 1-D meshes are joined")
+        placement = layout["placements"][0]
+        whole = tensors[name] if placement == "R" else torch.cat([p[0][name] for p in parts], int(placement[1:]))
+        if list(whole.shape) != layout["shape"]:
+            raise ValueError(f"sharded checkpoint {str(step_dir)!r}: the shards of {name} join to "
+                             f"{list(whole.shape)}, expected {layout['shape']}")
+        tensors[name] = whole
+    return save_checkpoint(out, tensors, meta, keep_last=1)

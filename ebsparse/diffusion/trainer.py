@@ -491,6 +491,8 @@ class Trainer:
                     self.save()
                 if callback is not None:
                     callback(self, last)
+            if self.sharded is not None and self.has_checkpoint():
+                self.sharded.consolidate(self.run_dir, self.run_dir / CHECKPOINT_NAME)
         finally:
             bar.close()
             total = self.elapsed_s()

@@ -171,3 +171,17 @@ def test_checkpoints_from_before_the_setting_resume_in_one_process():
     assert resume_breaking_changes(saved, cfg) == {}
     saved["training"]["distributed"] = "fsdp"
     assert "training.distributed" in resume_breaking_changes(saved, cfg)
+
+
+def test_the_last_checkpoint_is_joined_for_one_process_readers(runs):
+    from ebsparse.drivers.checkpoints import model_from_checkpoint
+
+    out, res = runs
+    model, _, meta = model_from_checkpoint(out / "full", use_ema=False)  # checkpoint.safetensors, no process group
+    state = model.state_dict()
+    tensors, _ = res[("full", 0)]
+    names = _names(tensors, "weight/")
+    assert meta["step"] == 20 and names
+    for name in names:
+        assert torch.equal(state[name], tensors[f"weight/{name}"]), name
+        assert torch.equal(state[name.rpartition(".")[0] + ".mask"], tensors[f"update3/mask/{name}"]), name
