@@ -1,7 +1,8 @@
 """RigL under FSDP2 (``training.distributed: fsdp``, ``fully_shard`` per block + root), two gloo
 processes on the CPU: masks identical on both ranks after every update, exact counts, weights and
 Adam moments reset on the sharded parameters, and a run killed after a checkpoint and resumed (with
-pickle made to raise) ends bit for bit where the uninterrupted run does.
+pickle made to raise) ends bit for bit where the uninterrupted run does. Also GRU weights (masked
+in place) under ``fully_shard`` with the sparsifier in a plain loop.
 
 One spawn trains the uninterrupted run and then the run that dies at step 10; a second resumes it
 (s2s_fsdp_worker.py). The tests below read what the ranks wrote.
@@ -185,3 +186,14 @@ def test_the_last_checkpoint_is_joined_for_one_process_readers(runs):
     for name in names:
         assert torch.equal(state[name], tensors[f"weight/{name}"]), name
         assert torch.equal(state[name.rpartition(".")[0] + ".mask"], tensors[f"update3/mask/{name}"]), name
+
+
+def test_in_place_masked_gru_weights_under_fully_shard(runs):
+    out, _ = runs
+    (t0, i0), (t1, i1) = ((load_file(str(out / f"gru_rank{r}.safetensors")),
+                           json.loads((out / f"gru_rank{r}.json").read_text())) for r in RANKS)
+    assert i0["kinds"] == ["InPlaceTarget"] and i0["updates"] == i1["updates"] == 2
+    assert i0["leaks"] and not any(i0["leaks"]) and not any(i1["leaks"])  # gradients and weights zero outside
+    masks = _names(t0, "mask/")
+    assert masks and all(torch.equal(t0[f"mask/{n}"], t1[f"mask/{n}"]) for n in masks)
+    assert any(not torch.equal(t0[f"local/{n}"], t1[f"local/{n}"]) for n in masks)  # two different shards
