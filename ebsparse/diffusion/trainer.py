@@ -336,6 +336,8 @@ class Trainer:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} at step {self.step} with a changed config ({keys}): "
                              "the run would no longer match an uninterrupted one. Drop the --set, or pass "
                              f"--allow-config-change to go on and record the change in {CONFIG_CHANGES_NAME}")
+        if self.sharded is not None and not self.sharded.is_main:
+            return  # one record per run directory
         record = {"step": self.step, "changes": {k: [old, new] for k, (old, new) in changes.items()},
                   "breaks_exact_resume": sorted(breaking)}
         with open(self.run_dir / CONFIG_CHANGES_NAME, "a") as f:
@@ -436,6 +438,9 @@ class Trainer:
         A resume refuses a config that would train differently from the checkpoint's
         (:func:`resume_breaking_changes`) unless ``allow_config_change``; every change it goes on
         with is appended to ``config_changes.jsonl`` (step, keys, old and new values).
+
+        A sharded run (``training.distributed: fsdp``) writes sharded checkpoints, and at the end rank 0
+        joins the last one into ``checkpoint.safetensors``.
 
         Returns ``step``, ``start_step`` (the step this call began at), ``elapsed_s`` (training time
         of the whole run, earlier processes included), ``session_s`` (this call's) and the last

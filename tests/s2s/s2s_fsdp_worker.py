@@ -1,7 +1,8 @@
 """One rank of the two-process FSDP2 tests (gloo, CPU): RigL inside the Trainer with
 ``training.distributed: fsdp``. Imported as a top-level module (see s2s_dist_worker.py for why).
 
-Phases: ``full`` trains 20 steps in one go; ``killed`` trains the same run in another directory and
+Phases: ``one_step`` trains 2 steps without dropout (the test compares it with one process); ``full``
+trains 20 steps in one go; ``killed`` trains the same run in another directory and
 dies (``os._exit``) right after the checkpoint of step 10; ``resume`` resumes that directory to
 step 20 with pickle and ``torch.load`` made to raise, and then a copy of it whose step-10 file of
 rank 1 the test has corrupted (both ranks must fall back to step 5). Each phase writes this rank's results as
@@ -25,7 +26,7 @@ from ebsparse.s2s import SparsityConfig
 from ebsparse.s2s.trainer_plugin import SparsityPlugin
 
 DIGITS = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
-STEPS, KILL_AT = 20, 10
+STEPS, KILL_AT, ONE_STEP = 20, 10, 2
 
 
 def fsdp_config(steps: int = STEPS):
@@ -40,8 +41,8 @@ def fsdp_config(steps: int = STEPS):
     return cfg
 
 
-def _trainer(run_dir: Path):
-    cfg = fsdp_config()
+def _trainer(run_dir: Path, cfg=None):
+    cfg = cfg or fsdp_config()
     plugin = SparsityPlugin(SparsityConfig.from_dict(cfg.algorithms["sparsity"]))
     return Trainer(cfg, run_dir, plugins=[plugin]), plugin
 
@@ -140,6 +141,9 @@ def run_rank(rank: int, world: int, init_file: str, out_dir: str, phase: str) ->
     out = Path(out_dir)
     try:
         if phase == "train":
+            one = fsdp_config(ONE_STEP)  # without dropout: comparable with one process
+            one.model["dropout"] = 0.0
+            _trainer(out / "one_step", one)[0].fit(progress=False)
             trainer, plugin = _trainer(out / "full")
             recorder = _Recorder(plugin)
             trainer.fit(progress=False, callback=recorder)

@@ -197,3 +197,31 @@ def test_in_place_masked_gru_weights_under_fully_shard(runs):
     masks = _names(t0, "mask/")
     assert masks and all(torch.equal(t0[f"mask/{n}"], t1[f"mask/{n}"]) for n in masks)
     assert any(not torch.equal(t0[f"local/{n}"], t1[f"local/{n}"]) for n in masks)  # two different shards
+
+
+def test_two_ranks_train_what_one_process_trains(runs, tmp_path, monkeypatch):
+    """``training.batch_size`` is the global batch: each rank trains its half, and the averaged
+    gradient is the one-process gradient of the whole batch (up to summation order)."""
+    from ebsparse.diffusion.checkpoint import load_checkpoint
+    from ebsparse.s2s import SparsityConfig
+    from ebsparse.s2s.trainer_plugin import SparsityPlugin
+
+    monkeypatch.syspath_prepend(str(HERE))
+    from s2s_fsdp_worker import ONE_STEP, fsdp_config
+
+    out, _ = runs
+    cfg = fsdp_config(ONE_STEP)
+    cfg.model["dropout"] = 0.0
+    cfg.training.distributed = "none"
+    trainer = Trainer(cfg, tmp_path, plugins=[SparsityPlugin(SparsityConfig.from_dict(cfg.algorithms["sparsity"]))])
+    trainer.fit(progress=False)
+    one, _ = trainer.state_tensors()
+    two, meta = load_checkpoint(out / "one_step" / "checkpoint.safetensors")  # joined from the two ranks' shards
+    assert meta["step"] == ONE_STEP
+    compared = [k for k in one if k.startswith(("model/", "ema/", "optim/"))]
+    assert len(compared) > 100
+    for key in compared:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (tmp_path, out / "one_step")]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=0)
