@@ -225,3 +225,24 @@ def test_two_ranks_train_what_one_process_trains(runs, tmp_path, monkeypatch):
     losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
               for d in (tmp_path, out / "one_step")]
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=0)
+
+
+def test_joining_checks_every_shard_against_the_index(runs, tmp_path):
+    from ebsparse.diffusion.checkpoint import CheckpointIntegrityError
+    from ebsparse.diffusion.sharded_checkpoint import consolidate_sharded_checkpoint
+
+    out, _ = runs
+    with pytest.raises(FileNotFoundError, match="no sharded checkpoint"):
+        consolidate_sharded_checkpoint(tmp_path, tmp_path / "joined.safetensors")
+    run = tmp_path / "run"
+    shutil.copytree(out / "full" / SHARDED_DIR, run / SHARDED_DIR)
+    latest, earlier = sharded_checkpoint_dirs(run)
+    shutil.copy(earlier / "rank00001.safetensors", latest / "rank00001.safetensors")  # a file of another save
+    with pytest.raises(ValueError, match="rank00001.safetensors.*does not belong to the save"):
+        consolidate_sharded_checkpoint(run, tmp_path / "joined.safetensors")
+    data = bytearray((earlier / "rank00000.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (earlier / "rank00000.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointIntegrityError, match="rank00000.safetensors.*corrupted"):
+        consolidate_sharded_checkpoint(earlier, tmp_path / "joined.safetensors")
+    assert not (tmp_path / "joined.safetensors").exists()
