@@ -29,7 +29,7 @@ from torch import nn
 from .sharded_checkpoint import (consolidate_sharded_checkpoint, has_sharded_checkpoint, load_sharded_checkpoint,
                                  save_sharded_checkpoint)
 
-__all__ = ["ShardedTraining", "shard_blocks"]
+__all__ = ["ShardedTraining", "shard_blocks", "check_sharded_config"]
 
 _LAUNCH_HINT = ("launch it with torchrun (e.g. torchrun --nproc-per-node 2 -m ebsparse train CONFIG "
                 "--set training.distributed=fsdp), which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
@@ -54,6 +54,18 @@ def shard_blocks(model: nn.Module, mesh) -> list[str]:
         fully_shard(model.get_submodule(name), mesh=mesh)
     fully_shard(model, mesh=mesh)
     return blocks
+
+
+def check_sharded_config(config, world_size: int) -> None:
+    """Refuse settings a sharded run of ``world_size`` processes cannot honour, naming the key."""
+    tc = config.training
+    if tc.batch_size % world_size:
+        raise ValueError(f"training.batch_size={tc.batch_size} must be divisible by the {world_size} "
+                         "processes of training.distributed='fsdp' (it is the global batch)")
+    if tc.sample_every:
+        raise ValueError(f"training.sample_every={tc.sample_every} must be 0 with training.distributed='fsdp': "
+                         "sample grids during training need the whole model in one process; sample the "
+                         "checkpoint.safetensors that rank 0 joins at the end (ebsparse sample RUN_DIR)")
 
 
 class ShardedTraining:
@@ -85,14 +97,7 @@ class ShardedTraining:
         return self.rank == 0
 
     def check(self, config) -> None:
-        """Refuse settings a sharded run cannot honour, naming the key."""
-        tc = config.training
-        if tc.batch_size % self.world_size:
-            raise ValueError(f"training.batch_size={tc.batch_size} must be divisible by the {self.world_size} "
-                             "processes of training.distributed='fsdp' (it is the global batch)")
-        if tc.sample_every:
-            raise ValueError("training.sample_every must be 0 with training.distributed='fsdp': sample grids during "
-                             "training need the whole model on one process; sample from the checkpoint instead")
+        check_sharded_config(config, self.world_size)
 
     def shard(self, model: nn.Module, seed: int) -> nn.Module:
         """Shard ``model`` (identical on every rank: built from the same seed) and give every rank its

@@ -420,6 +420,9 @@ class Trainer:
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, use_ema: bool = True) -> torch.Tensor:
+        if self.sharded is not None:
+            raise RuntimeError("Trainer.sample: a sharded model has no whole copy in any one process; sample the "
+                               "checkpoint.safetensors that rank 0 joins when fit ends (ebsparse sample RUN_DIR)")
         model = copy.deepcopy(self.model)
         if use_ema:
             self.ema.copy_to(model)

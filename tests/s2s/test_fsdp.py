@@ -155,6 +155,19 @@ def test_distributed_setting_is_validated():
     assert load_config(DIGITS, []).training.distributed == "none"
 
 
+def test_settings_a_sharded_run_cannot_honour_are_refused():
+    from ebsparse.diffusion.distributed import check_sharded_config
+
+    cfg = load_config(DIGITS, ["training.distributed=fsdp", "training.batch_size=6", "training.sample_every=0"])
+    check_sharded_config(cfg, 2)
+    check_sharded_config(cfg, 3)
+    with pytest.raises(ValueError, match="training.batch_size=6 must be divisible by the 4 processes"):
+        check_sharded_config(cfg, 4)
+    cfg.training.sample_every = 100
+    with pytest.raises(ValueError, match="training.sample_every=100 must be 0"):
+        check_sharded_config(cfg, 2)
+
+
 def test_fsdp_without_a_launcher_says_how_to_launch(tmp_path, monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
