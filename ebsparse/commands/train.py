@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
         out = run_sparse_train(cfg, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress,
                                allow_config_change=args.allow_config_change)
+        if out["row"] is None:  # a rank other than 0 of a sharded run: rank 0 reports
+            return 0
         _report(out, cfg, checkpoint)
         print(out["table"])
         print(out["notes"])
@@ -74,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, run_dir, args.device, plugins=plugins)
     summary = trainer.fit(resume=args.resume, progress=not args.no_progress,
                           allow_config_change=args.allow_config_change)
-    _report(summary, cfg, checkpoint)
+    if trainer.sharded is None or trainer.sharded.is_main:
+        _report(summary, cfg, checkpoint)
     return 0

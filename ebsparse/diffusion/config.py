@@ -27,6 +27,9 @@ OPTIMIZERS = ("adam", "adamw")
 #: ``training.precision``: the autocast dtype of the forward and backward (fp32: no autocast). The
 #: parameters, optimizer state and EMA stay float32; fp16 adds loss scaling (a GradScaler).
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``training.distributed``: "none" (one process) or "fsdp" (FSDP2 ``fully_shard`` over every process
+#: of a ``torchrun`` launch; see :mod:`ebsparse.diffusion.distributed`).
+DISTRIBUTED = ("none", "fsdp")
 #: Sections owned by algorithm packages (``ebsparse.s2s``, ``ebsparse.earlybird``); stored verbatim.
 ALGORITHM_SECTIONS = ("sparsity", "earlybird")
 
@@ -37,7 +40,9 @@ class TrainConfig:
     ``grad_clip``: max global grad norm (0 = none); ``*_every``: intervals in steps (0 = never);
     ``keep_last``: checkpoints kept, the latest included (``--resume`` falls back to an earlier one
     when the latest is unreadable or fails its hash); ``precision``: one of ``PRECISIONS``, mixed
-    precision under ``torch.autocast`` (sparse layers stay sparse: ``ebsparse.ops.amp``)."""
+    precision under ``torch.autocast`` (sparse layers stay sparse: ``ebsparse.ops.amp``);
+    ``distributed``: one of ``DISTRIBUTED`` (with "fsdp", ``batch_size`` is the global batch, split
+    evenly over the processes)."""
 
     batch_size: int = 64
     steps: int = 1000
@@ -55,6 +60,7 @@ class TrainConfig:
     keep_last: int = 2
     seed: int = 0
     precision: str = "fp32"
+    distributed: str = "none"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -64,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"training.optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision={self.precision!r}; expected one of {PRECISIONS}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"training.distributed={self.distributed!r}; expected one of {DISTRIBUTED}")
         for name in ("batch_size", "steps", "keep_last"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

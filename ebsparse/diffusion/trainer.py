@@ -28,9 +28,11 @@ from torch import nn
 
 from ..data import build_dataset
 from ..models import build_model
+from ..nn.sharded import full
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
                          unflatten_optimizer_state)
 from .config import ExperimentConfig, config_diff
+from .distributed import ShardedTraining
 from .ema import EMA
 from .images import save_grid
 from .losses import epsilon_loss, sample_timesteps
@@ -66,6 +68,8 @@ def resume_breaking_changes(saved: dict[str, Any], current: ExperimentConfig) ->
             return False
         if key == "training.precision" and changes[key] == (None, "fp32"):
             return True  # a checkpoint from before the setting trained in fp32
+        if key == "training.distributed" and changes[key] == (None, "none"):
+            return True  # a checkpoint from before the setting trained in one process
         return key.startswith(_RESUME_SAFE[-1]) or key in _RESUME_SAFE[:-1]
 
     return {k: v for k, v in changes.items() if not safe(k)}
@@ -132,8 +136,11 @@ class _MetricsLog:
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s")
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, enabled: bool = True):
         self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        self.enabled = enabled  # one writer per run directory (rank 0 of a sharded run)
+        if not enabled:
+            return
         rows = []
         if resume_step is not None and self.jsonl.exists():
             rows = [r for r in map(json.loads, self.jsonl.read_text().splitlines()) if r["step"] <= resume_step]
@@ -144,6 +151,8 @@ class _MetricsLog:
             w.writerows(rows)
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as f:
@@ -171,6 +180,8 @@ class Trainer:
     ``model``: train this module instead of building ``config.model`` (e.g. a physically pruned
     model; it must accept the same inputs). ``timestep_range``: (low, high) inclusive, to train
     only on a timestep region. ``plugins``: see :mod:`ebsparse.diffusion.plugins`.
+    ``training.distributed: fsdp`` shards the prepared model over the processes of a torchrun
+    launch (:mod:`ebsparse.diffusion.distributed`); ``sharded`` is then that setup, else None.
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, device: str | torch.device = "cpu", *,
@@ -180,6 +191,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         tc = config.training
+        self.sharded = ShardedTraining(self.device) if tc.distributed == "fsdp" else None
+        if self.sharded is not None:
+            self.sharded.check(config)
+            self.device = self.sharded.device
         torch.manual_seed(tc.seed)
         names = [p.name for p in plugins]
         if len(set(names)) != len(names):
@@ -193,6 +208,8 @@ class Trainer:
         for p in self.plugins:
             model = p.prepare_model(self, model)
         self.model = model.to(self.device)
+        if self.sharded is not None:  # after the plugins: their modules (e.g. sparse ones) are sharded
+            self.model = self.sharded.shard(self.model, tc.seed)
         self.ema = EMA(self.model, tc.ema_rate)
         self.optimizer = _make_optimizer(self.model, tc)
         self.amp = MixedPrecision(tc.precision, self.device)
@@ -246,17 +263,24 @@ class Trainer:
         # a second save of one step (a stage's final save) replaces the latest instead of keeping it
         same_step = self._saved_step == self.step
         self._saved_step = self.step
+        if self.sharded is not None:
+            return self.sharded.save(self.run_dir, tensors, meta, self.config.training.keep_last, same_step)
         return save_checkpoint(self.run_dir / CHECKPOINT_NAME, tensors, meta, keep_last=self.config.training.keep_last,
                                replace_latest=same_step)
 
     def has_checkpoint(self) -> bool:
         """Whether the run directory holds a checkpoint to resume from (the latest or a kept earlier one)."""
+        if self.sharded is not None:
+            return self.sharded.has_checkpoint(self.run_dir)
         return bool(checkpoint_files(self.run_dir / CHECKPOINT_NAME))
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the state of ``path``; without one, resume the run directory: its latest checkpoint,
-        or with a warning the newest kept one that reads and verifies when the latest does not."""
-        if path is None:
+        or with a warning the newest kept one that reads and verifies when the latest does not.
+        Sharded: ``path`` is a step directory of ``checkpoint.sharded/``."""
+        if self.sharded is not None:
+            tensors, meta = self.sharded.load(self.run_dir if path is None else Path(path))
+        elif path is None:
             tensors, meta, _ = load_latest_good(self.run_dir / CHECKPOINT_NAME)
         else:
             tensors, meta = load_checkpoint(path)
@@ -313,6 +337,8 @@ class Trainer:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} at step {self.step} with a changed config ({keys}): "
                              "the run would no longer match an uninterrupted one. Drop the --set, or pass "
                              f"--allow-config-change to go on and record the change in {CONFIG_CHANGES_NAME}")
+        if self.sharded is not None and not self.sharded.is_main:
+            return  # one record per run directory
         record = {"step": self.step, "changes": {k: [old, new] for k, (old, new) in changes.items()},
                   "breaks_exact_resume": sorted(breaking)}
         with open(self.run_dir / CONFIG_CHANGES_NAME, "a") as f:
@@ -360,6 +386,8 @@ class Trainer:
         t = sample_timesteps(x0.shape[0], dc.num_timesteps, antithetic=dc.timestep_sampling == "antithetic",
                              low=low, high=high, generator=self.generator).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        if self.sharded is not None:  # every rank drew the global batch; it trains its slice
+            x0, labels, t, noise = self.sharded.local_batch(x0, labels, t, noise)
         with self.amp.autocast():
             loss = epsilon_loss(self._model_fn(labels), self.schedule, x0, t, noise, dc.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
@@ -371,14 +399,18 @@ class Trainer:
         grad_norm = float("nan")
         if do_step:
             if tc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=False))
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=False)
+                grad_norm = float(full(norm))  # sharded gradients give a replicated DTensor
             self.amp.step(self.optimizer)
         self.amp.update()
         for p in self.plugins:
             p.after_optimizer_step(self)
         self.ema.update(self.model)
         self.step += 1
-        stats = {"loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm}
+        loss_value = float(loss.detach())
+        if self.sharded is not None:
+            loss_value = self.sharded.mean(loss_value)
+        stats = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
         self.step_seconds = time.perf_counter() - t0
         self.timed_steps += 1
         self.timed_seconds += self.step_seconds
@@ -389,6 +421,9 @@ class Trainer:
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, use_ema: bool = True) -> torch.Tensor:
+        if self.sharded is not None:
+            raise RuntimeError("Trainer.sample: a sharded model has no whole copy in any one process; sample the "
+                               "checkpoint.safetensors that rank 0 joins when fit ends (ebsparse sample RUN_DIR)")
         model = copy.deepcopy(self.model)
         if use_ema:
             self.ema.copy_to(model)
@@ -407,6 +442,9 @@ class Trainer:
         A resume refuses a config that would train differently from the checkpoint's
         (:func:`resume_breaking_changes`) unless ``allow_config_change``; every change it goes on
         with is appended to ``config_changes.jsonl`` (step, keys, old and new values).
+
+        A sharded run (``training.distributed: fsdp``) writes sharded checkpoints, and at the end rank 0
+        joins the last one into ``checkpoint.safetensors``.
 
         Returns ``step``, ``start_step`` (the step this call began at), ``elapsed_s`` (training time
         of the whole run, earlier processes included), ``session_s`` (this call's) and the last
@@ -431,12 +469,14 @@ class Trainer:
                 f"run directory {str(self.run_dir)!r} already holds a checkpoint; pass --resume to continue it "
                 "or choose another --run-dir"
             )
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        log = _MetricsLog(self.run_dir, self.step if resume else None)
+        main = self.sharded is None or self.sharded.is_main
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        log = _MetricsLog(self.run_dir, self.step if resume else None, enabled=main)
         start_step, t0 = self.step, time.time()
         self._fit_started = t0
         last: dict[str, float] = {}
-        bar = tqdm(total=tc.steps, initial=self.step, disable=not progress, desc=desc, dynamic_ncols=True)
+        bar = tqdm(total=tc.steps, initial=self.step, disable=not (progress and main), desc=desc, dynamic_ncols=True)
         # the DDIM code base's loss sums the squared error over an image's pixels: say so, or it reads as huge
         loss_label = "loss (sum/image)" if self.config.diffusion.loss_reduction == "sum" else "loss"
         stop = self.step > 0 and self._should_stop()
@@ -460,6 +500,8 @@ class Trainer:
                     self.save()
                 if callback is not None:
                     callback(self, last)
+            if self.sharded is not None and self.has_checkpoint():
+                self.sharded.consolidate(self.run_dir, self.run_dir / CHECKPOINT_NAME)
         finally:
             bar.close()
             total = self.elapsed_s()

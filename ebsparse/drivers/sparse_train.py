@@ -139,14 +139,20 @@ def summary_notes(rows: list[dict[str, Any]], steps: int) -> str:
     return "\n".join(f"- {n}" for n in notes)
 
 
-def fid_of_samples(trainer: Trainer) -> float | None:
+def fid_of_samples(trainer: Trainer, ema_model: nn.Module | None = None) -> float | None:
     """The domain FID of the run's EMA samples where the dataset has one (:func:`samples_fid`); ``None``
-    for datasets whose FID needs Inception weights and a reference folder ('ebsparse fid')."""
+    for datasets whose FID needs Inception weights and a reference folder ('ebsparse fid').
+    ``ema_model``: sample it instead of the trainer's EMA weights (a sharded run's joined checkpoint)."""
+    from ..diffusion.trainer import sample_images
     from ..metrics.sample_fid import samples_fid
 
     if not has_domain_fid(trainer.config.data.type):
         return None
-    samples = trainer.sample(trainer.config.sampling.num_samples, seed=trainer.config.training.seed)
+    n, seed = trainer.config.sampling.num_samples, trainer.config.training.seed
+    if ema_model is None:
+        samples = trainer.sample(n, seed=seed)
+    else:
+        samples = sample_images(ema_model, trainer.config, n, seed=seed, device=trainer.device)
     return samples_fid(samples, trainer.config.data.type)
 
 
@@ -165,15 +171,23 @@ def run_sparse_train(config: ExperimentConfig, run_dir: str | Path, *, resume: b
     plugin = SparsityPlugin(SparsityConfig.from_dict(section))
     trainer = Trainer(config, run_dir, device, plugins=[plugin])
     summary = trainer.fit(resume=resume, progress=progress, allow_config_change=allow_config_change)
+    sparse_model, ema_model = trainer.model, None
+    if trainer.sharded is not None:  # rank 0 evaluates the checkpoint it joined from the shards
+        if not trainer.sharded.is_main:
+            return {**summary, "row": None, "table": "", "notes": ""}
+        from .checkpoints import model_from_checkpoint
+
+        ema_model = model_from_checkpoint(run_dir)[0].to(trainer.device)
+        sparse_model = model_from_checkpoint(run_dir, use_ema=False)[0].to(trainer.device).train()
     if has_domain_fid(config.data.type):
         _say(progress, f"evaluating: domain FID of {config.sampling.num_samples} samples "
                        f"({config.sampling.sampler}, {config.sampling.timesteps} steps) ...")
-    fid = fid_of_samples(trainer)
+    fid = fid_of_samples(trainer, ema_model)
     timing = None
     if measure:
         _say(progress, "measuring the training-step speed-up of the sparse model over the dense one ...")
-        inputs = _example_inputs(config.model, config.training.batch_size, device)
-        timing = measure_step_speedup(trainer.model, build_model(config.model).to(device), inputs)
+        inputs = _example_inputs(config.model, config.training.batch_size, trainer.device)
+        timing = measure_step_speedup(sparse_model, build_model(config.model).to(trainer.device), inputs)
     row = summary_row(trainer, plugin, fid, timing)
     run_dir = Path(run_dir)
     (run_dir / "sparsity_summary.json").write_text(json.dumps(row, indent=2) + "\n")

@@ -12,6 +12,7 @@ from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.block import check_block, check_block_mask, check_block_shape, magnitude_block_mask
 from ebsparse.formats.index import PatternIndex
 from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
+from ebsparse.nn.sharded import mask_like
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4", "block")
@@ -87,7 +88,7 @@ class SparsityMixin:
         self.check_mask(mask)
         with torch.no_grad():
             self.mask.copy_(mask)
-            self.weight.masked_fill_(~self.mask, 0)
+            self.weight.masked_fill_(~mask_like(self.mask, self.weight), 0)
         self._resolved.clear()
 
     @property

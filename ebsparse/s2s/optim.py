@@ -11,6 +11,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ebsparse.nn.sharded import mask_like
+
 __all__ = ["MOMENT_KEYS", "check_optimizer", "rebind_parameters", "reset_moments"]
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -43,10 +45,12 @@ def rebind_parameters(optimizer: torch.optim.Optimizer, mapping: dict[nn.Paramet
 @torch.no_grad()
 def reset_moments(optimizer: torch.optim.Optimizer, weight: torch.Tensor, keep: torch.Tensor,
                   keys: Iterable[str] = MOMENT_KEYS) -> None:
-    """Zero the moments of ``weight`` wherever ``keep`` is False (dropped, grown, inactive)."""
+    """Zero the moments of ``weight`` wherever ``keep`` is False (dropped, grown, inactive).
+
+    ``keep`` is the whole mask; sharded moments (FSDP2) are masked shard by shard."""
     state = optimizer.state.get(weight)
     if not state:
         return
     for key in keys:
         if key in state and isinstance(state[key], torch.Tensor) and state[key].shape == weight.shape:
-            state[key].mul_(keep)
+            state[key].mul_(mask_like(keep, state[key]))

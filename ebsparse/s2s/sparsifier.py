@@ -25,6 +25,7 @@ from torch import nn
 from ebsparse.formats.block import (block_norms, block_sums, block_unsupported_reason, blocks_of, expand_blocks,
                                     kept_blocks, random_block_mask)
 from ebsparse.nn.conv import conv_unsupported_reason
+from ebsparse.nn.sharded import full, is_sharded, mask_like
 
 from .config import SparsityConfig
 from .distribution import layer_densities
@@ -171,6 +172,8 @@ class Sparsifier:
         self.steps += 1
         t = self.steps
         updated = self.method != "static" and self.schedule.is_update(t)
+        for target in self.targets:
+            target.mask_sharded_grad()
         if updated:
             self._update(self.schedule.prune_fraction(t))
         self._set_dense_grad()
@@ -204,9 +207,12 @@ class Sparsifier:
             k = int(fraction * n_active)
             if k == 0 or n_active == units.numel():
                 continue
-            drop_scores = block_norms(weight, block) if block else weight.abs()
+            # A sharded weight (FSDP2) is scored whole: gathered, its weights and its gradient (already
+            # averaged over ranks by the reduce-scatter) are the same numbers on every rank.
+            whole = full(weight)
+            drop_scores = block_norms(whole, block) if block else whole.abs()
             grow_scores = self._grow_block_scores(target, block) if block else self._grow_scores(target)
-            if distributed:  # a rank's local gradient differs from its neighbours'
+            if distributed and not is_sharded(weight):  # a rank's local gradient differs from its neighbours'
                 drop_scores = _all_reduce_mean(drop_scores)
                 grow_scores = _all_reduce_mean(grow_scores)
             grow_scores = grow_scores.abs()
@@ -215,10 +221,10 @@ class Sparsifier:
             new_mask = kept | grow
             if block:
                 kept, new_mask = (expand_blocks(m, mask.shape, block).to(mask.device) for m in (kept, new_mask))
-            weight.mul_(kept)  # grown weights start at exactly zero
+            weight.mul_(mask_like(kept, weight))  # grown weights start at exactly zero
             target.set_mask(new_mask)
             if weight.grad is not None:
-                weight.grad.mul_(new_mask)  # the dense gradient must not leak into a taken step
+                weight.grad.mul_(mask_like(new_mask, weight.grad))  # the dense gradient must not leak into a taken step
             if self.optimizer is not None:
                 reset_moments(self.optimizer, weight, kept)
             dropped += k
@@ -244,7 +250,7 @@ class Sparsifier:
         """Zero, in place, the sparsified weights of a state dict (e.g. EMA weights) outside the masks."""
         for t in self.targets:
             if t.name in state:
-                state[t.name].mul_(t.mask.to(state[t.name].device))
+                state[t.name].mul_(mask_like(t.mask.to(state[t.name].device), state[t.name]))
 
     def state_dict(self) -> dict[str, Any]:
         """Schedule position and generator; the masks themselves are in the model's state dict."""
@@ -276,7 +282,7 @@ class RigL(Sparsifier):
         grad = target.weight.grad
         if grad is None:
             raise RuntimeError(f"RigL: {target.name} has no gradient on an update step; call step() after backward()")
-        return grad
+        return full(grad)
 
 
 class MagRan(Sparsifier):

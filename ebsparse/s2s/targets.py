@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ebsparse.nn import SparseConv2d, SparseLinear, sparsify
+from ebsparse.nn.sharded import is_sharded, mask_like
 
 __all__ = ["Candidate", "Target", "ModuleTarget", "InPlaceTarget", "find_candidates", "build_targets"]
 
@@ -57,7 +58,10 @@ class Target:
     def reapply(self) -> None:
         """Zero the weight outside the mask (after an optimizer step)."""
         with torch.no_grad():
-            self.weight.mul_(self.mask)
+            self.weight.mul_(mask_like(self.mask, self.weight))
+
+    def mask_sharded_grad(self) -> None:
+        """Keep the gradient at kept positions only, where the backward could not (see subclasses)."""
 
     @property
     def density(self) -> float:
@@ -114,10 +118,18 @@ class InPlaceTarget(Target):
     def set_mask(self, mask: torch.Tensor) -> None:
         with torch.no_grad():
             self.mask.copy_(mask)
-            self.weight.mul_(self.mask)
+            self.weight.mul_(mask_like(self.mask, self.weight))
 
     def set_dense_grad(self, flag: bool) -> None:
         self.dense_grad = bool(flag)
+
+    @torch.no_grad()
+    def mask_sharded_grad(self) -> None:
+        """Under FSDP2 the parameter the hook was registered on is replaced by a sharded one, and the
+        gradient reaches it through a reduce-scatter that runs no hooks: mask it here instead."""
+        grad = self.weight.grad
+        if is_sharded(self.weight) and grad is not None and not self.dense_grad:
+            grad.mul_(mask_like(self.mask, grad))
 
 
 def _excluded(name: str, module_name: str, exclude: Iterable[str]) -> bool:
