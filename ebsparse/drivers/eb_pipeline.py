@@ -189,7 +189,7 @@ class EBRun:
                  t_range: tuple[int, int] | None = None) -> PruningConfig:
         return PruningConfig(pruning_ratio=ratio, importance=importance, taylor_t_range=t_range or (0, self.T - 1),
                              attention=self.eb.attention, head_dim_multiple=self.eb.head_dim_multiple,
-                             ignored_layers=self.eb.ignored_layers)
+                             widths=self.eb.widths, ignored_layers=self.eb.ignored_layers)
 
     def _taylor(self, lo: int, hi: int, importance: str):
         if importance != "taylor":

@@ -1,0 +1,98 @@
+"""Tied kept counts: widths that must move together so that a pruned model stays one a config describes.
+
+``PruningConfig.widths="diffusers"``: a diffusers ``UNet2DModel`` is rebuilt by ``from_pretrained``
+from its config, which has one width per resolution level (``block_out_channels``), one
+``time_embedding_dim``, and attention heads of ``attention_head_dim`` channels (one head of the
+level's width when it is ``None``). The reference's rule prunes every dependency group on its own:
+a resnet's inner width, the single-head attention width and the time MLP come out different from
+the level's (GroupNorm rounding applies to some groups only), and the level-0 width also sets the
+number of sinusoidal timestep features (``Timesteps(block_out_channels[0])``), an input that no
+channel pruning can shrink. So under this rule:
+
+- level 0 (``conv_in`` and every block at full resolution) is kept whole;
+- every group of level ``i > 0`` keeps the count the reference's rule gives the level's group with
+  the most GroupNorm parts (the residual width), chosen by each group's own scores; a multi-head
+  attention group keeps ``count // attention_head_dim`` whole heads;
+- the time-embedding MLP's widths keep one count (its ``time_embedding_dim``).
+
+A model pruned so has exactly the shapes of ``UNet2DModel(**config)`` with ``block_out_channels``
+and ``time_embedding_dim`` replaced (``ebsparse.models.diffusers_export`` checks this when it
+writes the folder).
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .config import PruningConfig
+from .errors import PruningError
+from .graph import DependencyGroups
+from .masks import kept_count
+
+__all__ = ["tied_counts", "unet_levels"]
+
+
+def tied_counts(model: nn.Module, groups: DependencyGroups, config: PruningConfig) -> dict[str, int]:
+    """Kept counts that replace the per-group rule (``select_channels(counts=...)``); empty for
+    ``widths="groups"``. Raises :class:`PruningError` when the model has nothing the rule ties."""
+    if config.widths == "groups" or config.pruning_ratio == 0:
+        return {}
+    prefix, unet = _find_unet(model)
+    sizes = list(unet.config.block_out_channels)
+    levels: dict[object, list] = {}
+    for g in groups:
+        if g.prunable and g.key.startswith(prefix):
+            tie = unet_levels(g.key[len(prefix):], len(sizes))
+            if tie is not None:
+                levels.setdefault(tie, []).append(g)
+    counts: dict[str, int] = {}
+    for tie, members in levels.items():
+        if tie == "time":
+            n = min(kept_count(g, config.pruning_ratio, config.round_to) for g in members)
+            counts.update({g.key: n for g in members})
+            continue
+        wrong = [g.key for g in members if g.size != sizes[tie]]
+        if wrong:
+            raise PruningError(f"widths='diffusers': groups {wrong} are not of level {tie}'s width "
+                               f"block_out_channels[{tie}]={sizes[tie]}")
+        if tie == 0:
+            counts.update({g.key: g.size for g in members})
+            continue
+        base = max(members, key=lambda g: g.partitions)
+        n = kept_count(base, config.pruning_ratio, config.round_to)
+        for g in members:
+            if g.heads:
+                d = g.size // g.heads
+                if n < d:
+                    raise PruningError(f"widths='diffusers': level {tie} keeps {n} channels, fewer than one "
+                                       f"attention head of {d} ({g.key!r}); use a smaller pruning_ratio")
+                counts[g.key] = (n // d) * d
+            else:
+                counts[g.key] = n
+    return counts
+
+
+def unet_levels(name: str, num_levels: int) -> int | str | None:
+    """The level (index into ``block_out_channels``) whose width a ``UNet2DModel`` module's output
+    channels have, ``"time"`` for the time-embedding MLP, or None (not tied)."""
+    if name == "conv_in":
+        return 0
+    if name.startswith("time_embedding."):
+        return "time"
+    if name.startswith("mid_block."):
+        return num_levels - 1
+    m = re.match(r"(down|up)_blocks\.(\d+)\.", name)
+    if m is None:
+        return None
+    i = int(m.group(2))
+    return i if m.group(1) == "down" else num_levels - 1 - i
+
+
+def _find_unet(model: nn.Module) -> tuple[str, nn.Module]:
+    for name, m in model.named_modules():
+        if type(m).__name__ == "UNet2DModel" and type(m).__module__.startswith("diffusers."):
+            return (f"{name}." if name else ""), m
+    raise PruningError("widths='diffusers' ties the widths of a diffusers UNet2DModel, and the model holds none "
+                       "(UNet2DConditionModel and DiT widths are not tied; use widths='groups')")
