@@ -44,8 +44,11 @@ _KEYS = ("type", "class", "config", "pretrained", "num_classes", "class_dropout_
 
 
 def _diffusers_class(name: str):
-    import diffusers
-
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError("model.type 'diffusers' needs the diffusers package (pip install 'ebsparse[diffusers]'; "
+                          "requirements-test.txt pins the tested version)") from e
     return getattr(diffusers, name)
 
 
