@@ -224,8 +224,9 @@ class DiffusersModel(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"{self.config.class_name} expects t of shape ({x.shape[0]},), got {tuple(t.shape)}")
         if self.class_conditional != (y is not None):
-            raise ValueError(f"{self.config.class_name} is {'' if self.class_conditional else 'not '}class-conditional: "
-                             f"call it as model(x, t{', y' if self.class_conditional else ''})")
+            call = "model(x, t, y)" if self.class_conditional else "model(x, t)"
+            raise ValueError(f"{self.config.class_name} is {'' if self.class_conditional else 'not '}"
+                             f"class-conditional: call it as {call}")
         if y is not None and y.shape != (x.shape[0],):
             raise ValueError(f"{self.config.class_name} expects y of shape ({x.shape[0]},), got {tuple(y.shape)}")
         name = self.config.class_name

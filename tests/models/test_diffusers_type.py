@@ -299,3 +299,17 @@ def test_sparse_run_exports_dense_weights_with_zeros_through_the_command(tmp_pat
         assert torch.equal(got, ours(x, t))  # the same dense ops on the same weights
     assert main(["export", str(tmp_path / "run"), "--diffusers", str(tmp_path / "out")]) == 2
     assert "exists; pass overwrite=True (--force)" in capsys.readouterr().err
+
+
+def test_cifar10_config_is_google_ddpm_cifar10_32_and_counts_as_the_papers_unet():
+    from ebsparse.diffusion.config import load_config
+    from ebsparse.metrics.counting import count_macs, count_params
+    from ebsparse.models.diffusers_compat import DDPM_CIFAR10_32
+
+    cfg = load_config(CONFIG.parent / "cifar10_diffusers.yaml")
+    assert cfg.model["config"] == {**DDPM_CIFAR10_32, "dropout": 0.1}  # the DDIM code base's training dropout
+    assert cfg.algorithms["earlybird"]["widths"] == "diffusers"
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert round(count_params(model) / 1e6, 2) == 35.75
+    assert round(count_macs(model, *example_inputs(cfg.model, device="meta")).macs / 1e9, 2) == 6.07
