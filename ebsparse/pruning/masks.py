@@ -164,7 +164,7 @@ def select_channels(groups: DependencyGroups, scores: Mapping[str, torch.Tensor]
                 continue
             raise PruningError(f"group {g.key!r} cannot be pruned: {g.unsupported}. Add its root to "
                                f"ignored_layers or set on_unsupported='skip'")
-        n_keep = counts.get(g.key) or kept_count(g, ratio, round_to, attention, head_dim_multiple)
+        n_keep = counts[g.key] if g.key in counts else kept_count(g, ratio, round_to, attention, head_dim_multiple)
         per = g.size // g.partitions
         whole_heads = bool(g.heads) and (attention == "heads" or g.key in counts)
         if g.key in counts and not (0 < n_keep <= g.size and n_keep % (per if whole_heads else g.partitions) == 0):

@@ -313,3 +313,39 @@ def test_cifar10_config_is_google_ddpm_cifar10_32_and_counts_as_the_papers_unet(
         model = build_model(cfg.model)
     assert round(count_params(model) / 1e6, 2) == 35.75
     assert round(count_macs(model, *example_inputs(cfg.model, device="meta")).macs / 1e9, 2) == 6.07
+
+
+def test_widths_settings_are_checked_by_name():
+    from ebsparse.earlybird.config import EarlyBirdConfig
+    from ebsparse.pruning import PruningConfig, PruningError
+
+    with pytest.raises(PruningError, match=r"PruningConfig\.widths must be one of \('groups', 'diffusers'\)"):
+        PruningConfig(widths="uniform")
+    with pytest.raises(ValueError, match=r"earlybird\.widths must be one of"):
+        EarlyBirdConfig(widths="level")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("name", ["UNet2DConditionModel", "DiTTransformer2DModel"])
+def test_label_dropout_keeps_resume_bit_identical(tmp_path, name):
+    """UNet2DConditionModel drops labels with the trainer's generator, diffusers' DiT with the global
+    RNG; both are in the checkpoint, so a run killed after a checkpoint resumes to the same bits."""
+    from ebsparse.diffusion.trainer import Trainer
+
+    cfg = tiny(MODELS[name], training={"ckpt_every": 2})
+    whole = Trainer(cfg, tmp_path / "whole")
+    whole.fit(progress=False)
+
+    def crash(trainer, stats):
+        if trainer.step == 3:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "split").fit(progress=False, callback=crash)
+    resumed = Trainer(cfg, tmp_path / "split")
+    resumed.fit(resume=True, progress=False)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
