@@ -193,7 +193,7 @@ class DiffusersModel(nn.Module):
             if config.pretrained is not None and not _is_meta_build():
                 self.inner = cls.from_pretrained(config.pretrained, local_files_only=True)
             else:  # a config, or shapes only (configs are validated on the meta device)
-                self.inner = cls.from_config({k: v for k, v in c.items()})
+                self.inner = cls.from_config(dict(c))
         except (ValueError, TypeError, KeyError, OSError) as e:
             where = "model.config" if config.pretrained is None else f"model.pretrained={config.pretrained!r}"
             raise ValueError(f"{where}: diffusers' {config.class_name} refused it: {e}") from e
