@@ -33,6 +33,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="multi-head attention: narrow every head ('width', default) or remove whole heads ('heads')")
     p.add_argument("--head-dim-multiple", type=int, default=8,
                    help="with --attention width: round the kept head width to a multiple of this (1: exact rule)")
+    p.add_argument("--widths", choices=("groups", "diffusers"), default="groups",
+                   help="'groups': every dependency group its own kept count (the reference's rule); 'diffusers': "
+                        "tie them so a diffusers UNet2DModel stays one its config describes (level 0 kept whole; "
+                        "needed by 'ebsparse export --diffusers')")
     p.add_argument("--ignore", action="append", default=None, metavar="LAYER",
                    help="never prune this layer's output channels (repeatable); replaces the default, the output "
                         "layer, so name it too (the EB paper's DiT table: --ignore x_embedder.proj "
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                            on_unsupported="skip" if args.skip_unsupported else "error",
                            taylor_t_range=tuple(args.t_range) if args.t_range else (0, cfg.diffusion.num_timesteps - 1),
                            taylor_batches=args.taylor_batches, attention=args.attention,
-                           head_dim_multiple=args.head_dim_multiple, ignored_layers=args.ignore)
+                           head_dim_multiple=args.head_dim_multiple, widths=args.widths, ignored_layers=args.ignore)
     inputs = example_inputs(spec)
     loss_fn = None
     if config.importance == "taylor":

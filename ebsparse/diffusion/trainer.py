@@ -230,10 +230,10 @@ class Trainer:
             p.attach(self)
 
     def _check_labels(self) -> None:
-        classes = getattr(getattr(self.model, "config", None), "num_classes", None)
         labels = getattr(self.dataset, "labels", None)
         if not getattr(self.model, "class_conditional", False) or not isinstance(labels, torch.Tensor):
             return
+        classes = self.model.num_classes
         if labels.numel() and int(labels.max()) >= classes:
             raise ValueError(f"model.num_classes={classes} is too small for data.type={self.config.data.type!r}, "
                              f"whose labels go up to {int(labels.max())}")

@@ -168,6 +168,8 @@ class EBRun:
         if "train_prune_finetune" in self.eb.baselines:
             self._stage("train_prune_finetune", lambda: self.train_prune_finetune(search))
         results = {m: self._stage(f"eval_{m}", lambda m=m: self.evaluate(m)) for m in self.methods()}
+        if self.spec.get("type") == "diffusers":
+            self._stage("diffusers", self.export_diffusers)
         from .eb_report import write_report
 
         return write_report(self, search, results, figures=[self.x0_norm_figure(list(results))],
@@ -189,7 +191,7 @@ class EBRun:
                  t_range: tuple[int, int] | None = None) -> PruningConfig:
         return PruningConfig(pruning_ratio=ratio, importance=importance, taylor_t_range=t_range or (0, self.T - 1),
                              attention=self.eb.attention, head_dim_multiple=self.eb.head_dim_multiple,
-                             ignored_layers=self.eb.ignored_layers)
+                             widths=self.eb.widths, ignored_layers=self.eb.ignored_layers)
 
     def _taylor(self, lo: int, hi: int, importance: str):
         if importance != "taylor":
@@ -430,6 +432,25 @@ class EBRun:
         return (f"- the same speed-ups from training-step costs timed round-robin (forward + backward of a batch of "
                 f"{b}, relative to dense: {costs}) times each chain's steps, i.e. what the speed-up column would be "
                 f"under steady load: {parts}.")
+
+    def export_diffusers(self) -> dict[str, Any]:
+        """``<run>/diffusers/<method>`` (TA-EB: ``<method>/region<k>``): every final model as a folder
+        diffusers' ``from_pretrained`` loads; a model no diffusers config describes (pruned without
+        ``earlybird.widths: diffusers``) is noted with the reason instead."""
+        from ..models.diffusers_export import export_diffusers
+
+        written: dict[str, str] = {}
+        for method in self.methods():
+            model = self.final_model(method)
+            parts = ({f"{method}/region{i}": m for i, m in enumerate(model.models)}
+                     if isinstance(model, TimestepRouter) else {method: model})
+            for name, m in parts.items():
+                try:
+                    written[name] = str(export_diffusers(m, self.run_dir / "diffusers" / name, overwrite=True))
+                except ValueError as e:
+                    written[name] = f"not exported: {e}"
+                self.log(f"[diffusers] {name}: {written[name]}")
+        return written
 
     # --- evaluation --------------------------------------------------------------------------
     def final_model(self, method: str) -> nn.Module:

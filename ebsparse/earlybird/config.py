@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .._config import config_from_dict
+from ..pruning.config import WIDTH_RULES
 from .regions import Region, parse_regions, validate_regions
 
 __all__ = ["BASELINES", "EarlyBirdConfig"]
@@ -57,6 +58,8 @@ class EarlyBirdConfig:
     - ``taylor_batch_size``: images per Taylor-importance gradient batch.
     - ``attention``, ``head_dim_multiple``: how multi-head attention is pruned (whole ``heads`` or
       every head's ``width``, rounded to the multiple); see :class:`ebsparse.pruning.PruningConfig`.
+    - ``widths``: ``groups`` (the reference's per-group rule) or ``diffusers`` (widths tied so that a
+      diffusers ``UNet2DModel`` ticket is described by its config: ``ebsparse export --diffusers``).
     - ``ignored_layers``: module names whose output channels are never pruned (``None``: the output
       layer only, as the reference). Giving a list replaces that default, so name the output layer
       too: the Early-Bird paper's DiT table keeps the residual width whole
@@ -82,6 +85,7 @@ class EarlyBirdConfig:
     taylor_batch_size: int = 16
     attention: str = "width"
     head_dim_multiple: int = 8
+    widths: str = "groups"
     ignored_layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -105,6 +109,8 @@ class EarlyBirdConfig:
         if isinstance(self.head_dim_multiple, bool) or not isinstance(self.head_dim_multiple, int) \
                 or self.head_dim_multiple < 1:
             raise ValueError(f"earlybird.head_dim_multiple must be a positive int, got {self.head_dim_multiple!r}")
+        if self.widths not in WIDTH_RULES:
+            raise ValueError(f"earlybird.widths must be one of {WIDTH_RULES}, got {self.widths!r}")
         if self.region_training not in REGION_TRAINING:
             raise ValueError(f"earlybird.region_training must be one of {REGION_TRAINING}, got {self.region_training!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:

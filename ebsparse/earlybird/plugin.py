@@ -22,6 +22,7 @@ from ..pruning.config import PruningConfig
 from ..pruning.graph import build_groups
 from ..pruning.importance import compute_importance
 from ..pruning.masks import select_channels
+from ..pruning.widths import tied_counts
 from .tickets import TicketTracker
 
 __all__ = ["TicketSpec", "TicketPlugin", "StageClock", "GradAllReduce"]
@@ -80,7 +81,8 @@ class TicketPlugin(TrainerPlugin):
                 loss = spec.loss_fn(trainer.step) if spec.loss_fn is not None else None
                 cache[key] = compute_importance(trainer.model, self._groups, c, ema_state=ema, loss_fn=loss)
             masks[name] = select_channels(self._groups, cache[key], c.pruning_ratio, c.round_to, c.on_unsupported,
-                                          c.attention, c.head_dim_multiple)
+                                          c.attention, c.head_dim_multiple,
+                                          tied_counts(trainer.model, self._groups, c))
         return masks
 
     def after_step(self, trainer, stats: dict[str, float]) -> None:

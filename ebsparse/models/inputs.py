@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
+from . import diffusers_models
 from .ddpm_unet import DDPMUNetConfig
 from .dit import DiTConfig
 
@@ -29,6 +30,8 @@ def _config(spec: Mapping[str, Any]):
 
 def image_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
     """(channels, size) of the square images the model generates."""
+    if spec.get("type") == "diffusers":
+        return diffusers_models.image_shape(spec)
     kind, cfg = _config(spec)
     return (cfg.in_channels, cfg.resolution) if kind == "ddpm_unet" else (cfg.in_channels, cfg.input_size)
 
@@ -40,6 +43,8 @@ def example_inputs(spec: Mapping[str, Any], device: str | torch.device = "cpu", 
     ``x`` is (batch, C, R, R) float32, ``t`` and ``y`` (batch,) int64; ``resolution`` overrides R
     (the U-Net runs at any size its down-sampling divides).
     """
+    if spec.get("type") == "diffusers":
+        return diffusers_models.example_inputs(spec, device, resolution, batch)
     kind, _ = _config(spec)
     c, r = image_shape(spec)
     if kind == "ddpm_unet":
@@ -52,6 +57,8 @@ def example_inputs(spec: Mapping[str, Any], device: str | torch.device = "cpu", 
 def check_images(spec: Mapping[str, Any], image_size: int, channels: int) -> None:
     """Raise ``ValueError`` naming ``data.*`` and ``model.*`` when images of ``image_size`` pixels and
     ``channels`` channels cannot go through the model. Models without image inputs are not checked."""
+    if spec.get("type") == "diffusers":
+        return diffusers_models.check_images(spec, image_size, channels)
     if spec.get("type") not in IMAGE_MODELS:
         return
     kind, cfg = _config(spec)

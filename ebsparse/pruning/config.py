@@ -9,9 +9,10 @@ from typing import Any
 from .._config import config_from_dict
 from .errors import PruningError
 
-__all__ = ["IMPORTANCES", "PruningConfig"]
+__all__ = ["IMPORTANCES", "PruningConfig", "WIDTH_RULES"]
 
 IMPORTANCES = ("magnitude", "taylor", "uniform")
+WIDTH_RULES = ("groups", "diffusers")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class PruningConfig:
       (8: tensor-core and SIMD friendly); 1 keeps the reference's exact per-group rule. Single-head
       attention (the DDPM U-Net's) is an ordinary group: ``round_to`` applies, so the papers' U-Net
       counts stay the reference's.
+    - ``widths``: ``"groups"`` (every group its own kept count: the reference's rule) or
+      ``"diffusers"`` (the counts tied so that a diffusers ``UNet2DModel`` inside the model stays
+      one that its config describes, for ``save_pretrained``; see :mod:`ebsparse.pruning.widths`).
     """
 
     pruning_ratio: float = 0.5
@@ -45,6 +49,7 @@ class PruningConfig:
     taylor_batches: int = 1
     attention: str = "width"
     head_dim_multiple: int = 8
+    widths: str = "groups"
 
     def __post_init__(self) -> None:
         if self.ignored_layers is not None:
@@ -73,6 +78,8 @@ class PruningConfig:
         if isinstance(self.head_dim_multiple, bool) or not isinstance(self.head_dim_multiple, int) \
                 or self.head_dim_multiple < 1:
             raise PruningError(f"PruningConfig.head_dim_multiple must be a positive int, got {self.head_dim_multiple!r}")
+        if self.widths not in WIDTH_RULES:
+            raise PruningError(f"PruningConfig.widths must be one of {WIDTH_RULES}, got {self.widths!r}")
         if not isinstance(self.taylor_batches, int) or self.taylor_batches < 1:
             raise PruningError(f"PruningConfig.taylor_batches must be a positive int, got {self.taylor_batches!r}")
 

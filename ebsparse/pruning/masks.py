@@ -141,14 +141,17 @@ def kept_count(group: ChannelGroup, ratio: float, round_to: int | None = None, a
 
 def select_channels(groups: DependencyGroups, scores: Mapping[str, torch.Tensor], ratio: float,
                     round_to: int | None = None, on_unsupported: str = "error", attention: str = "width",
-                    head_dim_multiple: int = 1) -> ChannelMask:
+                    head_dim_multiple: int = 1, counts: Mapping[str, int] | None = None) -> ChannelMask:
     """Keep the highest-scoring channels of every group (lowest score pruned first; on ties the higher index goes).
 
     Pruning is even inside each of a group's partitions; with ``attention="heads"`` a multi-head
     attention group keeps its highest-scoring whole heads (a head's score: the sum of its channels').
-    Unsupported groups raise :class:`PruningError` when ``ratio > 0`` unless
-    ``on_unsupported == "skip"`` (then kept whole).
+    ``counts``: kept counts that replace :func:`kept_count` for the groups they name (tied widths,
+    :mod:`.widths`); a multi-head group named there keeps whole heads, and a count must be a
+    positive multiple of the head width or of the partition size. Unsupported groups raise
+    :class:`PruningError` when ``ratio > 0`` unless ``on_unsupported == "skip"`` (then kept whole).
     """
+    counts = counts or {}
     keep: dict[str, torch.Tensor] = {}
     for g in groups:
         full = torch.ones(g.size, dtype=torch.bool)
@@ -161,15 +164,19 @@ def select_channels(groups: DependencyGroups, scores: Mapping[str, torch.Tensor]
                 continue
             raise PruningError(f"group {g.key!r} cannot be pruned: {g.unsupported}. Add its root to "
                                f"ignored_layers or set on_unsupported='skip'")
-        n_keep = kept_count(g, ratio, round_to, attention, head_dim_multiple)
+        n_keep = counts[g.key] if g.key in counts else kept_count(g, ratio, round_to, attention, head_dim_multiple)
+        per = g.size // g.partitions
+        whole_heads = bool(g.heads) and (attention == "heads" or g.key in counts)
+        if g.key in counts and not (0 < n_keep <= g.size and n_keep % (per if whole_heads else g.partitions) == 0):
+            raise PruningError(f"counts[{g.key!r}]={n_keep}: expected a positive multiple of "
+                               f"{per if whole_heads else g.partitions} up to {g.size}")
         if g.key not in scores:
             raise PruningError(f"no importance scores for group {g.key!r}")
         s = scores[g.key].detach().float().cpu()
         if s.shape != (g.size,):
             raise PruningError(f"scores[{g.key!r}] has shape {tuple(s.shape)}, expected ({g.size},)")
-        per = g.size // g.partitions
         mask = torch.zeros(g.size, dtype=torch.bool)
-        if g.heads and attention == "heads":
+        if whole_heads:
             head_scores = s.view(g.heads, per).double().sum(1)
             order = torch.sort(head_scores, stable=True, descending=True).indices
             mask.view(g.heads, per)[order[:n_keep // per]] = True

@@ -19,6 +19,7 @@ from .importance import compute_importance
 from .inputs import ExampleInputs, check_inputs
 from .masks import ChannelMask, select_channels
 from .shrinking import shrink
+from .widths import tied_counts
 
 __all__ = ["Plan", "PruneResult", "plan", "prune"]
 
@@ -56,7 +57,7 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, config: PruningConfig,
     groups = groups or build_groups(model, example_inputs, config.ignored_layers)
     scores = compute_importance(model, groups, config, ema_state=ema_state, loss_fn=loss_fn)
     mask = select_channels(groups, scores, config.pruning_ratio, config.round_to, config.on_unsupported,
-                           config.attention, config.head_dim_multiple)
+                           config.attention, config.head_dim_multiple, tied_counts(model, groups, config))
     return Plan(groups, scores, mask)
 
 

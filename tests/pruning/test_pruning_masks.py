@@ -60,6 +60,20 @@ def test_select_prunes_lowest_scores_evenly_per_partition():
     assert list(m) == ["a", "b"]
 
 
+def test_select_with_given_counts_keeps_them_evenly_and_whole_heads():
+    heads = ChannelGroup("h", 8, 4, (), heads=4)  # 4 heads of 2
+    groups = DependencyGroups([_g(8, 2, "a"), heads, _g(4, 1, "b")])
+    scores = {"a": torch.tensor([5., 1, 2, 9, 0, 8, 7, 3]), "h": torch.tensor([1., 1, 9, 9, 0, 0, 5, 5]),
+              "b": torch.tensor([4., 3, 2, 1])}
+    m = select_channels(groups, scores, 0.5, counts={"a": 6, "h": 4})  # "b": the ratio's rule (2)
+    assert m["a"].tolist() == [True, False, True, True, False, True, True, True]  # 3 per half
+    assert m["h"].tolist() == [False, False, True, True, False, False, True, True]  # the 2 best heads
+    assert m["b"].tolist() == [True, True, False, False]
+    for bad in ({"a": 5}, {"a": 0}, {"a": 10}, {"h": 3}):  # not a multiple of the parts / heads, or out of range
+        with pytest.raises(PruningError, match=r"counts\['[ah]'\]"):
+            select_channels(groups, scores, 0.5, counts=bad)
+
+
 def test_select_refuses_unsupported_groups_unless_skipped():
     bad = ChannelGroup("x", 4, 1, (), unsupported="layer 'y' is odd")
     groups = DependencyGroups([bad])
