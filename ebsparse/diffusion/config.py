@@ -126,7 +126,7 @@ class ExperimentConfig:
             raise ValueError("config: the 'model' section is required (e.g. model: {type: ddpm_unet, ...})")
         import torch
 
-        from ..models import build_model, check_images  # validates the model section before any training
+        from ..models import build_model, check_images, check_sequences  # validates the model section first
 
         algorithms = {}
         for name in ALGORITHM_SECTIONS:
@@ -141,6 +141,7 @@ class ExperimentConfig:
             build_model(model)
         data = DataConfig.from_dict(d.get("data", {}))
         check_images(model, data.image_size, data.channels)
+        check_sequences(model, data.type, data.seq_len)
         return cls(
             model=model,
             diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
