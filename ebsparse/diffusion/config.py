@@ -140,8 +140,8 @@ class ExperimentConfig:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             build_model(model)
         data = DataConfig.from_dict(d.get("data", {}))
-        check_images(model, data.image_size, data.channels)
         check_sequences(model, data.type, data.seq_len)
+        check_images(model, data.image_size, data.channels)
         return cls(
             model=model,
             diffusion=DiffusionConfig.from_dict(d.get("diffusion", {})),
