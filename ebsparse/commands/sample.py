@@ -28,6 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--data-out", default=None, metavar="DIR",
+                   help="sketch models: also render --num sketches of the training data to DIR, drawn as the "
+                        "samples are (the reference folder of 'ebsparse fid')")
     p.add_argument("--device", default="cpu")
 
 
@@ -52,6 +55,18 @@ def save_sequences(sequences, path: Path) -> None:
     seq = sequences.detach().float().cpu().numpy()
     positions = np.concatenate([np.zeros((len(seq), 1, 2), np.float32), np.cumsum(seq[..., :2], axis=1)], axis=1)
     np.savez(path, sequences=seq, positions=positions, drawn=seq[..., 2] > 0)
+
+
+def render_data(cfg, space, n: int):
+    """``n`` sketches of the run's dataset (evenly spaced over it, all of them when it holds fewer),
+    rendered by ``space`` as its samples are."""
+    import torch
+
+    from ..data import build_dataset
+
+    data = build_dataset(cfg.data).images
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long()
+    return space.to_images(data[idx])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} stroke sequences to {out / 'sequences.npz'}")
     save_images(x, out)
     print(f"wrote {n} images to {out} ({describe_model(cfg, meta)}; {describe_sampler(cfg)})")
+    if args.data_out:
+        if not raw:
+            raise ValueError("--data-out renders the training sketches of a sketch model (model.type chirodiff); "
+                             f"this model's samples are images (model.type={cfg.model.get('type')!r})")
+        save_images(render_data(cfg, space, n), args.data_out)
+        print(f"wrote {n} rendered training sketches to {args.data_out}")
     if args.grid:
         save_grid(x[:64], args.grid, caption=f"{describe_model(cfg, meta)}; {describe_sampler(cfg)}")
         print(f"wrote grid {args.grid}")

@@ -19,6 +19,7 @@ def test_kanjivg_demo_trains_and_samples(workdir, capsys):
     argv = readme_command("ebsparse sample runs/kanjivg_demo")
     assert main([*argv, "--num", "4", "--threads", "1"]) == 0
     assert (workdir / "kanji.png").is_file()
+    assert len(list((run / "real").glob("*.png"))) == 4
     with np.load(run / "samples" / "eval" / "sequences.npz") as f:
         assert f["sequences"].shape == (4, 48, 3)
 

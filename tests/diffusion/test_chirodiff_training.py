@@ -43,9 +43,13 @@ def test_train_writes_a_rendered_grid_and_sample_writes_sequences(tiny_config, t
     grid = run / "samples" / "step_0000003.png"
     assert grid.is_file()
     assert Image.open(grid).size[0] >= 2 * 32
-    out = tmp_path / "eval"
-    assert main(["sample", str(run), "--num", "3", "--out", str(out)]) == 0
+    out, real = tmp_path / "eval", tmp_path / "real"
+    assert main(["sample", str(run), "--num", "3", "--out", str(out), "--data-out", str(real)]) == 0
     assert len(list(out.glob("*.png"))) == 3
+    assert sorted(p.name for p in real.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    first = np.asarray(Image.open(real / "000000.png"))
+    assert first.shape == (32, 32) and first.max() > 200 and first.min() == 0  # 一: ink on a black ground
+    assert (first > 128).any(1).sum() <= 4  # one horizontal stroke: a few rows
     with np.load(out / "sequences.npz", allow_pickle=False) as f:
         assert f["sequences"].shape == (3, 12, 3) and f["positions"].shape == (3, 13, 2)
         np.testing.assert_allclose(f["positions"][:, 1:], np.cumsum(f["sequences"][..., :2], axis=1), rtol=1e-5)
