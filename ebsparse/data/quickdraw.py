@@ -118,7 +118,8 @@ def read_sketch_rnn_npz(path: str | os.PathLike, split: str = "train",
 
 class QuickDrawDataset(StrokeSequences):
     """QuickDraw categories as (seq_len, 3) sequences (:mod:`ebsparse.data.strokes`); the label of a
-    sketch is its category's index in ``categories``. ``limit``: sketches per category."""
+    sketch is its category's index in ``categories``. ``limit``: sketches per category. ``train``:
+    sketch-rnn's ``train`` split, else its ``test`` split (an ``.ndjson`` file has no splits: all of it)."""
 
     def __init__(self, root: str | os.PathLike, categories: Sequence[str], seq_len: int,
                  max_strokes: int | None = None, limit: int | None = None, train: bool = True):
