@@ -134,7 +134,7 @@ class ExperimentConfig:
             raise ValueError("config: the 'model' section is required (e.g. model: {type: ddpm_unet, ...})")
         import torch
 
-        from ..models import build_model, check_images  # validates the model section before any training
+        from ..models import build_model, check_images, check_sequences  # validates the model section first
 
         algorithms = {}
         for name in ALGORITHM_SECTIONS:
@@ -148,6 +148,7 @@ class ExperimentConfig:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             build_model(model)
         data = DataConfig.from_dict(d.get("data", {}))
+        check_sequences(model, data.type, data.seq_len)
         check_images(model, data.image_size, data.channels)
         return cls(
             model=model,

@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
-__all__ = ["SampleSpace", "sample_space"]
+__all__ = ["SampleSpace", "StrokeSpace", "sample_space"]
 
 
 class SampleSpace:
@@ -39,9 +39,30 @@ class SampleSpace:
         return x
 
 
+class StrokeSpace(SampleSpace):
+    """Sketches: a sample is a (seq_len, 3) sequence of pen moves (dx, dy, pen), rendered to a
+    (1, image_size, image_size) image (:func:`ebsparse.data.strokes.render_sequences`: positions
+    are the cumulative velocities, a move is drawn where its pen bit is above 0). Velocities are not
+    bounded, so x0 predictions are never clipped."""
+
+    clip_denoised = False
+
+    def __init__(self, seq_len: int, image_size: int, point_dim: int = 3):
+        super().__init__((seq_len, point_dim))
+        self.image_size = int(image_size)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        from ..data.strokes import render_sequences
+
+        return render_sequences(x, self.image_size).to(x.device)
+
+
 def sample_space(config: "ExperimentConfig") -> SampleSpace:
     """The space of the samples of ``config.model`` trained on ``config.data``."""
-    from ..models import image_shape
+    from ..models import SEQUENCE_MODELS, image_shape
+
+    if config.model.get("type") in SEQUENCE_MODELS:
+        return StrokeSpace(config.data.seq_len, config.data.image_size, config.model.get("point_dim", 3))
 
     channels, size = image_shape(config.model)
     return SampleSpace((channels, size, size))

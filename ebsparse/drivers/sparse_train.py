@@ -31,8 +31,9 @@ COLUMNS = ("method", "sparsity", "FID", "params", "params (rel.)", "train FLOPs"
            "step speed-up")
 
 
-def _example_inputs(model_spec: dict[str, Any], batch: int, device: str | torch.device = "cpu") -> tuple:
-    inputs = example_inputs(model_spec, device=device)
+def _example_inputs(model_spec: dict[str, Any], batch: int, device: str | torch.device = "cpu",
+                    seq_len: int | None = None) -> tuple:
+    inputs = example_inputs(model_spec, device=device, seq_len=seq_len)
     g = torch.Generator().manual_seed(0)
     out = []
     for t in inputs:
@@ -76,7 +77,7 @@ def summary_row(trainer: Trainer, plugin: SparsityPlugin, fid: float | None, tim
     sp, cfg = plugin.sparsifier, trainer.config
     with torch.device("meta"):
         dense = build_model(cfg.model)
-        inputs = _example_inputs(cfg.model, 1, "meta")
+        inputs = _example_inputs(cfg.model, 1, "meta", cfg.data.seq_len)
     report = flops_report(dense, inputs, densities_of(sp.masks()))
     dense_params = count_params(dense)
     params = dense_params - (sp.total - sp.kept)
@@ -186,7 +187,7 @@ def run_sparse_train(config: ExperimentConfig, run_dir: str | Path, *, resume: b
     timing = None
     if measure:
         _say(progress, "measuring the training-step speed-up of the sparse model over the dense one ...")
-        inputs = _example_inputs(config.model, config.training.batch_size, trainer.device)
+        inputs = _example_inputs(config.model, config.training.batch_size, trainer.device, config.data.seq_len)
         timing = measure_step_speedup(sparse_model, build_model(config.model).to(trainer.device), inputs)
     row = summary_row(trainer, plugin, fid, timing)
     run_dir = Path(run_dir)

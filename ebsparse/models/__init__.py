@@ -14,10 +14,11 @@ from .chirodiff import ChiroDiff, ChiroDiffConfig
 from .ddpm_unet import DDPMUNet, DDPMUNetConfig
 from .diffusers_models import DiffusersModel, DiffusersModelConfig
 from .dit import DIT_SIZES, DiT, DiTConfig, dit_config
-from .inputs import check_images, example_inputs, image_shape
+from .inputs import SEQUENCE_MODELS, check_images, check_sequences, example_inputs, image_shape
 
-__all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiffusersModel", "DiffusersModelConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config",
-           "MODEL_TYPES", "build_model", "example_inputs", "image_shape", "check_images"]
+__all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiffusersModel", "DiffusersModelConfig", "DiT",
+           "DiTConfig", "DIT_SIZES", "dit_config", "MODEL_TYPES", "build_model", "example_inputs", "image_shape",
+           "check_images", "check_sequences", "SEQUENCE_MODELS"]
 
 #: type name -> (config class, model class)
 MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {

@@ -3,6 +3,8 @@
 :func:`example_inputs` is the batch of one forward call that tracing (pruning, MAC counting) needs;
 :func:`check_images` says, when a config is read, whether the data's images fit the model, so that a
 mismatch is an error naming the keys instead of a tensor-size error deep in the model.
+Sequence models (ChiroDiff) take (B, L, point_dim) pen-move sequences instead of images:
+:func:`check_sequences` pairs them with stroke datasets.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from typing import Any, Mapping
 import torch
 
 from . import diffusers_models
+from .chirodiff import ChiroDiffConfig
 from .ddpm_unet import DDPMUNetConfig
 from .dit import DiTConfig
 
-__all__ = ["example_inputs", "image_shape", "check_images"]
+__all__ = ["example_inputs", "image_shape", "check_images", "check_sequences", "SEQUENCE_MODELS"]
 
 IMAGE_MODELS = ("ddpm_unet", "dit")
+#: models whose samples are sequences (B, L, point_dim)
+SEQUENCE_MODELS = ("chirodiff",)
+#: L of :func:`example_inputs` for a sequence model when the caller does not give one
+DEFAULT_SEQ_LEN = 64
 
 
 def _config(spec: Mapping[str, Any]):
@@ -37,14 +44,20 @@ def image_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def example_inputs(spec: Mapping[str, Any], device: str | torch.device = "cpu", resolution: int | None = None,
-                   batch: int = 1) -> tuple[torch.Tensor, ...]:
-    """Zero inputs of one forward call: ``(x, t)`` for ``ddpm_unet``, ``(x, t, y)`` for ``dit``.
+                   batch: int = 1, seq_len: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Zero inputs of one forward call: ``(x, t)`` for ``ddpm_unet`` and ``chirodiff``, ``(x, t, y)``
+    for ``dit``.
 
-    ``x`` is (batch, C, R, R) float32, ``t`` and ``y`` (batch,) int64; ``resolution`` overrides R
-    (the U-Net runs at any size its down-sampling divides).
+    ``x`` is (batch, C, R, R) float32 (ChiroDiff: (batch, L, point_dim), L = ``seq_len``, default
+    :data:`DEFAULT_SEQ_LEN`), ``t`` and ``y`` (batch,) int64; ``resolution`` overrides R (the U-Net
+    runs at any size its down-sampling divides).
     """
     if spec.get("type") == "diffusers":
         return diffusers_models.example_inputs(spec, device, resolution, batch)
+    if spec.get("type") in SEQUENCE_MODELS:
+        cfg = ChiroDiffConfig.from_dict({k: v for k, v in spec.items() if k != "type"})
+        x = torch.zeros(batch, seq_len or DEFAULT_SEQ_LEN, cfg.point_dim, device=device)
+        return x, torch.zeros(batch, dtype=torch.long, device=device)
     kind, _ = _config(spec)
     c, r = image_shape(spec)
     if kind == "ddpm_unet":
@@ -72,3 +85,20 @@ def check_images(spec: Mapping[str, Any], image_size: int, channels: int) -> Non
     elif image_size != cfg.input_size:
         raise ValueError(f"data.image_size={image_size} does not match model.input_size={cfg.input_size} "
                          "(DiT's position table is built for one size)")
+
+
+def check_sequences(spec: Mapping[str, Any], data_type: str, seq_len: int | None) -> None:
+    """Raise ``ValueError`` naming ``model.type`` and ``data.type`` when a sequence model is paired
+    with image data or an image model with stroke sequences (``seq_len`` is None for image data)."""
+    kind = spec.get("type")
+    if kind in SEQUENCE_MODELS and seq_len is None:
+        raise ValueError(f"model.type={kind!r} generates stroke sequences; data.type={data_type!r} holds images "
+                         "(use a stroke dataset: data.type kanjivg or quickdraw)")
+    if kind not in SEQUENCE_MODELS and seq_len is not None:
+        raise ValueError(f"data.type={data_type!r} holds stroke sequences, which model.type={kind!r} cannot "
+                         f"generate (use model.type chirodiff)")
+    if kind in SEQUENCE_MODELS:
+        point_dim = ChiroDiffConfig.from_dict({k: v for k, v in spec.items() if k != "type"}).point_dim
+        if point_dim != 3:
+            raise ValueError(f"model.point_dim={point_dim}: data.type={data_type!r} gives (dx, dy, pen) points, "
+                             "so it must be 3")
