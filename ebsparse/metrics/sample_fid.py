@@ -8,14 +8,18 @@ samples equals the FID of the PNGs written from them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..diffusion.images import to_uint8
 
-__all__ = ["as_saved", "samples_fid", "has_domain_fid", "DOMAIN_FID_DATA"]
+__all__ = ["as_saved", "samples_fid", "has_domain_fid", "DOMAIN_FID_DATA", "SKETCH_DATA"]
 
-#: data types with a domain FID computed here (no Inception weights needed)
-DOMAIN_FID_DATA = ("digits",)
+#: data types with a domain FID computed here (no Inception weights needed): the digits' classifier
+#: features (:mod:`.domain_fid`), and for sketches an autoencoder's (:mod:`.sketch_fid`)
+SKETCH_DATA = ("kanjivg", "quickdraw")
+DOMAIN_FID_DATA = ("digits", *SKETCH_DATA)
 
 
 def as_saved(samples: torch.Tensor) -> torch.Tensor:
@@ -29,11 +33,25 @@ def has_domain_fid(data_type: str) -> bool:
     return data_type in DOMAIN_FID_DATA
 
 
-def samples_fid(samples: torch.Tensor, data_type: str) -> float | None:
-    """FID of sampler output for a dataset type: the digits domain FID of the saved images; ``None``
-    for datasets whose FID needs Inception weights and a reference folder (``ebsparse fid``)."""
-    if not has_domain_fid(data_type):
+def samples_fid(samples: torch.Tensor, data: Any, dataset: Any = None) -> float | None:
+    """Domain FID of sampler output (images, as :func:`~ebsparse.diffusion.trainer.sample_images`
+    returns them) for the data they imitate; ``None`` for datasets whose FID needs Inception weights
+    and a reference folder (``ebsparse fid``).
+
+    ``data``: a :class:`~ebsparse.data.DataConfig` (or just its ``type`` for the digits). Sketches are
+    scored against their training set rendered the same way: ``dataset`` (its ``images`` sequences),
+    or the one ``data`` builds."""
+    kind = data if isinstance(data, str) else data.type
+    if not has_domain_fid(kind):
         return None
+    if kind in SKETCH_DATA:
+        if isinstance(data, str):
+            raise ValueError(f"samples_fid: data={kind!r} needs the DataConfig (the reference is its training set)")
+        from ..data import build_dataset
+        from .sketch_fid import reference_sketches, sketch_fid
+
+        dataset = dataset if dataset is not None else build_dataset(data)
+        return float(sketch_fid(as_saved(samples), reference_sketches(dataset.images, data.image_size)))
     from .domain_fid import digits_fid
 
     return float(digits_fid(as_saved(samples)))
