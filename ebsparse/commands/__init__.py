@@ -7,4 +7,4 @@ front layer imports a command. Heavy imports (torch, the models) happen inside `
 ``ebsparse --help`` stays instant.
 """
 
-MODULES = ("info", "train", "sample", "fid", "prune", "eb_train", "demo")
+MODULES = ("info", "train", "train_autoencoder", "sample", "fid", "prune", "eb_train", "demo")

@@ -13,9 +13,11 @@ from torch import nn
 from .chirodiff import ChiroDiff, ChiroDiffConfig
 from .ddpm_unet import DDPMUNet, DDPMUNetConfig
 from .dit import DIT_SIZES, DiT, DiTConfig, dit_config
+from .ldm_unet import LatentDiffusionConfig, LDMUNet, LDMUNetConfig, build_latent_unet
 from .inputs import check_images, example_inputs, image_shape
 
 __all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiT", "DiTConfig", "DIT_SIZES", "dit_config",
+           "LDMUNet", "LDMUNetConfig", "LatentDiffusionConfig",
            "MODEL_TYPES", "build_model", "example_inputs", "image_shape", "check_images"]
 
 #: type name -> (config class, model class)
@@ -23,6 +25,7 @@ MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {
     "ddpm_unet": (DDPMUNetConfig, DDPMUNet),
     "dit": (DiTConfig, DiT),
     "chirodiff": (ChiroDiffConfig, ChiroDiff),
+    "ldm": (LatentDiffusionConfig, build_latent_unet),
 }
 
 
