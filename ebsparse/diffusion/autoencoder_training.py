@@ -164,7 +164,7 @@ def train_autoencoder(exp: AutoencoderExperiment, out_dir: str | os.PathLike, de
     vq = cfg.regularizer == "vq"
     used = torch.zeros(cfg.n_embed, dtype=torch.bool)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "metrics.jsonl", "w")
+    log = open(out_dir / "metrics.jsonl", "w", buffering=1)  # line-buffered: readable while it runs
     t0, last, restarted = time.time(), {}, 0
     order = torch.randperm(len(dataset), generator=g)
     pos = 0
