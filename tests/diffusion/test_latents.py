@@ -153,27 +153,6 @@ def test_train_and_sample_ldm_decode_to_images(tmp_path, autoencoder_dir):
     torch.testing.assert_close(space.to_images(raw), load_autoencoder(autoencoder_dir).model.decode(raw / scale))
 
 
-def test_cli_train_autoencoder_then_ldm_then_sample(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    tiny = ["--set", "training.steps=2", "--set", "training.batch_size=4", "--set", "training.scale_images=32",
-            "--set", "autoencoder.ch=8", "--set", "autoencoder.num_groups=4", "--no-progress", "--threads", "1"]
-    assert main(["train-autoencoder", str(CONFIGS / "digits_vq.yaml"), *tiny]) == 0
-    assert (tmp_path / "runs/digits_vq/autoencoder.safetensors").is_file()
-    assert (tmp_path / "runs/digits_vq/reconstructions.png").is_file()
-    assert main(["train-autoencoder", str(CONFIGS / "digits_vq.yaml"), *tiny]) == 2
-    assert "--force" in capsys.readouterr().err
-    run = ["train", str(CONFIGS / "digits_ldm.yaml"), "--set", "training.steps=2", "--set", "training.batch_size=4",
-           "--set", "model.unet.model_channels=8", "--set", "model.unet.num_groups=4",
-           "--set", "model.unet.num_head_channels=8", "--no-progress", "--threads", "1"]
-    assert main(run) == 0
-    assert "encoding 1797 images" in capsys.readouterr().out
-    assert main(["sample", "runs/digits_ldm", "--num", "3", "--timesteps", "2", "--out", "s"]) == 0
-    from PIL import Image
-
-    pngs = sorted((tmp_path / "s").glob("*.png"))
-    assert len(pngs) == 3 and Image.open(pngs[0]).size == (32, 32)
-
-
 def test_ldm_trains_sparse_to_sparse(tmp_path, autoencoder_dir, monkeypatch):
     from ebsparse.drivers import sparse_train
     from ebsparse.drivers.sparse_train import run_sparse_train
