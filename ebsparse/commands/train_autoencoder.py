@@ -12,7 +12,7 @@ HELP = "train the autoencoder of latent diffusion (model.type: ldm) from a YAML 
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="autoencoder YAML, e.g. configs/digits_vq.yaml")
+    p.add_argument("config", help="autoencoder YAML, e.g. configs/autoencoder/digits_vq.yaml")
     p.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
     p.add_argument("--force", action="store_true", help="replace an autoencoder already in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -75,7 +75,7 @@ def load_autoencoder(folder: str | os.PathLike) -> FrozenAutoencoder:
     path = _file(folder)
     if not path.is_file():
         raise FileNotFoundError(f"autoencoder {str(path)!r} not found; train one first with "
-                                "'ebsparse train-autoencoder CONFIG' (e.g. configs/digits_vq.yaml writes runs/digits_vq)")
+                                "'ebsparse train-autoencoder CONFIG' (e.g. configs/autoencoder/digits_vq.yaml writes runs/digits_vq)")
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _LOADED:

@@ -16,10 +16,10 @@ TINY_LDM = ["--set", "training.steps=2", "--set", "training.batch_size=4", "--se
 
 
 def test_autoencoder_then_ldm_then_samples_of_the_datas_size(workdir, capsys):
-    assert main([*readme_command("ebsparse train-autoencoder configs/digits_vq.yaml"), *TINY_AE]) == 0
+    assert main([*readme_command("ebsparse train-autoencoder configs/autoencoder/digits_vq.yaml"), *TINY_AE]) == 0
     assert (workdir / "runs/digits_vq/autoencoder.safetensors").is_file()
     assert Image.open(workdir / "runs/digits_vq/reconstructions.png").size[0] >= 16 * 64
-    assert main([*readme_command("ebsparse train-autoencoder configs/digits_vq.yaml"), *TINY_AE]) == 2
+    assert main([*readme_command("ebsparse train-autoencoder configs/autoencoder/digits_vq.yaml"), *TINY_AE]) == 2
     assert "--force" in capsys.readouterr().err
     assert main([*readme_command("ebsparse train configs/digits_ldm.yaml"), *TINY_LDM]) == 0
     out = capsys.readouterr().out

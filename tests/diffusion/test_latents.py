@@ -187,10 +187,20 @@ def test_paper_configs_name_what_the_user_must_provide(name, tmp_path, monkeypat
     assert LDMUNetConfig.from_dict(cfg.model["unet"]) == LDMUNetConfig()  # the paper's U-Net
     assert (cfg.training.batch_size, cfg.training.lr, cfg.training.weight_decay, cfg.sampling.timesteps) == \
         (12, 2.4e-5, 0.01, 100)
-    ae = load_autoencoder_config(CONFIGS / f"{name}_vq.yaml").autoencoder
+    ae = load_autoencoder_config(CONFIGS / "autoencoder" / f"{name}_vq.yaml").autoencoder
     assert (ae.factor, ae.embed_dim, ae.n_embed) == (4, 3, 8192)
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(CONFIGS / f"{name}_ldm.yaml"), "--no-progress"]) == 2
     assert f"runs/{name}_vq/autoencoder.safetensors' not found" in capsys.readouterr().err
-    assert main(["train-autoencoder", str(CONFIGS / f"{name}_vq.yaml"), "--no-progress"]) == 2
+    assert main(["train-autoencoder", str(CONFIGS / "autoencoder" / f"{name}_vq.yaml"), "--no-progress"]) == 2
     assert f"image folder '{cfg.data.root}' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "autoencoder").glob("*.yaml")), ids=lambda p: p.name)
+def test_autoencoder_configs_load_and_round_trip(path):
+    from ebsparse.diffusion.autoencoder_training import load_autoencoder_config
+
+    exp = load_autoencoder_config(path)
+    assert AutoencoderExperiment.from_dict(exp.to_dict()).to_dict() == exp.to_dict()
+    with pytest.raises(ValueError, match="autoencoder.n_embed must be a positive int"):
+        load_autoencoder_config(path, ["autoencoder.n_embed=0"])
