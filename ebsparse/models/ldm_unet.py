@@ -303,6 +303,10 @@ class LDMUNet(nn.Module):
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"LDMUNet expects x of shape (B, {cfg.in_channels}, S, S), got {tuple(x.shape)}")
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"LDMUNet: latent size {tuple(x.shape[-2:])} must be divisible by {factor} (the U-Net "
+                             f"halves it {len(cfg.channel_mult) - 1} times)")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):

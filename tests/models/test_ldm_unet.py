@@ -90,6 +90,8 @@ def test_config_errors_name_the_field():
         build_model({"type": "ldm", "unet": dict(TINY)})
     with pytest.raises(ValueError, match="LDMUNet expects x of shape"):
         LDMUNet(LDMUNetConfig(**TINY))(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="latent size \\(7, 7\\) must be divisible by 2"):
+        LDMUNet(LDMUNetConfig(**TINY))(torch.zeros(1, 3, 7, 7), torch.zeros(1, dtype=torch.long))
 
 
 def test_sparsify_runs_the_sparse_modules():
