@@ -7,4 +7,5 @@ front layer imports a command. Heavy imports (torch, the models) happen inside `
 ``ebsparse --help`` stays instant.
 """
 
-MODULES = ("info", "train", "sample", "fid", "prune", "eb_train", "s2s_table", "demo", "export")
+MODULES = ("info", "train", "train_autoencoder", "sample", "fid", "prune", "eb_train", "s2s_table", "demo",
+           "export")

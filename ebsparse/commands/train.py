@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = run_dir / "checkpoint.safetensors"
     if args.allow_config_change and not args.resume:
         raise ValueError("--allow-config-change only applies to --resume")
+    from ..diffusion.spaces import sample_space
+
+    sample_space(cfg)  # a latent model's autoencoder and data are checked before any model is built
     if "sparsity" in cfg.algorithms:  # sparse-to-sparse training (Static/RigL/MagRan-DM)
         if args.init_from:
             raise ValueError("--init-from: a pruned model cannot be trained sparse-to-sparse (the config has a "

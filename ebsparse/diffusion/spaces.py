@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
-__all__ = ["SampleSpace", "StrokeSpace", "sample_space"]
+__all__ = ["SampleSpace", "LatentSpace", "StrokeSpace", "sample_space", "training_data"]
 
 
 class SampleSpace:
@@ -37,6 +37,24 @@ class SampleSpace:
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Samples (N, *shape) -> images (N, C, H, W) in [-1, 1] (unclipped)."""
         return x
+
+
+class LatentSpace(SampleSpace):
+    """Latent diffusion: a sample is a scaled latent (C, h, w); its image is the frozen decoder's
+    output of ``x / scale_factor``. Latents are unbounded, so x0 is never clipped while sampling.
+
+    ``decoder``: latents (N, C, h, w) -> images (N, C', H, W); e.g. a frozen
+    :class:`~ebsparse.models.autoencoder.Autoencoder`'s ``decode``."""
+
+    clip_denoised = False
+
+    def __init__(self, shape: tuple[int, ...], decoder: "torch.nn.Module", scale_factor: float):
+        super().__init__(shape)
+        self.decoder, self.scale_factor = decoder, float(scale_factor)
+
+    @torch.no_grad()
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder.to(x.device).decode(x / self.scale_factor)
 
 
 class StrokeSpace(SampleSpace):
@@ -64,5 +82,23 @@ def sample_space(config: "ExperimentConfig") -> SampleSpace:
     if config.model.get("type") in SEQUENCE_MODELS:
         return StrokeSpace(config.data.seq_len, config.data.image_size, config.model.get("point_dim", 3))
 
+    if config.model.get("type") == "ldm":
+        from .latents import checked_latent_config
+
+        autoencoder, unet, scale = checked_latent_config(config)
+        return LatentSpace((unet.in_channels, unet.image_size, unet.image_size), autoencoder.model, scale)
+
     channels, size = image_shape(config.model)
     return SampleSpace((channels, size, size))
+
+
+def training_data(config: "ExperimentConfig"):
+    """The dataset the trainer draws x0 from, in the model's sample space: ``config.data`` itself,
+    or for latent diffusion its cached latents (encoded once by the frozen autoencoder)."""
+    if config.model.get("type") == "ldm":
+        from .latents import latent_dataset
+
+        return latent_dataset(config)
+    from ..data import build_dataset
+
+    return build_dataset(config.data)

@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..data import build_dataset
 from ..models import build_model
 from ..nn.sharded import full
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
@@ -39,7 +38,7 @@ from .losses import epsilon_loss, sample_timesteps
 from .plugins import TrainerPlugin
 from .samplers import SAMPLERS
 from .schedule import NoiseSchedule
-from .spaces import sample_space
+from .spaces import sample_space, training_data
 
 __all__ = ["Trainer", "train", "BatchOrder", "sample_images", "CHECKPOINT_NAME", "CONFIG_CHANGES_NAME",
            "resume_breaking_changes"]
@@ -214,7 +213,7 @@ class Trainer:
         self.optimizer = _make_optimizer(self.model, tc)
         self.amp = MixedPrecision(tc.precision, self.device)
         self.schedule = NoiseSchedule(config.diffusion)
-        self.dataset = build_dataset(config.data)
+        self.dataset = training_data(config)  # images, or the latents of latent diffusion
         self._check_labels()
         self.order = BatchOrder(len(self.dataset), tc.batch_size, tc.seed)
         self.generator = torch.Generator().manual_seed(tc.seed + 1)

@@ -122,9 +122,17 @@ def digits_fid(generated: torch.Tensor, reference: torch.Tensor | None = None) -
                             *feature_stats(digits_features(reference, model)))
 
 
-def digits_fid_from_folder(folder: str | os.PathLike, image_size: int = 16, channels: int = 1) -> float:
-    """Domain FID of the PNGs in ``folder`` (as written by ``ebsparse sample``) against the digits."""
-    from ..data.image_folder import ImageFolderDataset
+def digits_fid_from_folder(folder: str | os.PathLike, image_size: int | None = None, channels: int = 1) -> float:
+    """Domain FID of the PNGs in ``folder`` (as written by ``ebsparse sample``) against the digits,
+    at ``image_size`` (default: the size of the first image, so 32x32 decoded latent-diffusion samples
+    are scored as the trainer scores them, not resized)."""
+    from ..data.image_folder import ImageFolderDataset, list_images
+
+    if image_size is None:
+        from PIL import Image
+
+        with Image.open(list_images(folder)[0]) as first:
+            image_size = min(first.size)
 
     ds = ImageFolderDataset(folder, image_size, channels)
     return digits_fid(torch.stack([ds[i][0] for i in range(len(ds))]))

@@ -14,11 +14,12 @@ from .chirodiff import ChiroDiff, ChiroDiffConfig
 from .ddpm_unet import DDPMUNet, DDPMUNetConfig
 from .diffusers_models import DiffusersModel, DiffusersModelConfig
 from .dit import DIT_SIZES, DiT, DiTConfig, dit_config
+from .ldm_unet import LatentDiffusionConfig, LDMUNet, LDMUNetConfig, build_latent_unet
 from .inputs import SEQUENCE_MODELS, check_images, check_sequences, example_inputs, image_shape
 
 __all__ = ["ChiroDiff", "ChiroDiffConfig", "DDPMUNet", "DDPMUNetConfig", "DiffusersModel", "DiffusersModelConfig", "DiT",
-           "DiTConfig", "DIT_SIZES", "dit_config", "MODEL_TYPES", "build_model", "example_inputs", "image_shape",
-           "check_images", "check_sequences", "SEQUENCE_MODELS"]
+           "DiTConfig", "DIT_SIZES", "dit_config", "LDMUNet", "LDMUNetConfig", "LatentDiffusionConfig", "MODEL_TYPES",
+           "build_model", "example_inputs", "image_shape", "check_images", "check_sequences", "SEQUENCE_MODELS"]
 
 #: type name -> (config class, model class)
 MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {
@@ -26,6 +27,7 @@ MODEL_TYPES: dict[str, tuple[Any, Callable[..., nn.Module]]] = {
     "dit": (DiTConfig, DiT),
     "chirodiff": (ChiroDiffConfig, ChiroDiff),
     "diffusers": (DiffusersModelConfig, DiffusersModel),
+    "ldm": (LatentDiffusionConfig, build_latent_unet),
 }
 
 

@@ -17,6 +17,7 @@ from . import diffusers_models
 from .chirodiff import ChiroDiffConfig
 from .ddpm_unet import DDPMUNetConfig
 from .dit import DiTConfig
+from .ldm_unet import LatentDiffusionConfig
 
 __all__ = ["example_inputs", "image_shape", "check_images", "check_sequences", "SEQUENCE_MODELS"]
 
@@ -25,27 +26,33 @@ IMAGE_MODELS = ("ddpm_unet", "dit")
 SEQUENCE_MODELS = ("chirodiff",)
 #: L of :func:`example_inputs` for a sequence model when the caller does not give one
 DEFAULT_SEQ_LEN = 64
+#: models whose inputs are latents of a frozen autoencoder (shape: the U-Net's in_channels x image_size)
+LATENT_MODELS = ("ldm",)
 
 
 def _config(spec: Mapping[str, Any]):
     kind = spec.get("type")
+    if kind in LATENT_MODELS:
+        return kind, LatentDiffusionConfig.from_dict({k: v for k, v in spec.items() if k != "type"}).unet_config
     if kind not in IMAGE_MODELS:
-        raise ValueError(f"model.type={kind!r} has no image inputs; expected one of {IMAGE_MODELS}")
+        raise ValueError(f"model.type={kind!r} has no image inputs; expected one of {IMAGE_MODELS + LATENT_MODELS}")
     config_cls = DDPMUNetConfig if kind == "ddpm_unet" else DiTConfig
     return kind, config_cls.from_dict({k: v for k, v in spec.items() if k != "type"})
 
 
 def image_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
-    """(channels, size) of the square images the model generates."""
+    """(channels, size) of the square images the model generates (a latent model: of its latents)."""
     if spec.get("type") == "diffusers":
         return diffusers_models.image_shape(spec)
     kind, cfg = _config(spec)
+    if kind in LATENT_MODELS:
+        return cfg.in_channels, cfg.image_size
     return (cfg.in_channels, cfg.resolution) if kind == "ddpm_unet" else (cfg.in_channels, cfg.input_size)
 
 
 def example_inputs(spec: Mapping[str, Any], device: str | torch.device = "cpu", resolution: int | None = None,
                    batch: int = 1, seq_len: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Zero inputs of one forward call: ``(x, t)`` for ``ddpm_unet`` and ``chirodiff``, ``(x, t, y)``
+    """Zero inputs of one forward call: ``(x, t)`` for ``ddpm_unet``, ``ldm`` (x: latents) and ``chirodiff``, ``(x, t, y)``
     for ``dit``.
 
     ``x`` is (batch, C, R, R) float32 (ChiroDiff: (batch, L, point_dim), L = ``seq_len``, default
@@ -60,11 +67,11 @@ def example_inputs(spec: Mapping[str, Any], device: str | torch.device = "cpu", 
         return x, torch.zeros(batch, dtype=torch.long, device=device)
     kind, _ = _config(spec)
     c, r = image_shape(spec)
-    if kind == "ddpm_unet":
+    if kind != "dit":
         r = resolution or r
     x = torch.zeros(batch, c, r, r, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
-    return (x, labels) if kind == "ddpm_unet" else (x, labels, labels.clone())
+    return (x, labels, labels.clone()) if kind == "dit" else (x, labels)
 
 
 def check_images(spec: Mapping[str, Any], image_size: int, channels: int) -> None:
