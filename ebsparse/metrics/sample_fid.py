@@ -48,10 +48,12 @@ def samples_fid(samples: torch.Tensor, data: Any, dataset: Any = None) -> float 
         if isinstance(data, str):
             raise ValueError(f"samples_fid: data={kind!r} needs the DataConfig (the reference is its training set)")
         from ..data import build_dataset
-        from .sketch_fid import reference_sketches, sketch_fid
+        from ..data.strokes import render_sequences
+        from .sketch_fid import sketch_fid
 
         dataset = dataset if dataset is not None else build_dataset(data)
-        return float(sketch_fid(as_saved(samples), reference_sketches(dataset.images, data.image_size)))
+        reference = as_saved(render_sequences(dataset.images, data.image_size))  # rendered as samples are
+        return float(sketch_fid(as_saved(samples), reference))
     from .domain_fid import digits_fid
 
     return float(digits_fid(as_saved(samples)))

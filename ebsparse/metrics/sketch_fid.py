@@ -26,8 +26,7 @@ from torch import nn
 
 from .frechet import feature_stats, frechet_distance
 
-__all__ = ["SketchAutoencoder", "sketch_encoder", "sketch_features", "sketch_fid", "reference_sketches",
-           "sketch_fid_from_folders"]
+__all__ = ["SketchAutoencoder", "sketch_encoder", "sketch_features", "sketch_fid", "sketch_fid_from_folders"]
 
 RECIPE_VERSION = 1
 FEATURES = 64
@@ -124,14 +123,6 @@ def sketch_fid(generated: torch.Tensor, reference: torch.Tensor) -> float:
     model = sketch_encoder(reference)
     return frechet_distance(*feature_stats(sketch_features(generated, model)),
                             *feature_stats(sketch_features(reference, model)))
-
-
-def reference_sketches(sequences: torch.Tensor, image_size: int) -> torch.Tensor:
-    """The training sequences (N, L, 3) rendered and rounded as saved samples are: FID's reference."""
-    from ..data.strokes import render_sequences
-    from .sample_fid import as_saved
-
-    return as_saved(render_sequences(sequences, image_size))
 
 
 def sketch_fid_from_folders(generated: str | os.PathLike, reference: str | os.PathLike) -> float:

@@ -158,7 +158,7 @@ def test_ldm_trains_sparse_to_sparse(tmp_path, autoencoder_dir, monkeypatch):
     from ebsparse.drivers.sparse_train import run_sparse_train
 
     fid_samples = []  # the domain FID would train a digits classifier: check what it is given instead
-    monkeypatch.setattr(sparse_train, "_fid", lambda trainer: fid_samples.append(trainer.sample(2)) or None)
+    monkeypatch.setattr(sparse_train, "fid_of_samples", lambda trainer, ema_model=None: fid_samples.append(trainer.sample(2)) or None)
 
     d = ldm_config(autoencoder_dir).to_dict()
     d["sparsity"] = {"method": "rigl", "sparsity": 0.5, "distribution": "erk", "update_every": 2,

@@ -42,7 +42,7 @@ def _sequences(n: int, seed: int, kind: str) -> torch.Tensor:
 
 
 def _render(seqs):
-    return sf.reference_sketches(seqs, SIZE)
+    return as_saved(render_sequences(seqs, SIZE))
 
 
 def test_same_distribution_scores_far_below_a_different_one():
