@@ -47,18 +47,18 @@ def gru_weight_names(num_layers: int, bidirectional: bool) -> list[str]:
 
 
 class _Recurrence(torch.autograd.Function):
-    """hidden (L, B, H) of one layer direction from gi (L, B, 3H), h0 (B, H), W_hh (3H, H) and b_hh.
-    `pattern` None: W_hh runs dense (masked) inside the C++ loop."""
+    """hidden (L, B, H) of one layer direction from gi = x W_ih^T (L, B, 3H), h0 (B, H), W_hh (3H, H)
+    and the biases b_ih, b_hh (added, and their gradients summed, in the C++ gate pass). `pattern`
+    None: W_hh runs dense (masked) inside the C++ loop."""
 
     @staticmethod
-    def forward(ctx, gi, h0, weight, bias, mask, pattern: PatternIndex | None, reverse: bool,
+    def forward(ctx, gi, h0, weight, bias_ih, bias_hh, mask, pattern: PatternIndex | None, reverse: bool,
                 dense_weight_grad: bool):
         w = weight if pattern is not None else torch.where(mask, weight, 0)
         rp, ci = (pattern.row_ptr, pattern.col_idx) if pattern is not None else (None, None)
-        hidden, saved = torch.ops.ebsparse.gru_recurrence(gi, h0, w, bias, rp, ci, reverse)
+        hidden, saved = torch.ops.ebsparse.gru_recurrence(gi, h0, w, bias_ih, bias_hh, rp, ci, reverse)
         ctx.save_for_backward(h0, hidden, saved, weight, w)
         ctx.mask, ctx.pattern, ctx.reverse, ctx.dense_weight_grad = mask, pattern, reverse, dense_weight_grad
-        ctx.has_bias = bias is not None
         _record("forward", pattern)
         return hidden
 
@@ -67,10 +67,10 @@ class _Recurrence(torch.autograd.Function):
         h0, hidden, saved, weight, w = ctx.saved_tensors
         p = ctx.pattern
         cp, ri = (p.col_ptr, p.row_idx) if p is not None else (None, None)
-        grad_gi, grad_gh, grad_h0 = torch.ops.ebsparse.gru_recurrence_backward(
+        grad_gi, grad_gh, grad_h0, grad_bias_ih, grad_bias_hh = torch.ops.ebsparse.gru_recurrence_backward(
             grad_hidden.contiguous(), h0, hidden, saved, w, cp, ri, ctx.reverse)
         _record("backward", p)
-        grad_weight = grad_bias = None
+        grad_weight = None
         L, B, H = hidden.shape
         if ctx.needs_input_grad[2]:
             # The state each step read: h0, then the previous step's output (in the direction's order).
@@ -83,9 +83,9 @@ class _Recurrence(torch.autograd.Function):
                 grad_weight = grad_gh2d.t() @ before
                 if not ctx.dense_weight_grad:
                     grad_weight = grad_weight.masked_fill_(~ctx.mask, 0)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_bias = grad_gh.sum((0, 1))
-        return grad_gi, grad_h0, grad_weight, grad_bias, None, None, None, None
+        needs = ctx.needs_input_grad
+        return (grad_gi, grad_h0, grad_weight, grad_bias_ih if needs[3] else None,
+                grad_bias_hh if needs[4] else None, None, None, None, None)
 
 
 def _record(phase: str, pattern) -> None:
@@ -288,12 +288,12 @@ class SparseGRU(nn.GRU):
                 b_ih = getattr(self, "bias_ih" + suffix) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + suffix) if self.bias else None
                 mask_ih, mask_hh = self.mask_of("weight_ih" + suffix), self.mask_of("weight_hh" + suffix)
-                gi = sparse_linear(layer_input.reshape(L * B, -1), w_ih, b_ih, mask_ih,
+                gi = sparse_linear(layer_input.reshape(L * B, -1), w_ih, None, mask_ih,
                                    index=current_index(mask_ih, "SparseGRU"), backend=self.backend,
                                    dense_weight_grad=self.dense_weight_grad).view(L, B, 3 * H)
                 sparse = explicit or float(mask_hh.sum()) <= RECURRENT_SPARSE_MAX_DENSITY * mask_hh.numel()
                 pattern = current_index(mask_hh, "SparseGRU") if sparse else None
-                hidden = _Recurrence.apply(gi, hx[layer * D + d], w_hh, b_hh, mask_hh, pattern, bool(d),
+                hidden = _Recurrence.apply(gi, hx[layer * D + d], w_hh, b_ih, b_hh, mask_hh, pattern, bool(d),
                                            self.dense_weight_grad)
                 outputs.append(hidden)
                 last.append(hidden[0] if d else hidden[L - 1])

@@ -189,3 +189,22 @@ def test_bad_arguments_raise_naming_them():
     sparse.backend = "native"
     with pytest.raises(RuntimeError, match="native"):
         sparse.to(torch.float16)(torch.randn(3, 2, 4, dtype=torch.float16))
+
+
+def test_sparsify_and_densify_convert_grus():
+    from ebsparse.nn import densify, sparsify
+
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.GRU(4, 8, 2, batch_first=True))
+    mask = torch.rand(24, 8) < 0.3
+    report = sparsify(model, masks={"0.weight_hh_l1": mask}, backend="native")
+    assert report.converted == ["0"] and isinstance(model[0], SparseGRU)
+    assert torch.equal(model[0].mask_of("weight_hh_l1"), mask)
+    assert model[0].density_of("weight_ih_l0") == 1.0  # weights without a mask stay dense
+    other = nn.Sequential(nn.GRU(4, 8, 2))
+    sparsify(other, density=0.25)
+    assert all(abs(other[0].density_of(n) - 0.25) < 0.02 for n in other[0].weight_names)
+    report = sparsify(nn.Sequential(nn.GRU(4, 8)), pattern="2:4")
+    assert "unstructured" in report.skipped["0"]
+    assert densify(model) == ["0"] and type(model[0]) is nn.GRU
+    assert torch.all(model[0].weight_hh_l1[~mask] == 0)

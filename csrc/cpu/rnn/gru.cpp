@@ -2,7 +2,8 @@
 // timesteps runs here, so a step costs one sparse matmul and one fused pass of gate arithmetic
 // instead of a dozen Python-dispatched ops (which cost more than the matmul at hidden 128).
 //
-// PyTorch's GRU, gates in the order (r, z, n), gi = x W_ih^T + b_ih precomputed for every step:
+// PyTorch's GRU, gates in the order (r, z, n), gi = x W_ih^T precomputed for every step (b_ih is
+// added in the gate pass, so no pass over gi adds it, and its gradient sums there too):
 //   gh = h W_hh^T + b_hh                   (the sparse matmul: csr_linear; at::linear without a pattern)
 //   r = sigmoid(gi_r + gh_r)    z = sigmoid(gi_z + gh_z)
 //   n = tanh(gi_n + r * gh_n)   h' = n + z * (h - n) = (1 - z) n + z h
@@ -11,7 +12,8 @@
 //   da_n = dn (1 - n^2)   da_z = dz z (1 - z)   da_r = da_n gh_n r (1 - r)
 //   dgi = (da_r, da_z, da_n)   dgh = (da_r, da_z, da_n r)
 // dgh of every step is returned (L, B, 3H), so that dW_hh at the kept positions is one SDDMM over
-// all L * B rows afterwards (csr_linear_grad_weight), not L small ones.
+// all L * B rows afterwards (csr_linear_grad_weight), not L small ones. The bias gradients (sums of
+// dgi and dgh over steps and rows) accumulate in the gate pass instead of two more passes over them.
 //
 // Layouts: gi (L, B, 3H), h0 (B, H), hidden (L, B, H) at each step's time position (a reverse
 // direction runs t = L-1 .. 0 and its h0 precedes step L-1), saved (L, B, 4H).
@@ -32,7 +34,8 @@ using fast_math::sigmoid;
 
 // One step's gate arithmetic for rows [b0, b1) of the batch.
 template <typename T>
-void gates_forward(const T* gi, const T* gh, const T* hp, T* h, T* saved, int64_t H, int64_t b0, int64_t b1) {
+void gates_forward(const T* gi, const T* bi, const T* gh, const T* hp, T* h, T* saved, int64_t H, int64_t b0,
+                   int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
     const T* i = gi + b * 3 * H;
     const T* g = gh + b * 3 * H;
@@ -41,10 +44,10 @@ void gates_forward(const T* gi, const T* gh, const T* hp, T* h, T* saved, int64_
     T* s = saved + b * 4 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const T r = sigmoid(i[j] + g[j]);
-      const T z = sigmoid(i[H + j] + g[H + j]);
+      const T r = sigmoid(i[j] + bi[j] + g[j]);
+      const T z = sigmoid(i[H + j] + bi[H + j] + g[H + j]);
       const T hn = g[2 * H + j];
-      const T n = fast_tanh(i[2 * H + j] + r * hn);
+      const T n = fast_tanh(i[2 * H + j] + bi[2 * H + j] + r * hn);
       o[j] = n + z * (p[j] - n);
       s[j] = r;
       s[H + j] = z;
@@ -54,10 +57,11 @@ void gates_forward(const T* gi, const T* gh, const T* hp, T* h, T* saved, int64_
   }
 }
 
-// One step's gate gradients for rows [b0, b1): dgi, dgh (B, 3H) and the direct part dh' z of dh.
+// One step's gate gradients for rows [b0, b1): dgi, dgh (B, 3H) and the direct part dh' z of dh;
+// dgi and dgh summed over the rows into acc[0, 3H) and acc[3H, 6H) (the bias gradients).
 template <typename T>
 void gates_backward(const T* dh, const T* carry, const T* hp, const T* saved, T* dgi, T* dgh, T* direct,
-                    int64_t H, int64_t b0, int64_t b1) {
+                    T* acc, int64_t H, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
     const T* d = dh + b * H;
     const T* c = carry + b * H;
@@ -80,6 +84,10 @@ void gates_backward(const T* dh, const T* carry, const T* hp, const T* saved, T*
       gh[H + j] = az;
       gh[2 * H + j] = an * r;
       o[j] = g * z;
+      acc[j] += ar;
+      acc[H + j] += az;
+      acc[2 * H + j] += an;
+      acc[5 * H + j] += an * r;
     }
   }
 }
@@ -101,6 +109,7 @@ inline int64_t position(int64_t s, int64_t L, bool reverse) { return reverse ? L
 
 std::tuple<at::Tensor, at::Tensor> gru_recurrence_cpu(const at::Tensor& gates_input, const at::Tensor& h0,
                                                       const at::Tensor& weight_hh,
+                                                      const std::optional<at::Tensor>& bias_ih,
                                                       const std::optional<at::Tensor>& bias_hh,
                                                       const std::optional<at::Tensor>& row_ptr,
                                                       const std::optional<at::Tensor>& col_idx, bool reverse) {
@@ -111,11 +120,14 @@ std::tuple<at::Tensor, at::Tensor> gru_recurrence_cpu(const at::Tensor& gates_in
     check_pattern(*row_ptr, *col_idx, 3 * H, "row_ptr", "col_idx", gates_input);
     check_pattern_values(*row_ptr, *col_idx, H, "row_ptr", "col_idx");
   }
-  if (bias_hh) {
-    check_same(gates_input, *bias_hh, "gates_input", "bias_hh");
-    TORCH_CHECK(bias_hh->dim() == 1 && bias_hh->size(0) == 3 * H, "bias_hh: expected (", 3 * H, ",), got ",
-                bias_hh->sizes());
-  }
+  for (const auto* b : {&bias_ih, &bias_hh})
+    if (*b) {
+      const char* name = b == &bias_ih ? "bias_ih" : "bias_hh";
+      check_same(gates_input, **b, "gates_input", name);
+      TORCH_CHECK((*b)->dim() == 1 && (*b)->size(0) == 3 * H, name, ": expected (", 3 * H, ",), got ", (*b)->sizes());
+    }
+  // b_ih is added in the gate pass (no separate pass over gi); zeros where there is none
+  const at::Tensor bi = bias_ih ? bias_ih->contiguous() : at::zeros({3 * H}, gates_input.options());
   const at::Tensor gi = gates_input.contiguous(), w = weight_hh.contiguous();
   const at::Tensor first = h0.contiguous();
   at::Tensor hidden = at::empty({L, B, H}, gi.options());
@@ -126,19 +138,20 @@ std::tuple<at::Tensor, at::Tensor> gru_recurrence_cpu(const at::Tensor& gates_in
       const at::Tensor hp = s == 0 ? first : hidden[position(s - 1, L, reverse)];
       const at::Tensor gh = row_ptr ? csr_linear(hp, w, bias_hh, *row_ptr, *col_idx) : at::linear(hp, w, bias_hh);
       const scalar_t* gip = gi.const_data_ptr<scalar_t>() + t * B * 3 * H;
+      const scalar_t* bip = bi.const_data_ptr<scalar_t>();
       const scalar_t* ghp = gh.const_data_ptr<scalar_t>();
       const scalar_t* hpp = hp.const_data_ptr<scalar_t>();
       scalar_t* hout = hidden.data_ptr<scalar_t>() + t * B * H;
       scalar_t* sv = saved.data_ptr<scalar_t>() + t * B * 4 * H;
       at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)), [&](int64_t b0, int64_t b1) {
-        gates_forward<scalar_t>(gip, ghp, hpp, hout, sv, H, b0, b1);
+        gates_forward<scalar_t>(gip, bip, ghp, hpp, hout, sv, H, b0, b1);
       });
     }
   });
   return {hidden, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
     const at::Tensor& grad_hidden, const at::Tensor& h0, const at::Tensor& hidden, const at::Tensor& saved,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& col_ptr, const std::optional<at::Tensor>& row_idx,
     bool reverse) {
@@ -166,6 +179,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
   at::Tensor dgh = at::empty({L, B, 3 * H}, dh.options());
   at::Tensor carry = at::zeros({B, H}, dh.options());   // dL/dh of the step's input state, from later steps
   at::Tensor direct = at::empty({B, H}, dh.options());
+  // The bias gradients accumulate per fixed chunk of batch rows (no races, and the same sums
+  // whatever the thread count), added up at the end.
+  const int64_t rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+  const int64_t chunks = (B + rows - 1) / rows;
+  at::Tensor acc = at::zeros({chunks, 6 * H}, dh.options());
   AT_DISPATCH_FLOATING_TYPES(dh.scalar_type(), "gru_recurrence_backward", [&] {
     for (int64_t s = L - 1; s >= 0; --s) {
       const int64_t t = position(s, L, reverse);
@@ -176,14 +194,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
       scalar_t* ghp = dgh.data_ptr<scalar_t>() + t * B * 3 * H;
       const scalar_t* cp = carry.const_data_ptr<scalar_t>();
       scalar_t* dp = direct.data_ptr<scalar_t>();
-      at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)), [&](int64_t b0, int64_t b1) {
-        gates_backward<scalar_t>(dhp, cp, hpp, svp, gip, ghp, dp, H, b0, b1);
+      scalar_t* ap = acc.data_ptr<scalar_t>();
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c)
+          gates_backward<scalar_t>(dhp, cp, hpp, svp, gip, ghp, dp, ap + c * 6 * H, H, c * rows,
+                                   std::min(B, (c + 1) * rows));
       });
       carry = col_ptr ? csr_linear_grad_input(dgh[t], w, *col_ptr, *row_idx) : at::mm(dgh[t], w);
       carry.add_(direct);
     }
   });
-  return {dgi, dgh, carry};
+  const at::Tensor sums = acc.sum(0);
+  return {dgi, dgh, carry, sums.slice(0, 0, 3 * H), at::cat({sums.slice(0, 0, 2 * H), sums.slice(0, 5 * H)})};
 }
 
 }  // namespace
