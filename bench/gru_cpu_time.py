@@ -14,6 +14,7 @@ import time
 import torch
 
 from bench import gru_shapes
+from ebsparse import backends
 
 ROUNDS = 7
 
@@ -39,8 +40,8 @@ def main(rounds: int = ROUNDS) -> str:
     models = {name: gru_shapes.build(name) for name in gru_shapes.MODELS}
     lines = [f"ChiroDiff GRU b{gru_shapes.BATCH} L{gru_shapes.LENGTH} H{gru_shapes.HIDDEN}, {gru_shapes.LAYERS} "
              f"layers bidirectional, 1 thread, CPU ms (min of {rounds} interleaved rounds)", "",
-             "| model | forward ms | speed-up | forward + backward ms | speed-up | useful GFLOP/s |",
-             "|---|---|---|---|---|---|"]
+             "| model | forward ms | speed-up | forward + backward ms | speed-up | useful GFLOP/s | backends that ran |",
+             "|---|---|---|---|---|---|---|"]
     for kind, make in (("forward", _forward), ("train", gru_shapes.train_step)):
         steps = {name: make(model) for name, model in models.items()}
         for step in steps.values():
@@ -51,10 +52,15 @@ def main(rounds: int = ROUNDS) -> str:
                 best[name] = min(best[name], _cpu_ms(step))
         if kind == "forward":
             forward = best
+    ran = {}
+    for name, model in models.items():  # auto chooses per shape: say what it chose
+        with backends.trace() as calls:
+            gru_shapes.train_step(model)()
+        ran[name] = ", ".join(sorted({f"{op} {backend}" for op, _, backend in calls})) or "torch"
     for name in models:
         rate = gru_shapes.useful_gflop(name) / best[name] * 1e3
         lines.append(f"| {name} | {forward[name]:.1f} | {forward['dense'] / forward[name]:.2f}x | {best[name]:.1f} | "
-                     f"{best['dense'] / best[name]:.2f}x | {rate:.1f} |")
+                     f"{best['dense'] / best[name]:.2f}x | {rate:.1f} | {ran[name]} |")
     return "\n".join(lines)
 
 

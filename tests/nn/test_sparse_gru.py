@@ -208,3 +208,16 @@ def test_sparsify_and_densify_convert_grus():
     assert "unstructured" in report.skipped["0"]
     assert densify(model) == ["0"] and type(model[0]) is nn.GRU
     assert torch.all(model[0].weight_hh_l1[~mask] == 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runs_pytorch_gru_on_the_masked_weights():
+    """No sparse GRU kernel on CUDA: auto runs cuDNN's GRU on the masked weights; native raises."""
+    torch.manual_seed(7)
+    sparse = SparseGRU.from_dense(nn.GRU(6, 32, 2, bidirectional=True, batch_first=True), density=0.2).cuda()
+    x = torch.randn(4, 9, 6, device="cuda", requires_grad=True)
+    calls = _compare(sparse, x, None, tol=1e-4)
+    assert ("gru", "forward", "dense") in calls and not any(c[0] == "gru_recurrence" for c in calls)
+    sparse.backend = "native"
+    with pytest.raises(RuntimeError, match="native"):
+        sparse(x)

@@ -30,6 +30,12 @@ namespace ebsparse {
 namespace {
 
 using fast_math::fast_tanh;
+
+// Batch rows per task of a gate pass: ~32K values, ATen's own grain for elementwise ops. A smaller
+// step (ChiroDiff's 128 x 128) runs on one thread: its ~20 us of work costs less than waking the
+// pool for each of the 2 L passes, and on a loaded machine every parallel region also waits for
+// its slowest, descheduled thread.
+inline int64_t gate_rows(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)); }
 using fast_math::sigmoid;
 
 // One step's gate arithmetic for rows [b0, b1) of the batch.
@@ -143,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> gru_recurrence_cpu(const at::Tensor& gates_in
       const scalar_t* hpp = hp.const_data_ptr<scalar_t>();
       scalar_t* hout = hidden.data_ptr<scalar_t>() + t * B * H;
       scalar_t* sv = saved.data_ptr<scalar_t>() + t * B * 4 * H;
-      at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, gate_rows(H), [&](int64_t b0, int64_t b1) {
         gates_forward<scalar_t>(gip, bip, ghp, hpp, hout, sv, H, b0, b1);
       });
     }
@@ -181,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_recur
   at::Tensor direct = at::empty({B, H}, dh.options());
   // The bias gradients accumulate per fixed chunk of batch rows (no races, and the same sums
   // whatever the thread count), added up at the end.
-  const int64_t rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+  const int64_t rows = gate_rows(H);
   const int64_t chunks = (B + rows - 1) / rows;
   at::Tensor acc = at::zeros({chunks, 6 * H}, dh.options());
   AT_DISPATCH_FLOATING_TYPES(dh.scalar_type(), "gru_recurrence_backward", [&] {
