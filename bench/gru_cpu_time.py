@@ -40,7 +40,8 @@ def main(rounds: int = ROUNDS) -> str:
     models = {name: gru_shapes.build(name) for name in gru_shapes.MODELS}
     lines = [f"ChiroDiff GRU b{gru_shapes.BATCH} L{gru_shapes.LENGTH} H{gru_shapes.HIDDEN}, {gru_shapes.LAYERS} "
              f"layers bidirectional, 1 thread, CPU ms (min of {rounds} interleaved rounds)", "",
-             "| model | forward ms | speed-up | forward + backward ms | speed-up | useful GFLOP/s | backends that ran |",
+             "| model | forward ms | speed-up | forward + backward ms | speed-up | useful GFLOP/s "
+             "| backends that ran |",
              "|---|---|---|---|---|---|---|"]
     for kind, make in (("forward", _forward), ("train", gru_shapes.train_step)):
         steps = {name: make(model) for name, model in models.items()}

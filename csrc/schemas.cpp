@@ -53,8 +53,8 @@ TORCH_LIBRARY(ebsparse, m) {
   // (or dense where no pattern is given): gates_input (L, B, 3H) = x W_ih^T (bias_ih is added here),
   // h0 (B, H) -> (hidden (L, B, H), saved (L, B, 4H)).
   m.def(
-      "gru_recurrence(Tensor gates_input, Tensor h0, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? row_ptr, "
-      "Tensor? col_idx, bool reverse) -> (Tensor, Tensor)");
+      "gru_recurrence(Tensor gates_input, Tensor h0, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+      "Tensor? row_ptr, Tensor? col_idx, bool reverse) -> (Tensor, Tensor)");
   // Backward through time from the gradient of every step's hidden state (CSC pattern of W_hh, or
   // none): (grad_gates_input (L, B, 3H), grad_gates_hidden (L, B, 3H), grad_h0 (B, H), grad_bias_ih (3H),
   // grad_bias_hh (3H)).

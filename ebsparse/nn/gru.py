@@ -291,8 +291,9 @@ class SparseGRU(nn.GRU):
                 gi = sparse_linear(layer_input.reshape(L * B, -1), w_ih, None, mask_ih,
                                    index=current_index(mask_ih, "SparseGRU"), backend=self.backend,
                                    dense_weight_grad=self.dense_weight_grad).view(L, B, 3 * H)
-                sparse = explicit or float(mask_hh.sum()) <= RECURRENT_SPARSE_MAX_DENSITY * mask_hh.numel()
-                pattern = current_index(mask_hh, "SparseGRU") if sparse else None
+                pattern = current_index(mask_hh, "SparseGRU")
+                if not explicit and pattern.density > RECURRENT_SPARSE_MAX_DENSITY:
+                    pattern = None
                 hidden = _Recurrence.apply(gi, hx[layer * D + d], w_hh, b_ih, b_hh, mask_hh, pattern, bool(d),
                                            self.dense_weight_grad)
                 outputs.append(hidden)

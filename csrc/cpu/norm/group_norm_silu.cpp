@@ -4,8 +4,8 @@
 // norm's. Both are bound by memory traffic, not arithmetic, at a U-Net's sizes.
 //
 // x (N, C, *) contiguous, C = G * D; the statistics are per (n, g) over D * HW values. float32 and
-// float64; the inner loops are `omp simd` (reductions included), the sigmoid through `fast_exp` (cpu/fast_math.h),
-// which has no library call in it.
+// float64; the inner loops are `omp simd` (reductions included), the sigmoid through `fast_exp`
+// (cpu/fast_math.h), which has no library call in it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
