@@ -49,6 +49,18 @@ TORCH_LIBRARY(ebsparse, m) {
       "bsr_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
       "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, int[2] stride, int[2] padding, int[2] dilation, "
       "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+  // The recurrent half of one GRU layer direction (cpu/rnn/gru.cpp), W_hh sparse with its CSR pattern
+  // (or dense where no pattern is given): gates_input (L, B, 3H) = x W_ih^T (bias_ih is added here),
+  // h0 (B, H) -> (hidden (L, B, H), saved (L, B, 4H)).
+  m.def(
+      "gru_recurrence(Tensor gates_input, Tensor h0, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+      "Tensor? row_ptr, Tensor? col_idx, bool reverse) -> (Tensor, Tensor)");
+  // Backward through time from the gradient of every step's hidden state (CSC pattern of W_hh, or
+  // none): (grad_gates_input (L, B, 3H), grad_gates_hidden (L, B, 3H), grad_h0 (B, H), grad_bias_ih (3H),
+  // grad_bias_hh (3H)).
+  m.def(
+      "gru_recurrence_backward(Tensor grad_hidden, Tensor h0, Tensor hidden, Tensor saved, Tensor weight_hh, "
+      "Tensor? col_ptr, Tensor? row_idx, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The instruction set the fp32 CPU kernels run: "avx2" or "avx512" (cpu/capability.h).
   m.def("cpu_capability() -> str");
   // silu(group_norm(input)) fused (CPU): (output, mean (N, G), rstd (N, G)); its backward returns

@@ -38,8 +38,10 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 
 class DenseBackend(Backend):
     name = "dense"
+    # gru_recurrence: SparseGRU's dense path is PyTorch's own GRU on the masked weights (ebsparse/nn/gru.py),
+    # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
-                     "decompress_2_4", "group_norm_silu", "block_attention"})
+                     "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)

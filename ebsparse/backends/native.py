@@ -18,7 +18,7 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
               "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
               "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
-              "block_conv2d": "ebsparse::bsr_conv2d"}
+              "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 

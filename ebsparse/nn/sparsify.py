@@ -1,4 +1,4 @@
-"""`sparsify(model, ...)`: swap nn.Linear / nn.Conv2d for their sparse versions, on any model.
+"""`sparsify(model, ...)`: swap nn.Linear / nn.Conv2d / nn.GRU for their sparse versions, on any model.
 
 Works on third-party models (e.g. diffusers U-Nets and DiTs) because it only matches module types
 and keeps parameter names, so existing state dicts still load. Subclasses that override `forward`
@@ -16,6 +16,7 @@ from torch import nn
 
 from ebsparse.formats.block import block_unsupported_reason
 from ebsparse.nn.conv import SparseConv2d, conv_unsupported_reason
+from ebsparse.nn.gru import SparseGRU
 from ebsparse.nn.linear import SparseLinear
 from ebsparse.nn.pattern import check_pattern_block
 
@@ -42,9 +43,16 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+_SWAPPABLE = (nn.Linear, nn.Conv2d, nn.GRU)
+
+
 def _unsupported_reason(module: nn.Module, pattern: str, block=None) -> str | None:
-    if isinstance(module, (SparseLinear, SparseConv2d)):
+    if isinstance(module, (SparseLinear, SparseConv2d, SparseGRU)):
         return "already sparse"
+    if isinstance(module, nn.GRU):
+        if type(module) is not nn.GRU:
+            return f"{type(module).__name__} subclasses nn.GRU"
+        return None if pattern == "unstructured" else f"a GRU takes the unstructured pattern only, got {pattern!r}"
     base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
     if type(module).forward is not base.forward:
         return f"{type(module).__name__} overrides forward"
@@ -64,7 +72,7 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
              pattern: str = "unstructured", masks: Mapping[str, torch.Tensor] | None = None,
              include: Selector = None, exclude: Selector = None, backend: str | None = None,
              strict: bool = False, block=None) -> SparsifyReport:
-    """Replace matching nn.Linear / nn.Conv2d modules of `model` in place.
+    """Replace matching nn.Linear / nn.Conv2d / nn.GRU modules of `model` in place.
 
     Args:
         density: kept fraction, one float for every layer or a mapping layer name -> density
@@ -75,7 +83,8 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
             L2 norm, exactly round(density * n_blocks) blocks kept; layers whose channels the block
             does not divide are skipped with that reason).
         block: (bo, bi) for pattern="block" (one of `ebsparse.formats.SUPPORTED_BLOCKS`).
-        masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation).
+        masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation); for
+            a GRU, parameter name ("<layer>.weight_hh_l0", ...) -> mask, its weights left out dense.
         include / exclude: layer-name globs (or a predicate (name, module) -> bool).
         backend: forwarded to the modules (None/"auto", or a backend name).
         strict: raise instead of skipping a selected layer that cannot be made sparse.
@@ -88,13 +97,13 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
     report = SparsifyReport()
     targets = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if not isinstance(module, _SWAPPABLE):
             continue
         if include is not None and not _matches(include, name, module):
             continue
         if exclude is not None and _matches(exclude, name, module):
             continue
-        if isinstance(density, Mapping) and name not in density and not (masks and name in masks):
+        if isinstance(density, Mapping) and name not in density and not (masks and _masks_of(masks, name, module)):
             continue
         reason = _unsupported_reason(module, pattern, block)
         if reason:
@@ -105,6 +114,13 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
         targets.append((name, module))
     for name, module in targets:
         layer_density = density.get(name) if isinstance(density, Mapping) else density
+        if isinstance(module, nn.GRU):
+            gru_masks = _masks_of(masks, name, module) if masks else {}
+            sparse = SparseGRU.from_dense(module, gru_masks or None, density=None if gru_masks else layer_density,
+                                          backend=backend)
+            _set_submodule(model, name, sparse)
+            report.converted.append(name)
+            continue
         mask = masks.get(name) if masks else None
         cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
         sparse = cls.from_dense(module, density=layer_density, pattern=pattern, mask=mask, backend=backend,
@@ -114,9 +130,18 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
     return report
 
 
+def _masks_of(masks: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    """A GRU's masks from `masks` keyed by parameter name ("<layer>.weight_hh_l0"), by weight name."""
+    if not isinstance(module, nn.GRU):
+        return {name: masks[name]} if name in masks else {}
+    prefix = f"{name}." if name else ""
+    return {k[len(prefix):]: m for k, m in masks.items() if k.startswith(prefix) and k[len(prefix):] in
+            {n for n, _ in module.named_parameters() if n.startswith("weight_")}}
+
+
 def densify(model: nn.Module) -> list[str]:
-    """Turn every SparseLinear / SparseConv2d of `model` back into a dense module (masked weights)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
+    """Turn every SparseLinear / SparseConv2d / SparseGRU of `model` back into a dense module (masked weights)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d, SparseGRU))]
     for name in names:
         _set_submodule(model, name, model.get_submodule(name).to_dense())
     return names

@@ -136,7 +136,7 @@ class Sparsifier:
         with the reason recorded in `element_wise`)."""
         block = tuple(self.config.block)
         if c.kind not in ("conv", "linear") or not swappable(model, c):
-            self.element_wise[c.name] = "masked in place (no block kernel runs it)"
+            self.element_wise[c.name] = "element-wise (no block kernel runs it)"
             return None
         reason = block_unsupported_reason(c.shape, block)
         if reason is None and c.kind == "conv":

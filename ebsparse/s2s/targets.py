@@ -1,8 +1,9 @@
 """The weights a sparsifier owns, behind one interface whatever module holds them.
 
-Plain ``nn.Linear`` / ``nn.Conv2d`` become ``SparseLinear`` / ``SparseConv2d`` so the sparse kernels
-run them. Weights no kernel can run (``nn.GRU``/``nn.LSTM`` weights, grouped convolutions,
-``nn.MultiheadAttention`` projections, which bypass their ``out_proj.forward``) are masked in place:
+Plain ``nn.Linear`` / ``nn.Conv2d`` / ``nn.GRU`` become ``SparseLinear`` / ``SparseConv2d`` /
+``SparseGRU`` so the sparse kernels run them. Weights no kernel can run (``nn.LSTM``/``nn.RNN``
+weights, grouped convolutions, ``nn.MultiheadAttention`` projections, which bypass their
+``out_proj.forward``) are masked in place:
 a bool buffer next to the weight and a gradient hook. ``torch.nn.utils.parametrize`` is avoided on
 purpose: on RNN weights it silently stops them from training (pytorch#65688).
 """
@@ -16,10 +17,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ebsparse.nn import SparseConv2d, SparseLinear, sparsify
+from ebsparse.nn import SparseConv2d, SparseGRU, SparseLinear, sparsify
 from ebsparse.nn.sharded import is_sharded, mask_like
 
-__all__ = ["Candidate", "Target", "ModuleTarget", "InPlaceTarget", "find_candidates", "build_targets"]
+__all__ = ["Candidate", "Target", "ModuleTarget", "GRUTarget", "InPlaceTarget", "find_candidates", "build_targets"]
 
 
 @dataclass
@@ -88,6 +89,29 @@ class ModuleTarget(Target):
 
     def set_dense_grad(self, flag: bool) -> None:
         self.module.dense_weight_grad = bool(flag)
+
+
+class GRUTarget(Target):
+    """One weight of a SparseGRU (``weight_hh_l0`` ...): its mask is the module's ``<attr>_mask``
+    buffer (the name an in-place mask had, so checkpoints load either way); the kernels compute
+    its gradient at kept positions only unless the module's ``dense_weight_grad`` is set."""
+
+    def __init__(self, name: str, kind: str, module: SparseGRU, attr: str):
+        self.name, self.kind, self.module, self.attr = name, kind, module, attr
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return getattr(self.module, self.attr)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.module.mask_of(self.attr)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.module.set_mask(self.attr, mask)
+
+    def set_dense_grad(self, flag: bool) -> None:
+        self.module.dense_weight_grad = bool(flag)  # one flag per module: every weight's target sets it alike
 
 
 class InPlaceTarget(Target):
@@ -177,6 +201,29 @@ def swappable(model: nn.Module, c: Candidate) -> bool:
     return bool(c.module_name) and _swappable(model, c)
 
 
+def gru_swappable(model: nn.Module, c: Candidate) -> bool:
+    """Whether the candidate's module is a plain nn.GRU that becomes a SparseGRU."""
+    return bool(c.module_name) and c.kind == "rnn" and type(model.get_submodule(c.module_name)) is nn.GRU
+
+
+def _swap_grus(model: nn.Module, candidates: list[Candidate], masks: dict[str, torch.Tensor], backend: str | None,
+               rebound: dict[nn.Parameter, nn.Parameter]) -> set[str]:
+    """Replace each nn.GRU holding candidates by a SparseGRU with their masks (its other weights
+    stay dense); returns the swapped module names and fills ``rebound`` (old -> new parameters)."""
+    per_module: dict[str, dict[str, torch.Tensor]] = {}
+    for c in candidates:
+        if gru_swappable(model, c):
+            per_module.setdefault(c.module_name, {})[c.attr] = masks[c.name]
+    for module_name, module_masks in per_module.items():
+        gru = model.get_submodule(module_name)
+        sparse = SparseGRU.from_dense(gru, module_masks, backend=backend)
+        for attr, p in gru.named_parameters():
+            rebound[p] = getattr(sparse, attr)
+        parent_name, _, child = module_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+    return set(per_module)
+
+
 def build_targets(model: nn.Module, candidates: list[Candidate], masks: dict[str, torch.Tensor],
                   backend: str | None = None, blocks: dict[str, tuple[int, int]] | None = None
                   ) -> tuple[list[Target], dict[nn.Parameter, nn.Parameter]]:
@@ -201,10 +248,13 @@ def build_targets(model: nn.Module, candidates: list[Candidate], masks: dict[str
                           pattern="block" if block else "unstructured", block=block, strict=block is not None)
         converted |= set(report.converted)
     rebound: dict[nn.Parameter, nn.Parameter] = {}
+    grus = _swap_grus(model, candidates, masks, backend, rebound)
     targets: list[Target] = []
     for c in candidates:
         module = model.get_submodule(c.module_name)
-        if c.module_name in converted:
+        if c.module_name in grus:
+            targets.append(GRUTarget(c.name, c.kind, module, c.attr))
+        elif c.module_name in converted:
             targets.append(ModuleTarget(c.name, c.kind, module))
             for before, after in zip(old[c.module_name], (module.weight, module.bias)):
                 if before is not None:

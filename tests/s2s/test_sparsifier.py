@@ -263,3 +263,32 @@ def test_layers_made_dense_stay_plain_modules(convnet):
     assert sp.total - sp.kept == sum(round(0.5 * t.mask.numel()) for t in sp.targets)
     _train(convnet, sp, opt, 2)
     assert (convnet.conv1.weight != 0).all()
+
+
+def test_chirodiff_gru_runs_on_the_sparse_kernels():
+    """Static/RigL/MagRan swap ChiroDiff's nn.GRU for a SparseGRU holding the sparsifier's masks
+    (same buffer names as the in-place masks had), the recurrence and the input projections run
+    on the native kernels, and the model computes what the dense GRU on the masked weights does."""
+    from ebsparse import backends
+    from ebsparse.models import ChiroDiff, ChiroDiffConfig
+    from ebsparse.nn import SparseGRU
+
+    torch.manual_seed(0)
+    model = ChiroDiff(ChiroDiffConfig(hidden_size=16, num_layers=2))
+    sp = Static(sparsity=0.9, distribution="erk", backend="native")
+    sp.apply(model)
+    assert isinstance(model.rnn, SparseGRU)
+    rnn = {t.name: t for t in sp.targets if t.kind == "rnn"}
+    assert set(rnn) == {f"rnn.{n}" for n in model.rnn.weight_names if f"rnn.{n}" not in sp.dense_layers}
+    for name, target in rnn.items():
+        assert target.mask is getattr(model.rnn, name.split(".")[1] + "_mask")
+        assert int(target.mask.sum()) < target.mask.numel()
+    assert {f"rnn.{n}_mask" for n in model.rnn.weight_names} <= set(model.state_dict())
+    x, t = torch.randn(3, 9, 3), torch.randint(0, 1000, (3,))
+    with backends.trace() as calls:
+        out = model(x, t)
+    assert ("gru_recurrence", "forward", "native") in calls
+    reference = model.rnn.to_dense()
+    model.rnn, sparse_rnn = reference, model.rnn
+    torch.testing.assert_close(out, model(x, t), atol=2e-5, rtol=2e-5)
+    model.rnn = sparse_rnn
