@@ -26,6 +26,7 @@ from ebsparse.backends import get_backend, registry
 from ebsparse.formats import check_density, magnitude_mask
 from ebsparse.formats.index import PatternIndex
 from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
+from ebsparse.nn.sharded import mask_like
 from ebsparse.ops import calls
 from ebsparse.ops.inputs import LinearInputs
 from ebsparse.ops.linear import sparse_linear
@@ -155,7 +156,8 @@ class SparseGRU(nn.GRU):
         self.check_mask(name, mask, f"masks[{name!r}]")
         with torch.no_grad():
             buffer.copy_(mask)
-            getattr(self, name).masked_fill_(~buffer, 0)
+            weight = getattr(self, name)
+            weight.masked_fill_(~mask_like(buffer, weight), 0)  # a sharded weight: this rank's part
 
     def density_of(self, name: str) -> float:
         mask = self.mask_of(name)

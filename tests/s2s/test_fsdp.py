@@ -201,11 +201,13 @@ def test_the_last_checkpoint_is_joined_for_one_process_readers(runs):
         assert torch.equal(state[name.rpartition(".")[0] + ".mask"], tensors[f"update3/mask/{name}"]), name
 
 
-def test_in_place_masked_gru_weights_under_fully_shard(runs):
+def test_sparse_gru_weights_under_fully_shard(runs):
+    """The s2s trainers swap nn.GRU for SparseGRU (its weights on the sparse kernels): under
+    fully_shard its masks stay whole and identical, its sharded weights and gradients zero outside."""
     out, _ = runs
     (t0, i0), (t1, i1) = ((load_file(str(out / f"gru_rank{r}.safetensors")),
                            json.loads((out / f"gru_rank{r}.json").read_text())) for r in RANKS)
-    assert i0["kinds"] == ["InPlaceTarget"] and i0["updates"] == i1["updates"] == 2
+    assert i0["kinds"] == ["GRUTarget"] and i0["updates"] == i1["updates"] == 2
     assert i0["leaks"] and not any(i0["leaks"]) and not any(i1["leaks"])  # gradients and weights zero outside
     masks = _names(t0, "mask/")
     assert masks and all(torch.equal(t0[f"mask/{n}"], t1[f"mask/{n}"]) for n in masks)
