@@ -55,7 +55,7 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
 class DenseBackend(Backend):
     name = "dense"
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
-                     "decompress_2_4", "group_norm_silu", "block_attention"})
+                     "decompress_2_4", "group_norm_silu", "block_attention", "gelu_tanh"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -94,6 +94,13 @@ class DenseBackend(Backend):
             dz, x, s["mean"], s["rstd"], inputs.weight, n, c, math.prod(x.shape[2:]), inputs.num_groups,
             [input_grad, weight_grad and inputs.weight is not None, weight_grad and inputs.bias is not None])
         return grad_input if input_grad else None, (grad_weight, grad_bias) if weight_grad else None
+
+    def gelu_tanh_forward(self, inputs):
+        return F.gelu(inputs.input, approximate="tanh")
+
+    def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, None): an activation has no weight."""
+        return torch.ops.aten.gelu_backward(grad_output, inputs.input, approximate="tanh") if input_grad else None, None
 
     def block_attention_forward(self, inputs):
         """(out, lse) as the kernel backends return them (lse = -inf on a row with no kept key); the
