@@ -69,6 +69,9 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def(
       "fused_group_norm_silu_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor rstd, int num_groups, "
       "Tensor? weight, Tensor? bias) -> (Tensor, Tensor, Tensor)");
+  // GELU with the tanh approximation (CPU; cpu/activation/): forward, and the input's gradient.
+  m.def("gelu_tanh(Tensor input) -> Tensor");
+  m.def("gelu_tanh_backward(Tensor grad_output, Tensor input) -> Tensor");
   // [layouts held, layouts built] by the CPU pattern caches of the process (cpu/pattern_cache.h).
   m.def("cpu_pattern_cache_stats() -> int[]");
 }

@@ -1,5 +1,6 @@
 // Private to csrc/cpu: elementwise functions without library calls, so that `omp simd` loops
-// around them vectorise (a call to expf would stop that). float64 keeps the library functions.
+// around them vectorise (a call to expf would stop that): the sigmoid of group_norm_silu and of the
+// GRU gates, the tanh-GELU of the DiT MLP. float64 keeps the library functions.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -18,6 +18,20 @@ from ebsparse.formats.index import zero_dropped
 from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows, unpack_2_4_rows
 
 
+def masked_sdpa(inputs) -> torch.Tensor:
+    """Block-sparse attention as SDPA with the layout's dense boolean mask (autograd through it, so
+    the eager dense path differentiates SDPA itself); a query row with no kept key gives 0."""
+    from ebsparse.formats.block_layout import dense_mask
+
+    n = inputs.query.shape[-2]
+    mask = dense_mask(inputs.layout.to(inputs.device), n, n, inputs.block_size).unsqueeze(0)
+    live = mask.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(inputs.query, inputs.key, inputs.value, attn_mask=mask | ~live,
+                                         scale=inputs.scale)
+    # Eager only (under torch.compile this runs inside the custom op), so the test may read data.
+    return out * live if not bool(live.all()) else out
+
+
 def _masked_weight(inputs) -> torch.Tensor:
     """The weight with dropped positions exactly zero, made once per call and kept for the backward
     (kernels run where autograd does not record, so no detach is needed)."""
@@ -41,7 +55,7 @@ class DenseBackend(Backend):
     # gru_recurrence: SparseGRU's dense path is PyTorch's own GRU on the masked weights (ebsparse/nn/gru.py),
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
-                     "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence"})
+                     "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -80,6 +94,44 @@ class DenseBackend(Backend):
             dz, x, s["mean"], s["rstd"], inputs.weight, n, c, math.prod(x.shape[2:]), inputs.num_groups,
             [input_grad, weight_grad and inputs.weight is not None, weight_grad and inputs.bias is not None])
         return grad_input if input_grad else None, (grad_weight, grad_bias) if weight_grad else None
+
+    def gelu_tanh_forward(self, inputs):
+        return F.gelu(inputs.input, approximate="tanh")
+
+    def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, None): an activation has no weight."""
+        return torch.ops.aten.gelu_backward(grad_output, inputs.input, approximate="tanh") if input_grad else None, None
+
+    def block_attention_forward(self, inputs):
+        """(out, lse) as the kernel backends return them (lse = -inf on a row with no kept key); the
+        custom op's dense path (the eager one differentiates `masked_sdpa` directly)."""
+        from ebsparse.formats.block_layout import dense_mask
+
+        q, k = inputs.query, inputs.key
+        n = q.shape[-2]
+        out = masked_sdpa(inputs)
+        mask = dense_mask(inputs.layout.to(inputs.device), n, n, inputs.block_size).unsqueeze(0)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * inputs.scale
+        return out, scores.masked_fill(~mask, float("-inf")).logsumexp(-1)
+
+    def block_attention_backward(self, inputs, grad_out, out, lse):
+        """(dq, dk, dv) from the saved lse, the softmax backward written out (a custom op's kernel
+        runs below autograd, so it cannot differentiate `masked_sdpa` again): P = exp(S - lse),
+        dV = P^T dO, dS = P (dO V^T - rowsum(dO o O)), dQ = scale dS K, dK = scale dS^T Q."""
+        from ebsparse.formats.block_layout import dense_mask
+
+        q, k, v = inputs.query, inputs.key, inputs.value
+        n = q.shape[-2]
+        mask = dense_mask(inputs.layout.to(inputs.device), n, n, inputs.block_size).unsqueeze(0)
+        q, k, v, go, o = (t.to(lse.dtype) for t in (q, k, v, grad_out, out))
+        live_lse = lse.masked_fill(torch.isneginf(lse), float("inf"))  # no kept key: P = 0
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * inputs.scale).masked_fill(~mask, float("-inf"))
+        p = torch.exp(scores - live_lse.unsqueeze(-1))
+        ds = p * (torch.matmul(go, v.transpose(-1, -2)) - (go * o).sum(-1, keepdim=True))
+        grads = (torch.matmul(ds, k) * inputs.scale, torch.matmul(ds.transpose(-1, -2), q) * inputs.scale,
+                 torch.matmul(p.transpose(-1, -2), go))
+        return tuple(g.to(inputs.dtype) for g in grads)
 
     # A block mask is a mask: the same masked dense kernels run it.
     block_linear_forward, block_linear_backward = linear_forward, linear_backward

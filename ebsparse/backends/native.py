@@ -18,7 +18,8 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "prune_2_4": "ebsparse::prune_2_4", "compress_2_4": "ebsparse::compress_2_4",
               "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
               "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
-              "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence"}
+              "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
+              "gelu_tanh": "ebsparse::gelu_tanh"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -108,6 +109,13 @@ class NativeBackend(Backend):
         weight_grads = (grad_weight if inputs.weight is not None else None,
                         grad_bias if inputs.bias is not None else None)
         return grad_input if input_grad else None, weight_grads if weight_grad else None
+
+    def gelu_tanh_forward(self, inputs):
+        return torch.ops.ebsparse.gelu_tanh(inputs.input)
+
+    def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, None): an activation has no weight."""
+        return torch.ops.ebsparse.gelu_tanh_backward(grad_output, inputs.input) if input_grad else None, None
 
     def block_linear_forward(self, inputs):
         p = inputs.pattern

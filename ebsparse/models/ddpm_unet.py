@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
+from ..nn.fused import StackedConv2d, run_stacked
 from ..nn.norm import norm_silu
 
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
@@ -190,10 +191,15 @@ class AttnBlock(nn.Module):
         #: ``q, k, v -> out`` over the pixels in raster order (one head): block-sparse attention
         #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: the reference's dense attention
         self.block_sparse = None
+        #: q, k, v as one sparse kernel call when all three are sparse layers of one kind
+        #: (:mod:`ebsparse.nn.fused`: each keeps its own weight, mask and state-dict names);
+        #: False: three calls
+        self.fuse_qkv = True
+        self._stacked_qkv = StackedConv2d()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        q, k, v = self.q(h), self.k(h), self.v(h)
+        q, k, v = run_stacked(self._stacked_qkv if self.fuse_qkv else None, (self.q, self.k, self.v), h)
         b, c, hh, ww = q.shape
         if self.block_sparse is not None:
             tokens = [t.reshape(b, 1, c, hh * ww).transpose(-1, -2) for t in (q, k, v)]  # (b, 1, hw, c)

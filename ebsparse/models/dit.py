@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
+from ..nn.activation import gelu_tanh_act
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
@@ -177,11 +178,14 @@ class Attention(nn.Module):
         # and the attention's inner width (qkv rows / 3) differ.
         b, n, _ = x.shape
         inner = self.qkv.out_features // 3
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).permute(2, 0, 3, 1, 4)
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients in one copy,
+        # where each index's backward would fill a zero tensor of all of qkv and add them up.
+        q, k, v = (t.transpose(1, 2) for t in
+                   self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).unbind(2))
         if self.block_sparse is not None:
-            out = self.block_sparse(qkv[0], qkv[1], qkv[2])
+            out = self.block_sparse(q, k, v)
         else:
-            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, inner))
 
 
@@ -193,7 +197,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(gelu_tanh_act(self.act, self.fc1(x)))  # ATen's tanh-GELU is slow on the CPU
 
 
 class DiTBlock(nn.Module):

@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../fast_math.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>

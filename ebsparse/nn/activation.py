@@ -1,0 +1,41 @@
+"""`gelu_tanh_act(act, x)`: ``act(x)`` for a model's ``nn.GELU(approximate="tanh")``, on the faster
+kernel (ebsparse.ops.gelu_tanh) where that is safe.
+
+As `ebsparse.nn.norm.norm_silu`: the op runs on the CPU in eager mode when `act` is a plain
+``nn.GELU(approximate="tanh")`` that nothing observes; otherwise the module itself is called, so its
+hooks fire (torch-pruning's tracing, MAC counting) and torch.compile sees ATen's op. The backend is
+resolved once per input shape, measured by `auto`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+from ebsparse.backends import dispatch
+from ebsparse.backends.base import Backend
+from ebsparse.ops.gelu_tanh import GeluTanhInputs, run_gelu_tanh
+
+# The backend `gelu_tanh_act` asks for: "auto" whatever EBSPARSE_BACKEND says (that variable names
+# the sparse layers' backend); tests set "native" or "dense".
+BACKEND = "auto"
+_resolved: dict[tuple, Backend] = {}
+
+
+def _observed(act: nn.Module) -> bool:
+    return bool(act._forward_hooks or act._forward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks)
+
+
+def gelu_tanh_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; the gelu_tanh op for an unobserved ``nn.GELU(approximate="tanh")`` on the CPU in
+    eager mode."""
+    if (type(act) is not nn.GELU or act.approximate != "tanh" or x.device.type != "cpu"
+            or torch.compiler.is_compiling() or _observed(act) or x.dtype not in (torch.float32, torch.float64)):
+        return act(x)
+    key = (BACKEND, tuple(x.shape), x.dtype, torch.get_num_threads())
+    backend = _resolved.get(key)
+    if backend is None:
+        backend = _resolved[key] = dispatch.resolve(BACKEND, GeluTanhInputs(x.detach()))
+    return run_gelu_tanh(x, backend)
