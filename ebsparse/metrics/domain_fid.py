@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .feature_cache import cache_dir, cached_network
 from .frechet import feature_stats, frechet_distance
 
 __all__ = ["DigitsClassifier", "digits_classifier", "digits_features", "digits_fid", "digits_fid_from_folder"]
@@ -44,8 +45,7 @@ class DigitsClassifier(nn.Module):
 
 
 def _cache_path(image_size: int, channels: int) -> Path:
-    root = Path(os.environ.get("EBSPARSE_CACHE", Path.home() / ".cache" / "ebsparse"))
-    return root / f"digits_classifier_v{RECIPE_VERSION}_{image_size}px_{channels}ch.safetensors"
+    return cache_dir() / f"digits_classifier_v{RECIPE_VERSION}_{image_size}px_{channels}ch.safetensors"
 
 
 def _train_classifier(image_size: int, channels: int, epochs: int = 8, seed: int = 0) -> DigitsClassifier:
@@ -74,30 +74,11 @@ def _train_classifier(image_size: int, channels: int, epochs: int = 8, seed: int
 
 
 def digits_classifier(image_size: int = 16, channels: int = 1, cache: bool = True) -> DigitsClassifier:
-    """The feature network, loaded from the cache or trained (about 10 s on 2 cores) and cached.
-
-    The cache is a verified checkpoint: a corrupted (or pre-hash) file is retrained with a warning,
-    never used, since a wrong feature network gives a wrong FID without any error.
-    """
-    import warnings
-
-    from ..diffusion.checkpoint import load_checkpoint, save_checkpoint
-
-    path = _cache_path(image_size, channels)
-    model = DigitsClassifier(channels, image_size)
-    if cache and path.is_file():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # an unverifiable cache is rebuilt, not trusted
-                tensors, _ = load_checkpoint(path)
-            model.load_state_dict(tensors)
-            return model.eval()
-        except (ValueError, RuntimeError, UserWarning) as e:
-            warnings.warn(f"the cached digits classifier is not usable ({e}); training it again", stacklevel=2)
-    model = _train_classifier(image_size, channels)
-    if cache:
-        save_checkpoint(path, model.state_dict(), {"kind": "digits_classifier", "recipe_version": RECIPE_VERSION})
-    return model
+    """The feature network, loaded from the cache or trained (about 10 s on 2 cores) and cached
+    (:func:`~.feature_cache.cached_network`: a cached file that does not verify is trained again)."""
+    return cached_network(_cache_path(image_size, channels), DigitsClassifier(channels, image_size),
+                          lambda: _train_classifier(image_size, channels),
+                          {"kind": "digits_classifier", "recipe_version": RECIPE_VERSION}, "digits classifier", cache)
 
 
 @torch.no_grad()

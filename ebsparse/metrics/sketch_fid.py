@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .feature_cache import cache_dir, cached_network
 from .frechet import feature_stats, frechet_distance
 
 __all__ = ["SketchAutoencoder", "sketch_encoder", "sketch_features", "sketch_fid", "sketch_fid_from_folders"]
@@ -85,27 +84,11 @@ def _train(reference: torch.Tensor, seed: int = 0) -> SketchAutoencoder:
 def sketch_encoder(reference: torch.Tensor, cache: bool = True) -> SketchAutoencoder:
     """The feature network of ``reference`` (the rendered training sketches): loaded from the cache or
     trained (a few seconds) and cached. A corrupted cache file is retrained with a warning."""
-    from ..diffusion.checkpoint import load_checkpoint, save_checkpoint
-
     _check(reference, "sketch_encoder(reference)")
     if reference.shape[0] < 2:
         raise ValueError(f"sketch_encoder: need at least 2 reference images, got {reference.shape[0]}")
-    root = Path(os.environ.get("EBSPARSE_CACHE", Path.home() / ".cache" / "ebsparse"))
-    path = root / f"{_key(reference)}.safetensors"
-    model = SketchAutoencoder()
-    if cache and path.is_file():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # an unverifiable cache is rebuilt, not trusted
-                tensors, _ = load_checkpoint(path)
-            model.load_state_dict(tensors)
-            return model.eval()
-        except (ValueError, RuntimeError, UserWarning) as e:
-            warnings.warn(f"the cached sketch autoencoder is not usable ({e}); training it again", stacklevel=2)
-    model = _train(reference)
-    if cache:
-        save_checkpoint(path, model.state_dict(), {"kind": "sketch_autoencoder", "recipe_version": RECIPE_VERSION})
-    return model
+    return cached_network(cache_dir() / f"{_key(reference)}.safetensors", SketchAutoencoder(), lambda: _train(reference),
+                          {"kind": "sketch_autoencoder", "recipe_version": RECIPE_VERSION}, "sketch autoencoder", cache)
 
 
 @torch.no_grad()

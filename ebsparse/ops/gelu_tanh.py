@@ -22,26 +22,19 @@ from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
 from ebsparse.ops import calls
 from ebsparse.ops.checks import check_once_differentiable, check_tensor
+from ebsparse.ops.inputs import OnInputTensor
 
 __all__ = ["GeluTanhInputs", "gelu_tanh", "run_gelu_tanh"]
 
 
 @dataclass(eq=False, slots=True)
-class GeluTanhInputs:
+class GeluTanhInputs(OnInputTensor):
     """input of any shape; no weight (calls.gradients reads `dense_weight_grad`)."""
 
     op: ClassVar[str] = "gelu_tanh"
     input: torch.Tensor
     dense_weight_grad: bool = False
     state: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return self.input.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.input.dtype
 
     def tuning_key(self) -> tuple:
         return (tuple(self.input.shape),)

@@ -21,12 +21,13 @@ from ebsparse.backends import dispatch, registry
 from ebsparse.backends.base import Backend
 from ebsparse.ops import calls
 from ebsparse.ops.checks import check_like, check_once_differentiable, check_tensor
+from ebsparse.ops.inputs import OnInputTensor
 
 _T = torch.Tensor
 
 
 @dataclass(eq=False, slots=True)
-class GroupNormSiluInputs:
+class GroupNormSiluInputs(OnInputTensor):
     """input (N, C, *), weight and bias (C,) or None; statistics over num_groups groups of channels.
     `state` holds what the forward keeps for the backward (mean, rstd; the dense backend's
     normalised tensor)."""
@@ -39,14 +40,6 @@ class GroupNormSiluInputs:
     eps: float
     dense_weight_grad: bool = False  # calls.gradients reads it; a norm has no sparse weight
     state: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return self.input.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.input.dtype
 
     def tuning_key(self) -> tuple:
         return (tuple(self.input.shape), self.num_groups, self.weight is not None, self.bias is not None)

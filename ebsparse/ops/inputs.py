@@ -16,8 +16,22 @@ from ebsparse.backends.base import conv2d_output_size
 from ebsparse.formats.index import PatternIndex
 
 
+class OnInputTensor:
+    """``device`` and ``dtype`` of an op's inputs object: those of its ``input`` tensor."""
+
+    __slots__ = ()
+
+    @property
+    def device(self) -> torch.device:
+        return self.input.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input.dtype
+
+
 @dataclass(eq=False, slots=True)
-class LinearInputs:
+class LinearInputs(OnInputTensor):
     """`sparse_linear`: input (N, K), weight and mask (M, K), bias (M,) or None."""
 
     op: ClassVar[str] = "linear"
@@ -29,21 +43,13 @@ class LinearInputs:
     dense_weight_grad: bool = False
     state: dict = field(default_factory=dict)
 
-    @property
-    def device(self) -> torch.device:
-        return self.input.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.input.dtype
-
     def tuning_key(self) -> tuple:
         return (tuple(self.input.shape), tuple(self.weight.shape), round(self.pattern.density, 2),
                 self.bias is not None)
 
 
 @dataclass(eq=False, slots=True)
-class Conv2dInputs:
+class Conv2dInputs(OnInputTensor):
     """`sparse_conv2d`: input (N, Ci, H, W), weight and mask (Co, Ci, KH, KW), bias (Co,) or None;
     stride, padding and dilation as [h, w] lists."""
 
@@ -58,14 +64,6 @@ class Conv2dInputs:
     dilation: list[int]
     dense_weight_grad: bool = False
     state: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return self.input.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.input.dtype
 
     def output_shape(self) -> tuple[int, int, int, int]:
         n, _, h, w = self.input.shape

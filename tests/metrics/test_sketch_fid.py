@@ -3,7 +3,6 @@ one, the feature network is cached per reference set and rebuilt when corrupted,
 points (a run's samples; two PNG folders) agree with the function they wrap."""
 
 import math
-import os
 import warnings
 
 import numpy as np
@@ -15,6 +14,7 @@ from ebsparse.data import DataConfig
 from ebsparse.data.strokes import render_sequences, strokes_to_sequence
 from ebsparse.diffusion.images import save_images
 from ebsparse.metrics import sketch_fid as sf
+from ebsparse.metrics.feature_cache import cache_dir
 from ebsparse.metrics.sample_fid import as_saved, has_domain_fid, samples_fid
 
 SIZE = 32
@@ -62,7 +62,7 @@ def test_encoder_is_cached_per_reference_and_a_corrupted_cache_is_retrained(monk
         again = sf.sketch_encoder(reference)
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    cache = sf.Path(os.environ["EBSPARSE_CACHE"]) / f"{sf._key(reference)}.safetensors"
+    cache = cache_dir() / f"{sf._key(reference)}.safetensors"
     cache.write_bytes(cache.read_bytes()[:-16] + b"\0" * 16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
