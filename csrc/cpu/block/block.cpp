@@ -45,26 +45,26 @@ namespace {
 // ---- kernels -------------------------------------------------------------------------------------
 
 template <typename T, int PT>
-void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
+void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* const* rows,
                   T* tile, int64_t ld) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T w = vals[(j * br + r) * bc + c];
-        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        const T* p = rows[int64_t(idx[j]) * bc + c];
         T* t = tile + r * ld;
         for (int i = 0; i < PT; ++i) t[i] += w * p[i];
       }
 }
 
 template <typename T>
-void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
-                   int64_t ld, int64_t n, T* acc) {
+void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
+                   const T* const* rows, int64_t ld, int64_t n, T* acc) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T* a = dtile + r * ld;
-        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        const T* p = rows[int64_t(idx[j]) * bc + c];
         T s = 0;
         for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
         acc[(j * br + r) * bc + c] += s;
@@ -74,8 +74,8 @@ void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, i
 template <typename T>
 struct Kernels {
   int pt;  // columns per SpMM call
-  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, T*, int64_t);
-  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, int64_t, int64_t, T*);
+  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, T*, int64_t);
+  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, int64_t, int64_t, T*);
 };
 
 template <typename T>
@@ -106,7 +106,7 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kSlots };
+enum Slot { kPanel, kTile, kRowPtrs, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -134,14 +134,24 @@ struct Geometry {
     qn = unit ? (Ho - 1) * Wp + Wo : Ho * Wo;
   }
   bool unit_stride() const { return sh == 1 && sw == 1; }
+  // Stride-1 convolutions read their panel rows in place: row (ci, kh, kw) of the columns
+  // [q0, q0 + n) of one image is the run at offset(ci, kh, kw) + q0 of that image's padded input.
+  bool in_place() const { return !linear && unit_stride(); }
   int64_t kdim() const { return C * KH * KW; }
   int64_t columns() const { return N * qn; }
 };
 
-// The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside.
+// Floats past the padded input that an in-place tile may read (columns discarded or zero in the
+// gradient tile): a column tile (at most 4 micro-kernel widths) can start at the last column.
+constexpr int64_t kOverRead = 4 * block_detail::kPtAvx512;
+
+// The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside; flat, with
+// kOverRead zeros after it.
 template <typename T>
 at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
-  at::Tensor out = at::empty({g.N, g.C, g.Hp, g.Wp}, x.options());
+  const int64_t total = g.N * g.C * g.Hp * g.Wp;
+  at::Tensor out = at::empty({total + kOverRead}, x.options());
+  std::fill(out.mutable_data_ptr<T>() + total, out.mutable_data_ptr<T>() + total + kOverRead, T(0));
   const T* src = x.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
@@ -165,6 +175,16 @@ at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
   return out;
 }
 
+// Offsets of the panel rows (ci, kh, kw) in one image's padded input (in-place geometries).
+std::vector<int64_t> row_offsets(const Geometry& g) {
+  std::vector<int64_t> off(g.kdim());
+  for (int64_t ci = 0; ci < g.C; ++ci)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw)
+        off[(ci * g.KH + kh) * g.KW + kw] = ci * g.Hp * g.Wp + kh * g.dh * g.Wp + kw * g.dw;
+  return off;
+}
+
 // Panel rows of the input channels marked in `used` for columns [c0, c1) (zero past c1).
 template <typename T>
 void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& used, int64_t c0, int64_t c1,
@@ -181,13 +201,9 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
         for (int64_t kh = 0; kh < g.KH; ++kh)
           for (int64_t kw = 0; kw < g.KW; ++kw) {
             T* row = panel + (ci * kk + kh * g.KW + kw) * ld + i0;
-            if (g.unit_stride()) {
-              std::memcpy(row, plane + kh * g.dh * g.Wp + kw * g.dw + q0, sizeof(T) * len);
-            } else {
-              for (int64_t t = 0; t < len; ++t) {
-                const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
-                row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
-              }
+            for (int64_t t = 0; t < len; ++t) {
+              const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
+              row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
             }
           }
       }
@@ -198,6 +214,24 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
     for (int64_t ci = 0; ci < g.C; ++ci)
       if (g.linear || used[ci])
         for (int64_t k = ci * kk; k < (ci + 1) * kk; ++k) std::fill(panel + k * ld + n, panel + (k + 1) * ld, T(0));
+}
+
+// The panel rows of column tile [c0, c1) (rows[k] for k < kdim): read in place from src for in-place
+// geometries (a tile lies in one image there), else copied into the thread's panel.
+template <typename T>
+const T* const* panel_rows(const Geometry& g, const T* src, const std::vector<uint8_t>& used,
+                           const std::vector<int64_t>& off, int64_t c0, int64_t c1, int64_t ld) {
+  const int64_t kdim = g.kdim();
+  const T** rows = scratch<const T*>(kRowPtrs, kdim);
+  if (g.in_place()) {
+    const T* base = src + (c0 / g.qn) * g.C * g.Hp * g.Wp + c0 % g.qn;
+    for (int64_t k = 0; k < kdim; ++k) rows[k] = base + off[k];
+  } else {
+    T* panel = scratch<T>(kPanel, kdim * ld);
+    build_panel(g, src, used, c0, c1, panel, ld);
+    for (int64_t k = 0; k < kdim; ++k) rows[k] = panel + k * ld;
+  }
+  return rows;
 }
 
 // Calls f(img, q0, len, i0) for the pieces of columns [c0, c1) that lie in one image.
@@ -268,20 +302,32 @@ std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_
   return used;
 }
 
-// Tasks: column tiles, times block-row chunks when the tiles alone cannot keep the threads busy.
+// Tasks: column tiles (within one image for in-place geometries), times block-row chunks when the
+// tiles alone cannot keep the threads busy.
 struct Split {
-  int64_t tiles, chunks, rb;
+  int64_t tiles, chunks, rb, ld, per_image, columns, qn;
   int64_t rows(int64_t chunk, int64_t& r1) const {
     r1 = rb * (chunk + 1) / chunks;
     return rb * chunk / chunks;
   }
+  // Columns [c0, c1) of tile t.
+  int64_t cols(int64_t t, int64_t& c1) const {
+    if (per_image == 0) {
+      c1 = std::min(columns, (t + 1) * ld);
+      return t * ld;
+    }
+    const int64_t img = t / per_image, c0 = img * qn + (t % per_image) * ld;
+    c1 = std::min(img * qn + qn, c0 + ld);
+    return c0;
+  }
 };
 
-Split split(int64_t columns, int64_t ld, int64_t rb) {
-  const int64_t tiles = (columns + ld - 1) / ld, threads = at::get_num_threads();
+Split split(const Geometry& g, int64_t ld, int64_t rb) {
+  const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
+  const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
   int64_t chunks = 1;
   if (tiles < 2 * threads) chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
-  return {tiles, chunks, rb};
+  return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn};
 }
 
 // SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
@@ -295,22 +341,22 @@ template <typename T>
 void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_t* ptr, const int32_t* idx,
                     int br, int bci, const T* bias, T* out) {
   const Kernels<T> kern = pick_kernels<T>();
-  const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim();
+  const int64_t kk = g.KH * g.KW, bck = bci * kk;
   const int64_t rb = g.R / br;
   const int64_t ld = kern.pt;  // wider tiles measured slower (the output tile leaves L1)
   const std::vector<uint8_t> used = used_channels(g, idx, ptr[rb], bci);
-  const Split s = split(g.columns(), ld, rb);
+  const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
+  const Split s = split(g, ld, rb);
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t) {
-    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
-    int64_t rb1;
+    int64_t c1, rb1;
+    const int64_t c0 = s.cols(task / s.chunks, c1);
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (rb0 == rb1) return;
-    T* panel = scratch<T>(kPanel, kdim * ld);
     T* tile = scratch<T>(kTile, g.R * ld);
-    if (ptr[rb1] > ptr[rb0]) build_panel(g, src, used, c0, c1, panel, ld);
+    const T* const* rows = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : nullptr;
     for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), panel, tile + b * br * ld, ld);
+      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), rows, tile + b * br * ld, ld);
     scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
   });
 }
@@ -322,24 +368,26 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
   // Wide tiles: the horizontal sums and the panel rows' set-up are paid once per tile.
-  const int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
+  const int64_t ld = kern.pt * (g.in_place() ? 4 : panel_widen(kdim, kern.pt, sizeof(T)));
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
-  const Split s = split(g.columns(), ld, rb);
+  const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
+  const Split s = split(g, ld, rb);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
   std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * per), T(0));
   std::fill(acc, acc + per, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
-    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
-    int64_t rb1;
+    int64_t c1, rb1;
+    const int64_t c0 = s.cols(task / s.chunks, c1);
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (ptr[rb1] == ptr[rb0]) return;
-    T* panel = scratch<T>(kPanel, kdim * ld);
     T* tile = scratch<T>(kTile, g.R * ld);
-    build_panel(g, src, used, c0, c1, panel, ld);
+    const T* const* rows = panel_rows(g, src, used, off, c0, c1, ld);
     gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
+    // The dot products run over whole vectors: the tile is zero past c1 - c0.
+    const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), panel, ld, ld, a);
+      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), rows, ld, n, a);
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];

@@ -32,13 +32,13 @@ static inline void add_sums4(const __m512* s, float* o) {
 static_assert(avx512::kVecs * avx512::Vec::W == kPtAvx512, "the tile width must match micro.h");
 
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* panel, float* tile, int64_t ld) {
-  avx512::spmm(vals, idx, b0, b1, br, bc, panel, tile, ld);
+                     const float* const* rows, float* tile, int64_t ld) {
+  avx512::spmm(vals, idx, b0, b1, br, bc, rows, tile, ld);
 }
 
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, int64_t ld, int64_t n, float* acc) {
-  avx512::sddmm(dtile, idx, b0, b1, br, bc, panel, ld, n, acc);
+                      const float* const* rows, int64_t ld, int64_t n, float* acc) {
+  avx512::sddmm(dtile, idx, b0, b1, br, bc, rows, ld, n, acc);
 }
 
 }  // namespace ebsparse::block_detail

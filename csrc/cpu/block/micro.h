@@ -3,7 +3,7 @@
 // tile's rows). Layouts: kernels.h.
 //
 // SpMM: a register tile of kRows output rows x 4 vectors stays in registers across every kept block
-// of the block row; per column c of a block, 4 aligned panel loads and kRows broadcasts feed
+// of the block row; per column c of a block, 4 panel loads and kRows broadcasts feed
 // 4 * kRows FMAs (a dense micro-GEMM per block: weights are reused across the 4 vectors, panel
 // loads across the kRows rows, which unstructured sparsity cannot do).
 // SDDMM: dot products of kRows gradient rows with 4 panel rows (4 * kRows accumulators) over the n
@@ -15,7 +15,7 @@ constexpr int kVecs = 4;
 
 template <int RT>
 inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, float* tile, int64_t ld, int r0) {
+                      const float* const* rows, float* tile, int64_t ld, int r0) {
   using V = typename Vec::T;
   V acc[RT][kVecs];
 #pragma GCC unroll 8
@@ -25,12 +25,12 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
   const int64_t bs = int64_t(br) * bc;
   for (int64_t j = b0; j < b1; ++j) {
     const float* a = vals + j * bs + int64_t(r0) * bc;
-    const float* p = panel + int64_t(idx[j]) * bc * ld;
+    const float* const* p = rows + int64_t(idx[j]) * bc;
     for (int c = 0; c < bc; ++c) {
-      const float* q = simd::base_address(p + c * ld);
+      const float* q = simd::base_address(p[c]);
       V b[kVecs];
 #pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::load(q + v * Vec::W));
+      for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::loadu(q + v * Vec::W));
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const V w = Vec::bcast(a[r * bc + c]);
@@ -46,24 +46,24 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
 }
 
 inline void spmm(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                 const float* panel, float* tile, int64_t ld) {
+                 const float* const* rows, float* tile, int64_t ld) {
   if (b0 == b1) return;
   int r = 0;
-  for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, panel, tile, ld, r);
-  for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, panel, tile, ld, r);
+  for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+  for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
 }
 
 template <int RT>
-inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* idx, int64_t j, int br, int bc,
+inline void sddmm_rows(const float* dtile, const float* const* rows, const int32_t* idx, int64_t j, int br, int bc,
                        int64_t ld, int64_t n, int r0, float* acc) {
   using V = typename Vec::T;
-  const float* p = panel + int64_t(idx[j]) * bc * ld;
+  const float* const* p = rows + int64_t(idx[j]) * bc;
   float* out = acc + j * int64_t(br) * bc;
   for (int c0 = 0; c0 < bc; c0 += 4) {
     const int nc = bc - c0 < 4 ? bc - c0 : 4;
     const float* b[4];
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) b[c] = p + int64_t(c0 + (c < nc ? c : nc - 1)) * ld;
+    for (int c = 0; c < 4; ++c) b[c] = p[c0 + (c < nc ? c : nc - 1)];
     V s[RT][4];
 #pragma GCC unroll 8
     for (int r = 0; r < RT; ++r)
@@ -72,7 +72,7 @@ inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* id
     for (int64_t i = 0; i < n; i += Vec::W) {
       V bv[4];
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) bv[c] = Vec::load(b[c] + i);
+      for (int c = 0; c < 4; ++c) bv[c] = Vec::loadu(b[c] + i);
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const V a = Vec::load(dtile + (r0 + r) * ld + i);
@@ -93,11 +93,11 @@ inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* id
 }
 
 inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                  const float* panel, int64_t ld, int64_t n, float* acc) {
+                  const float* const* rows, int64_t ld, int64_t n, float* acc) {
   for (int64_t j = b0; j < b1; ++j) {
     int r = 0;
-    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, panel, idx, j, br, bc, ld, n, r, acc);
-    for (; r < br; ++r) sddmm_rows<1>(dtile, panel, idx, j, br, bc, ld, n, r, acc);
+    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
+    for (; r < br; ++r) sddmm_rows<1>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
   }
 }
 
