@@ -76,6 +76,16 @@ struct Kernels {
   int pt;  // columns per SpMM call
   void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, T*, int64_t);
   void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, int64_t, int64_t, T*);
+  // The row-major linear kernels (kernels.h), for output widths of 2 or 4 vectors of `vec` (at one
+  // vector the broadcasts outnumber the FMAs' other loads and the transposed kernels were faster:
+  // bench/NOTES.md); null where there are none (fp64).
+  int vec = 0;
+  void (*rspmm)(const T*, int64_t, int64_t, const T*, const int32_t*, int64_t, int64_t, int, int, const T*, T*,
+                int64_t) = nullptr;
+  void (*rsddmm)(const T*, int64_t, int, const T*, int64_t, int64_t, int, T*) = nullptr;
+  bool rowwise(int64_t ow) const {
+    return vec && ow % vec == 0 && (ow / vec == 2 || ow / vec == 4);
+  }
 };
 
 template <typename T>
@@ -84,8 +94,9 @@ Kernels<T> pick_kernels();
 template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = block_detail;
-  if (cpu_capability() == CpuCapability::kAvx512) return {d::kPtAvx512, d::spmm_f32_avx512, d::sddmm_f32_avx512};
-  return {d::kPtAvx2, d::spmm_f32_avx2, d::sddmm_f32_avx2};
+  if (cpu_capability() == CpuCapability::kAvx512)
+    return {d::kPtAvx512, d::spmm_f32_avx512, d::sddmm_f32_avx512, 16, d::rspmm_f32_avx512, d::rsddmm_f32_avx512};
+  return {d::kPtAvx2, d::spmm_f32_avx2, d::sddmm_f32_avx2, 8, d::rspmm_f32_avx2, d::rsddmm_f32_avx2};
 }
 
 template <>
@@ -393,7 +404,73 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];
 }
 
+// ---- the linear layer in row-major layout (kernels.h's rspmm / rsddmm) ------------------------------
+// The activations are read where they lie, so the forward and grad-input skip the transposes of the
+// input and output (as costly as the kernel at 95% sparsity) and the grad-weight those of the input
+// and grad_output, and its horizontal sums.
+
+// out (N, nb * ow) = a (N, lda) . block-sparse S, S's block row b holding blocks j in [ptr[b], ptr[b+1])
+// at block columns idx[j] of kb rows, packed [j][k][i] (the (kb x ow) block as right-hand operand).
+template <typename T>
+void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, const T* packed, const int32_t* ptr,
+                  const int32_t* idx, int64_t nb, int kb, int ow, const T* bias, T* out) {
+  constexpr int64_t kRowsPerTask = 48;  // the rows' activations stay in L2 across the block rows
+  const int64_t tiles = (N + kRowsPerTask - 1) / kRowsPerTask, threads = at::get_num_threads();
+  const int64_t chunks = tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
+  const int64_t ldo = nb * ow;
+  run_tasks(tiles * chunks, [&](int64_t task, int64_t) {
+    const int64_t n0 = (task / chunks) * kRowsPerTask, rows = std::min(N - n0, kRowsPerTask);
+    const int64_t c = task % chunks, b0 = nb * c / chunks, b1 = nb * (c + 1) / chunks;
+    for (int64_t b = b0; b < b1; ++b)
+      kern.rspmm(a + n0 * lda, lda, rows, packed, idx, ptr[b], ptr[b + 1], kb, ow, bias ? bias + b * ow : nullptr,
+                 out + n0 * ldo + b * ow, ldo);
+  });
+}
+
+// acc[j * br * bc + r * bc + c] = sum_n dy[n, b * br + r] * x[n, idx[j] * bc + c] at the kept blocks.
+template <typename T>
+void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
+                   const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
+  // Passes of 128 rows, their strips of dy and x copied contiguous first: read in place, rows a
+  // power-of-two apart fall into one L1 set and every row tile of a block re-reads them from L2.
+  constexpr int64_t kRowsPerPass = 128;
+  const int64_t per = int64_t(br) * bc;
+  run_tasks(rb, [&](int64_t b, int64_t) {
+    if (ptr[b + 1] == ptr[b]) return;
+    std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
+    T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
+    T* xstrip = scratch<T>(kPanel, kRowsPerPass * bc);
+    for (int64_t n0 = 0; n0 < N; n0 += kRowsPerPass) {
+      const int64_t rows = std::min(N - n0, kRowsPerPass);
+      for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, dy + (n0 + n) * R + b * br, sizeof(T) * br);
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j) {
+        const T* xs = x + n0 * C + int64_t(idx[j]) * bc;
+        for (int64_t n = 0; n < rows; ++n) std::memcpy(xstrip + n * bc, xs + n * C, sizeof(T) * bc);
+        kern.rsddmm(dstrip, br, br, xstrip, bc, rows, bc, acc + j * per);
+      }
+    }
+  });
+}
+
 // ---- weights packed per call -----------------------------------------------------------------------
+
+// vals[j][c][r] = W[(b * br + r), idx[j] * bc + c]: the kept blocks transposed (the right-hand
+// operand of the row-major forward).
+template <typename T>
+at::Tensor pack_forward_rowwise(const at::Tensor& w, const int32_t* ptr, const int32_t* idx, int64_t rb, int64_t br,
+                                int64_t bc) {
+  const int64_t K = w.size(1);
+  at::Tensor vals = at::empty({ptr[rb] * br * bc}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        for (int64_t r = 0; r < br; ++r)
+          for (int64_t c = 0; c < bc; ++c) v[(j * bc + c) * br + r] = W[(b * br + r) * K + idx[j] * bc + c];
+  });
+  return vals;
+}
 
 // vals[j][r][c] = W2d[(b * br + r), idx[j] * bck + c] for the kept blocks (forward order).
 template <typename T>
@@ -408,6 +485,24 @@ at::Tensor pack_forward(const at::Tensor& w, const int32_t* ptr, const int32_t* 
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
         for (int64_t r = 0; r < br; ++r)
           std::memcpy(v + (j * br + r) * bck, W + (b * br + r) * kdim + idx[j] * bck, sizeof(T) * bck);
+  });
+  return vals;
+}
+
+// vals[j][r][c] = W[ridx[j] * bo + r, b * bi + c] in the transposed pattern's order (cptr over
+// block columns b): the right-hand operand of the row-major grad-input.
+template <typename T>
+at::Tensor pack_columns_rowwise(const at::Tensor& w, const int32_t* cptr, const int32_t* ridx, int64_t cb, int64_t bo,
+                                int64_t bi) {
+  const int64_t K = w.size(1);
+  at::Tensor vals = at::empty({cptr[cb] * bo * bi}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, cb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = cptr[b]; j < cptr[b + 1]; ++j)
+        for (int64_t r = 0; r < bo; ++r)
+          std::memcpy(v + (j * bo + r) * bi, W + (int64_t(ridx[j]) * bo + r) * K + b * bi, sizeof(T) * bi);
   });
   return vals;
 }
@@ -475,6 +570,15 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
                          const std::optional<at::Tensor>& bias, const int32_t* ptr, const int32_t* idx, int64_t bo,
                          int64_t bi) {
   const int64_t rb = g.R / bo, kk = g.KH * g.KW;
+  const Kernels<T> kern = pick_kernels<T>();
+  if (g.linear && kern.rowwise(bo)) {
+    at::Tensor vals = pack_forward_rowwise<T>(w, ptr, idx, rb, bo, bi);
+    at::Tensor out = at::empty({g.N, g.R}, x.options());
+    at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+    rowwise_spmm<T>(kern, x.const_data_ptr<T>(), g.N, g.C, vals.const_data_ptr<T>(), ptr, idx, rb, int(bi), int(bo),
+                    bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+    return out;
+  }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
   at::Tensor src = g.linear ? x : padded_input<T>(x, g);
@@ -489,6 +593,14 @@ template <typename T>
 at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at::Tensor& w, const int32_t* cptr,
                             const int32_t* ridx, int64_t bo, int64_t bi) {
   const int64_t cb = fwd.C / bi;
+  const Kernels<T> kern = pick_kernels<T>();
+  if (fwd.linear && kern.rowwise(bi)) {
+    at::Tensor vals = pack_columns_rowwise<T>(w, cptr, ridx, cb, bo, bi);
+    at::Tensor out = at::empty({fwd.N, fwd.C}, dy.options());
+    rowwise_spmm<T>(kern, dy.const_data_ptr<T>(), fwd.N, fwd.R, vals.const_data_ptr<T>(), cptr, ridx, cb, int(bo),
+                    int(bi), nullptr, out.mutable_data_ptr<T>());
+    return out;
+  }
   at::Tensor vals = pack_transposed<T>(w, cptr, ridx, cb, bo, bi, fwd.KH, fwd.KW);
   if (fwd.linear) {
     Geometry g = linear_geometry(fwd.N, fwd.R, fwd.C);
@@ -517,6 +629,12 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
                              const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
   const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
   at::Tensor acc = at::empty({ptr[rb] * bo * bck}, x.options());
+  const Kernels<T> kern = pick_kernels<T>();
+  if (g.linear && kern.rowwise(bi)) {
+    rowwise_sddmm<T>(kern, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), g.N, g.R, g.C, ptr, idx, rb, int(bo),
+                     int(bi), acc.mutable_data_ptr<T>());
+    return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
+  }
   at::Tensor src = g.linear ? x : padded_input<T>(x, g);
   grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                         acc.mutable_data_ptr<T>());

@@ -102,3 +102,108 @@ inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1
 }
 
 }  // namespace
+
+// ---- row-major kernels of the linear layer (no transposes) -----------------------------------------
+// rspmm: out rows of RT batch rows x NV vectors (one block's ow outputs) stay in registers across the
+// kept blocks; per k, NV aligned loads of the packed block row and RT broadcasts of the activation
+// feed RT * NV FMAs. rsddmm: an (RT x ow) piece of a block's gradient in registers, summed over the
+// batch rows as outer products: no horizontal sums, no transposed copies of the activations.
+
+namespace {
+
+template <int RT, int NV>
+inline void rspmm_tile(const float* a, int64_t lda, const float* packed, const int32_t* idx, int64_t b0, int64_t b1,
+                       int kb, const float* init, float* out, int64_t ldo) {
+  using V = typename Vec::T;
+  constexpr int ow = NV * Vec::W;
+  V acc[RT][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const V i = init ? Vec::loadu(init + v * Vec::W) : Vec::zero();
+#pragma GCC unroll 24
+    for (int r = 0; r < RT; ++r) acc[r][v] = i;
+  }
+  for (int64_t j = b0; j < b1; ++j) {
+    const float* aj = a + int64_t(idx[j]) * kb;
+    const float* pj = simd::base_address(packed + j * kb * ow);
+    for (int k = 0; k < kb; ++k) {
+      V w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = Vec::in_register(Vec::load(pj + k * ow + v * Vec::W));
+#pragma GCC unroll 24
+      for (int r = 0; r < RT; ++r) {
+        const V x = Vec::bcast(aj[r * lda + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(x, w[v], acc[r][v]);
+      }
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Vec::storeu(out + r * ldo + v * Vec::W, acc[r][v]);
+}
+
+template <int NV>
+inline void rspmm_nv(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                     int64_t b1, int kb, const float* init, float* out, int64_t ldo) {
+  constexpr int RT = kAcc / NV;
+  int64_t n = 0;
+  for (; n + RT <= rows; n += RT) rspmm_tile<RT, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+  for (; n < rows; ++n) rspmm_tile<1, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+}
+
+inline void rspmm(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                  int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
+  switch (ow / Vec::W) {
+    case 2: return rspmm_nv<2>(a, lda, rows, packed, idx, b0, b1, kb, init, out, ldo);
+    default: return rspmm_nv<4>(a, lda, rows, packed, idx, b0, b1, kb, init, out, ldo);
+  }
+}
+
+template <int RT, int NV>
+inline void rsddmm_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows, float* out) {
+  using V = typename Vec::T;
+  constexpr int ow = NV * Vec::W;
+  V acc[RT][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::loadu(out + r * ow + v * Vec::W);
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* bn = simd::base_address(b + n * ldb);
+    const float* an = simd::base_address(a + n * lda);
+    V x[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) x[v] = Vec::in_register(Vec::loadu(bn + v * Vec::W));
+#pragma GCC unroll 24
+    for (int r = 0; r < RT; ++r) {
+      const V g = Vec::bcast(an[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(g, x[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Vec::storeu(out + r * ow + v * Vec::W, acc[r][v]);
+}
+
+template <int NV>
+inline void rsddmm_nv(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, float* out) {
+  constexpr int RT = kAcc / NV, ow = NV * Vec::W;
+  int r = 0;
+  for (; r + RT <= kr; r += RT) rsddmm_tile<RT, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+  for (; r + 4 <= kr; r += 4) rsddmm_tile<4, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+  for (; r < kr; ++r) rsddmm_tile<1, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+}
+
+inline void rsddmm(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                   float* out) {
+  switch (ow / Vec::W) {
+    case 2: return rsddmm_nv<2>(a, lda, kr, b, ldb, rows, out);
+    default: return rsddmm_nv<4>(a, lda, kr, b, ldb, rows, out);
+  }
+}
+
+}  // namespace
