@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.phases import native_kernels
 from ebsparse.formats.block import build_block_index, random_block_mask
 
 PHASES = ["forward", "grad-input", "grad-weight"]
@@ -29,7 +30,9 @@ def _cpu_ms(fn) -> float:
 
 
 def calls(kind: str, block, sparsity: float, op):
-    """{phase: call} for the block op `op` and for dense ATen, on bench/block_cpu_time.py's shapes."""
+    """({phase: call} for the block op `op`, {phase: call} for dense ATen, the mask), on
+    bench/block_cpu_time.py's shapes. The dense grad-weight is the whole gradient (what dense
+    training computes); the block one is zero off the mask."""
     g = torch.Generator().manual_seed(0)
     if kind == "linear":
         x, w, dy = (torch.randn(s, generator=g) for s in ((1024, 1024), (1024, 1024), (1024, 1024)))
@@ -56,7 +59,7 @@ def calls(kind: str, block, sparsity: float, op):
 
         dense = {"forward": lambda: F.conv2d(x, wm, None, 1, 1), "grad-input": conv_backward(0),
                  "grad-weight": conv_backward(1)}
-    return sparse, dense
+    return sparse, dense, mask
 
 
 def main() -> None:
@@ -68,7 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ops = {"ours": torch.ops.ebsparse}
+    ops = {"ours": native_kernels()}
     if args.against:
         from bench.compare_builds import load_revision
         ops[args.against] = load_revision(args.against)
