@@ -45,26 +45,28 @@ namespace {
 // ---- kernels -------------------------------------------------------------------------------------
 
 template <typename T, int PT>
-void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* const* rows,
-                  T* tile, int64_t ld) {
+void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
+                  const T* const* rows, T* tile, int64_t ld) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T w = vals[(j * br + r) * bc + c];
-        const T* p = rows[int64_t(idx[j]) * bc + c];
+        const int64_t k = int64_t(idx[j]) * bc + c;
+        const T* p = rows ? rows[k] : panel + k * ld;
         T* t = tile + r * ld;
         for (int i = 0; i < PT; ++i) t[i] += w * p[i];
       }
 }
 
 template <typename T>
-void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
+void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
                    const T* const* rows, int64_t ld, int64_t n, T* acc) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T* a = dtile + r * ld;
-        const T* p = rows[int64_t(idx[j]) * bc + c];
+        const int64_t k = int64_t(idx[j]) * bc + c;
+        const T* p = rows ? rows[k] : panel + k * ld;
         T s = 0;
         for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
         acc[(j * br + r) * bc + c] += s;
@@ -74,8 +76,9 @@ void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, i
 template <typename T>
 struct Kernels {
   int pt;  // columns per SpMM call
-  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, T*, int64_t);
-  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T* const*, int64_t, int64_t, T*);
+  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, T*, int64_t);
+  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, int64_t, int64_t,
+                T*);
   // The row-major linear kernels (kernels.h), for output widths of 2 or 4 vectors of `vec` (at one
   // vector the broadcasts outnumber the FMAs' other loads and the transposed kernels were faster:
   // bench/NOTES.md); null where there are none (fp64).
@@ -227,22 +230,28 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
         for (int64_t k = ci * kk; k < (ci + 1) * kk; ++k) std::fill(panel + k * ld + n, panel + (k + 1) * ld, T(0));
 }
 
-// The panel rows of column tile [c0, c1) (rows[k] for k < kdim): read in place from src for in-place
-// geometries (a tile lies in one image there), else copied into the thread's panel.
+// The panel rows of column tile [c0, c1): read in place from src for in-place geometries (a tile
+// lies in one image there: a table of row pointers), else copied into the thread's panel (rows ld
+// apart, so the kernels compute addresses instead of loading them).
 template <typename T>
-const T* const* panel_rows(const Geometry& g, const T* src, const std::vector<uint8_t>& used,
-                           const std::vector<int64_t>& off, int64_t c0, int64_t c1, int64_t ld) {
+struct PanelRows {
+  const T* panel = nullptr;
+  const T* const* rows = nullptr;
+};
+
+template <typename T>
+PanelRows<T> panel_rows(const Geometry& g, const T* src, const std::vector<uint8_t>& used,
+                        const std::vector<int64_t>& off, int64_t c0, int64_t c1, int64_t ld) {
   const int64_t kdim = g.kdim();
-  const T** rows = scratch<const T*>(kRowPtrs, kdim);
   if (g.in_place()) {
+    const T** rows = scratch<const T*>(kRowPtrs, kdim);
     const T* base = src + (c0 / g.qn) * g.C * g.Hp * g.Wp + c0 % g.qn;
     for (int64_t k = 0; k < kdim; ++k) rows[k] = base + off[k];
-  } else {
-    T* panel = scratch<T>(kPanel, kdim * ld);
-    build_panel(g, src, used, c0, c1, panel, ld);
-    for (int64_t k = 0; k < kdim; ++k) rows[k] = panel + k * ld;
+    return {nullptr, rows};
   }
-  return rows;
+  T* panel = scratch<T>(kPanel, kdim * ld);
+  build_panel(g, src, used, c0, c1, panel, ld);
+  return {panel, nullptr};
 }
 
 // Calls f(img, q0, len, i0) for the pieces of columns [c0, c1) that lie in one image.
@@ -364,10 +373,10 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (rb0 == rb1) return;
     T* tile = scratch<T>(kTile, g.R * ld);
-    const T* const* rows = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : nullptr;
+    const PanelRows<T> p = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : PanelRows<T>{};
     for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), rows, tile + b * br * ld, ld);
+      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
     scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
   });
 }
@@ -392,14 +401,14 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (ptr[rb1] == ptr[rb0]) return;
     T* tile = scratch<T>(kTile, g.R * ld);
-    const T* const* rows = panel_rows(g, src, used, off, c0, c1, ld);
+    const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
     for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
       if (ptr[b + 1] > ptr[b]) gather_tile(g, dy, b * br, (b + 1) * br, c0, c1, tile, ld);
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), rows, ld, n, a);
+      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, a);
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];

@@ -4,7 +4,8 @@
 // Layouts (block.cpp builds them per call in per-thread scratch, 64-byte aligned):
 //   rows   rows[k][i]: row k of the right-hand operand (a transposed activation for linear, an
 //          im2col row (ci, kh, kw) for conv) at column i of the current column tile: a row of a
-//          copied panel, or (stride-1 conv) a run of the padded input read in place, unaligned.
+//          copied panel (`panel`, rows ld apart, when `rows` is null), or (stride-1 conv) a run of
+//          the padded input read in place through the table `rows`, unaligned.
 //   tile   T[r * ld + i]: output row r (output channel / feature) at column i.
 //   blocks the kept blocks of one block row, j in [b0, b1): idx[j] is the block column, and
 //          vals[j * br * bc + r * bc + c] the weight at row r, column c of block j (packed per call).
@@ -20,16 +21,20 @@ constexpr int kPtAvx2 = 32;
 // T[r * ld + i] += sum_{j in [b0, b1)} sum_{c < bc} vals[j][r, c] * rows[idx[j] * bc + c][i]
 // for r < br, i < kPt (the first kPt columns of the panel and tile pointers passed).
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* const* rows, float* tile, int64_t ld);
+                     const float* panel, const float* const* rows,
+                     float* tile, int64_t ld);
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                   const float* const* rows, float* tile, int64_t ld);
+                   const float* panel, const float* const* rows,
+                     float* tile, int64_t ld);
 
 // acc[j * br * bc + r * bc + c] += sum_{i < n} D[r * ld + i] * rows[idx[j] * bc + c][i]
 // for j in [b0, b1), r < br, c < bc; n a multiple of the vector width.
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* const* rows, int64_t ld, int64_t n, float* acc);
+                      const float* panel, const float* const* rows,
+                      int64_t ld, int64_t n, float* acc);
 void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                    const float* const* rows, int64_t ld, int64_t n, float* acc);
+                    const float* panel, const float* const* rows,
+                      int64_t ld, int64_t n, float* acc);
 
 // Row-major kernels of the linear layer (activations read as they lie, rows of lda / ldb floats);
 // ow (a block's output width) 2 or 4 vectors; packed 64-byte

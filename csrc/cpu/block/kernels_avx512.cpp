@@ -33,13 +33,17 @@ static inline void add_sums4(const __m512* s, float* o) {
 static_assert(avx512::kVecs * avx512::Vec::W == kPtAvx512, "the tile width must match micro.h");
 
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* const* rows, float* tile, int64_t ld) {
-  avx512::spmm(vals, idx, b0, b1, br, bc, rows, tile, ld);
+                     const float* panel, const float* const* rows,
+                     float* tile, int64_t ld) {
+  if (rows) return avx512::spmm(vals, idx, b0, b1, br, bc, avx512::TableRows{rows}, tile, ld);
+  avx512::spmm(vals, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, tile, ld);
 }
 
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* const* rows, int64_t ld, int64_t n, float* acc) {
-  avx512::sddmm(dtile, idx, b0, b1, br, bc, rows, ld, n, acc);
+                      const float* panel, const float* const* rows, int64_t ld, int64_t n,
+                      float* acc) {
+  if (rows) return avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::TableRows{rows}, ld, n, acc);
+  avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, ld, n, acc);
 }
 
 void rspmm_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,

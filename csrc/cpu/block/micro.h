@@ -13,9 +13,21 @@ namespace {
 
 constexpr int kVecs = 4;
 
-template <int RT>
+// How a kernel finds panel row k: a copied panel (rows ld apart: the address is computed, no load)
+// or a table of row pointers (rows read in place).
+struct StridedRows {
+  const float* base;
+  int64_t ld;
+  const float* operator[](int64_t k) const { return base + k * ld; }
+};
+struct TableRows {
+  const float* const* rows;
+  const float* operator[](int64_t k) const { return rows[k]; }
+};
+
+template <int RT, class Rows>
 inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* const* rows, float* tile, int64_t ld, int r0) {
+                      Rows rows, float* tile, int64_t ld, int r0) {
   using V = typename Vec::T;
   V acc[RT][kVecs];
 #pragma GCC unroll 8
@@ -25,9 +37,9 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
   const int64_t bs = int64_t(br) * bc;
   for (int64_t j = b0; j < b1; ++j) {
     const float* a = vals + j * bs + int64_t(r0) * bc;
-    const float* const* p = rows + int64_t(idx[j]) * bc;
+    const int64_t k0 = int64_t(idx[j]) * bc;
     for (int c = 0; c < bc; ++c) {
-      const float* q = simd::base_address(p[c]);
+      const float* q = simd::base_address(rows[k0 + c]);
       V b[kVecs];
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::loadu(q + v * Vec::W));
@@ -45,25 +57,26 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
     for (int v = 0; v < kVecs; ++v) Vec::store(tile + (r0 + r) * ld + v * Vec::W, acc[r][v]);
 }
 
+template <class Rows>
 inline void spmm(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                 const float* const* rows, float* tile, int64_t ld) {
+                 Rows rows, float* tile, int64_t ld) {
   if (b0 == b1) return;
   int r = 0;
   for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
   for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
 }
 
-template <int RT>
-inline void sddmm_rows(const float* dtile, const float* const* rows, const int32_t* idx, int64_t j, int br, int bc,
+template <int RT, class Rows>
+inline void sddmm_rows(const float* dtile, Rows rows, const int32_t* idx, int64_t j, int br, int bc,
                        int64_t ld, int64_t n, int r0, float* acc) {
   using V = typename Vec::T;
-  const float* const* p = rows + int64_t(idx[j]) * bc;
+  const int64_t k0 = int64_t(idx[j]) * bc;
   float* out = acc + j * int64_t(br) * bc;
   for (int c0 = 0; c0 < bc; c0 += 4) {
     const int nc = bc - c0 < 4 ? bc - c0 : 4;
     const float* b[4];
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) b[c] = p[c0 + (c < nc ? c : nc - 1)];
+    for (int c = 0; c < 4; ++c) b[c] = rows[k0 + c0 + (c < nc ? c : nc - 1)];
     V s[RT][4];
 #pragma GCC unroll 8
     for (int r = 0; r < RT; ++r)
@@ -92,8 +105,9 @@ inline void sddmm_rows(const float* dtile, const float* const* rows, const int32
   }
 }
 
+template <class Rows>
 inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                  const float* const* rows, int64_t ld, int64_t n, float* acc) {
+                  Rows rows, int64_t ld, int64_t n, float* acc) {
   for (int64_t j = b0; j < b1; ++j) {
     int r = 0;
     for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
