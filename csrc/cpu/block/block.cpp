@@ -402,8 +402,12 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     if (ptr[rb1] == ptr[rb0]) return;
     T* tile = scratch<T>(kTile, g.R * ld);
     const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
-    for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
-      if (ptr[b + 1] > ptr[b]) gather_tile(g, dy, b * br, (b + 1) * br, c0, c1, tile, ld);
+    if (g.linear) {  // one transpose: per block row, small blocks would make it many partial ones
+      gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
+    } else {
+      for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
+        if (ptr[b + 1] > ptr[b]) gather_tile(g, dy, b * br, (b + 1) * br, c0, c1, tile, ld);
+    }
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;

@@ -163,7 +163,8 @@ inline void rspmm_nv(const float* a, int64_t lda, int64_t rows, const float* pac
                      int64_t b1, int kb, const float* init, float* out, int64_t ldo) {
   constexpr int RT = kAcc / NV;
   int64_t n = 0;
-  for (; n + RT <= rows; n += RT) rspmm_tile<RT, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+  for (; n + RT <= rows; n += RT)
+    rspmm_tile<RT, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
   for (; n < rows; ++n) rspmm_tile<1, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
 }
 
