@@ -4,11 +4,14 @@ descheduled by another accumulates no CPU time). One thread (CPU time of several
 their spinning). Each row: forward + grad-input + grad-weight of the native block kernels against
 F.linear / F.conv2d and their autograd backward on the masked weight, minimum over the rounds.
 
-Run: ``OMP_NUM_THREADS=1 python -m bench.block_cpu_time`` (prints a markdown table).
+Run: ``OMP_NUM_THREADS=1 python -m bench.block_cpu_time [--against REV]`` (prints a markdown table;
+with --against, REV's build, compiled by bench.compare_builds.load_revision, is timed in the same
+rounds and its speed-up printed beside).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -27,17 +30,21 @@ def _cpu_ms(fn) -> float:
     return 1e3 * (time.process_time() - start)
 
 
-def _pair(sparse, dense, rounds=ROUNDS) -> tuple[float, float]:
-    sparse(), dense()
-    s = d = float("inf")
+def _pair(sparse, dense, rounds=ROUNDS, other=None) -> tuple[float, ...]:
+    """Minimum CPU ms of (sparse, dense[, other]) over the rounds, timed alternately."""
+    fns = [sparse, dense] + ([other] if other else [])
+    for f in fns:
+        f()
+    best = [float("inf")] * len(fns)
     for _ in range(rounds):
-        s, d = min(s, _cpu_ms(sparse)), min(d, _cpu_ms(dense))
-    return s, d
+        for i, f in enumerate(fns):
+            best[i] = min(best[i], _cpu_ms(f))
+    return tuple(best)
 
 
-def _steps(kind: str, block, sparsity: float):
+def _steps(kind: str, block, sparsity: float, ops=None):
     g = torch.Generator().manual_seed(0)
-    ops = torch.ops.ebsparse
+    ops = ops or torch.ops.ebsparse
     if kind == "linear":
         x, w, dy = (torch.randn(s, generator=g) for s in ((1024, 1024), (1024, 1024), (1024, 1024)))
     else:
@@ -64,17 +71,32 @@ def _steps(kind: str, block, sparsity: float):
     return sparse, dense
 
 
-def table() -> str:
+def table(against: str | None = None) -> str:
     torch.set_num_threads(1)
+    other = None
+    if against:
+        from bench.compare_builds import load_revision
+        other = load_revision(against)
+    extra = f" {against} ms | {against} speed-up |" if other else ""
     lines = [f"CPU time, 1 thread, CPU capability {torch.ops.ebsparse.cpu_capability()}", "",
-             "| layer | block | sparsity | block ms | dense ms | speed-up |", "|---|---|---|---|---|---|"]
+             "| layer | block | sparsity | block ms | dense ms | speed-up |" + extra,
+             "|---|---|---|---|---|---|" + ("---|---|" if other else "")]
+    print("\n".join(lines), flush=True)  # the rows follow as they are measured
     for kind, name in (("linear", "linear 1024x1024, batch 1024"), ("conv", "conv 256->256 3x3 32x32, batch 8")):
         for sparsity in SPARSITIES:
             for block in BLOCKS:
-                s, d = _pair(*_steps(kind, block, sparsity))
-                lines.append(f"| {name} | {block[0]}x{block[1]} | {sparsity} | {s:.1f} | {d:.1f} | {d / s:.2f}x |")
+                sparse, dense = _steps(kind, block, sparsity)
+                t = _pair(sparse, dense, other=_steps(kind, block, sparsity, other)[0] if other else None)
+                s, d = t[0], t[1]
+                row = f"| {name} | {block[0]}x{block[1]} | {sparsity} | {s:.1f} | {d:.1f} | {d / s:.2f}x |"
+                if other:
+                    row += f" {t[2]:.1f} | {d / t[2]:.2f}x |"
+                lines.append(row)
+                print(row, flush=True)
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(table())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", help="git revision whose build is timed alongside")
+    table(parser.parse_args().against)

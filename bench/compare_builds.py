@@ -43,10 +43,15 @@ def load_revision(rev: str):
     work = pathlib.Path(tempfile.mkdtemp(prefix="ebsparse-ab-"))
     archive = subprocess.run(["git", "archive", rev, "csrc"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
-    sources = sorted(work.glob("csrc/**/*.cpp"))
-    for path in sources:
+    sources = []
+    for path in sorted(work.glob("csrc/**/*.cpp")):
         text = re.sub(r"TORCH_LIBRARY(_IMPL)?\(ebsparse,", rf"TORCH_LIBRARY\1({namespace},", path.read_text())
-        path.write_text(text)
+        path.unlink()
+        # Unique file names: ninja names each object after its source's, and several directories
+        # hold a kernels_avx2.cpp.
+        unique = path.with_name("_".join(path.relative_to(work / "csrc").parts))
+        unique.write_text(text)
+        sources.append(unique)
     cpp_extension.load(name=namespace, sources=[str(p) for p in sources], extra_cflags=CXX_FLAGS,
                        extra_ldflags=["-fopenmp"], extra_include_paths=[str(work / "csrc")],
                        build_directory=str(work), is_python_module=False, verbose=False)

@@ -114,6 +114,11 @@ def check_native_kernels():
             _check_linear("native", 133, 3, 2, block, 0.5, dtype, 1)
             _check_conv("native", 2, 2, 2, block, (9, 7), 3, 1, 1, 1, 0.5, dtype, 2)
             _check_conv("native", 2, 2, 1, block, (8, 9), 3, 2, 1, 1, 0.5, dtype, 3)
+            # Stride 1 reads the padded input in place: images of several column tiles, tiles that
+            # end mid-row and at the last column (reads past it), dilation, full and empty masks.
+            _check_conv("native", 2, 2, 2, block, (21, 19), 3, 1, 1, 1, 0.5, dtype, 4)
+            _check_conv("native", 1, 1, 2, block, (17, 30), 3, 1, 2, 2, 1.0, dtype, 5)
+            _check_conv("native", 3, 2, 1, block, (13, 40), 1, 1, 0, 1, 0.0, dtype, 6)
 
 
 def test_native_avx2_kernels_match_reference():

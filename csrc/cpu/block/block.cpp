@@ -46,12 +46,13 @@ namespace {
 
 template <typename T, int PT>
 void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
-                  T* tile, int64_t ld) {
+                  const T* const* rows, T* tile, int64_t ld) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T w = vals[(j * br + r) * bc + c];
-        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        const int64_t k = int64_t(idx[j]) * bc + c;
+        const T* p = rows ? rows[k] : panel + k * ld;
         T* t = tile + r * ld;
         for (int i = 0; i < PT; ++i) t[i] += w * p[i];
       }
@@ -59,12 +60,13 @@ void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int
 
 template <typename T>
 void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
-                   int64_t ld, int64_t n, T* acc) {
+                   const T* const* rows, int64_t ld, int64_t n, T* acc) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
         const T* a = dtile + r * ld;
-        const T* p = panel + (int64_t(idx[j]) * bc + c) * ld;
+        const int64_t k = int64_t(idx[j]) * bc + c;
+        const T* p = rows ? rows[k] : panel + k * ld;
         T s = 0;
         for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
         acc[(j * br + r) * bc + c] += s;
@@ -74,8 +76,19 @@ void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, i
 template <typename T>
 struct Kernels {
   int pt;  // columns per SpMM call
-  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, T*, int64_t);
-  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, int64_t, int64_t, T*);
+  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, T*, int64_t);
+  void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, int64_t, int64_t,
+                T*);
+  // The row-major linear kernels (kernels.h), for output widths of 2 or 4 vectors of `vec` (at one
+  // vector the broadcasts outnumber the FMAs' other loads and the transposed kernels were faster:
+  // bench/NOTES.md); null where there are none (fp64).
+  int vec = 0;
+  void (*rspmm)(const T*, int64_t, int64_t, const T*, const int32_t*, int64_t, int64_t, int, int, const T*, T*,
+                int64_t) = nullptr;
+  void (*rsddmm)(const T*, int64_t, int, const T*, int64_t, int64_t, int, T*) = nullptr;
+  bool rowwise(int64_t ow) const {
+    return vec && ow % vec == 0 && (ow / vec == 2 || ow / vec == 4);
+  }
 };
 
 template <typename T>
@@ -84,8 +97,9 @@ Kernels<T> pick_kernels();
 template <>
 Kernels<float> pick_kernels<float>() {
   namespace d = block_detail;
-  if (cpu_capability() == CpuCapability::kAvx512) return {d::kPtAvx512, d::spmm_f32_avx512, d::sddmm_f32_avx512};
-  return {d::kPtAvx2, d::spmm_f32_avx2, d::sddmm_f32_avx2};
+  if (cpu_capability() == CpuCapability::kAvx512)
+    return {d::kPtAvx512, d::spmm_f32_avx512, d::sddmm_f32_avx512, 16, d::rspmm_f32_avx512, d::rsddmm_f32_avx512};
+  return {d::kPtAvx2, d::spmm_f32_avx2, d::sddmm_f32_avx2, 8, d::rspmm_f32_avx2, d::rsddmm_f32_avx2};
 }
 
 template <>
@@ -106,7 +120,7 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kSlots };
+enum Slot { kPanel, kTile, kRowPtrs, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -134,14 +148,24 @@ struct Geometry {
     qn = unit ? (Ho - 1) * Wp + Wo : Ho * Wo;
   }
   bool unit_stride() const { return sh == 1 && sw == 1; }
+  // Stride-1 convolutions read their panel rows in place: row (ci, kh, kw) of the columns
+  // [q0, q0 + n) of one image is the run at offset(ci, kh, kw) + q0 of that image's padded input.
+  bool in_place() const { return !linear && unit_stride(); }
   int64_t kdim() const { return C * KH * KW; }
   int64_t columns() const { return N * qn; }
 };
 
-// The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside.
+// Floats past the padded input that an in-place tile may read (columns discarded or zero in the
+// gradient tile): a column tile (at most 4 micro-kernel widths) can start at the last column.
+constexpr int64_t kOverRead = 4 * block_detail::kPtAvx512;
+
+// The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside; flat, with
+// kOverRead zeros after it.
 template <typename T>
 at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
-  at::Tensor out = at::empty({g.N, g.C, g.Hp, g.Wp}, x.options());
+  const int64_t total = g.N * g.C * g.Hp * g.Wp;
+  at::Tensor out = at::empty({total + kOverRead}, x.options());
+  std::fill(out.mutable_data_ptr<T>() + total, out.mutable_data_ptr<T>() + total + kOverRead, T(0));
   const T* src = x.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
@@ -165,6 +189,16 @@ at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
   return out;
 }
 
+// Offsets of the panel rows (ci, kh, kw) in one image's padded input (in-place geometries).
+std::vector<int64_t> row_offsets(const Geometry& g) {
+  std::vector<int64_t> off(g.kdim());
+  for (int64_t ci = 0; ci < g.C; ++ci)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw)
+        off[(ci * g.KH + kh) * g.KW + kw] = ci * g.Hp * g.Wp + kh * g.dh * g.Wp + kw * g.dw;
+  return off;
+}
+
 // Panel rows of the input channels marked in `used` for columns [c0, c1) (zero past c1).
 template <typename T>
 void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& used, int64_t c0, int64_t c1,
@@ -181,13 +215,9 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
         for (int64_t kh = 0; kh < g.KH; ++kh)
           for (int64_t kw = 0; kw < g.KW; ++kw) {
             T* row = panel + (ci * kk + kh * g.KW + kw) * ld + i0;
-            if (g.unit_stride()) {
-              std::memcpy(row, plane + kh * g.dh * g.Wp + kw * g.dw + q0, sizeof(T) * len);
-            } else {
-              for (int64_t t = 0; t < len; ++t) {
-                const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
-                row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
-              }
+            for (int64_t t = 0; t < len; ++t) {
+              const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
+              row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
             }
           }
       }
@@ -198,6 +228,30 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
     for (int64_t ci = 0; ci < g.C; ++ci)
       if (g.linear || used[ci])
         for (int64_t k = ci * kk; k < (ci + 1) * kk; ++k) std::fill(panel + k * ld + n, panel + (k + 1) * ld, T(0));
+}
+
+// The panel rows of column tile [c0, c1): read in place from src for in-place geometries (a tile
+// lies in one image there: a table of row pointers), else copied into the thread's panel (rows ld
+// apart, so the kernels compute addresses instead of loading them).
+template <typename T>
+struct PanelRows {
+  const T* panel = nullptr;
+  const T* const* rows = nullptr;
+};
+
+template <typename T>
+PanelRows<T> panel_rows(const Geometry& g, const T* src, const std::vector<uint8_t>& used,
+                        const std::vector<int64_t>& off, int64_t c0, int64_t c1, int64_t ld) {
+  const int64_t kdim = g.kdim();
+  if (g.in_place()) {
+    const T** rows = scratch<const T*>(kRowPtrs, kdim);
+    const T* base = src + (c0 / g.qn) * g.C * g.Hp * g.Wp + c0 % g.qn;
+    for (int64_t k = 0; k < kdim; ++k) rows[k] = base + off[k];
+    return {nullptr, rows};
+  }
+  T* panel = scratch<T>(kPanel, kdim * ld);
+  build_panel(g, src, used, c0, c1, panel, ld);
+  return {panel, nullptr};
 }
 
 // Calls f(img, q0, len, i0) for the pieces of columns [c0, c1) that lie in one image.
@@ -268,20 +322,32 @@ std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_
   return used;
 }
 
-// Tasks: column tiles, times block-row chunks when the tiles alone cannot keep the threads busy.
+// Tasks: column tiles (within one image for in-place geometries), times block-row chunks when the
+// tiles alone cannot keep the threads busy.
 struct Split {
-  int64_t tiles, chunks, rb;
+  int64_t tiles, chunks, rb, ld, per_image, columns, qn;
   int64_t rows(int64_t chunk, int64_t& r1) const {
     r1 = rb * (chunk + 1) / chunks;
     return rb * chunk / chunks;
   }
+  // Columns [c0, c1) of tile t.
+  int64_t cols(int64_t t, int64_t& c1) const {
+    if (per_image == 0) {
+      c1 = std::min(columns, (t + 1) * ld);
+      return t * ld;
+    }
+    const int64_t img = t / per_image, c0 = img * qn + (t % per_image) * ld;
+    c1 = std::min(img * qn + qn, c0 + ld);
+    return c0;
+  }
 };
 
-Split split(int64_t columns, int64_t ld, int64_t rb) {
-  const int64_t tiles = (columns + ld - 1) / ld, threads = at::get_num_threads();
+Split split(const Geometry& g, int64_t ld, int64_t rb) {
+  const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
+  const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
   int64_t chunks = 1;
   if (tiles < 2 * threads) chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
-  return {tiles, chunks, rb};
+  return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn};
 }
 
 // SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
@@ -295,22 +361,22 @@ template <typename T>
 void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_t* ptr, const int32_t* idx,
                     int br, int bci, const T* bias, T* out) {
   const Kernels<T> kern = pick_kernels<T>();
-  const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim();
+  const int64_t kk = g.KH * g.KW, bck = bci * kk;
   const int64_t rb = g.R / br;
   const int64_t ld = kern.pt;  // wider tiles measured slower (the output tile leaves L1)
   const std::vector<uint8_t> used = used_channels(g, idx, ptr[rb], bci);
-  const Split s = split(g.columns(), ld, rb);
+  const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
+  const Split s = split(g, ld, rb);
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t) {
-    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
-    int64_t rb1;
+    int64_t c1, rb1;
+    const int64_t c0 = s.cols(task / s.chunks, c1);
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (rb0 == rb1) return;
-    T* panel = scratch<T>(kPanel, kdim * ld);
     T* tile = scratch<T>(kTile, g.R * ld);
-    if (ptr[rb1] > ptr[rb0]) build_panel(g, src, used, c0, c1, panel, ld);
+    const PanelRows<T> p = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : PanelRows<T>{};
     for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), panel, tile + b * br * ld, ld);
+      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
     scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
   });
 }
@@ -322,30 +388,104 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
   // Wide tiles: the horizontal sums and the panel rows' set-up are paid once per tile.
-  const int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
+  const int64_t ld = kern.pt * (g.in_place() ? 4 : panel_widen(kdim, kern.pt, sizeof(T)));
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
-  const Split s = split(g.columns(), ld, rb);
+  const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
+  const Split s = split(g, ld, rb);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
   std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * per), T(0));
   std::fill(acc, acc + per, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
-    const int64_t t = task / s.chunks, c0 = t * ld, c1 = std::min(g.columns(), c0 + ld);
-    int64_t rb1;
+    int64_t c1, rb1;
+    const int64_t c0 = s.cols(task / s.chunks, c1);
     const int64_t rb0 = s.rows(task % s.chunks, rb1);
     if (ptr[rb1] == ptr[rb0]) return;
-    T* panel = scratch<T>(kPanel, kdim * ld);
     T* tile = scratch<T>(kTile, g.R * ld);
-    build_panel(g, src, used, c0, c1, panel, ld);
-    gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
+    const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
+    if (g.linear) {  // one transpose: per block row, small blocks would make it many partial ones
+      gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
+    } else {
+      for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
+        if (ptr[b + 1] > ptr[b]) gather_tile(g, dy, b * br, (b + 1) * br, c0, c1, tile, ld);
+    }
+    // The dot products run over whole vectors: the tile is zero past c1 - c0.
+    const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), panel, ld, ld, a);
+      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, a);
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];
 }
 
+// ---- the linear layer in row-major layout (kernels.h's rspmm / rsddmm) ------------------------------
+// The activations are read where they lie, so the forward and grad-input skip the transposes of the
+// input and output (as costly as the kernel at 95% sparsity) and the grad-weight those of the input
+// and grad_output, and its horizontal sums.
+
+// out (N, nb * ow) = a (N, lda) . block-sparse S, S's block row b holding blocks j in [ptr[b], ptr[b+1])
+// at block columns idx[j] of kb rows, packed [j][k][i] (the (kb x ow) block as right-hand operand).
+template <typename T>
+void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, const T* packed, const int32_t* ptr,
+                  const int32_t* idx, int64_t nb, int kb, int ow, const T* bias, T* out) {
+  constexpr int64_t kRowsPerTask = 48;  // the rows' activations stay in L2 across the block rows
+  const int64_t tiles = (N + kRowsPerTask - 1) / kRowsPerTask, threads = at::get_num_threads();
+  const int64_t chunks = tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
+  const int64_t ldo = nb * ow;
+  run_tasks(tiles * chunks, [&](int64_t task, int64_t) {
+    const int64_t n0 = (task / chunks) * kRowsPerTask, rows = std::min(N - n0, kRowsPerTask);
+    const int64_t c = task % chunks, b0 = nb * c / chunks, b1 = nb * (c + 1) / chunks;
+    for (int64_t b = b0; b < b1; ++b)
+      kern.rspmm(a + n0 * lda, lda, rows, packed, idx, ptr[b], ptr[b + 1], kb, ow, bias ? bias + b * ow : nullptr,
+                 out + n0 * ldo + b * ow, ldo);
+  });
+}
+
+// acc[j * br * bc + r * bc + c] = sum_n dy[n, b * br + r] * x[n, idx[j] * bc + c] at the kept blocks.
+template <typename T>
+void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
+                   const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
+  // Per block row, passes over 128 batch rows, their strips of dy and x copied contiguous first:
+  // read in place, rows a power-of-two apart fall into one L1 set and every row tile of a block
+  // re-reads them from L2. (Passes outermost, all block rows inside, measured slower.)
+  constexpr int64_t kRowsPerPass = 128;
+  const int64_t per = int64_t(br) * bc;
+  run_tasks(rb, [&](int64_t b, int64_t) {
+    if (ptr[b + 1] == ptr[b]) return;
+    std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
+    T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
+    T* xstrip = scratch<T>(kPanel, kRowsPerPass * bc);
+    for (int64_t n0 = 0; n0 < N; n0 += kRowsPerPass) {
+      const int64_t rows = std::min(N - n0, kRowsPerPass);
+      for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, dy + (n0 + n) * R + b * br, sizeof(T) * br);
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j) {
+        const T* xs = x + n0 * C + int64_t(idx[j]) * bc;
+        for (int64_t n = 0; n < rows; ++n) std::memcpy(xstrip + n * bc, xs + n * C, sizeof(T) * bc);
+        kern.rsddmm(dstrip, br, br, xstrip, bc, rows, bc, acc + j * per);
+      }
+    }
+  });
+}
+
 // ---- weights packed per call -----------------------------------------------------------------------
+
+// vals[j][c][r] = W[(b * br + r), idx[j] * bc + c]: the kept blocks transposed (the right-hand
+// operand of the row-major forward).
+template <typename T>
+at::Tensor pack_forward_rowwise(const at::Tensor& w, const int32_t* ptr, const int32_t* idx, int64_t rb, int64_t br,
+                                int64_t bc) {
+  const int64_t K = w.size(1);
+  at::Tensor vals = at::empty({ptr[rb] * br * bc}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        for (int64_t r = 0; r < br; ++r)
+          for (int64_t c = 0; c < bc; ++c) v[(j * bc + c) * br + r] = W[(b * br + r) * K + idx[j] * bc + c];
+  });
+  return vals;
+}
 
 // vals[j][r][c] = W2d[(b * br + r), idx[j] * bck + c] for the kept blocks (forward order).
 template <typename T>
@@ -360,6 +500,24 @@ at::Tensor pack_forward(const at::Tensor& w, const int32_t* ptr, const int32_t* 
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
         for (int64_t r = 0; r < br; ++r)
           std::memcpy(v + (j * br + r) * bck, W + (b * br + r) * kdim + idx[j] * bck, sizeof(T) * bck);
+  });
+  return vals;
+}
+
+// vals[j][r][c] = W[ridx[j] * bo + r, b * bi + c] in the transposed pattern's order (cptr over
+// block columns b): the right-hand operand of the row-major grad-input.
+template <typename T>
+at::Tensor pack_columns_rowwise(const at::Tensor& w, const int32_t* cptr, const int32_t* ridx, int64_t cb, int64_t bo,
+                                int64_t bi) {
+  const int64_t K = w.size(1);
+  at::Tensor vals = at::empty({cptr[cb] * bo * bi}, w.options());
+  const T* W = w.const_data_ptr<T>();
+  T* v = vals.mutable_data_ptr<T>();
+  at::parallel_for(0, cb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t j = cptr[b]; j < cptr[b + 1]; ++j)
+        for (int64_t r = 0; r < bo; ++r)
+          std::memcpy(v + (j * bo + r) * bi, W + (int64_t(ridx[j]) * bo + r) * K + b * bi, sizeof(T) * bi);
   });
   return vals;
 }
@@ -427,6 +585,15 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
                          const std::optional<at::Tensor>& bias, const int32_t* ptr, const int32_t* idx, int64_t bo,
                          int64_t bi) {
   const int64_t rb = g.R / bo, kk = g.KH * g.KW;
+  const Kernels<T> kern = pick_kernels<T>();
+  if (g.linear && kern.rowwise(bo)) {
+    at::Tensor vals = pack_forward_rowwise<T>(w, ptr, idx, rb, bo, bi);
+    at::Tensor out = at::empty({g.N, g.R}, x.options());
+    at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+    rowwise_spmm<T>(kern, x.const_data_ptr<T>(), g.N, g.C, vals.const_data_ptr<T>(), ptr, idx, rb, int(bi), int(bo),
+                    bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+    return out;
+  }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
   at::Tensor src = g.linear ? x : padded_input<T>(x, g);
@@ -441,6 +608,14 @@ template <typename T>
 at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at::Tensor& w, const int32_t* cptr,
                             const int32_t* ridx, int64_t bo, int64_t bi) {
   const int64_t cb = fwd.C / bi;
+  const Kernels<T> kern = pick_kernels<T>();
+  if (fwd.linear && kern.rowwise(bi)) {
+    at::Tensor vals = pack_columns_rowwise<T>(w, cptr, ridx, cb, bo, bi);
+    at::Tensor out = at::empty({fwd.N, fwd.C}, dy.options());
+    rowwise_spmm<T>(kern, dy.const_data_ptr<T>(), fwd.N, fwd.R, vals.const_data_ptr<T>(), cptr, ridx, cb, int(bo),
+                    int(bi), nullptr, out.mutable_data_ptr<T>());
+    return out;
+  }
   at::Tensor vals = pack_transposed<T>(w, cptr, ridx, cb, bo, bi, fwd.KH, fwd.KW);
   if (fwd.linear) {
     Geometry g = linear_geometry(fwd.N, fwd.R, fwd.C);
@@ -469,6 +644,12 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
                              const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
   const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
   at::Tensor acc = at::empty({ptr[rb] * bo * bck}, x.options());
+  const Kernels<T> kern = pick_kernels<T>();
+  if (g.linear && kern.rowwise(bi)) {
+    rowwise_sddmm<T>(kern, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), g.N, g.R, g.C, ptr, idx, rb, int(bo),
+                     int(bi), acc.mutable_data_ptr<T>());
+    return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
+  }
   at::Tensor src = g.linear ? x : padded_input<T>(x, g);
   grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                         acc.mutable_data_ptr<T>());

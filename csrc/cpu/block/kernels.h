@@ -2,8 +2,10 @@
 // instruction set (kernels_avx512.cpp, kernels_avx2.cpp; block.cpp picks one via cpu_capability()).
 //
 // Layouts (block.cpp builds them per call in per-thread scratch, 64-byte aligned):
-//   panel  P[k * ld + i]: row k of the right-hand operand (a transposed activation for linear, an
-//          im2col row (ci, kh, kw) for conv) at column i of the current column tile.
+//   rows   rows[k][i]: row k of the right-hand operand (a transposed activation for linear, an
+//          im2col row (ci, kh, kw) for conv) at column i of the current column tile: a row of a
+//          copied panel (`panel`, rows ld apart, when `rows` is null), or (stride-1 conv) a run of
+//          the padded input read in place through the table `rows`, unaligned.
 //   tile   T[r * ld + i]: output row r (output channel / feature) at column i.
 //   blocks the kept blocks of one block row, j in [b0, b1): idx[j] is the block column, and
 //          vals[j * br * bc + r * bc + c] the weight at row r, column c of block j (packed per call).
@@ -16,18 +18,37 @@ namespace ebsparse::block_detail {
 constexpr int kPtAvx512 = 64;
 constexpr int kPtAvx2 = 32;
 
-// T[r * ld + i] += sum_{j in [b0, b1)} sum_{c < bc} vals[j][r, c] * P[(idx[j] * bc + c) * ld + i]
+// T[r * ld + i] += sum_{j in [b0, b1)} sum_{c < bc} vals[j][r, c] * rows[idx[j] * bc + c][i]
 // for r < br, i < kPt (the first kPt columns of the panel and tile pointers passed).
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* panel, float* tile, int64_t ld);
+                     const float* panel, const float* const* rows,
+                     float* tile, int64_t ld);
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                   const float* panel, float* tile, int64_t ld);
+                   const float* panel, const float* const* rows,
+                     float* tile, int64_t ld);
 
-// acc[j * br * bc + r * bc + c] += sum_{i < n} D[r * ld + i] * P[(idx[j] * bc + c) * ld + i]
+// acc[j * br * bc + r * bc + c] += sum_{i < n} D[r * ld + i] * rows[idx[j] * bc + c][i]
 // for j in [b0, b1), r < br, c < bc; n a multiple of the vector width.
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, int64_t ld, int64_t n, float* acc);
+                      const float* panel, const float* const* rows,
+                      int64_t ld, int64_t n, float* acc);
 void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                    const float* panel, int64_t ld, int64_t n, float* acc);
+                    const float* panel, const float* const* rows,
+                      int64_t ld, int64_t n, float* acc);
+
+// Row-major kernels of the linear layer (activations read as they lie, rows of lda / ldb floats);
+// ow (a block's output width) 2 or 4 vectors; packed 64-byte
+// aligned.
+// out[n * ldo + i] = (init ? init[i] : 0) + sum_{j in [b0, b1)} sum_{k < kb} a[n * lda + idx[j] * kb + k]
+//                    * packed[(j * kb + k) * ow + i]          for n < rows, i < ow.
+void rspmm_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
+void rspmm_f32_avx2(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                    int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
+// out[r * ow + i] += sum_{n < rows} a[n * lda + r] * b[n * ldb + i]          for r < kr, i < ow.
+void rsddmm_f32_avx512(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                       float* out);
+void rsddmm_f32_avx2(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                     float* out);
 
 }  // namespace ebsparse::block_detail

@@ -11,6 +11,7 @@ namespace ebsparse::block_detail {
 namespace avx2 {
 using Vec = simd::Avx2;
 constexpr int kRows = 2;  // 2 rows x 4 vectors: 8 accumulators within AVX2's 16 registers
+constexpr int kAcc = 12;  // row-major kernels: accumulators per register tile (RT * NV)
 
 // o[c] += the lanes of s[c] summed, c < 4: a transposing hadd tree.
 static inline void add_sums4(const __m256* s, float* o) {
@@ -24,13 +25,27 @@ static inline void add_sums4(const __m256* s, float* o) {
 static_assert(avx2::kVecs * avx2::Vec::W == kPtAvx2, "the tile width must match micro.h");
 
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                   const float* panel, float* tile, int64_t ld) {
-  avx2::spmm(vals, idx, b0, b1, br, bc, panel, tile, ld);
+                   const float* panel, const float* const* rows,
+                     float* tile, int64_t ld) {
+  if (rows) return avx2::spmm(vals, idx, b0, b1, br, bc, avx2::TableRows{rows}, tile, ld);
+  avx2::spmm(vals, idx, b0, b1, br, bc, avx2::StridedRows{panel, ld}, tile, ld);
 }
 
 void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                    const float* panel, int64_t ld, int64_t n, float* acc) {
-  avx2::sddmm(dtile, idx, b0, b1, br, bc, panel, ld, n, acc);
+                    const float* panel, const float* const* rows, int64_t ld, int64_t n,
+                      float* acc) {
+  if (rows) return avx2::sddmm(dtile, idx, b0, b1, br, bc, avx2::TableRows{rows}, ld, n, acc);
+  avx2::sddmm(dtile, idx, b0, b1, br, bc, avx2::StridedRows{panel, ld}, ld, n, acc);
+}
+
+void rspmm_f32_avx2(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
+  avx2::rspmm(a, lda, rows, packed, idx, b0, b1, kb, ow, init, out, ldo);
+}
+
+void rsddmm_f32_avx2(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                       float* out) {
+  avx2::rsddmm(a, lda, kr, b, ldb, rows, ow, out);
 }
 
 }  // namespace ebsparse::block_detail

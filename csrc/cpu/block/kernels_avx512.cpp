@@ -16,6 +16,7 @@ namespace ebsparse::block_detail {
 namespace avx512 {
 using Vec = simd::Avx512;
 constexpr int kRows = 4;  // 4 rows x 4 vectors: 16 accumulators, 4 panel vectors, a broadcast
+constexpr int kAcc = 24;  // row-major kernels: accumulators per register tile (RT * NV)
 
 // o[c] += the lanes of s[c] summed, c < 4: halves added, then a transposing hadd tree.
 static inline void add_sums4(const __m512* s, float* o) {
@@ -32,13 +33,27 @@ static inline void add_sums4(const __m512* s, float* o) {
 static_assert(avx512::kVecs * avx512::Vec::W == kPtAvx512, "the tile width must match micro.h");
 
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* panel, float* tile, int64_t ld) {
-  avx512::spmm(vals, idx, b0, b1, br, bc, panel, tile, ld);
+                     const float* panel, const float* const* rows,
+                     float* tile, int64_t ld) {
+  if (rows) return avx512::spmm(vals, idx, b0, b1, br, bc, avx512::TableRows{rows}, tile, ld);
+  avx512::spmm(vals, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, tile, ld);
 }
 
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, int64_t ld, int64_t n, float* acc) {
-  avx512::sddmm(dtile, idx, b0, b1, br, bc, panel, ld, n, acc);
+                      const float* panel, const float* const* rows, int64_t ld, int64_t n,
+                      float* acc) {
+  if (rows) return avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::TableRows{rows}, ld, n, acc);
+  avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, ld, n, acc);
+}
+
+void rspmm_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
+  avx512::rspmm(a, lda, rows, packed, idx, b0, b1, kb, ow, init, out, ldo);
+}
+
+void rsddmm_f32_avx512(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                       float* out) {
+  avx512::rsddmm(a, lda, kr, b, ldb, rows, ow, out);
 }
 
 }  // namespace ebsparse::block_detail

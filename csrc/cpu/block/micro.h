@@ -3,7 +3,7 @@
 // tile's rows). Layouts: kernels.h.
 //
 // SpMM: a register tile of kRows output rows x 4 vectors stays in registers across every kept block
-// of the block row; per column c of a block, 4 aligned panel loads and kRows broadcasts feed
+// of the block row; per column c of a block, 4 panel loads and kRows broadcasts feed
 // 4 * kRows FMAs (a dense micro-GEMM per block: weights are reused across the 4 vectors, panel
 // loads across the kRows rows, which unstructured sparsity cannot do).
 // SDDMM: dot products of kRows gradient rows with 4 panel rows (4 * kRows accumulators) over the n
@@ -13,9 +13,21 @@ namespace {
 
 constexpr int kVecs = 4;
 
-template <int RT>
+// How a kernel finds panel row k: a copied panel (rows ld apart: the address is computed, no load)
+// or a table of row pointers (rows read in place).
+struct StridedRows {
+  const float* base;
+  int64_t ld;
+  const float* operator[](int64_t k) const { return base + k * ld; }
+};
+struct TableRows {
+  const float* const* rows;
+  const float* operator[](int64_t k) const { return rows[k]; }
+};
+
+template <int RT, class Rows>
 inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, float* tile, int64_t ld, int r0) {
+                      Rows rows, float* tile, int64_t ld, int r0) {
   using V = typename Vec::T;
   V acc[RT][kVecs];
 #pragma GCC unroll 8
@@ -25,12 +37,12 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
   const int64_t bs = int64_t(br) * bc;
   for (int64_t j = b0; j < b1; ++j) {
     const float* a = vals + j * bs + int64_t(r0) * bc;
-    const float* p = panel + int64_t(idx[j]) * bc * ld;
+    const int64_t k0 = int64_t(idx[j]) * bc;
     for (int c = 0; c < bc; ++c) {
-      const float* q = simd::base_address(p + c * ld);
+      const float* q = simd::base_address(rows[k0 + c]);
       V b[kVecs];
 #pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::load(q + v * Vec::W));
+      for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::loadu(q + v * Vec::W));
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const V w = Vec::bcast(a[r * bc + c]);
@@ -45,25 +57,26 @@ inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t
     for (int v = 0; v < kVecs; ++v) Vec::store(tile + (r0 + r) * ld + v * Vec::W, acc[r][v]);
 }
 
+template <class Rows>
 inline void spmm(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                 const float* panel, float* tile, int64_t ld) {
+                 Rows rows, float* tile, int64_t ld) {
   if (b0 == b1) return;
   int r = 0;
-  for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, panel, tile, ld, r);
-  for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, panel, tile, ld, r);
+  for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+  for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
 }
 
-template <int RT>
-inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* idx, int64_t j, int br, int bc,
+template <int RT, class Rows>
+inline void sddmm_rows(const float* dtile, Rows rows, const int32_t* idx, int64_t j, int br, int bc,
                        int64_t ld, int64_t n, int r0, float* acc) {
   using V = typename Vec::T;
-  const float* p = panel + int64_t(idx[j]) * bc * ld;
+  const int64_t k0 = int64_t(idx[j]) * bc;
   float* out = acc + j * int64_t(br) * bc;
   for (int c0 = 0; c0 < bc; c0 += 4) {
     const int nc = bc - c0 < 4 ? bc - c0 : 4;
     const float* b[4];
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) b[c] = p + int64_t(c0 + (c < nc ? c : nc - 1)) * ld;
+    for (int c = 0; c < 4; ++c) b[c] = rows[k0 + c0 + (c < nc ? c : nc - 1)];
     V s[RT][4];
 #pragma GCC unroll 8
     for (int r = 0; r < RT; ++r)
@@ -72,7 +85,7 @@ inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* id
     for (int64_t i = 0; i < n; i += Vec::W) {
       V bv[4];
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) bv[c] = Vec::load(b[c] + i);
+      for (int c = 0; c < 4; ++c) bv[c] = Vec::loadu(b[c] + i);
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const V a = Vec::load(dtile + (r0 + r) * ld + i);
@@ -92,12 +105,119 @@ inline void sddmm_rows(const float* dtile, const float* panel, const int32_t* id
   }
 }
 
+template <class Rows>
 inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                  const float* panel, int64_t ld, int64_t n, float* acc) {
+                  Rows rows, int64_t ld, int64_t n, float* acc) {
   for (int64_t j = b0; j < b1; ++j) {
     int r = 0;
-    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, panel, idx, j, br, bc, ld, n, r, acc);
-    for (; r < br; ++r) sddmm_rows<1>(dtile, panel, idx, j, br, bc, ld, n, r, acc);
+    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
+    for (; r < br; ++r) sddmm_rows<1>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
+  }
+}
+
+}  // namespace
+
+// ---- row-major kernels of the linear layer (no transposes) -----------------------------------------
+// rspmm: out rows of RT batch rows x NV vectors (one block's ow outputs) stay in registers across the
+// kept blocks; per k, NV aligned loads of the packed block row and RT broadcasts of the activation
+// feed RT * NV FMAs. rsddmm: an (RT x ow) piece of a block's gradient in registers, summed over the
+// batch rows as outer products: no horizontal sums, no transposed copies of the activations.
+
+namespace {
+
+template <int RT, int NV>
+inline void rspmm_tile(const float* a, int64_t lda, const float* packed, const int32_t* idx, int64_t b0, int64_t b1,
+                       int kb, const float* init, float* out, int64_t ldo) {
+  using V = typename Vec::T;
+  constexpr int ow = NV * Vec::W;
+  V acc[RT][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const V i = init ? Vec::loadu(init + v * Vec::W) : Vec::zero();
+#pragma GCC unroll 24
+    for (int r = 0; r < RT; ++r) acc[r][v] = i;
+  }
+  for (int64_t j = b0; j < b1; ++j) {
+    const float* aj = a + int64_t(idx[j]) * kb;
+    const float* pj = simd::base_address(packed + j * kb * ow);
+    for (int k = 0; k < kb; ++k) {
+      V w[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) w[v] = Vec::in_register(Vec::load(pj + k * ow + v * Vec::W));
+#pragma GCC unroll 24
+      for (int r = 0; r < RT; ++r) {
+        const V x = Vec::bcast(aj[r * lda + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(x, w[v], acc[r][v]);
+      }
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Vec::storeu(out + r * ldo + v * Vec::W, acc[r][v]);
+}
+
+template <int NV>
+inline void rspmm_nv(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                     int64_t b1, int kb, const float* init, float* out, int64_t ldo) {
+  constexpr int RT = kAcc / NV;
+  int64_t n = 0;
+  for (; n + RT <= rows; n += RT)
+    rspmm_tile<RT, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+  for (; n < rows; ++n) rspmm_tile<1, NV>(a + n * lda, lda, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+}
+
+inline void rspmm(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+                  int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
+  switch (ow / Vec::W) {
+    case 2: return rspmm_nv<2>(a, lda, rows, packed, idx, b0, b1, kb, init, out, ldo);
+    default: return rspmm_nv<4>(a, lda, rows, packed, idx, b0, b1, kb, init, out, ldo);
+  }
+}
+
+template <int RT, int NV>
+inline void rsddmm_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows, float* out) {
+  using V = typename Vec::T;
+  constexpr int ow = NV * Vec::W;
+  V acc[RT][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::loadu(out + r * ow + v * Vec::W);
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* bn = simd::base_address(b + n * ldb);
+    const float* an = simd::base_address(a + n * lda);
+    V x[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) x[v] = Vec::in_register(Vec::loadu(bn + v * Vec::W));
+#pragma GCC unroll 24
+    for (int r = 0; r < RT; ++r) {
+      const V g = Vec::bcast(an[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(g, x[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Vec::storeu(out + r * ow + v * Vec::W, acc[r][v]);
+}
+
+template <int NV>
+inline void rsddmm_nv(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, float* out) {
+  constexpr int RT = kAcc / NV, ow = NV * Vec::W;
+  int r = 0;
+  for (; r + RT <= kr; r += RT) rsddmm_tile<RT, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+  for (; r + 4 <= kr; r += 4) rsddmm_tile<4, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+  for (; r < kr; ++r) rsddmm_tile<1, NV>(a + r, lda, b, ldb, rows, out + r * ow);
+}
+
+inline void rsddmm(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
+                   float* out) {
+  switch (ow / Vec::W) {
+    case 2: return rsddmm_nv<2>(a, lda, kr, b, ldb, rows, out);
+    default: return rsddmm_nv<4>(a, lda, kr, b, ldb, rows, out);
   }
 }
 
