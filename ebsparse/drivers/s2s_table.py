@@ -113,7 +113,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = [r for r in rows if r["method"] == method and float(r["sparsity"]) == sparsity]
         fid, fid_std = _mean_std([r.get("FID") for r in runs])
         entry = {"method": method, "sparsity": sparsity, "runs": len(runs), "FID": fid, "FID std": fid_std}
-        for col in ("params (rel.)", "train FLOPs", "test FLOPs", "images/s", "step speed-up"):
+        for col in ("params (rel.)", "train FLOPs", "test FLOPs", "images/s", "step speed-up", "mask updates"):
             entry[col] = _mean_std([r.get(col) for r in runs])[0]
         out.append(entry)
     return out
@@ -167,14 +167,20 @@ def paper_table(groups: list[dict[str, Any]], config: ExperimentConfig) -> str:
                   "|---|---|---|---|---|---|---|")
     all_rows = [f"| {METHOD_NAMES[g['method']]} | {g['sparsity']:g} | {_fid_text(g)} | {_x(g['params (rel.)'])} "
                 f"| {_x(g['train FLOPs'])} | {_x(g['test FLOPs'])} | {_x(g['step speed-up'])} |" for g in groups]
-    notes = ["FID: the domain FID of the saved (clipped, 8-bit) samples where the dataset has one (digits); "
-             "n/a elsewhere (`ebsparse fid` with Inception weights and a reference folder). Bold: below Dense; "
-             "underlined: the best sparse model.",
+    notes = ["FID: the domain FID of the saved (clipped, 8-bit) samples where the dataset has one (digits: a "
+             "digits classifier's features; sketches: an autoencoder's, `ebsparse/metrics/sketch_fid.py`), comparable "
+             "between these runs, not with the paper's Inception FIDs; n/a elsewhere (`ebsparse fid` with Inception "
+             "weights and a reference folder). Bold: below Dense; underlined: the best sparse model.",
              "#Params, Train and Test FLOPs are relative to Dense, as in the paper (train FLOPs after Evci et al., "
              "counting work; test FLOPs for one sample).",
              "measured step speed-up: forward + backward of the trained sparse model against a fresh dense one on "
              "one training batch, interleaved, min of 5 calls (the paper has no such column).",
              "images/s ratio: each run's own training throughput over the dense run's; runs one after another on a "
              "shared machine, so it drifts with the load."]
+    static_like = sorted({METHOD_NAMES[g["method"]] for g in groups if g["method"] not in ("dense", "static")
+                          and g.get("mask updates") == 0})
+    if static_like:
+        notes.append(f"{', '.join(static_like)}: the masks were never updated ({config.training.steps} steps, "
+                     "`sparsity.update_every` larger than the run), so these runs trained static masks.")
     return "\n".join([f"### {title}", "", header, *map(line, best_rows), "", "### Every level", "", all_header,
                       *all_rows, "", *[f"- {n}" for n in notes]])

@@ -42,6 +42,8 @@ def test_grid_writes_the_paper_table_and_rerun_reads_it_back(tmp_path, capsys, m
     assert all(g["FID"] > 0 and g["step speed-up"] > 0 for g in data["groups"])
     table = (tmp_path / "table.md").read_text()
     assert "| Dense |" in table and "RigL-DM, S = " in table and "| RigL-DM | 0.9 |" in table
+    assert all(g["mask updates"] == 2 for g in data["groups"] if g["method"] == "rigl")  # 4 steps, every 2
+    assert "never updated" not in table
 
     # every run finished: a second call trains nothing and writes the same table
     import ebsparse.drivers.s2s_table as driver
@@ -70,6 +72,9 @@ def test_best_level_is_lowest_mean_fid_and_marks_follow_the_paper():
     assert len(best) == 1 and "S = 0.9" in best[0] and "**27.50 ± 0.71**" in best[0] and "1.50x |" in best[0]
     static = next(line for line in table if line.startswith("| Static-DM, S = 0.25"))
     assert "| 40.00 ± 0.00 |" in static  # worse than Dense: not bold
+    for row in rows:
+        row["mask updates"] = 0
+    assert "MagRan-DM: the masks were never updated" in paper_table(aggregate(rows), cfg)
 
 
 @pytest.mark.parametrize("extra, message", [
