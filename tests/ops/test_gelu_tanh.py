@@ -22,7 +22,10 @@ OP = "gelu_tanh"
 
 
 def _tol(dtype):
-    return dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-6, rtol=2e-5)
+    # fp32: the input gradient sums terms of a few units (|x| up to ~90, |grad_output| ~3), so one
+    # fp32 rounding of them is ~1e-6 absolute even where the exact gradient is 0 (ATen's own kernel
+    # misses a zero crossing by 2.1e-6)
+    return dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
