@@ -60,9 +60,11 @@ def ema_ticket_share(ema_rate: float, steps: int) -> float:
 
 
 def warn_short_ema(stage: str, steps: int, ema_rate: float, log: Callable[[str], None] | None = None,
-                   limit: float = 0.25) -> float:
+                   limit: float = 0.05) -> float:
     """Warn when a training stage is too short for its EMA to leave the weights it started from:
-    the evaluated (EMA) model would still be mostly the untrained ticket. Returns the share left."""
+    the evaluated (EMA) model would still hold a visible share of the untrained ticket. The limit is
+    low because an early ticket's loss can be ten times the trained model's: a 12% share of it more
+    than doubled a TA-EB region model's loss. Returns the share left."""
     share = ema_ticket_share(ema_rate, steps)
     if share > limit:
         text = (f"{stage}: after {steps} steps at EMA rate {ema_rate:g}, the EMA weights (the ones evaluated) "

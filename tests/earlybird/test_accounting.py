@@ -34,6 +34,8 @@ def test_short_ema_warning():
     with pytest.warns(UserWarning, match="still 61% the starting weights"):
         warn_short_ema("eb", 5000, 0.9999)
     assert warn_short_ema("eb", 200_000, 0.9999) < 1e-8  # the paper-scale fine-tune leaves the ticket
+    with pytest.warns(UserWarning, match="still 12% the starting weights"):  # a short TA-EB region
+        warn_short_ema("region0", 425, 0.995)
 
 
 def test_pipeline_accounting_on_a_fake_clock(tmp_path, monkeypatch):
