@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ebsparse.backends.base import Backend
+from ebsparse.backends.pointwise import dense_conv2d, is_pointwise, pointwise_conv2d_grads
 from ebsparse.formats.index import zero_dropped
 from ebsparse.formats.twofour import magnitude_2_4_rows, pack_2_4_rows, unpack_2_4_rows
 
@@ -66,10 +67,14 @@ class DenseBackend(Backend):
         return grad_input, grad_weight
 
     def conv2d_forward(self, inputs):
-        return F.conv2d(inputs.input, _masked_weight(inputs), inputs.bias, inputs.stride, inputs.padding,
-                        inputs.dilation)
+        return dense_conv2d(inputs.input, _masked_weight(inputs), inputs.bias, inputs.stride, inputs.padding,
+                            inputs.dilation)
 
     def conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
+        if is_pointwise(inputs.input, inputs.weight, inputs.stride, inputs.padding):  # as the forward ran
+            grad_input, grad_weight = pointwise_conv2d_grads(grad_output, inputs.input, _masked_weight(inputs),
+                                                             input_grad, weight_grad)
+            return grad_input, _masked_grad(inputs, grad_weight) if weight_grad else None
         # One fused call for both gradients, as autograd makes for nn.Conv2d.
         grad_input, grad_weight, _ = torch.ops.aten.convolution_backward.default(
             grad_output, inputs.input, _masked_weight(inputs), None, inputs.stride, inputs.padding,

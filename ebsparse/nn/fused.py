@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ebsparse.backends import dispatch
 from ebsparse.nn.conv import SparseConv2d
@@ -91,13 +90,11 @@ class StackedConv2d:
             backend = self._resolved[key] = dispatch.resolve(first.backend, cls(input, weight, bias, mask, pattern,
                                                                                 *checked))
         if backend.name == "dense" and not dense_weight_grad:
-            # As SparseConv2d's plain dense path: autograd masks the weight gradient through `where`.
-            out = F.conv2d(input, torch.where(mask, weight, torch.zeros((), device=weight.device, dtype=weight.dtype)),
-                           bias, *geometry)
-            out = SparseConv2d._trace_plain_dense(op, out)
-        else:
-            run = run_block_conv2d if first.pattern == "block" else run_conv2d
-            out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)
+            # The dense kernels gain nothing from one stacked call, and its weight concatenation, output
+            # split and their backwards cost time: each layer runs its own (plain dense) path.
+            return [conv(input) for conv in convs]
+        run = run_block_conv2d if first.pattern == "block" else run_conv2d
+        out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)
         return list(out.split([c.out_channels for c in convs], dim=1))
 
 

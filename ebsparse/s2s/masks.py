@@ -29,10 +29,32 @@ def random_mask(shape: torch.Size | tuple[int, ...], n_keep: int, generator: tor
     return flat.view(shape).to(device) if device is not None else flat.view(shape)
 
 
-def _top(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+def _top_by_sort(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """`_top` by a stable descending sort of every score (the definition; used when a score is NaN)."""
     s = scores.detach().flatten().to(torch.float64).clone()
     s[~allowed.flatten()] = -torch.inf
-    return torch.argsort(s, descending=True, stable=True)[:k]
+    out = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+    out[torch.argsort(s, descending=True, stable=True)[:k]] = True
+    return out
+
+
+def _top(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat bool mask of the ``k`` allowed entries with the largest scores, ties to the lower index
+    (``k`` <= the allowed count). Selected in linear time: the k-th largest allowed score, then every
+    score above it and the lowest-index ties at it (a full sort was ~70% of a RigL update on the
+    digits U-Net)."""
+    allowed = allowed.flatten()
+    flat = scores.detach().flatten()
+    s = flat[allowed]
+    if k == 0 or k == s.numel():
+        return allowed.clone() if k else torch.zeros_like(allowed)
+    if bool(s.isnan().any()):
+        return _top_by_sort(scores, allowed, k)
+    threshold = torch.kthvalue(s, s.numel() - k + 1).values  # the k-th largest
+    above = (flat > threshold) & allowed
+    ties = (flat == threshold) & allowed
+    ties &= ties.cumsum(0) <= k - int(above.sum())  # the lowest-index ties fill the count
+    return above | ties
 
 
 def drop_smallest(mask: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -40,10 +62,7 @@ def drop_smallest(mask: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Ten
     n_active = int(mask.sum())
     if not 0 <= k <= n_active:
         raise ValueError(f"k: expected 0 <= k <= {n_active} active weights, got {k}")
-    keep = _top(scores, mask, n_active - k)
-    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    out[keep] = True
-    return out.view(mask.shape)
+    return _top(scores, mask, n_active - k).view(mask.shape)
 
 
 def grow_largest(mask: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,7 +70,4 @@ def grow_largest(mask: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tens
     n_inactive = mask.numel() - int(mask.sum())
     if not 0 <= k <= n_inactive:
         raise ValueError(f"k: expected 0 <= k <= {n_inactive} inactive weights, got {k}")
-    grow = _top(scores, ~mask, k)
-    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    out[grow] = True
-    return out.view(mask.shape)
+    return _top(scores, ~mask, k).view(mask.shape)

@@ -53,8 +53,11 @@ def test_fused_equals_three_calls_and_is_one_call(backend, dtype):
     x = torch.randn(2, 16, 5, 3, dtype=dtype)  # 15 pixels
     fused, three = _run(block, x, True), _run(block, x, False)
     _assert_same(fused, three, dtype)
+    # Resolved to dense, the stacked call hands each layer its own dense path (one stacked dense conv
+    # is slower than three, ebsparse.nn.fused): three calls then, one on the sparse backends.
+    stacked_calls = 3 if backend == "dense" else 1
     for phase in ("forward", "backward"):
-        assert fused[2].count(("conv2d", phase, backend)) == 1, fused[2]
+        assert fused[2].count(("conv2d", phase, backend)) == stacked_calls, fused[2]
         assert three[2].count(("conv2d", phase, backend)) == 3, three[2]
     for n in QKV:  # each layer's own mask, count and gradient at its kept positions only
         conv = getattr(block, n)
@@ -68,12 +71,12 @@ def test_fused_equals_three_calls_and_is_one_call(backend, dtype):
 def test_fused_other_patterns(pattern, block_shape):
     block = _block()
     sparsify(block, density=None if pattern == "2:4" else 0.5, pattern=pattern, block=block_shape,
-             include=QKV, backend="dense")
+             include=QKV, backend="native")
     x = torch.randn(2, 16, 4, 4)
     fused, three = _run(block, x, True), _run(block, x, False)
     _assert_same(fused, three, torch.float32)
     op = "block_conv2d" if pattern == "block" else "conv2d"
-    assert len([c for c in fused[2] if c[0] == op and c[1] == "forward"]) == 1
+    assert [c for c in fused[2] if c[0] == op and c[1] == "forward"] == [(op, "forward", "native")]
 
 
 def test_mask_change_and_dense_weight_grad_are_seen():

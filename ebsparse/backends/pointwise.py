@@ -1,0 +1,79 @@
+"""The dense path's 2-D convolution, with 1x1 convolutions run as batched matrix products.
+
+A 1x1 convolution (stride 1, no padding) of an NCHW image is, per image, the product
+(Co, Ci) @ (Ci, H*W). On the CPU at a small U-Net's sizes (64 channels, 8x8 pixels, batch 32: the
+attention's q/k/v/proj_out) oneDNN's convolution spends much of its time converting layouts: its
+forward and both gradients took 0.94 ms where the three matrix products take 0.63 ms, and 3.5 ms
+against 1.6 ms with 192 output channels (1 thread, CPU time, Intel Xeon; bench/NOTES.md). This is what a sparse layer resolved to the dense backend runs, so the auto
+backend's fallback costs what the matrix products cost; everything else goes to `F.conv2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["is_pointwise", "dense_conv2d", "pointwise_conv2d", "pointwise_conv2d_grads"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def is_pointwise(input: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
+    """Whether a groups=1 conv of `input` by `weight` is a 1x1, stride-1, unpadded one that the
+    matrix products run: a contiguous NCHW float32/float64 input on the CPU (a channels-last input,
+    and other devices, where cuDNN has no such overhead, keep `F.conv2d`)."""
+    return (weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1 and input.dim() == 4
+            and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) and input.device.type == "cpu"
+            and input.dtype in _DTYPES and input.is_contiguous())
+
+
+class _PointwiseConv2d(torch.autograd.Function):
+    # A Function rather than autograd through bmm: autograd would differentiate the weight broadcast
+    # over the batch with a copy of it, and the bias broadcast with a general reduction.
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        n, ci, h, w = input.shape
+        co = weight.shape[0]
+        x = input.view(n, ci, h * w)
+        w2 = weight.reshape(co, ci).expand(n, co, ci)
+        out = torch.bmm(w2, x) if bias is None else torch.baddbmm(bias.view(1, co, 1), w2, x)
+        return out.view(n, co, h, w)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grad_input, grad_weight = pointwise_conv2d_grads(grad_output, input, weight, *ctx.needs_input_grad[:2])
+        grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias
+
+
+def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(input, weight, bias)`` for a 1x1 weight (see `is_pointwise`), differentiable once
+    (its backward is `pointwise_conv2d_grads`, outside autograd)."""
+    return _PointwiseConv2d.apply(input, weight, bias)
+
+
+def pointwise_conv2d_grads(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+                           input_grad: bool, weight_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad-input, grad-weight) of `pointwise_conv2d` (None where not asked for), outside autograd."""
+    n, ci, h, w = input.shape
+    co = weight.shape[0]
+    g = grad_output.reshape(n, co, h * w)
+    grad_input = None
+    if input_grad:  # bmm on the broadcast weight: matmul would copy g transposed, and its result back
+        grad_input = torch.bmm(weight.reshape(co, ci).t().expand(n, ci, co), g).view(input.shape)
+    grad_weight = None
+    if weight_grad:
+        grad_weight = torch.bmm(g, input.view(n, ci, h * w).transpose(1, 2)).sum(0).view(weight.shape)
+    return grad_input, grad_weight
+
+
+def dense_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+                 dilation) -> torch.Tensor:
+    """``F.conv2d`` (groups = 1), through `pointwise_conv2d` where `is_pointwise` (a 1x1 kernel
+    reads one pixel whatever the dilation)."""
+    if is_pointwise(input, weight, stride, padding):
+        return pointwise_conv2d(input, weight, bias)
+    return F.conv2d(input, weight, bias, stride, padding, dilation)
