@@ -1,11 +1,11 @@
 """The dense path's 2-D convolution, with 1x1 convolutions run as batched matrix products.
 
 A 1x1 convolution (stride 1, no padding) of an NCHW image is, per image, the product
-(Co, Ci) @ (Ci, H*W). On the CPU at a small U-Net's sizes (64 channels, 8x8 pixels, batch 32: the
-attention's q/k/v/proj_out) oneDNN's convolution spends much of its time converting layouts: its
-forward and both gradients took 0.94 ms where the three matrix products take 0.63 ms, and 3.5 ms
-against 1.6 ms with 192 output channels (1 thread, CPU time, Intel Xeon; bench/NOTES.md). This is what a sparse layer resolved to the dense backend runs, so the auto
-backend's fallback costs what the matrix products cost; everything else goes to `F.conv2d`.
+(Co, Ci) @ (Ci, H*W). On the CPU at a small U-Net's sizes (the attention's q/k/v/proj_out at 64
+channels and 8x8 pixels) oneDNN's convolution spends much of its time converting layouts, and the
+products take about two thirds of its time (bench/NOTES.md). A sparse layer resolved to the dense
+backend runs this, so the auto backend's fallback costs what the products cost; every other
+convolution goes to `F.conv2d`.
 """
 
 from __future__ import annotations
