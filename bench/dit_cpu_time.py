@@ -56,6 +56,8 @@ def _interleaved(fns: dict, rounds: int) -> dict[str, float]:
 class _OtherBuild(NativeBackend):
     """The native backend with another build's linear kernels (an op namespace of the same schemas)."""
 
+    name = "native (other build)"
+
     def __init__(self, ops):
         self.ops = ops
 
@@ -70,9 +72,14 @@ class _OtherBuild(NativeBackend):
         return grad_input if input_grad else None, grad_weight if weight_grad else None
 
 
-def _on_other_build(model, ops):
-    """A copy of `model` whose layers resolved to native run `ops`' linear kernels."""
+def _step_on_other_build(model, ops):
+    """The training step of a copy of `model` whose layers resolved to native run `ops`' linear
+    kernels. The copy's first step resolves its layers (a copied mask gets its own pattern index,
+    which clears what the original had resolved); the swap follows, and a traced step checks it."""
+    from ebsparse import backends
+
     other = copy.deepcopy(model)
+    step = dit._step(other)
     backend = _OtherBuild(ops)
     for module in other.modules():
         resolved = getattr(module, "_resolved", None)
@@ -80,7 +87,11 @@ def _on_other_build(model, ops):
             for key, chosen in resolved.items():
                 if chosen.name == "native":
                     resolved[key] = backend
-    return other
+    with backends.trace() as calls:
+        step()
+    if not any(name == backend.name for op, _, name in calls if op == "linear"):
+        raise RuntimeError("no linear ran on the other build's kernels")
+    return step
 
 
 def layer_calls(linear, rows: int, ops=None):
@@ -136,7 +147,7 @@ def steps_table(rounds: int, other=None, against: str | None = None) -> str:
     models = {name: dit._model(name)[0] for name in STEP_MODELS}
     steps = {name: dit._step(model) for name, model in models.items()}
     if other:
-        steps[f"erk-0.9 on {against}"] = dit._step(_on_other_build(models["erk-0.9"], other))
+        steps[f"erk-0.9 on {against}"] = _step_on_other_build(models["erk-0.9"], other)
     t = _interleaved(steps, rounds)
     lines = ["| model | CPU ms (min) | dense / model |", "|---|---|---|"]
     for name, ms in t.items():
