@@ -6,14 +6,14 @@ spinning). Minimum over the rounds.
 Two tables:
 - layers: each linear of a DiT block at the ERK 0.9 model's own masks (block 0's; 2048 token rows,
   the adaLN linear 32 sample rows): the native forward and both gradients against F.linear and the
-  two matmuls of the dense backward on the masked weight;
+  two matmuls of the dense backward on the masked weight, each with the bias gradient's sum;
 - steps: forward + backward of the whole model, each model against the dense step.
 
 With ``--against REV``, REV's C++ kernels (compiled by bench.compare_builds.load_revision under
 their own op namespace) run the same layers and, in the steps table, a copy of the ERK model whose
 native linears call them, all in the same rounds; the Python side is this tree's for both.
 
-Run: ``OMP_NUM_THREADS=1 python -m bench.dit_cpu_time [--against REV] [--rounds N] [--skip-layers]``
+Run: ``OMP_NUM_THREADS=1 python -m bench.dit_cpu_time [--against REV] [--rounds N] [--skip-layers | --skip-steps]``
 (prints markdown tables).
 """
 
