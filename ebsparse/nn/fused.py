@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ebsparse.backends import dispatch
 from ebsparse.nn.conv import SparseConv2d
 from ebsparse.nn.mask_state import current_index, mask_state
+from ebsparse.nn.pattern import masked_weight
 from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.block_conv import run_block_conv2d
 from ebsparse.ops.block_linear import BlockConv2dInputs
@@ -91,9 +92,8 @@ class StackedConv2d:
             backend = self._resolved[key] = dispatch.resolve(first.backend, cls(input, weight, bias, mask, pattern,
                                                                                 *checked))
         if backend.name == "dense" and not dense_weight_grad:
-            # As SparseConv2d's plain dense path: autograd masks the weight gradient through `where`.
-            out = F.conv2d(input, torch.where(mask, weight, torch.zeros((), device=weight.device, dtype=weight.dtype)),
-                           bias, *geometry)
+            # As SparseConv2d's plain dense path: autograd masks the weight gradient through `masked_weight`.
+            out = F.conv2d(input, masked_weight(weight, mask, pattern), bias, *geometry)
             out = SparseConv2d._trace_plain_dense(op, out)
         else:
             run = run_block_conv2d if first.pattern == "block" else run_conv2d
