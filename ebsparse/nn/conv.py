@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ebsparse.backends.pointwise import dense_conv2d
-from ebsparse.nn.pattern import SparsityMixin
+from ebsparse.nn.pattern import SparsityMixin, masked_weight
 from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.block_conv import run_block_conv2d
 from ebsparse.ops.block_linear import BlockConv2dInputs
@@ -70,7 +70,8 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
         if self._plain_dense(backend):
-            out = dense_conv2d(input, self._masked_weight(weight), bias, self.stride, self.padding, self.dilation)
+            out = dense_conv2d(input, masked_weight(weight, self.mask, pattern), bias, self.stride, self.padding,
+                               self.dilation)
             return self._trace_plain_dense(op, out)
         run = run_block_conv2d if self.pattern == "block" else run_conv2d
         return run(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding), list(self.dilation),

@@ -10,13 +10,35 @@ from ebsparse.backends import dispatch, get_backend, registry
 from ebsparse.backends.base import Backend
 from ebsparse.formats import check_2_4_mask, check_density, magnitude_mask
 from ebsparse.formats.block import check_block, check_block_mask, check_block_shape, magnitude_block_mask
-from ebsparse.formats.index import PatternIndex
+from ebsparse.formats.index import PatternIndex, zero_dropped
 from ebsparse.nn.mask_state import current_index, mask_state, strict_masks
 from ebsparse.nn.sharded import mask_like
 from ebsparse.ops.twofour import prune_2_4
 
 PATTERNS = ("unstructured", "2:4", "block")
-_ZEROS: dict[torch.device, torch.Tensor] = {}
+
+
+class _ZeroDropped(torch.autograd.Function):
+    """`t` with the dropped positions exactly zero, bitwise (`bits`: the pattern's cached integer
+    mask), and the same for its gradient: ~10x faster than ``where(mask, t, 0)`` on the CPU (3 ms
+    for a 256x256x3x3 weight, paid once forward and once backward per step) for the cost of one
+    Function call. Its backward is itself a _ZeroDropped, so the path stays differentiable twice."""
+
+    @staticmethod
+    def forward(ctx, t, bits):
+        ctx.bits = bits
+        return zero_dropped(t, bits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ZeroDropped.apply(grad.contiguous(), ctx.bits), None
+
+
+def masked_weight(weight: torch.Tensor, mask: torch.Tensor, pattern) -> torch.Tensor:
+    """``where(mask, weight, 0)``, differentiable (the gradient is masked alike), a NaN or inf outside
+    the mask dropped too; `pattern` (a PatternIndex or BlockIndex that describes `mask`) caches the
+    integer form of the mask."""
+    return _ZeroDropped.apply(weight.contiguous(), pattern.bits(mask, weight.dtype))
 
 
 def check_pattern_block(pattern: str, block) -> tuple[int, int] | None:
@@ -164,20 +186,12 @@ class SparsityMixin:
         return backend
 
     def _plain_dense(self, backend: Backend) -> bool:
-        """Whether this forward runs as plain F.conv2d on ``where(mask, weight, 0)``: where the
+        """Whether this forward runs as plain F.conv2d on the masked weight (`masked_weight`): where the
         dense backend was resolved (a layer too small for a sparse kernel to win), autograd masks the
-        weight gradient through the `where` and the op's autograd.Function would only add per-call
+        weight gradient through `masked_weight` and the op's autograd.Function would only add per-call
         overhead. A RigL update step (dense weight gradient) and torch.compile keep the op; so does a
-        SparseLinear, whose small matmuls cost less than the `where` and its backward would."""
+        SparseLinear, whose small matmuls cost less than the masking and its backward would."""
         return backend.name == "dense" and not self.dense_weight_grad and not torch.compiler.is_compiling()
-
-    def _masked_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """``where(mask, weight, 0)`` (a NaN or inf outside the mask is dropped too); the zero is a
-        0-dim tensor made once per device (`where` with a Python scalar wraps it on every call)."""
-        zero = _ZEROS.get(weight.device)
-        if zero is None:
-            zero = _ZEROS[weight.device] = torch.zeros((), device=weight.device)
-        return torch.where(self.mask, weight, zero)
 
     @staticmethod
     def _trace_plain_dense(op: str, out: torch.Tensor) -> torch.Tensor:

@@ -165,7 +165,7 @@ def test_module_second_order_gradient_raises(backend):
 
 
 def test_plain_dense_conv_skips_the_op_and_masks():
-    """A conv on the dense backend runs plain F.conv2d on where(mask, weight, 0) (no
+    """A conv on the dense backend runs plain F.conv2d on the bitwise-masked weight (not the op's
     autograd.Function: per-call overhead that a layer too small to gain pays on every step),
     traced as the dense backend; its output and weight gradient are masked (an inf outside the
     mask does not leak), it is differentiable twice, and a RigL update step (dense weight

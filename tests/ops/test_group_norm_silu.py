@@ -93,6 +93,22 @@ def test_nan_and_inf_propagate_as_in_the_reference():
     assert torch.equal(got.isnan(), expected.isnan())
 
 
+def test_native_float32_matches_the_reference_in_the_sigmoid_tails():
+    """A scale of 100 puts the normalised values far past the native sigmoid's clamp (z in about
+    [-250, 250], beyond the [-60, 87] it evaluates): values and gradients still match the reference."""
+    x, _, b = _case(2, 2, 3, (5, 5), True, torch.float32, 7)
+    w = torch.full((6,), 100.0)
+    dy = torch.randn_like(x)
+    expected = _grads(lambda *a: group_norm_silu_reference(a[0], 2, a[1], a[2], 1e-5),
+                      x.double(), w.double(), b.double(), dy.double())
+    with runs_on("native", "group_norm_silu", PHASES):
+        got = _grads(lambda *a: group_norm_silu(a[0], 2, a[1], a[2], 1e-5, backend="native"), x, w, b, dy)
+    z = F.group_norm(x, 2, w, b, 1e-5)
+    assert z.amin() < -60 and z.amax() > 87  # the case reaches both clamped tails
+    for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
+        torch.testing.assert_close(g, e.float(), atol=1e-3, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(num_groups=3), ValueError, "num_groups: expected a positive divisor of the 4 channels"),
     (dict(num_groups=0), ValueError, "num_groups"),
