@@ -381,10 +381,32 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
     if (rb0 == rb1) return;
     T* tile = scratch<T>(kTile, g.R * ld);
     const PanelRows<T> p = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : PanelRows<T>{};
-    for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
-    for (int64_t b = rb0; b < rb1; ++b)
+    if (g.linear) {  // one transpose out: per block row, small blocks would make it many partial ones
+      for (int64_t r = rb0 * br; r < rb1 * br; ++r)
+        std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
+      for (int64_t b = rb0; b < rb1; ++b)
+        kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
+      scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
+      return;
+    }
+    for (int64_t b = rb0; b < rb1; ++b) {
+      if (ptr[b + 1] == ptr[b]) continue;  // filled whole below
+      for (int64_t r = b * br; r < (b + 1) * br; ++r)
+        std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
       kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
-    scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
+      scatter_tile(g, tile, ld, b * br, (b + 1) * br, c0, c1, out);
+    }
+  });
+  if (g.linear) return;
+  // The output planes of block rows without kept blocks: the bias (or zero), written once instead of
+  // through the tiles (at 95% sparsity most block rows are empty, and their tile copies were a large
+  // part of the layer).
+  const int64_t plane = g.Ho * g.Wo;
+  at::parallel_for(0, g.N * g.R, 16, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r = p % g.R, b = r / br;
+      if (ptr[b + 1] == ptr[b]) std::fill(out + p * plane, out + (p + 1) * plane, bias ? bias[r] : T(0));
+    }
   });
 }
 

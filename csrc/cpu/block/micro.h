@@ -213,10 +213,6 @@ inline void rsddmm_nv(const float* a, int64_t lda, int kr, const float* b, int64
   constexpr int RT = kAcc / NV, ow = NV * Vec::W;
   int r = 0;
   for (; r + RT <= kr; r += RT) rsddmm_tile<RT, NV>(a + r, lda, b, ldb, rows, out + r * ow);
-  // 32 rows in 12 + 12 + 8 with AVX-512's 2-vector blocks (in 4-row tiles, 8 accumulators wait on
-  // the FMA latency)
-  if constexpr (RT > 8)
-    for (; r + 8 <= kr; r += 8) rsddmm_tile<8, NV>(a + r, lda, b, ldb, rows, out + r * ow);
   for (; r + 4 <= kr; r += 4) rsddmm_tile<4, NV>(a + r, lda, b, ldb, rows, out + r * ow);
   for (; r < kr; ++r) rsddmm_tile<1, NV>(a + r, lda, b, ldb, rows, out + r * ow);
 }
