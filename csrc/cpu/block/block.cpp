@@ -381,20 +381,25 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
     if (rb0 == rb1) return;
     T* tile = scratch<T>(kTile, g.R * ld);
     const PanelRows<T> p = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : PanelRows<T>{};
-    if (g.linear) {  // one transpose out: per block row, small blocks would make it many partial ones
-      for (int64_t r = rb0 * br; r < rb1 * br; ++r)
-        std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
-      for (int64_t b = rb0; b < rb1; ++b)
-        kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
-      scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
-      return;
-    }
-    for (int64_t b = rb0; b < rb1; ++b) {
-      if (ptr[b + 1] == ptr[b]) continue;  // filled whole below
-      for (int64_t r = b * br; r < (b + 1) * br; ++r)
-        std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
-      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
-      scatter_tile(g, tile, ld, b * br, (b + 1) * br, c0, c1, out);
+    // Runs of block rows through the tile: all of them for linear (one transpose out: per block row,
+    // small blocks would make it many partial ones), for conv each run of consecutive block rows
+    // with kept blocks (the others are filled whole below).
+    for (int64_t b = rb0; b < rb1;) {
+      int64_t e = b + 1;
+      if (!g.linear) {
+        if (ptr[b + 1] == ptr[b]) {
+          b = e;
+          continue;
+        }
+        while (e < rb1 && ptr[e + 1] > ptr[e]) ++e;
+      } else {
+        e = rb1;
+      }
+      for (int64_t r = b * br; r < e * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
+      for (int64_t k = b; k < e; ++k)
+        kern.spmm(vals, idx, ptr[k], ptr[k + 1], br, int(bck), p.panel, p.rows, tile + k * br * ld, ld);
+      scatter_tile(g, tile, ld, b * br, e * br, c0, c1, out);
+      b = e;
     }
   });
   if (g.linear) return;
