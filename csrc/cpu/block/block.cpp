@@ -404,8 +404,7 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
   });
   if (g.linear) return;
   // The output planes of block rows without kept blocks: the bias (or zero), written once instead of
-  // through the tiles (at 95% sparsity most block rows are empty, and their tile copies were a large
-  // part of the layer).
+  // copied row piece by row piece out of every tile (at 95% sparsity most block rows are empty).
   const int64_t plane = g.Ho * g.Wo;
   at::parallel_for(0, g.N * g.R, 16, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -486,9 +485,9 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
   // regrouped by block column once (xb[q][n][c] = x[n, q * bc + c], only the block columns some
   // kept block reads), so every kept block reads its strip contiguous: read in place, rows a
   // power-of-two apart fall into one L1 set and every row tile of a block re-reads them from L2;
-  // copied per kept block, x was copied once per block row reading it (36% of the phase). Chunks
-  // of batch rows bound the regrouped copy (thread scratch, kept between calls) to 4 MB.
-  // (Passes outermost, all block rows inside, measured slower.)
+  // copied per kept block, x would be copied once per block row reading it. Chunks of batch rows
+  // bound the regrouped copy (thread scratch, kept between calls) to 4 MB. (bench/NOTES.md: passes
+  // outermost, all block rows inside, measured slower.)
   constexpr int64_t kRowsPerPass = 128;
   const int64_t per = int64_t(br) * bc, cb = C / bc;
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / (C * kRowsPerPass)) * kRowsPerPass;
