@@ -112,6 +112,8 @@ def check_native_kernels():
     for block in SUPPORTED_BLOCKS:
         for dtype in DTYPES:
             _check_linear("native", 133, 3, 2, block, 0.5, dtype, 1)
+            if block[1] >= 16:  # the row-major grad-weight regroups x in chunks of 128 rows when C > 8192
+                _check_linear("native", 300, 1, 8224 // block[1], block, 0.5, dtype, 4, bias=False)
             _check_conv("native", 2, 2, 2, block, (9, 7), 3, 1, 1, 1, 0.5, dtype, 2)
             _check_conv("native", 2, 2, 1, block, (8, 9), 3, 2, 1, 1, 0.5, dtype, 3)
             # Stride 1 reads the padded input in place: images of several column tiles, tiles that

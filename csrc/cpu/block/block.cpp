@@ -120,7 +120,7 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kRowPtrs, kSlots };
+enum Slot { kPanel, kTile, kRowPtrs, kStrips, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -159,11 +159,22 @@ struct Geometry {
 // gradient tile): a column tile (at most 4 micro-kernel widths) can start at the last column.
 constexpr int64_t kOverRead = 4 * block_detail::kPtAvx512;
 
+// Which input channels (rows of C) some kept block reads.
+std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_t nnzb, int64_t bci) {
+  std::vector<uint8_t> used(g.C, 0);
+  for (int64_t j = 0; j < nnzb; ++j)
+    for (int64_t c = 0; c < bci; ++c) used[int64_t(idx[j]) * bci + c] = 1;
+  return used;
+}
+
 // The input copied onto the (Hp, Wp) grid the panels read: zero where it falls outside; flat, with
-// kOverRead zeros after it.
+// kOverRead zeros after it. Only the channels marked in `used` are copied (the kernels read no
+// other plane); the others get zeros in their first kOverRead floats, the most a tile of the plane
+// before reads past its end (columns the forward discards and the grad-weight multiplies by zero,
+// so they must hold finite values).
 template <typename T>
-at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
-  const int64_t total = g.N * g.C * g.Hp * g.Wp;
+at::Tensor padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
+  const int64_t total = g.N * g.C * g.Hp * g.Wp, plane = g.Hp * g.Wp;
   at::Tensor out = at::empty({total + kOverRead}, x.options());
   std::fill(out.mutable_data_ptr<T>() + total, out.mutable_data_ptr<T>() + total + kOverRead, T(0));
   const T* src = x.const_data_ptr<T>();
@@ -171,7 +182,11 @@ at::Tensor padded_input(const at::Tensor& x, const Geometry& g) {
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* s = src + p * g.H * g.W;
-      T* d = dst + p * g.Hp * g.Wp;
+      T* d = dst + p * plane;
+      if (!used[p % g.C]) {
+        std::fill(d, d + std::min(plane, kOverRead), T(0));
+        continue;
+      }
       const int64_t x0 = std::clamp<int64_t>(g.pw, 0, g.Wp), x1 = std::clamp<int64_t>(g.pw + g.W, x0, g.Wp);
       for (int64_t y = 0; y < g.Hp; ++y) {
         T* row = d + y * g.Wp;
@@ -314,14 +329,6 @@ void gather_tile(const Geometry& g, const T* dy, int64_t r0, int64_t r1, int64_t
   });
 }
 
-// Which input channels (rows of C) some kept block reads.
-std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_t nnzb, int64_t bci) {
-  std::vector<uint8_t> used(g.C, 0);
-  for (int64_t j = 0; j < nnzb; ++j)
-    for (int64_t c = 0; c < bci; ++c) used[int64_t(idx[j]) * bci + c] = 1;
-  return used;
-}
-
 // Tasks: column tiles (within one image for in-place geometries), times block-row chunks when the
 // tiles alone cannot keep the threads busy.
 struct Split {
@@ -374,10 +381,36 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
     if (rb0 == rb1) return;
     T* tile = scratch<T>(kTile, g.R * ld);
     const PanelRows<T> p = ptr[rb1] > ptr[rb0] ? panel_rows(g, src, used, off, c0, c1, ld) : PanelRows<T>{};
-    for (int64_t r = rb0 * br; r < rb1 * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
-    for (int64_t b = rb0; b < rb1; ++b)
-      kern.spmm(vals, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, tile + b * br * ld, ld);
-    scatter_tile(g, tile, ld, rb0 * br, rb1 * br, c0, c1, out);
+    // Runs of block rows through the tile: all of them for linear (one transpose out: per block row,
+    // small blocks would make it many partial ones), for conv each run of consecutive block rows
+    // with kept blocks (the others are filled whole below).
+    for (int64_t b = rb0; b < rb1;) {
+      int64_t e = b + 1;
+      if (!g.linear) {
+        if (ptr[b + 1] == ptr[b]) {
+          b = e;
+          continue;
+        }
+        while (e < rb1 && ptr[e + 1] > ptr[e]) ++e;
+      } else {
+        e = rb1;
+      }
+      for (int64_t r = b * br; r < e * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
+      for (int64_t k = b; k < e; ++k)
+        kern.spmm(vals, idx, ptr[k], ptr[k + 1], br, int(bck), p.panel, p.rows, tile + k * br * ld, ld);
+      scatter_tile(g, tile, ld, b * br, e * br, c0, c1, out);
+      b = e;
+    }
+  });
+  if (g.linear) return;
+  // The output planes of block rows without kept blocks: the bias (or zero), written once instead of
+  // copied row piece by row piece out of every tile (at 95% sparsity most block rows are empty).
+  const int64_t plane = g.Ho * g.Wo;
+  at::parallel_for(0, g.N * g.R, 16, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r = p % g.R, b = r / br;
+      if (ptr[b + 1] == ptr[b]) std::fill(out + p * plane, out + (p + 1) * plane, bias ? bias[r] : T(0));
+    }
   });
 }
 
@@ -425,18 +458,21 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
 
 // out (N, nb * ow) = a (N, lda) . block-sparse S, S's block row b holding blocks j in [ptr[b], ptr[b+1])
 // at block columns idx[j] of kb rows, packed [j][k][i] (the (kb x ow) block as right-hand operand).
+// Each task transposes its rows of a into a k-major strip first (the kernel's layout, kernels.h).
 template <typename T>
 void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, const T* packed, const int32_t* ptr,
                   const int32_t* idx, int64_t nb, int kb, int ow, const T* bias, T* out) {
-  constexpr int64_t kRowsPerTask = 48;  // the rows' activations stay in L2 across the block rows
+  constexpr int64_t kRowsPerTask = 48;  // the strip stays in L2 across the block rows
   const int64_t tiles = (N + kRowsPerTask - 1) / kRowsPerTask, threads = at::get_num_threads();
   const int64_t chunks = tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
   const int64_t ldo = nb * ow;
   run_tasks(tiles * chunks, [&](int64_t task, int64_t) {
     const int64_t n0 = (task / chunks) * kRowsPerTask, rows = std::min(N - n0, kRowsPerTask);
     const int64_t c = task % chunks, b0 = nb * c / chunks, b1 = nb * (c + 1) / chunks;
+    T* strip = scratch<T>(kPanel, lda * kRowsPerTask);  // read only by kept blocks
+    if (ptr[b1] > ptr[b0]) transpose(a + n0 * lda, lda, rows, lda, strip, kRowsPerTask, false);
     for (int64_t b = b0; b < b1; ++b)
-      kern.rspmm(a + n0 * lda, lda, rows, packed, idx, ptr[b], ptr[b + 1], kb, ow, bias ? bias + b * ow : nullptr,
+      kern.rspmm(strip, kRowsPerTask, rows, packed, idx, ptr[b], ptr[b + 1], kb, ow, bias ? bias + b * ow : nullptr,
                  out + n0 * ldo + b * ow, ldo);
   });
 }
@@ -445,26 +481,39 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
 template <typename T>
 void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
                    const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
-  // Per block row, passes over 128 batch rows, their strips of dy and x copied contiguous first:
-  // read in place, rows a power-of-two apart fall into one L1 set and every row tile of a block
-  // re-reads them from L2. (Passes outermost, all block rows inside, measured slower.)
+  // Per block row, passes over 128 batch rows, the pass's strip of dy copied contiguous first. x is
+  // regrouped by block column once (xb[q][n][c] = x[n, q * bc + c], only the block columns some
+  // kept block reads), so every kept block reads its strip contiguous: read in place, rows a
+  // power-of-two apart fall into one L1 set and every row tile of a block re-reads them from L2;
+  // copied per kept block, x would be copied once per block row reading it. Chunks of batch rows
+  // bound the regrouped copy (thread scratch, kept between calls) to 4 MB. (bench/NOTES.md: passes
+  // outermost, all block rows inside, measured slower.)
   constexpr int64_t kRowsPerPass = 128;
-  const int64_t per = int64_t(br) * bc;
-  run_tasks(rb, [&](int64_t b, int64_t) {
-    if (ptr[b + 1] == ptr[b]) return;
-    std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
-    T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
-    T* xstrip = scratch<T>(kPanel, kRowsPerPass * bc);
-    for (int64_t n0 = 0; n0 < N; n0 += kRowsPerPass) {
-      const int64_t rows = std::min(N - n0, kRowsPerPass);
-      for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, dy + (n0 + n) * R + b * br, sizeof(T) * br);
-      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j) {
-        const T* xs = x + n0 * C + int64_t(idx[j]) * bc;
-        for (int64_t n = 0; n < rows; ++n) std::memcpy(xstrip + n * bc, xs + n * C, sizeof(T) * bc);
-        kern.rsddmm(dstrip, br, br, xstrip, bc, rows, bc, acc + j * per);
+  const int64_t per = int64_t(br) * bc, cb = C / bc;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / (C * kRowsPerPass)) * kRowsPerPass;
+  std::vector<uint8_t> used(cb, 0);
+  for (int64_t j = 0; j < ptr[rb]; ++j) used[idx[j]] = 1;
+  T* xb = scratch<T>(kStrips, std::min(N, chunk) * C);  // the calling thread's; the workers only read it
+  for (int64_t m0 = 0; m0 < N; m0 += chunk) {
+    const int64_t m = std::min(N - m0, chunk);
+    at::parallel_for(0, m, 64, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t q = 0; q < cb; ++q)
+          if (used[q]) std::memcpy(xb + (q * m + n) * bc, x + (m0 + n) * C + q * bc, sizeof(T) * bc);
+    });
+    run_tasks(rb, [&](int64_t b, int64_t) {
+      if (ptr[b + 1] == ptr[b]) return;
+      if (m0 == 0) std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
+      T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
+      for (int64_t n0 = 0; n0 < m; n0 += kRowsPerPass) {
+        const int64_t rows = std::min(m - n0, kRowsPerPass);
+        const T* d = dy + (m0 + n0) * R + b * br;
+        for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, d + n * R, sizeof(T) * br);
+        for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+          kern.rsddmm(dstrip, br, br, xb + (int64_t(idx[j]) * m + n0) * bc, bc, rows, bc, acc + j * per);
       }
-    }
-  });
+    });
+  }
 }
 
 // ---- weights packed per call -----------------------------------------------------------------------
@@ -596,7 +645,7 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
   }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g);
+  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                     bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
@@ -632,7 +681,7 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
   Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
              fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
   g.derive();
-  at::Tensor src = padded_input<T>(spread, g);
+  at::Tensor src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
   at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
                     out.mutable_data_ptr<T>());
@@ -650,7 +699,7 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
                      int(bi), acc.mutable_data_ptr<T>());
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g);
+  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
   grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                         acc.mutable_data_ptr<T>());
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());

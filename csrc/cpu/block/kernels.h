@@ -36,14 +36,14 @@ void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t 
                     const float* panel, const float* const* rows,
                       int64_t ld, int64_t n, float* acc);
 
-// Row-major kernels of the linear layer (activations read as they lie, rows of lda / ldb floats);
-// ow (a block's output width) 2 or 4 vectors; packed 64-byte
-// aligned.
-// out[n * ldo + i] = (init ? init[i] : 0) + sum_{j in [b0, b1)} sum_{k < kb} a[n * lda + idx[j] * kb + k]
+// Row-major kernels of the linear layer; ow (a block's output width) 2 or 4 vectors; packed 64-byte
+// aligned. rspmm reads the activations k-major (at[k * ldt + n]: a strip of batch rows the caller
+// transposed); rsddmm reads them as they lie (rows of lda / ldb floats).
+// out[n * ldo + i] = (init ? init[i] : 0) + sum_{j in [b0, b1)} sum_{k < kb} at[(idx[j] * kb + k) * ldt + n]
 //                    * packed[(j * kb + k) * ow + i]          for n < rows, i < ow.
-void rspmm_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+void rspmm_f32_avx512(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
                       int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
-void rspmm_f32_avx2(const float* a, int64_t lda, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
+void rspmm_f32_avx2(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
                     int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
 // out[r * ow + i] += sum_{n < rows} a[n * lda + r] * b[n * ldb + i]          for r < kr, i < ow.
 void rsddmm_f32_avx512(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
