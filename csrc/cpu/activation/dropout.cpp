@@ -2,12 +2,9 @@
 // ATen's CPU dropout draws each element from its Mersenne-Twister stream (`bernoulli_`, ~8 ns per
 // element on one core) and saves a float mask; in the DDPM U-Net's training step that was 11-15%.
 //
-// Random numbers: Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
-// SC'11), keyed by the 64-bit seed the Python op draws once from torch's generator. One call of the
-// generator turns a 128-bit counter into four 32-bit words. Elements go in blocks of 32: element
-// e = 32 b + 8 w + j takes word w of counter (8 b + j, 0, 0) (low 64 bits, split into two words),
-// so eight counters fill four vectors of eight consecutive elements with no transpose. Each element's
-// draw depends only on (seed, e): results do not depend on how threads split the work.
+// Random numbers: Philox4x32-10 keyed by the 64-bit seed the Python op draws once from torch's
+// generator; which word each element takes is in dropout_mask.h. Each element's draw depends only on
+// (seed, e), so results do not depend on how threads split the work or on the instruction set.
 //
 // keep(e) = word < round((1 - p) 2^32) (unsigned), y = keep ? x * s : 0 with s = 1 / (1 - p) rounded
 // to the dtype, ATen's own scaling (it multiplies by the divided mask). The forward also writes bit
@@ -23,19 +20,14 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace ebsparse {
+#include "cpu/activation/dropout_mask.h"
+#include "cpu/capability.h"
+
+namespace ebsparse::dropout {
 namespace {
 
-constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;    // Philox4x32 multipliers
-constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;  // key schedule increments
-constexpr int kRounds = 10;
-constexpr int64_t kBlock = 32;         // elements per 8 counters
 constexpr int64_t kGrainBlocks = 2048;  // 64K elements per task
-
-struct Draw {
-  uint32_t key0, key1;
-  uint64_t threshold;  // keep when word < threshold; 2^32 keeps every element
-};
+constexpr int64_t kChunkBlocks = 64;    // masks made, then applied, 2K elements at a time (in L1)
 
 Draw make_draw(int64_t seed, double p) {
   const double keep = 1.0 - p;
@@ -64,7 +56,7 @@ inline void mulhilo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
 }
 
 // The four mask bytes of block b (elements 32 b .. 32 b + 31), eight counters at once.
-inline void mask_block8(const Draw& d, int64_t b, uint8_t* bytes) {
+inline void block_mask8(const Draw& d, int64_t b, uint8_t* bytes) {
   const uint64_t first = uint64_t(b) * 8;
   __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(first))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   __m256i c1 = _mm256_set1_epi32(int(uint32_t(first >> 32)));
@@ -82,10 +74,6 @@ inline void mask_block8(const Draw& d, int64_t b, uint8_t* bytes) {
     c3 = lo0;
     k0 = _mm256_add_epi32(k0, w0);
     k1 = _mm256_add_epi32(k1, w1);
-  }
-  if (d.threshold >> 32) {  // p = 0
-    bytes[0] = bytes[1] = bytes[2] = bytes[3] = 0xFF;
-    return;
   }
   // Unsigned word < threshold as a signed compare after flipping both sign bits.
   const __m256i flip = _mm256_set1_epi32(int(0x80000000u));
@@ -109,7 +97,7 @@ inline void mask_tail(const Draw& d, int64_t b, int64_t n, uint8_t* bytes) {
   }
 }
 
-// out[i] = bit i of bits ? in[i] * s : 0 for i < count (<= 32); eight (float) or four (double)
+// out[i] = bit i of bits ? in[i] * s : 0 for i < count; eight (float) or four (double)
 // lanes per vector, lane by lane past the last whole byte.
 template <class T>
 inline void apply_bits(const T* in, T* out, const uint8_t* bits, int64_t count, T s) {
@@ -136,17 +124,16 @@ inline void apply_bits(const T* in, T* out, const uint8_t* bits, int64_t count, 
 
 template <class T>
 void forward_kernel(const T* x, T* y, uint8_t* mask, int64_t n, const Draw& d, T s) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t blocks = (n + kBlock - 1) / kBlock, whole = n / kBlock;
+  const auto block_masks = cpu_capability() == CpuCapability::kAvx512 ? block_masks_avx512 : block_masks_avx2;
   at::parallel_for(0, blocks, kGrainBlocks, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      const int64_t first = b * kBlock, count = std::min<int64_t>(kBlock, n - first);
+    for (int64_t b = lo; b < hi; b += kChunkBlocks) {
+      const int64_t end = std::min(hi, b + kChunkBlocks), full_end = std::min(end, whole);
       uint8_t* bytes = mask + b * (kBlock / 8);
-      if (count == kBlock) {
-        mask_block8(d, b, bytes);
-      } else {
-        mask_tail(d, b, n, bytes);
-      }
-      apply_bits(x + first, y + first, bytes, count, s);
+      if (full_end > b) block_masks(d, b, full_end - b, bytes);
+      if (end > full_end) mask_tail(d, full_end, n, mask + full_end * (kBlock / 8));
+      const int64_t first = b * kBlock;
+      apply_bits(x + first, y + first, bytes, std::min(end * kBlock, n) - first, s);
     }
   });
 }
@@ -211,9 +198,18 @@ at::Tensor dropout_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
 }
 
 }  // namespace
-}  // namespace ebsparse
+
+void block_masks_avx2(const Draw& d, int64_t first, int64_t count, uint8_t* bytes) {
+  if (d.threshold >> 32) {  // p = 0
+    for (int64_t i = 0; i < 4 * count; ++i) bytes[i] = 0xFF;
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) block_mask8(d, first + i, bytes + 4 * i);
+}
+
+}  // namespace ebsparse::dropout
 
 TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
-  m.impl("dropout", &ebsparse::dropout_cpu);
-  m.impl("dropout_backward", &ebsparse::dropout_backward_cpu);
+  m.impl("dropout", &ebsparse::dropout::dropout_cpu);
+  m.impl("dropout_backward", &ebsparse::dropout::dropout_backward_cpu);
 }
