@@ -196,3 +196,23 @@ def test_resnet_block_takes_the_op_unless_observed(backend, monkeypatch):
     with trace() as calls:  # eval: no dropout at all
         block.eval()(x, temb)
     assert not [c for c in calls if c[0] == OP]
+
+
+_MASKS_CODE = ("import torch, ebsparse; print(torch.ops.ebsparse.cpu_capability()); "
+               "[print(torch.ops.ebsparse.dropout(torch.ones(n), p, s)[1].numpy().tobytes().hex()) "
+               "for n, p, s in ((5001, 0.1, 3), (4096, 0.5, 2**62 + 5), (999, 0.9, 77))]")
+
+
+@NATIVE
+def test_avx2_and_avx512_masks_agree():
+    """Each instruction set's kernel gives the same bits (the process's own choice against AVX2 in a
+    subprocess; on a CPU without AVX-512 both are AVX2)."""
+    import os
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _MASKS_CODE], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY=cap),
+                           capture_output=True, text=True) for cap in ("avx2", "")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
+    (avx2_name, *avx2), (_, *best) = (r.stdout.split() for r in runs)
+    assert avx2_name == "avx2" and avx2 == best and len(best) == 3
