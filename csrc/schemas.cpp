@@ -72,6 +72,10 @@ TORCH_LIBRARY(ebsparse, m) {
   // GELU with the tanh approximation (CPU; cpu/activation/): forward, and the input's gradient.
   m.def("gelu_tanh(Tensor input) -> Tensor");
   m.def("gelu_tanh_backward(Tensor grad_output, Tensor input) -> Tensor");
+  // Dropout from a counter-based generator keyed by `seed` (CPU; cpu/activation/dropout.cpp):
+  // (output, bit mask uint8 (ceil(numel / 8),)); the backward reads the forward's mask.
+  m.def("dropout(Tensor input, float p, int seed) -> (Tensor, Tensor)");
+  m.def("dropout_backward(Tensor grad_output, Tensor mask, float p) -> Tensor");
   // [layouts held, layouts built] by the CPU pattern caches of the process (cpu/pattern_cache.h).
   m.def("cpu_pattern_cache_stats() -> int[]");
 }

@@ -56,7 +56,8 @@ class DenseBackend(Backend):
     # gru_recurrence: SparseGRU's dense path is PyTorch's own GRU on the masked weights (ebsparse/nn/gru.py),
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
-                     "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh"})
+                     "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
+                     "dropout"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -106,6 +107,19 @@ class DenseBackend(Backend):
     def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
         """(grad_input, None): an activation has no weight."""
         return torch.ops.aten.gelu_backward(grad_output, inputs.input, approximate="tanh") if input_grad else None, None
+
+    def dropout_forward(self, inputs):
+        """ATen's dropout (its Bernoulli mask divided by 1 - p, times the input) on a generator
+        seeded with the call's seed, so it draws from torch's generator exactly as native does."""
+        x, p = inputs.input, inputs.p
+        generator = torch.Generator(x.device).manual_seed(inputs.seed)
+        scaled = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator).mul_(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+        inputs.state["scaled_mask"] = scaled
+        return x * scaled
+
+    def dropout_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, None): grad_output times the forward's scaled mask."""
+        return grad_output * inputs.state["scaled_mask"] if input_grad else None, None
 
     def block_attention_forward(self, inputs):
         """(out, lse) as the kernel backends return them (lse = -inf on a row with no kept key); the

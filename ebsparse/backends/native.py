@@ -19,7 +19,7 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
               "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
               "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
-              "gelu_tanh": "ebsparse::gelu_tanh"}
+              "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -116,6 +116,14 @@ class NativeBackend(Backend):
     def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
         """(grad_input, None): an activation has no weight."""
         return torch.ops.ebsparse.gelu_tanh_backward(grad_output, inputs.input) if input_grad else None, None
+
+    def dropout_forward(self, inputs):
+        y, inputs.state["mask"] = torch.ops.ebsparse.dropout(inputs.input, inputs.p, inputs.seed)
+        return y
+
+    def dropout_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, None) from the forward's bit mask."""
+        return torch.ops.ebsparse.dropout_backward(grad_output, inputs.state["mask"], inputs.p) if input_grad else None, None
 
     def block_linear_forward(self, inputs):
         p = inputs.pattern

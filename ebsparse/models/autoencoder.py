@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
+from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
 from .ddpm_unet import AttnBlock, Downsample, Upsample
 
@@ -113,7 +114,7 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(norm_silu(self.norm1, x))
-        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
+        h = self.conv2(dropout_act(self.dropout, norm_silu(self.norm2, h)))
         return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
 
 

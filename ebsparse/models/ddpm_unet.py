@@ -17,6 +17,7 @@ from torch import nn
 
 from .._config import config_from_dict
 from ..nn.fused import StackedConv2d, run_stacked
+from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
 
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
@@ -148,7 +149,8 @@ class Downsample(nn.Module):
 class ResnetBlock(nn.Module):
     """norm1 → swish → conv1 → +temb_proj(swish(temb)) → norm2 → swish → dropout → conv2, + shortcut.
 
-    Each norm → swish pair is one fused op on the CPU (`ebsparse.nn.norm.norm_silu`)."""
+    Each norm → swish pair is one fused op on the CPU (`ebsparse.nn.norm.norm_silu`), and the
+    dropout in training runs ebsparse's kernel there (`ebsparse.nn.activation.dropout_act`)."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float, groups: int):
         super().__init__()
@@ -166,7 +168,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(norm_silu(self.norm1, x))
         h = h + self.temb_proj(_swish(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
+        h = self.conv2(dropout_act(self.dropout, norm_silu(self.norm2, h)))  # ATen's dropout is slow on the CPU
         # Decided by structure, not by widths: channel pruning may make the two widths equal
         # while the block still has (and needs) its 1x1 shortcut.
         if hasattr(self, "nin_shortcut"):

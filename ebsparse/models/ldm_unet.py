@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
+from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
 
 __all__ = ["LDMUNetConfig", "LDMUNet", "LatentDiffusionConfig", "build_latent_unet", "ldm_timestep_embedding"]
@@ -204,12 +205,13 @@ class ResBlock(nn.Module):
             h, x = self.h_upd(h), self.x_upd(x)
         h = self.in_layers[2](h)
         emb_out = self.emb_layers(emb)[:, :, None, None]
-        norm, rest = self.out_layers[0], self.out_layers[2:]
+        norm, drop, conv = self.out_layers[0], self.out_layers[2], self.out_layers[3]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = rest(F.silu(norm(h) * (1 + scale) + shift))
+            h = F.silu(norm(h) * (1 + scale) + shift)
         else:
-            h = rest(norm_silu(norm, h + emb_out))
+            h = norm_silu(norm, h + emb_out)
+        h = conv(dropout_act(drop, h))  # ATen's dropout is slow on the CPU
         return self.skip_connection(x) + h
 
 

@@ -1,5 +1,7 @@
 """`gelu_tanh_act(act, x)`: ``act(x)`` for a model's ``nn.GELU(approximate="tanh")``, on the faster
-kernel (ebsparse.ops.gelu_tanh) where that is safe.
+kernel (ebsparse.ops.gelu_tanh) where that is safe; `dropout_act(drop, x)` likewise for a model's
+``nn.Dropout`` in training (ebsparse.ops.dropout: another random stream than ATen's, one draw of
+torch's generator per call).
 
 As `ebsparse.nn.norm.norm_silu`: the op runs on the CPU in eager mode when `act` is a plain
 ``nn.GELU(approximate="tanh")`` that nothing observes; otherwise the module itself is called, so its
@@ -15,11 +17,13 @@ from torch.nn.modules import module as _module
 
 from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
+from ebsparse.ops.dropout import run_dropout
 from ebsparse.ops.gelu_tanh import GeluTanhInputs, run_gelu_tanh
 
 # The backend `gelu_tanh_act` asks for: "auto" whatever EBSPARSE_BACKEND says (that variable names
 # the sparse layers' backend); tests set "native" or "dense".
 BACKEND = "auto"
+DROPOUT_BACKEND = "auto"  # not timed: auto takes the native kernel wherever it runs
 _resolved: dict[tuple, Backend] = {}
 
 
@@ -39,3 +43,17 @@ def gelu_tanh_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if backend is None:
         backend = _resolved[key] = dispatch.resolve(BACKEND, GeluTanhInputs(x.detach()))
     return run_gelu_tanh(x, backend)
+
+
+def dropout_act(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``drop(x)``; the dropout op for an unobserved plain ``nn.Dropout`` in training on the CPU in
+    eager mode (float32/float64, not in place)."""
+    if (type(drop) is not nn.Dropout or not drop.training or drop.inplace or not 0.0 < drop.p <= 1.0
+            or x.device.type != "cpu" or torch.compiler.is_compiling() or _observed(drop)
+            or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0):
+        return drop(x)
+    key = ("dropout", DROPOUT_BACKEND, x.dtype)
+    backend = _resolved.get(key)
+    if backend is None:
+        backend = _resolved[key] = dispatch.resolve_untimed(DROPOUT_BACKEND, "dropout", x.device, x.dtype)
+    return run_dropout(x, float(drop.p), backend)

@@ -4,6 +4,7 @@ from ebsparse.ops.attention import block_sparse_attention
 from ebsparse.ops.block_conv import block_sparse_conv2d
 from ebsparse.ops.block_linear import block_sparse_linear
 from ebsparse.ops.conv import sparse_conv2d
+from ebsparse.ops.dropout import dropout
 from ebsparse.ops.gelu_tanh import gelu_tanh
 from ebsparse.ops.group_norm_silu import group_norm_silu
 from ebsparse.ops.linear import sparse_linear
@@ -26,5 +27,6 @@ __all__ = [
     "decompress_2_4",
     "group_norm_silu",
     "gelu_tanh",
+    "dropout",
     "group_norm_silu_reference",
 ]
