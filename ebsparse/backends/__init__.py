@@ -11,7 +11,7 @@ from ebsparse.backends.extension import extension_error
 from ebsparse.backends.native import NativeBackend
 from ebsparse.backends.registry import get_backend, register_backend, registered_backends, trace
 from ebsparse.backends.report import availability, report
-from ebsparse.backends.select import auto_candidates, choices, choose, clear
+from ebsparse.backends.select import auto_candidates, choices, choose, clear, recorded, restore
 from ebsparse.backends.semi_structured import SemiStructuredBackend
 from ebsparse.backends.triton_backend import TritonBackend
 
@@ -25,4 +25,4 @@ register_backend(SemiStructuredBackend())
 extension_error()
 
 __all__ = ["Backend", "report", "availability", "auto_candidates", "choices", "choose", "clear", "get_backend",
-           "register_backend", "registered_backends", "trace"]
+           "recorded", "register_backend", "registered_backends", "restore", "trace"]

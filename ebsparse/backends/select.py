@@ -125,6 +125,25 @@ def choices() -> dict[str, tuple[str, dict[str, float]]]:
         return {k: (v, dict(_timings.get(k, {}))) for k, v in _choices.items()}
 
 
+def recorded() -> dict[str, str]:
+    """Every choice auto made or loaded in this process, by key (a copy). A trainer saves them with
+    its checkpoint: a resumed run must run the kernels the interrupted one ran, because two backends'
+    floating-point sums differ in their last bits, and a close call measured again can flip."""
+    with _lock:
+        return dict(_choices)
+
+
+def restore(saved: dict[str, str]) -> None:
+    """Take the choices of `recorded` (from a checkpoint) instead of measuring those keys again."""
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()):
+        raise ValueError(f"saved: expected a dict of str keys to backend names (from recorded()), got {saved!r:.200}")
+    unknown = sorted(set(saved.values()) - set(registered_backends()))
+    if unknown:
+        raise ValueError(f"saved: backend names {unknown} are not registered here ({sorted(registered_backends())})")
+    with _lock:
+        _choices.update(saved)
+
+
 def clear() -> None:
     with _lock:
         _choices.clear()

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .. import backends
 from ..models import build_model
 from ..nn.sharded import full
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
@@ -248,7 +249,8 @@ class Trainer:
         if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                "torch_version": torch.__version__, "elapsed_s": self.elapsed_s(), "plugins": {}}
+                "torch_version": torch.__version__, "elapsed_s": self.elapsed_s(), "plugins": {},
+                "backend_choices": backends.recorded()}
         if self.amp.scaler is not None:
             meta["grad_scaler"] = self.amp.scaler.state_dict()
         for p in self.plugins:
@@ -297,6 +299,7 @@ class Trainer:
         self.generator.set_state(tensors["rng/train"])
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        backends.restore(meta.get("backend_choices", {}))  # the kernels the saved run computed with
         self.step = int(meta["step"])
         if self.amp.scaler is not None and "grad_scaler" in meta:
             self.amp.scaler.load_state_dict(meta["grad_scaler"])

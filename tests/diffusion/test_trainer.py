@@ -46,6 +46,23 @@ def test_killed_and_resumed_run_is_bit_identical(tiny_digits_config, tmp_path):
     assert (tmp_path / "split" / "metrics.csv").read_text().splitlines()[0].startswith("step,loss")
 
 
+def test_a_resume_computes_with_the_backends_the_saved_run_chose(tiny_digits_config, tmp_path):
+    """Auto measures its choices; measured again after a restart, a close call could flip to another
+    kernel (other last bits) and the resumed run would drift from the uninterrupted one."""
+    from ebsparse.backends import select
+
+    Trainer(tiny_digits_config, tmp_path / "run").fit(progress=False)
+    saved = _all_tensors(tmp_path / "run")[1]["backend_choices"]
+    assert saved == select.recorded()
+    assert any("group_norm_silu" in k for k in saved)  # the U-Net's fused norm + swish chose
+    select.clear()
+    flipped = {k: ("native" if v == "dense" else "dense") for k, v in saved.items()}
+    select.restore(flipped)  # what a fresh process would measure is irrelevant: the checkpoint wins
+    Trainer(tiny_digits_config, tmp_path / "run").load()
+    assert select.recorded() == saved
+    select.clear()
+
+
 def test_training_changes_weights_and_writes_grids(tiny_digits_config, tmp_path):
     cfg = tiny_digits_config
     cfg.training.sample_every = 3
