@@ -19,6 +19,7 @@ from .._config import config_from_dict
 from ..nn.fused import StackedConv2d, run_stacked
 from ..nn.norm import norm_silu
 from ..nn.pixel_attention import pixel_attention, pixel_attention_stacked
+from ..nn.upsample import upsample_nearest_2x
 
 __all__ = ["DDPMUNetConfig", "DDPMUNet", "timestep_embedding"]
 
@@ -127,7 +128,7 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = upsample_nearest_2x(x)  # F.interpolate(x, scale_factor=2.0, mode="nearest"), faster on the CPU
         return self.conv(x) if self.with_conv else x
 
 
