@@ -10,7 +10,8 @@ into one (B, 3C, N) buffer, where a split's backward would concatenate three. At
 F.scaled_dot_product_attention measured slower than both on the CPU at these shapes.
 
 A second-order gradient is exact: with ``create_graph=True`` the backward recomputes the softmax from
-q and k and runs differentiable ops.
+q and k and runs differentiable ops. Under autocast the reference's plain ops run (autocast chooses
+each product's dtype).
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ def _check(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor) or t.ndim != 3 or not t.is_floating_point():
         got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"{name}: expected a floating (batch, channels, pixels) tensor, got {got}")
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The DDIM code's ops. Under autocast these run instead of the Function: autocast picks each
+    product's dtype, where the Function's backward needs one dtype throughout."""
+    w = torch.softmax(torch.bmm(q.permute(0, 2, 1), k) * scale, dim=2)
+    return torch.bmm(v, w.permute(0, 2, 1))
+
+
+def _autocast(t: torch.Tensor) -> bool:
+    device = t.device.type  # "meta" (MAC counting) has no autocast
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -78,6 +91,8 @@ def pixel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
         if t.shape != q.shape or t.dtype != q.dtype:
             raise ValueError(f"{name}: expected q's shape and dtype {tuple(q.shape)} {q.dtype}, "
                              f"got {tuple(t.shape)} {t.dtype}")
+    if _autocast(q):
+        return _reference(q, k, v, scale)
     return _PixelAttention.apply(float(scale), q, k, v)
 
 
@@ -89,4 +104,6 @@ def pixel_attention_stacked(qkv: torch.Tensor, scale: float) -> torch.Tensor:
     if qkv.shape[1] % 3:
         raise ValueError(f"qkv: expected q, k, v stacked along dim 1 (a multiple of 3 channels), "
                          f"got {qkv.shape[1]} channels")
+    if _autocast(qkv):
+        return _reference(*qkv.chunk(3, dim=1), scale)
     return _PixelAttention.apply(float(scale), qkv)

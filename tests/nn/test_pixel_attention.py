@@ -97,6 +97,26 @@ def test_attn_block_runs_it_and_equals_the_reference(sparse):
         torch.testing.assert_close(a, r)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "stacked-sparse"])
+def test_attn_block_under_autocast_runs_the_reference_ops(sparse):
+    """bf16 autocast on the CPU: the reference's ops (autocast picks each product's dtype), forward
+    and backward, and the same result as the reference computed under autocast."""
+    torch.manual_seed(0)
+    block = AttnBlock(32, 8)
+    if sparse:
+        sparsify(block, density=0.5, include=["q", "k", "v"], backend="native")
+    x = torch.randn(2, 32, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        h = block.norm(x)
+        q, k, v = (getattr(block, n)(h).reshape(2, 32, 16) for n in "qkv")
+        ref = x + block.proj_out(reference(q, k, v, 32**-0.5).reshape(2, 32, 4, 4))
+    assert not any(type(n).__name__ == "_PixelAttentionBackward" for n in _graph(out.grad_fn))
+    torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+    out.float().square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_bad_input_names_the_argument():
     q = torch.randn(2, 4, 6)
     with pytest.raises(ValueError, match="k: expected q's shape"):
