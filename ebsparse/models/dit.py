@@ -118,7 +118,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, patch_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous: elementwise ops keep their first input's layout, so a transposed view here would
+        # carry the token-major layout through every residual add, and every LayerNorm (forward and
+        # backward) would copy its input to contiguous.
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):

@@ -59,8 +59,11 @@ class StackedConv2d:
         self._mask: torch.Tensor | None = None
         self._resolved: dict[tuple, object] = {}
 
-    def __call__(self, convs: Sequence[SparseConv2d], input: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, convs: Sequence[SparseConv2d], input: torch.Tensor, *, split: bool = True
+                 ) -> list[torch.Tensor]:
         """The layers' outputs, as ``[conv(input) for conv in convs]`` computes them, from one call.
+        With ``split=False`` the stacked output comes back whole, as a one-element list, where the
+        call was one (a resolved dense backend runs the layers one by one and returns their outputs).
         Raises ValueError if they cannot be stacked (see `stack_unsupported_reason`)."""
         reason = stack_unsupported_reason(convs)
         if reason:
@@ -95,13 +98,15 @@ class StackedConv2d:
             return [conv(input) for conv in convs]
         run = run_block_conv2d if first.pattern == "block" else run_conv2d
         out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)
-        return list(out.split([c.out_channels for c in convs], dim=1))
+        return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
 
 
-def run_stacked(stack: StackedConv2d | None, convs: Sequence[torch.nn.Module], input: torch.Tensor
-                ) -> list[torch.Tensor]:
+def run_stacked(stack: StackedConv2d | None, convs: Sequence[torch.nn.Module], input: torch.Tensor, *,
+                split: bool = True) -> list[torch.Tensor]:
     """``[conv(input) for conv in convs]``: one stacked call where the layers allow it and `stack` is
-    given, outside torch.compile; the layers one by one otherwise."""
+    given, outside torch.compile; the layers one by one otherwise. ``split=False``: a stacked call's
+    output whole, as a one-element list (a consumer of all of it saves the split's backward, which
+    concatenates the layers' gradients)."""
     if stack is not None and not torch.compiler.is_compiling() and stack_unsupported_reason(convs) is None:
-        return stack(convs, input)
+        return stack(convs, input, split=split)
     return [conv(input) for conv in convs]
