@@ -16,6 +16,9 @@ import torch.nn.functional as F
 __all__ = ["is_pointwise", "dense_conv2d", "pointwise_conv2d", "pointwise_conv2d_grads"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: the profiler scope of these products, so that step breakdowns (bench/breakdown.py) count them as
+#: convolutions rather than as attention's batched products
+PROFILER_SCOPE = "ebsparse::pointwise_conv2d"
 
 
 def is_pointwise(input: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
@@ -38,7 +41,8 @@ class _PointwiseConv2d(torch.autograd.Function):
         co = weight.shape[0]
         x = input.view(n, ci, h * w)
         w2 = weight.reshape(co, ci).expand(n, co, ci)
-        out = torch.bmm(w2, x) if bias is None else torch.baddbmm(bias.view(1, co, 1), w2, x)
+        with torch.profiler.record_function(PROFILER_SCOPE):
+            out = torch.bmm(w2, x) if bias is None else torch.baddbmm(bias.view(1, co, 1), w2, x)
         return out.view(n, co, h, w)
 
     @staticmethod
@@ -58,6 +62,11 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 def pointwise_conv2d_grads(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                            input_grad: bool, weight_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(grad-input, grad-weight) of `pointwise_conv2d` (None where not asked for), outside autograd."""
+    with torch.profiler.record_function(PROFILER_SCOPE):
+        return _grads(grad_output, input, weight, input_grad, weight_grad)
+
+
+def _grads(grad_output, input, weight, input_grad, weight_grad):
     n, ci, h, w = input.shape
     co = weight.shape[0]
     g = grad_output.reshape(n, co, h * w)
