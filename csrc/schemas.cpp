@@ -72,6 +72,17 @@ TORCH_LIBRARY(ebsparse, m) {
   // GELU with the tanh approximation (CPU; cpu/activation/): forward, and the input's gradient.
   m.def("gelu_tanh(Tensor input) -> Tensor");
   m.def("gelu_tanh_backward(Tensor grad_output, Tensor input) -> Tensor");
+  // DiT's adaLN ops (CPU; cpu/adaln/): input, branch (B, N, C); shift, scale, gate (B, C).
+  // layer_norm_modulate = LayerNorm(input) (no affine) * (1 + scale[:, None]) + shift[:, None]:
+  // (output, mean (B, N), rstd (B, N)); its backward returns (grad_input, grad_shift, grad_scale).
+  m.def("layer_norm_modulate(Tensor input, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "layer_norm_modulate_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor rstd, Tensor scale) "
+      "-> (Tensor, Tensor, Tensor)");
+  // gated_residual = input + gate[:, None] * branch; its backward returns (grad_branch, grad_gate)
+  // (grad_input is grad_output).
+  m.def("gated_residual(Tensor input, Tensor gate, Tensor branch) -> Tensor");
+  m.def("gated_residual_backward(Tensor grad_output, Tensor gate, Tensor branch) -> (Tensor, Tensor)");
   // Dropout from a counter-based generator keyed by `seed` (CPU; cpu/activation/dropout.cpp):
   // (output, bit mask uint8 (ceil(numel / 8),)); the backward reads the forward's mask.
   m.def("dropout(Tensor input, float p, int seed) -> (Tensor, Tensor)");

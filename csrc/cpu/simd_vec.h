@@ -8,6 +8,7 @@
 // (aligned), storeu(p, v), store_part(p, v, n), hsum(v), gather(p, idx) (lane i = p[idx[i]], zero
 // and not read where idx[i] < 0), in_register(v) (v forced into a register: a loaded vector that
 // several FMAs read, which GCC would otherwise fold back into each FMA as a load of its own).
+// sub(a, b) = a - b and mul(a, b) = a * b, lane-wise (the elementwise kernels of cpu/adaln/).
 //
 // Everything has internal linkage (anonymous namespace), so no copy compiled for one instruction
 // set can be merged by the linker into code built for the other. The AVX-512 adapter carries its
@@ -54,6 +55,8 @@ struct Avx512 {
   static inline T bcast(float x) { return _mm512_set1_ps(x); }
   static inline T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static inline T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm512_storeu_ps(p, v); }
   static inline void stream(float* p, T v) { _mm512_stream_ps(p, v); }
   static inline void store_part(float* p, T v, int64_t n) {
@@ -97,6 +100,8 @@ struct Avx2 {
   static inline T bcast(float x) { return _mm256_set1_ps(x); }
   static inline T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static inline T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static inline void storeu(float* p, T v) { _mm256_storeu_ps(p, v); }
   static inline void stream(float* p, T v) { _mm256_stream_ps(p, v); }
   static inline void store_part(float* p, T v, int64_t n) { _mm256_maskstore_ps(p, lanes(n), v); }

@@ -57,7 +57,7 @@ class DenseBackend(Backend):
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
                      "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
-                     "dropout"})
+                     "dropout", "layer_norm_modulate", "gated_residual"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -107,6 +107,32 @@ class DenseBackend(Backend):
     def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
         """(grad_input, None): an activation has no weight."""
         return torch.ops.aten.gelu_backward(grad_output, inputs.input, approximate="tanh") if input_grad else None, None
+
+    def layer_norm_modulate_forward(self, inputs):
+        x = inputs.input
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(x, x.shape[-1:], None, None, inputs.eps)
+        inputs.state.update(normed=normed, mean=mean, rstd=rstd)
+        return torch.addcmul(inputs.shift.unsqueeze(1), normed, 1 + inputs.scale.unsqueeze(1))
+
+    def layer_norm_modulate_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_shift, grad_scale) or None); None for a gradient not asked for."""
+        x, s = inputs.input, inputs.state
+        grad_input = None
+        if input_grad:
+            grad_normed = grad_output * (1 + inputs.scale.unsqueeze(1))
+            grad_input = torch.ops.aten.native_layer_norm_backward(grad_normed, x, x.shape[-1:], s["mean"], s["rstd"],
+                                                                   None, None, [True, False, False])[0]
+        grads = (grad_output.sum(1), (grad_output * s["normed"]).sum(1)) if weight_grad else None
+        return grad_input, grads
+
+    def gated_residual_forward(self, inputs):
+        return torch.addcmul(inputs.input, inputs.gate.unsqueeze(1), inputs.branch)
+
+    def gated_residual_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_branch, grad_gate), None for one not asked for (the input's gradient is grad_output)."""
+        grad_branch = grad_output * inputs.gate.unsqueeze(1) if input_grad else None
+        grad_gate = (grad_output * inputs.branch).sum(1) if weight_grad else None
+        return grad_branch, grad_gate
 
     def dropout_forward(self, inputs):
         """ATen's dropout (its Bernoulli mask divided by 1 - p, times the input) on a generator

@@ -19,7 +19,8 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "decompress_2_4": "ebsparse::decompress_2_4", "group_norm_silu": "ebsparse::fused_group_norm_silu",
               "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
               "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
-              "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout"}
+              "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout",
+              "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -116,6 +117,27 @@ class NativeBackend(Backend):
     def gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
         """(grad_input, None): an activation has no weight."""
         return torch.ops.ebsparse.gelu_tanh_backward(grad_output, inputs.input) if input_grad else None, None
+
+    def layer_norm_modulate_forward(self, inputs):
+        y, mean, rstd = torch.ops.ebsparse.layer_norm_modulate(inputs.input, inputs.shift, inputs.scale, inputs.eps)
+        inputs.state.update(mean=mean, rstd=rstd)
+        return y
+
+    def layer_norm_modulate_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_shift, grad_scale) or None), one fused pass (csrc/cpu/adaln/) that
+        makes all three whichever are asked for."""
+        s = inputs.state
+        grad_input, grad_shift, grad_scale = torch.ops.ebsparse.layer_norm_modulate_backward(
+            grad_output, inputs.input, s["mean"], s["rstd"], inputs.scale)
+        return grad_input if input_grad else None, (grad_shift, grad_scale) if weight_grad else None
+
+    def gated_residual_forward(self, inputs):
+        return torch.ops.ebsparse.gated_residual(inputs.input, inputs.gate, inputs.branch)
+
+    def gated_residual_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_branch, grad_gate), one fused pass making both (the input's gradient is grad_output)."""
+        grad_branch, grad_gate = torch.ops.ebsparse.gated_residual_backward(grad_output, inputs.gate, inputs.branch)
+        return grad_branch if input_grad else None, grad_gate if weight_grad else None
 
     def dropout_forward(self, inputs):
         y, inputs.state["mask"] = torch.ops.ebsparse.dropout(inputs.input, inputs.p, inputs.seed)

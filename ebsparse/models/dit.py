@@ -20,6 +20,7 @@ from torch import nn
 
 from .._config import config_from_dict
 from ..nn.activation import gelu_tanh_act
+from ..nn.adaln import fused_adaln, gated_add, norm_modulate
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
@@ -91,10 +92,6 @@ def dit_config(size: str, patch_size: int = 2, **overrides: Any) -> DiTConfig:
         raise ValueError(f"dit_config(patch_size={patch_size!r}): the standard DiTs use 2, 4 or 8")
     depth, hidden, heads = DIT_SIZES[key]
     return DiTConfig(**{"patch_size": patch_size, "depth": depth, "hidden_size": hidden, "num_heads": heads, **overrides})
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -216,8 +213,11 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # x + gate * f(modulate(norm(x), shift, scale)) twice; on the CPU the norm + modulate and the
+        # gated add are one memory pass each way (ebsparse.nn.adaln), else ATen's ops as written.
+        fused = fused_adaln(x, self.norm1, self.norm2)
+        x = gated_add(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa, fused)), fused)
+        return gated_add(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp, fused)), fused)
 
 
 class FinalLayer(nn.Module):
@@ -229,7 +229,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale, fused_adaln(x, self.norm_final)))
 
 
 class DiT(nn.Module):

@@ -37,6 +37,17 @@ def group_norm_silu_reference(input: torch.Tensor, num_groups: int, weight: torc
     return F.silu(F.group_norm(input, num_groups, weight, bias, eps))
 
 
+def layer_norm_modulate_reference(input: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                                  eps: float = 1e-6) -> torch.Tensor:
+    """DiT's adaLN modulate of an affine-free LayerNorm: LN(input) * (1 + scale[:, None]) + shift[:, None]."""
+    return F.layer_norm(input, input.shape[-1:], eps=eps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def gated_residual_reference(input: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """DiT's adaLN-Zero gated residual: input + gate[:, None] * branch."""
+    return input + gate.unsqueeze(1) * branch
+
+
 def block_sparse_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                      layout: torch.Tensor, block_size: int, scale: float | None = None) -> torch.Tensor:
     """``softmax(scale * Q K^T + M) V`` with ``M`` the layout's dense mask (0 kept, -inf dropped), the
