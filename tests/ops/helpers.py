@@ -47,3 +47,29 @@ def tolerance(dtype: torch.dtype, scale: float) -> dict:
     """Absolute/relative error allowed against the fp64 reference, scaled by the sum magnitude."""
     eps = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
     return dict(atol=eps * max(1.0, scale), rtol=eps * 10)
+
+
+_IN_PROCESS = """
+import sys, torch, ebsparse
+from safetensors.torch import load_file, save_file
+inputs, outputs = load_file(sys.argv[1]), {}
+assert torch.ops.ebsparse.cpu_capability() == sys.argv[3], torch.ops.ebsparse.cpu_capability()
+"""
+
+
+def outputs_with_capability(code: str, inputs: dict, tmp_path, capability: str = "avx2") -> dict:
+    """Run `code` in a fresh interpreter whose CPU kernels use `capability` (EBSPARSE_CPU_CAPABILITY:
+    the instruction set is chosen once per process): it reads the dict `inputs` and fills the dict
+    `outputs` (name -> tensor), both moved through safetensors files. Raises with its stderr if it fails."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = str(tmp_path / "inputs.safetensors"), str(tmp_path / "outputs.safetensors")
+    save_file({k: v.detach().contiguous() for k, v in inputs.items()}, src)
+    program = _IN_PROCESS + code + "\nsave_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[2])\n"
+    run = subprocess.run([sys.executable, "-c", program, src, dst, capability], capture_output=True, text=True,
+                         env=dict(os.environ, EBSPARSE_CPU_CAPABILITY=capability))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return load_file(dst)

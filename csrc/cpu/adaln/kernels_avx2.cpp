@@ -1,6 +1,7 @@
 // adaln.h's row kernels (kernels.h) for AVX2+FMA, the library's baseline: float32, eight lanes.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 

@@ -3,6 +3,7 @@
 // bodies only, and the table accessor after it is baseline code.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 

@@ -1,5 +1,6 @@
 // adaln.h's row kernels (kernels.h) for float64, the reference precision: one lane at a time
 // through a scalar adapter with simd_vec.h's interface (GCC vectorises what it can).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
