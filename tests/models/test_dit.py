@@ -71,3 +71,54 @@ def test_bad_dit_configs():
     with torch.device("meta"):
         model = build_model({"type": "dit", "size": "S", "patch_size": 4, "input_size": 16})
     assert model.config.depth == 12 and model.config.patch_size == 4 and model.config.input_size == 16
+
+
+@pytest.mark.parametrize("backend", ["native", "dense"])
+def test_blocks_take_the_adaln_ops_unless_observed(backend, monkeypatch):
+    """On the CPU in eager mode a DiT's blocks and final layer run layer_norm_modulate and
+    gated_residual (same outputs and gradients as ATen's composition); with a hook on a norm (what
+    torch-pruning's tracer and MAC counting add) or under a global hook they run ATen's ops, so the
+    hooks fire and the MACs are the same."""
+    from ebsparse.backends import trace
+    from ebsparse.backends.extension import extension_error
+    from ebsparse.nn import adaln
+
+    if backend == "native" and extension_error() is not None:
+        pytest.skip(str(extension_error()))
+    monkeypatch.setattr(adaln, "BACKEND", backend)
+    adaln._resolved.clear()
+    torch.manual_seed(0)
+    model = DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=24, depth=2, num_heads=2, num_classes=5)
+    for p in model.parameters():  # past the adaLN-Zero init, so every gate and shift matters
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, y = torch.randn(3, 3, 8, 8), torch.randint(0, 1000, (3,)), torch.tensor([0, 4, 2])
+
+    def run():
+        model.zero_grad()
+        out = model(x, t, y, generator=torch.Generator().manual_seed(1))  # the same label dropout
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    with trace() as calls:
+        fused_out, fused_grads = run()
+    ran = {(op, phase, name) for op, phase, name in calls}
+    for op in ("layer_norm_modulate", "gated_residual"):
+        assert {(op, "forward", backend), (op, "backward", backend)} <= ran, ran
+    assert sum(op == "layer_norm_modulate" and phase == "forward" for op, phase, _ in calls) == 2 * 2 + 1
+
+    seen = []
+    hook = model.blocks[0].norm1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with trace() as calls:  # block 0 runs ATen's ops, block 1 and the final layer still the fused ones
+        aten_out, aten_grads = run()
+    hook.remove()
+    assert seen == [torch.Size([3, 16, 24])]
+    assert sum(op == "layer_norm_modulate" and phase == "forward" for op, phase, _ in calls) == 2 + 1
+    torch.testing.assert_close(fused_out, aten_out, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused_grads, aten_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    one = (x[:1], t[:1], y[:1])
+    counted = count_macs(model, *one)  # hooks every LayerNorm: ATen's path, the norms counted
+    assert {n for n in counted.by_module if "norm" in n} == {"blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1",
+                                                             "blocks.1.norm2", "final_layer.norm_final"}
+    assert counted.by_module["blocks.0.norm1"] == 16 * 24
