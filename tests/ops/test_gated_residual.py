@@ -154,3 +154,19 @@ def test_avx2_kernels_match_reference(tmp_path):
         args64 = [t.detach().double().requires_grad_() for t in (x, gate, branch)]
         for name, ref in zip(NAMES, _grads(gated_residual_reference, *args64, dy.double())):
             torch.testing.assert_close(got[f"{k}/{name}"].double(), ref, **_tol(torch.float32, shapes[int(k)][1]))
+
+
+@NATIVE
+def test_native_sums_do_not_depend_on_threads():
+    """The gate's gradient adds fixed blocks of token rows in a fixed order: the same bits on one
+    thread as on two."""
+    x, gate, branch, dy = _case(3, 100, 40, torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_grads(lambda *a: gated_residual(*a, backend="native"), x, gate, branch, dy))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -185,3 +185,19 @@ def test_avx2_kernels_match_reference(tmp_path):
         same = _grads(lambda *a: layer_norm_modulate_reference(*a, 1e-6), x, shift, scale, dy)
         for n, ref, ref_same in zip(("y", "dx", "dshift", "dscale"), expected, same):
             assert_within_budget(f"{shapes[int(k)]} {n}", got[f"{k}/{n}"], ref, ref_same)
+
+
+@NATIVE
+def test_native_sums_do_not_depend_on_threads():
+    """The per-sample sums over tokens add fixed blocks of rows in a fixed order: the same bits on
+    one thread as on two (a resumed or re-sharded run reproduces the gradients)."""
+    x, shift, scale, dy = _case(3, 100, 40, torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_grads(lambda *a: layer_norm_modulate(*a, 1e-6, backend="native"), x, shift, scale, dy))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
