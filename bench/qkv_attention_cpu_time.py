@@ -4,10 +4,11 @@ the order rotated per round; minimum over rounds.
 
 Rows: the op alone and DiT-S/2's whole Attention layer (qkv linear, attention, proj) at the DiT
 bench's shapes (batch 32, 64 tokens, 6 heads of 64), then a token sweep at a fixed 2,048 tokens per
-call that places auto's `NATIVE_MAX_TOKENS`. With one thread the times are `time.process_time`;
+call that places auto's `NATIVE_MAX_TOKENS`; with ``--steps``, whole DiT-S/2 training steps (dense
+and ERK 0.9) with the attention on each backend. With one thread the times are `time.process_time`;
 with more, wall-clock (`time.perf_counter`), the machine being shared.
 
-Run: ``OMP_NUM_THREADS=1 python -m bench.qkv_attention_cpu_time [--threads 1] [--rounds 5]``
+Run: ``OMP_NUM_THREADS=1 python -m bench.qkv_attention_cpu_time [--threads 1] [--rounds 5] [--steps]``
 (prints markdown tables; bench/NOTES.md keeps the history).
 """
 
@@ -79,10 +80,44 @@ def rows(rounds: int, clock) -> list[str]:
     return out
 
 
+def _with_attention(step, backend):
+    from ebsparse.models import dit
+
+    def run():
+        saved = dit.qkv_attention
+        dit.qkv_attention = lambda qkv, heads: saved(qkv, heads, backend=backend)
+        try:
+            step()
+        finally:
+            dit.qkv_attention = saved
+    return run
+
+
+def step_rows(rounds: int, clock) -> list[str]:
+    """Whole DiT-S/2 training steps (bench/test_dit_speed.py's dense and ERK 0.9 models) with the
+    attention on each backend, all interleaved."""
+    from bench import test_dit_speed as dit_bench
+
+    fns = {}
+    for name in ("dense", "erk-0.9"):
+        step = dit_bench._step(dit_bench._model(name)[0])
+        for backend in ("dense", "native"):
+            fns[(name, backend)] = _with_attention(step, backend)
+    best = _rotated_min(fns, rounds, 1, clock)
+    out = ["| model | attention on dense (SDPA) ms | attention on native ms | step speed-up | dense model / model "
+           "(SDPA) | dense model / model (native) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in ("dense", "erk-0.9"):
+        sdpa, native = best[(name, "dense")], best[(name, "native")]
+        out.append(f"| {name} | {sdpa:.0f} | {native:.0f} | {sdpa / native:.3f}x | "
+                   f"{best[('dense', 'dense')] / sdpa:.2f}x | {best[('dense', 'native')] / native:.2f}x |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", action="store_true", help="also whole DiT-S/2 training steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -90,6 +125,9 @@ def main() -> None:
     print(f"threads={args.threads} ({'process_time' if args.threads == 1 else 'wall-clock'}), "
           f"forward + backward, min of {args.rounds} rounds\n")
     print("\n".join(rows(args.rounds, clock)))
+    if args.steps:
+        print()
+        print("\n".join(step_rows(args.rounds, clock)), flush=True)
 
 
 if __name__ == "__main__":

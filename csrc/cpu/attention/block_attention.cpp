@@ -26,6 +26,7 @@ using attention::ab;
 using attention::abt;
 using attention::atb;
 using attention::exp_sub;
+using attention::row_max;
 
 constexpr int64_t kMaxRunKeys = 512;
 
@@ -87,7 +88,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
         abt<T>(m, nk, g.d, T(scale), qp + base + r0 * g.d, g.d, kp + base + c0 * g.d, g.d, s.data(), nk);
         for (int64_t r = 0; r < m; ++r) {
           T* sr = s.data() + r * nk;
-          T rowmax = *std::max_element(sr, sr + nk);
+          T rowmax = row_max(sr, nk);
           const T mnew = std::max(mx[r], rowmax);
           const T corr = mx[r] == ninf ? T(0) : std::exp(mx[r] - mnew);
           sum[r] = sum[r] * corr + exp_sub(sr, nk, mnew);

@@ -32,6 +32,7 @@ using attention::ab;
 using attention::abt;
 using attention::atb;
 using attention::exp_sub;
+using attention::row_max;
 
 struct Shape {
   int64_t batch, n, heads, d;
@@ -41,14 +42,6 @@ struct Shape {
   int64_t qkv_offset(int64_t bh) const { return (bh / heads) * n * ld_qkv() + (bh % heads) * d; }
   int64_t out_offset(int64_t bh) const { return (bh / heads) * n * ld_out() + (bh % heads) * d; }
 };
-
-template <typename T>
-T row_max(const T* x, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
 
 template <typename T>
 void forward_kernel(const Shape& g, double scale, const T* qkv, T* out, T* lse) {
