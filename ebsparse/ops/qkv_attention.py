@@ -99,10 +99,10 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, scale: float | None = None,
     TypeError/ValueError naming a bad argument, RuntimeError for a named backend that cannot run
     or a second-order gradient.
     """
-    if has_torch_function((qkv,)):  # lets TorchFunctionModes (MAC counting) see the call
-        return handle_torch_function(qkv_attention, (qkv,), qkv, num_heads, scale, backend=backend)
     if torch.compiler.is_compiling():
         return qkv_sdpa(qkv, num_heads, scale)
+    if has_torch_function((qkv,)):  # lets TorchFunctionModes (MAC counting) see the call
+        return handle_torch_function(qkv_attention, (qkv,), qkv, num_heads, scale, backend=backend)
     _check(qkv, num_heads, scale)
     d = qkv.shape[2] // (3 * num_heads)
     chosen = dispatch.resolve_untimed(backend, QkvAttentionInputs.op, qkv.device, qkv.dtype)
