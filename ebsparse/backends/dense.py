@@ -51,13 +51,25 @@ def _masked_grad(inputs, grad_weight: torch.Tensor) -> torch.Tensor:
     return grad_weight
 
 
+
+def qkv_sdpa(qkv: torch.Tensor, num_heads: int, scale: float | None = None) -> torch.Tensor:
+    """SDPA on q, k, v unbound from a fused qkv (B, N, 3 * H * D) -> (B, N, H * D): `qkv_attention`'s
+    dense path, and what it runs under torch.compile."""
+    b, n, width = qkv.shape
+    d = width // (3 * num_heads)
+    # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients in one copy,
+    # where each index's backward would fill a zero tensor of all of qkv and add them up.
+    q, k, v = (t.transpose(1, 2) for t in qkv.reshape(b, n, 3, num_heads, d).unbind(2))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.transpose(1, 2).reshape(b, n, num_heads * d)
+
 class DenseBackend(Backend):
     name = "dense"
     # gru_recurrence: SparseGRU's dense path is PyTorch's own GRU on the masked weights (ebsparse/nn/gru.py),
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
                      "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
-                     "dropout", "layer_norm_modulate", "gated_residual"})
+                     "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -146,6 +158,10 @@ class DenseBackend(Backend):
     def dropout_backward(self, inputs, grad_output, input_grad, weight_grad):
         """(grad_input, None): grad_output times the forward's scaled mask."""
         return grad_output * inputs.state["scaled_mask"] if input_grad else None, None
+
+    def qkv_attention_forward(self, inputs):
+        """SDPA on the unbound q, k, v (differentiated by autograd: the op's eager dense path)."""
+        return qkv_sdpa(inputs.qkv, inputs.num_heads, inputs.scale)
 
     def block_attention_forward(self, inputs):
         """(out, lse) as the kernel backends return them (lse = -inf on a row with no kept key); the

@@ -35,6 +35,11 @@ def _explicit(name: str, op: str, device: torch.device, dtype: torch.dtype) -> B
     return backend
 
 
+def requests_auto(backend: str | None) -> bool:
+    """Whether `backend` (the argument, else `EBSPARSE_BACKEND`) leaves the choice to auto."""
+    return _requested(backend) == "auto"
+
+
 def resolve(backend: str | None, inputs) -> Backend:
     """The backend that runs an op call with these inputs (an `ebsparse.ops.inputs` object)."""
     name = _requested(backend)

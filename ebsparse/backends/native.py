@@ -20,7 +20,8 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "block_attention": "ebsparse::block_attention", "block_linear": "ebsparse::bsr_linear",
               "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
               "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout",
-              "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual"}
+              "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual",
+              "qkv_attention": "ebsparse::qkv_attention"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -110,6 +111,14 @@ class NativeBackend(Backend):
         weight_grads = (grad_weight if inputs.weight is not None else None,
                         grad_bias if inputs.bias is not None else None)
         return grad_input if input_grad else None, weight_grads if weight_grad else None
+
+    def qkv_attention_forward(self, inputs):
+        """(out (B, N, H * D), lse (B, H, N))."""
+        return torch.ops.ebsparse.qkv_attention(inputs.qkv, inputs.num_heads, inputs.scale)
+
+    def qkv_attention_backward(self, inputs, grad_out, lse):
+        """d(qkv), in qkv's fused layout."""
+        return torch.ops.ebsparse.qkv_attention_backward(grad_out, inputs.qkv, lse, inputs.num_heads, inputs.scale)
 
     def gelu_tanh_forward(self, inputs):
         return torch.ops.ebsparse.gelu_tanh(inputs.input)

@@ -7,7 +7,7 @@ hooks, batch 1). Its rules, reproduced here:
 - ``Linear``: ``in.numel() * out_features`` plus the bias (counted once per output element);
 - ``GroupNorm``/``LayerNorm``/``BatchNorm``: ``numel`` of the input, doubled when affine;
 - activations, ``interpolate``, padding, additions and concatenations are free;
-- attention matmuls (``bmm``/``matmul``/``@``/``scaled_dot_product_attention``) are *not* in the
+- attention matmuls (``bmm``/``matmul``/``@``/``scaled_dot_product_attention``/``qkv_attention``) are *not* in the
   papers' U-Net numbers, so they are reported separately as ``attention_macs``. The DiT paper's
   Gflops *do* include them: compare ``MacCount.total`` with DiT tables and ``MacCount.macs`` with the
   U-Net tables.
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from ebsparse.ops.qkv_attention import qkv_attention
 
 __all__ = ["MacCount", "count_params", "count_macs"]
 
@@ -123,6 +125,10 @@ class _AttentionCounter(TorchFunctionMode):
             self.macs += _matmul_macs(args[0], args[1])
         elif func in (torch.baddbmm, torch.Tensor.baddbmm):
             self.macs += _matmul_macs(args[1], args[2])
+        elif func is qkv_attention:
+            qkv, heads = args[0], args[1] if len(args) > 1 else kwargs["num_heads"]
+            b, n, width = qkv.shape
+            self.macs += b * heads * n * n * 2 * (width // (3 * heads))
         elif func is F.scaled_dot_product_attention:
             q = args[0] if len(args) > 0 else kwargs["query"]
             k = args[1] if len(args) > 1 else kwargs["key"]

@@ -21,6 +21,7 @@ from torch import nn
 from .._config import config_from_dict
 from ..nn.activation import gelu_tanh_act
 from ..nn.adaln import fused_adaln, gated_add, norm_modulate
+from ..ops.qkv_attention import qkv_attention
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
@@ -162,31 +163,32 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` linear (timm layout) and SDPA."""
+    """Multi-head self-attention with a fused ``qkv`` linear (timm layout)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
-        #: ``q, k, v -> out`` in place of SDPA: block-sparse attention
-        #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: dense SDPA
+        #: ``q, k, v -> out`` in place of dense attention: block-sparse attention
+        #: (:func:`ebsparse.nn.use_block_sparse_attention`); None: dense (`qkv_attention`)
         self.block_sparse = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        if self.block_sparse is None:
+            # Reads q, k, v in place from the fused projection and writes the (B, N, H * D) layout
+            # proj reads: on the CPU the native kernel (no transposes, no cat in the backward), SDPA
+            # on long sequences, other devices and under torch.compile.
+            return self.proj(qkv_attention(qkv, self.num_heads))
         # Widths come from the layers, not from x: after channel pruning the residual width (x's)
         # and the attention's inner width (qkv rows / 3) differ.
         b, n, _ = x.shape
         inner = self.qkv.out_features // 3
         # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients in one copy,
         # where each index's backward would fill a zero tensor of all of qkv and add them up.
-        q, k, v = (t.transpose(1, 2) for t in
-                   self.qkv(x).reshape(b, n, 3, self.num_heads, inner // self.num_heads).unbind(2))
-        if self.block_sparse is not None:
-            out = self.block_sparse(q, k, v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, inner))
+        q, k, v = (t.transpose(1, 2) for t in qkv.reshape(b, n, 3, self.num_heads, inner // self.num_heads).unbind(2))
+        return self.proj(self.block_sparse(q, k, v).transpose(1, 2).reshape(b, n, inner))
 
 
 class Mlp(nn.Module):

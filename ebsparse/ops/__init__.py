@@ -10,14 +10,17 @@ from ebsparse.ops.gelu_tanh import gelu_tanh
 from ebsparse.ops.group_norm_silu import group_norm_silu
 from ebsparse.ops.layer_norm_modulate import layer_norm_modulate
 from ebsparse.ops.linear import sparse_linear
+from ebsparse.ops.qkv_attention import qkv_attention
 from ebsparse.ops.reference import (block_sparse_attention_reference, gated_residual_reference,
                                     group_norm_silu_reference, layer_norm_modulate_reference, prune_2_4_reference,
-                                    sparse_conv2d_reference, sparse_linear_reference)
+                                    qkv_attention_reference, sparse_conv2d_reference, sparse_linear_reference)
 from ebsparse.ops.twofour import compress_2_4, decompress_2_4, prune_2_4
 
 __all__ = [
     "block_sparse_attention",
     "block_sparse_attention_reference",
+    "qkv_attention",
+    "qkv_attention_reference",
     "sparse_linear",
     "sparse_conv2d",
     "block_sparse_linear",

@@ -63,3 +63,13 @@ def block_sparse_attention_reference(query: torch.Tensor, key: torch.Tensor, val
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~live, 0.0)
     return torch.matmul(torch.softmax(scores, dim=-1) * live, value)
+
+
+def qkv_attention_reference(qkv: torch.Tensor, num_heads: int, scale: float | None = None) -> torch.Tensor:
+    """Multi-head ``softmax(scale * Q K^T) V`` on a fused qkv (B, N, 3 * H * D), the plain math (no
+    SDPA): (B, N, H * D), head h in columns h*D:(h+1)*D."""
+    b, n, width = qkv.shape
+    d = width // (3 * num_heads)
+    q, k, v = qkv.reshape(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # each (B, H, N, D)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (d ** -0.5 if scale is None else scale)
+    return torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).reshape(b, n, num_heads * d)

@@ -7,11 +7,9 @@
 // lse (B, H, N) in the inputs' dtype. Backward (per (batch, head), so each task owns its dK/dV): P = exp(scale * Q K^T - lse),
 //   dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ += scale dS K, dK += scale dS^T Q.
 //
-// GEMMs go to the BLAS torch's CPU build links and exports (sgemm_/dgemm_, what ATen's cpublas
-// calls); column-major, so a row-major X (r x c) is passed as X^T. exp of fp32 scores: AVX2.
+// GEMMs and the AVX2 exp of fp32 scores: attention_math.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,88 +17,18 @@
 #include <limits>
 #include <vector>
 
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
+#include "attention_math.h"
 
 namespace ebsparse {
 namespace {
 
+using attention::ab;
+using attention::abt;
+using attention::atb;
+using attention::exp_sub;
+using attention::row_max;
+
 constexpr int64_t kMaxRunKeys = 512;
-
-// Column-major C (m x n) = alpha op(A) op(B) + beta C.
-inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
-  sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
-}
-inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-                 const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
-  dgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
-}
-
-// Row-major S (m x n) = alpha A (m x d) B^T (B: n x d).
-template <typename T>
-inline void abt(int64_t m, int64_t n, int64_t d, T alpha, const T* a, const T* b, T* s) {
-  gemm('T', 'N', n, m, d, alpha, b, d, a, d, T(0), s, n);
-}
-// Row-major C (m x d) += alpha P (m x n) B (n x d).
-template <typename T>
-inline void ab_acc(int64_t m, int64_t n, int64_t d, T alpha, const T* p, const T* b, T* c) {
-  gemm('N', 'N', d, m, n, alpha, b, d, p, n, T(1), c, d);
-}
-// Row-major C (n x d) += alpha P^T (P: m x n) A (m x d).
-template <typename T>
-inline void atb_acc(int64_t m, int64_t n, int64_t d, T alpha, const T* p, const T* a, T* c) {
-  gemm('N', 'T', d, n, m, alpha, a, d, p, n, T(1), c, d);
-}
-
-// exp on 8 floats (Cephes-style: 2^n * p(r), |r| <= ln2 / 2); -inf and below -87.3 give 0.
-inline __m256 exp8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
-  __m256 below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-}
-
-// x[i] = exp(x[i] - sub); returns the sum.
-inline float exp_sub(float* x, int64_t n, float sub) {
-  __m256 s = _mm256_set1_ps(sub), acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
-    _mm256_storeu_ps(x + i, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
-  float total = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
-  for (; i < n; ++i) total += (x[i] = std::exp(x[i] - sub));
-  return total;
-}
-inline double exp_sub(double* x, int64_t n, double sub) {
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) total += (x[i] = std::exp(x[i] - sub));
-  return total;
-}
 
 // Runs of consecutive kept key blocks of one layout row: [first block, block count), capped so a
 // run holds at most kMaxRunKeys keys.
@@ -157,10 +85,10 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       for (const Run& run : runs_of(ip + row[i], row[i + 1] - row[i], g.bs)) {
         const int64_t c0 = run.block * g.bs, nk = std::min(run.count * g.bs, g.n - c0);
         if (nk <= 0) continue;
-        abt<T>(m, nk, g.d, T(scale), qp + base + r0 * g.d, kp + base + c0 * g.d, s.data());
+        abt<T>(m, nk, g.d, T(scale), qp + base + r0 * g.d, g.d, kp + base + c0 * g.d, g.d, s.data(), nk);
         for (int64_t r = 0; r < m; ++r) {
           T* sr = s.data() + r * nk;
-          T rowmax = *std::max_element(sr, sr + nk);
+          T rowmax = row_max(sr, nk);
           const T mnew = std::max(mx[r], rowmax);
           const T corr = mx[r] == ninf ? T(0) : std::exp(mx[r] - mnew);
           sum[r] = sum[r] * corr + exp_sub(sr, nk, mnew);
@@ -170,7 +98,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
           }
           mx[r] = mnew;
         }
-        ab_acc<T>(m, nk, g.d, T(1), s.data(), vp + base + c0 * g.d, acc.data());
+        ab<T>(m, nk, g.d, T(1), s.data(), nk, vp + base + c0 * g.d, g.d, T(1), acc.data(), g.d);
       }
       for (int64_t r = 0; r < m; ++r) {
         T* orow = op + base + (r0 + r) * g.d;
@@ -216,7 +144,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::
         for (const Run& run : runs_of(ip + row[i], row[i + 1] - row[i], g.bs)) {
           const int64_t c0 = run.block * g.bs, nk = std::min(run.count * g.bs, g.n - c0);
           if (nk <= 0) continue;
-          abt<T>(m, nk, g.d, T(scale), qi, kp + base + c0 * g.d, p.data());
+          abt<T>(m, nk, g.d, T(scale), qi, g.d, kp + base + c0 * g.d, g.d, p.data(), nk);
           for (int64_t r = 0; r < m; ++r) {
             const T l = lp[bh * g.n + r0 + r];
             T* pr = p.data() + r * nk;
@@ -226,16 +154,16 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::
               exp_sub(pr, nk, l);
             }
           }
-          atb_acc<T>(m, nk, g.d, T(1), p.data(), gi, dvp + base + c0 * g.d);
-          abt<T>(m, nk, g.d, T(1), gi, vp + base + c0 * g.d, dp.data());
+          atb<T>(m, nk, g.d, T(1), p.data(), nk, gi, g.d, T(1), dvp + base + c0 * g.d, g.d);
+          abt<T>(m, nk, g.d, T(1), gi, g.d, vp + base + c0 * g.d, g.d, dp.data(), nk);
           for (int64_t r = 0; r < m; ++r) {
             T* pr = p.data() + r * nk;
             const T* dpr = dp.data() + r * nk;
             const T dl = delta[r0 + r];
             for (int64_t c = 0; c < nk; ++c) pr[c] *= dpr[c] - dl;
           }
-          ab_acc<T>(m, nk, g.d, T(scale), p.data(), kp + base + c0 * g.d, dqp + base + r0 * g.d);
-          atb_acc<T>(m, nk, g.d, T(scale), p.data(), qi, dkp + base + c0 * g.d);
+          ab<T>(m, nk, g.d, T(scale), p.data(), nk, kp + base + c0 * g.d, g.d, T(1), dqp + base + r0 * g.d, g.d);
+          atb<T>(m, nk, g.d, T(scale), p.data(), nk, qi, g.d, T(1), dkp + base + c0 * g.d, g.d);
         }
       }
     }

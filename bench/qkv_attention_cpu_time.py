@@ -1,0 +1,134 @@
+"""qkv_attention by CPU time: the native kernel against the dense path (unbind, transpose, SDPA,
+transpose back: what DiT's Attention ran before), forward + backward, interleaved in one process,
+the order rotated per round; minimum over rounds.
+
+Rows: the op alone and DiT-S/2's whole Attention layer (qkv linear, attention, proj) at the DiT
+bench's shapes (batch 32, 64 tokens, 6 heads of 64), then a token sweep at a fixed 2,048 tokens per
+call that places auto's `NATIVE_MAX_TOKENS`; with ``--steps``, whole DiT-S/2 training steps (dense
+and ERK 0.9) with the attention on each backend. With one thread the times are `time.process_time`;
+with more, wall-clock (`time.perf_counter`), the machine being shared.
+
+Run: ``OMP_NUM_THREADS=1 python -m bench.qkv_attention_cpu_time [--threads 1] [--rounds 5] [--steps]``
+(prints markdown tables; bench/NOTES.md keeps the history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+HEADS, HEAD_DIM = 6, 64
+
+
+def _ms(fn, repeats: int, clock) -> float:
+    start = clock()
+    for _ in range(repeats):
+        fn()
+    return 1e3 * (clock() - start) / repeats
+
+
+def _rotated_min(fns: dict, rounds: int, repeats: int, clock) -> dict[str, float]:
+    names, best = list(fns), {name: float("inf") for name in fns}
+    for name in names:  # warm-up: allocator, backend resolution
+        fns[name]()
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            best[name] = min(best[name], _ms(fns[name], repeats, clock))
+    return best
+
+
+def _op_step(qkv, go, backend):
+    from ebsparse.ops import qkv_attention
+
+    return lambda: torch.autograd.grad(qkv_attention(qkv, HEADS, backend=backend), qkv, go)
+
+
+def _layer_step(backend, batch=32, tokens=64):
+    from ebsparse.models import dit
+
+    attn = dit.Attention(HEADS * HEAD_DIM, HEADS)
+    x = torch.randn(batch, tokens, HEADS * HEAD_DIM, requires_grad=True)
+    params = [x, *attn.parameters()]
+
+    def run():
+        saved = dit.qkv_attention
+        dit.qkv_attention = lambda qkv, heads: saved(qkv, heads, backend=backend)
+        try:
+            torch.autograd.grad(attn(x).sum(), params)
+        finally:
+            dit.qkv_attention = saved
+    return run
+
+
+def rows(rounds: int, clock) -> list[str]:
+    out = ["| case | dense (unbind + SDPA) ms | native ms | native speed-up |", "| --- | --- | --- | --- |"]
+    cases = [("op, B=32 N=64", 32, 64), *((f"op, B={2048 // n} N={n}", 2048 // n, n) for n in (128, 256, 512, 1024))]
+    for label, b, n in cases:
+        qkv = torch.randn(b, n, 3 * HEADS * HEAD_DIM, requires_grad=True)
+        go = torch.randn(b, n, HEADS * HEAD_DIM)
+        repeats = 5 if n <= 256 else 2
+        best = _rotated_min({"dense": _op_step(qkv, go, "dense"), "native": _op_step(qkv, go, "native")},
+                            rounds, repeats, clock)
+        out.append(f"| {label} | {best['dense']:.2f} | {best['native']:.2f} | {best['dense'] / best['native']:.2f}x |")
+        if n == 64:
+            best = _rotated_min({"dense": _layer_step("dense"), "native": _layer_step("native")}, rounds, 5, clock)
+            out.append(f"| DiT-S/2 Attention layer (qkv, attention, proj), B=32 N=64 | {best['dense']:.2f} | "
+                       f"{best['native']:.2f} | {best['dense'] / best['native']:.2f}x |")
+    return out
+
+
+def _with_attention(step, backend):
+    from ebsparse.models import dit
+
+    def run():
+        saved = dit.qkv_attention
+        dit.qkv_attention = lambda qkv, heads: saved(qkv, heads, backend=backend)
+        try:
+            step()
+        finally:
+            dit.qkv_attention = saved
+    return run
+
+
+def step_rows(rounds: int, clock) -> list[str]:
+    """Whole DiT-S/2 training steps (bench/test_dit_speed.py's dense and ERK 0.9 models) with the
+    attention on each backend, all interleaved."""
+    from bench import test_dit_speed as dit_bench
+
+    fns = {}
+    for name in ("dense", "erk-0.9"):
+        step = dit_bench._step(dit_bench._model(name)[0])
+        for backend in ("dense", "native"):
+            fns[(name, backend)] = _with_attention(step, backend)
+    best = _rotated_min(fns, rounds, 1, clock)
+    out = ["| model | attention on dense (SDPA) ms | attention on native ms | step speed-up | dense model / model "
+           "(SDPA) | dense model / model (native) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in ("dense", "erk-0.9"):
+        sdpa, native = best[(name, "dense")], best[(name, "native")]
+        out.append(f"| {name} | {sdpa:.0f} | {native:.0f} | {sdpa / native:.3f}x | "
+                   f"{best[('dense', 'dense')] / sdpa:.2f}x | {best[('dense', 'native')] / native:.2f}x |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", action="store_true", help="also whole DiT-S/2 training steps")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    print(f"threads={args.threads} ({'process_time' if args.threads == 1 else 'wall-clock'}), "
+          f"forward + backward, min of {args.rounds} rounds\n")
+    print("\n".join(rows(args.rounds, clock)))
+    if args.steps:
+        print()
+        print("\n".join(step_rows(args.rounds, clock)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
