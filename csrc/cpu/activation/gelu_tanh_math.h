@@ -3,14 +3,17 @@
 // output tile or their grad_output panels (linear/linear.cpp). With tanh(z) = 2 sigmoid(2z) - 1,
 //   y = x * s,  s = sigmoid(2z),  z = sqrt(2/pi) (x + 0.044715 x^3),
 //   dy/dx = s + x s (1 - s) 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2),
-// float32 eight lanes at a time (AVX2 + FMA: every source is built with -mavx2 -mfma), float64
-// lane by lane (the reference precision).
+// float32 sixteen lanes at a time where cpu_capability() chose AVX-512 (gelu_tanh_avx512.cpp), else
+// eight (AVX2 + FMA: every source is built with -mavx2 -mfma); float64 lane by lane (the reference
+// precision).
 #pragma once
 #include <immintrin.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
+#include "cpu/capability.h"
 #include "cpu/fast_math.h"
 
 namespace ebsparse::gelu_tanh_math {
@@ -64,12 +67,19 @@ inline __m256 slope8(__m256 v) {  // s + v s (1 - s) 2 beta (1 + 3 kappa v^2)
                          _mm256_fmadd_ps(_mm256_set1_ps(float(3 * kKappa)), v2, one), s);
 }
 
+// The AVX-512 float32 spans (gelu_tanh_avx512.cpp): forward_span, backward_span and grad_panel below.
+void forward_f32_avx512(const float* x, float* y, int64_t n);
+void backward_f32_avx512(const float* g, const float* x, float* dx, int64_t n);
+void grad_panel_f32_avx512(float* p, const float* h, int64_t rows, int64_t width, float* sums);
+
 // y[i] = gelu(x[i]) for i < n (y may be x).
 template <class T>
 inline void forward_span(const T* x, T* y, int64_t n) {
   int64_t i = 0;
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_capability() == CpuCapability::kAvx512) return forward_f32_avx512(x, y, n);
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, value8(_mm256_loadu_ps(x + i)));
+  }
   for (; i < n; ++i) y[i] = value(x[i]);
 }
 
@@ -77,10 +87,41 @@ inline void forward_span(const T* x, T* y, int64_t n) {
 template <class T>
 inline void backward_span(const T* g, const T* x, T* dx, int64_t n) {
   int64_t i = 0;
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_capability() == CpuCapability::kAvx512) return backward_f32_avx512(g, x, dx, n);
     for (; i + 8 <= n; i += 8)
       _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), slope8(_mm256_loadu_ps(x + i))));
+  }
   for (; i < n; ++i) dx[i] = g[i] * slope(x[i]);
+}
+
+// p[r * width + i] *= gelu'(h[r * width + i]) for r < rows, i < width, and sums[r] += the new row
+// r of p where sums is given (the backward of a GELU on a transposed panel, and its column sums).
+template <class T>
+inline void grad_panel(T* p, const T* h, int64_t rows, int64_t width, T* sums) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_capability() == CpuCapability::kAvx512) return grad_panel_f32_avx512(p, h, rows, width, sums);
+  }
+  for (int64_t r = 0; r < rows; ++r, p += width, h += width) {
+    int64_t i = 0;
+    T sum = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      __m256 acc = _mm256_setzero_ps();
+      for (; i + 8 <= width; i += 8) {
+        const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(p + i), slope8(_mm256_loadu_ps(h + i)));
+        _mm256_storeu_ps(p + i, d);
+        acc = _mm256_add_ps(acc, d);
+      }
+      __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+      sum = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+    }
+    for (; i < width; ++i) {
+      p[i] *= slope(h[i]);
+      sum += p[i];
+    }
+    if (sums) sums[r] += sum;
+  }
 }
 
 }  // namespace ebsparse::gelu_tanh_math

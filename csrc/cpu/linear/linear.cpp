@@ -46,7 +46,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "ebsparse.h"
@@ -214,34 +213,6 @@ void unpack_tile_gelu(T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_t
     unpack_tile(tile, N, R, n0, NB, a, b, out);
     gelu_tanh_math::forward_span(tile + a * NB, tile + a * NB, (b - a) * NB);
     unpack_tile(tile, N, R, n0, NB, a, b, act);
-  }
-}
-
-// P[m * NB + i] *= gelu'(H[m * NB + i]) for m < rows, i < NB (panel P of dA, panel H of h: now the
-// panel of dY), and bias[m] += sum_i of the new P[m, :] where bias is given.
-template <typename T>
-void gelu_grad_panel(T* P, const T* H, int64_t rows, int NB, T* bias) {
-  for (int64_t m = 0; m < rows; ++m) {
-    T* p = P + m * NB;
-    const T* h = H + m * NB;
-    if constexpr (std::is_same_v<T, float>) {
-      __m256 sum = _mm256_setzero_ps();
-      for (int i = 0; i < NB; i += 8) {  // NB is a multiple of 8 (kernels.h)
-        const __m256 d = _mm256_mul_ps(_mm256_loadu_ps(p + i), gelu_tanh_math::slope8(_mm256_loadu_ps(h + i)));
-        _mm256_storeu_ps(p + i, d);
-        sum = _mm256_add_ps(sum, d);
-      }
-      if (bias) {
-        __m128 q = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        q = _mm_add_ss(q, _mm_movehdup_ps(q));
-        bias[m] += _mm_cvtss_f32(q);
-      }
-    } else {
-      gelu_tanh_math::backward_span(p, h, p, NB);
-      if (bias)
-        for (int i = 0; i < NB; ++i) bias[m] += p[i];
-    }
   }
 }
 
@@ -436,8 +407,8 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
         pack_panel(hv, N, n0, NB, 0, M, ht);
         pack_panel(hv, N, n0 + NB, NB, 0, M, ht + M * NB);
         T* bias_acc = dbias ? bias_part.data() + tid * M : nullptr;
-        gelu_grad_panel(yt, ht, M, NB, bias_acc);
-        gelu_grad_panel(yt + M * NB, ht + M * NB, M, NB, bias_acc);
+        gelu_tanh_math::grad_panel(yt, ht, M, NB, bias_acc);
+        gelu_tanh_math::grad_panel(yt + M * NB, ht + M * NB, M, NB, bias_acc);
       }
       if (fused) {
         T* xt = scratch<T>(kPanel2, 2 * K * NB);
