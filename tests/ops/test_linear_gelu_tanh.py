@@ -23,49 +23,11 @@ from ebsparse.nn import SparseLinear
 from ebsparse.nn import activation
 from ebsparse.ops.linear_gelu_tanh import sparse_linear_gelu_tanh, sparse_linear_gelu_tanh_reference
 from tests.ops.helpers import backend_params, runs_on
+from tests.ops.linear_gelu_tanh_cases import KERNEL_CASES, problem, reference_grads, Threads, tol, check_kernels, ops
 
 CPU = torch.device("cpu")
 OP = "linear_gelu_tanh"
 native_only = pytest.mark.skipif(extension_error() is not None, reason=str(extension_error()))
-
-
-def _tol(dtype, scale):
-    # fp32: a sum of `scale` products of unit values, then the GELU and its slope (|slope| < 1.2)
-    return dict(atol=1e-12 * scale, rtol=1e-10) if dtype == torch.float64 else dict(atol=3e-5 * scale, rtol=3e-5)
-
-
-def _problem(n, k, m, density, dtype, bias, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, k, generator=g, dtype=dtype)
-    w = torch.randn(m, k, generator=g, dtype=dtype) / max(1, k) ** 0.5 * 2
-    b = torch.randn(m, generator=g, dtype=dtype) if bias else None
-    mask = torch.rand(m, k, generator=g) < density
-    if density == 1.0:
-        mask[:] = True
-    ga = torch.randn(n, m, generator=g, dtype=dtype)
-    return x, w, b, mask, ga
-
-
-def _reference(x, w, b, mask, ga):
-    """(act, dx, dw, db) in fp64 through autograd of the pure-PyTorch reference."""
-    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
-    b64 = b.double().requires_grad_() if b is not None else None
-    act = sparse_linear_gelu_tanh_reference(x64, w64, b64, mask)
-    grads = torch.autograd.grad(act, [t for t in (x64, w64, b64) if t is not None], ga.double())
-    return (act.detach(), *grads) + ((None,) if b is None else ())
-
-
-class _Threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.previous)
-        return False
 
 
 @pytest.mark.parametrize("backend", backend_params(OP, CPU, torch.float32))
@@ -74,21 +36,21 @@ class _Threads:
        density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), dtype=st.sampled_from([torch.float32, torch.float64]),
        bias=st.booleans(), threads=st.sampled_from([1, 2]), expanded=st.booleans(), seed=st.integers(0, 2**16))
 def test_matches_reference(backend, n, k, m, density, dtype, bias, threads, expanded, seed):
-    x, w, b, mask, ga = _problem(n, k, m, density, dtype, bias, seed)
+    x, w, b, mask, ga = problem(n, k, m, density, dtype, bias, seed)
     if expanded:  # what y.sum() hands back: one value, strides (0, 0), read in place
         ga = ga[:1, :1].expand(n, m)
     leaves = [t.requires_grad_() for t in (x, w, b) if t is not None]
-    with _Threads(threads), runs_on(backend, OP, ("forward", "backward")):
+    with Threads(threads), runs_on(backend, OP, ("forward", "backward")):
         act = sparse_linear_gelu_tanh(x, w, b, mask, backend=backend)
         grads = torch.autograd.grad(act, leaves, ga)
-    ref = _reference(x.detach(), w.detach(), b.detach() if b is not None else None, mask, ga)
+    ref = reference_grads(x.detach(), w.detach(), b.detach() if b is not None else None, mask, ga)
     assert act.shape == (n, m) and act.dtype == dtype
-    torch.testing.assert_close(act.double(), ref[0], **_tol(dtype, k))
-    torch.testing.assert_close(grads[0].double(), ref[1], **_tol(dtype, m))
-    torch.testing.assert_close(grads[1].double(), ref[2], **_tol(dtype, n))
+    torch.testing.assert_close(act.double(), ref[0], **tol(dtype, k))
+    torch.testing.assert_close(grads[0].double(), ref[1], **tol(dtype, m))
+    torch.testing.assert_close(grads[1].double(), ref[2], **tol(dtype, n))
     assert not grads[1][~mask].any()
     if b is not None:
-        torch.testing.assert_close(grads[2].double(), ref[3], **_tol(dtype, n))
+        torch.testing.assert_close(grads[2].double(), ref[3], **tol(dtype, n))
 
 
 @pytest.mark.parametrize("backend", backend_params(OP, CPU, torch.float64))
@@ -100,20 +62,20 @@ def test_gradcheck_fp64(backend, n):
     b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(6, 5, generator=g) < 0.5
     index = build_index(mask)
-    with _Threads(1), runs_on(backend, OP, ("forward", "backward")):
+    with Threads(1), runs_on(backend, OP, ("forward", "backward")):
         assert torch.autograd.gradcheck(
             lambda x, w, b: sparse_linear_gelu_tanh(x, w, b, mask, index=index, backend=backend), (x, w, b))
 
 
 def test_leading_dims_and_reference_dtype():
-    x, w, b, mask, _ = _problem(2 * 9, 11, 13, 0.3, torch.float32, True, 0)
+    x, w, b, mask, _ = problem(2 * 9, 11, 13, 0.3, torch.float32, True, 0)
     out = sparse_linear_gelu_tanh(x.reshape(2, 9, 11), w, b, mask, backend="dense")
     assert out.shape == (2, 9, 13)
     torch.testing.assert_close(out.reshape(18, 13), sparse_linear_gelu_tanh_reference(x, w, b, mask))
 
 
 def test_bad_arguments_are_named():
-    x, w, b, mask, _ = _problem(4, 6, 5, 0.5, torch.float32, True, 0)
+    x, w, b, mask, _ = problem(4, 6, 5, 0.5, torch.float32, True, 0)
     with pytest.raises(TypeError, match="input: expected a floating-point tensor"):
         sparse_linear_gelu_tanh(x.long(), w, b, mask)
     with pytest.raises(ValueError, match="mask: expected shape"):
@@ -126,36 +88,6 @@ def test_bad_arguments_are_named():
 
 # ---- the kernel ops called directly ----------------------------------------------------------------
 
-ops = torch.ops.ebsparse if extension_error() is None else None
-
-
-def check_kernels(cases):
-    """Every gradient subset of the kernel ops against the reference on (n, k, m, density, threads)."""
-    for n, k, m, density, threads in cases:
-        x, w, b, mask, ga = _problem(n, k, m, density, torch.float32, True, n + k + m)
-        rp, ci, _, _ = build_index(mask).tensors()
-        ref = _reference(x, w, b, mask, ga)
-        with _Threads(threads):
-            act, pre = ops.csr_linear_gelu_tanh(x, w, b, rp, ci)
-            torch.testing.assert_close(pre.double(), F.linear(x.double(), (w * mask).double(), b.double()),
-                                       **_tol(torch.float32, k))
-            torch.testing.assert_close(act.double(), ref[0], **_tol(torch.float32, k))
-            for wanted in [(True, True, True), (True, False, False), (False, True, False), (False, False, True),
-                           (True, False, True)]:
-                got = ops.csr_linear_gelu_tanh_backward(ga, pre, x, w, rp, ci, *wanted)
-                for want, g, r, scale in zip(wanted, got, ref[1:], (m, n, n)):
-                    if want:
-                        torch.testing.assert_close(g.double(), r, **_tol(torch.float32, scale))
-                    else:
-                        assert g.numel() == 0
-
-
-# (batch, in, out, density, threads): per-thread chunks (one and two threads, a ragged last chunk),
-# the small-batch path, empty and full patterns.
-KERNEL_CASES = [(777, 53, 131, 0.5, 1), (900, 30, 67, 0.05, 2), (640, 40, 48, 1.0, 2), (520, 33, 17, 0.0, 1),
-                (70, 64, 64, 0.3, 2), (0, 5, 7, 0.5, 1)]
-
-
 @native_only
 def test_kernels_match_reference():
     check_kernels(KERNEL_CASES)
@@ -165,16 +97,17 @@ def test_kernels_match_reference():
 def test_avx2_kernels_match_reference():
     """The same through the AVX2 kernels (8-lane, 32-row panels), in a fresh process: the
     instruction set is chosen once per process."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__),
-                          "-k", "test_kernels_match_reference"], capture_output=True, text=True, cwd=root,
-                         env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"))
-    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    cases = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linear_gelu_tanh_cases.py")
+    code = ("import importlib.util as u; s = u.spec_from_file_location('cases', %r); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_kernels(m.KERNEL_CASES)" % cases)
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 @native_only
 def test_kernel_schemas_and_errors():
-    x, w, b, mask, ga = _problem(6, 5, 4, 0.5, torch.float64, True, 1)
+    x, w, b, mask, ga = problem(6, 5, 4, 0.5, torch.float64, True, 1)
     rp, ci, _, _ = build_index(mask).tensors()
     torch.library.opcheck(torch.ops.ebsparse.csr_linear_gelu_tanh.default, (x, w, b, rp, ci),
                           test_utils=("test_schema",))
@@ -245,3 +178,24 @@ def test_dit_mlp_runs_unfused_otherwise(case):
         assert seen == [torch.Size([2, 5, 24])]
     w = mlp.fc1.weight * mlp.fc1.mask if hasattr(mlp.fc1, "mask") else mlp.fc1.weight
     torch.testing.assert_close(out, mlp.fc2(F.gelu(F.linear(x, w, mlp.fc1.bias), approximate="tanh")))
+
+
+@native_only
+def test_compiled_mlp_runs_sparse_linear_then_gelu():
+    """Under torch.compile the fused op is not traced: the MLP compiles (fullgraph) to the traced
+    `sparse_linear` and ATen's GELU, with the eager values and gradients."""
+    mlp = _mlp("native")
+    x = torch.randn(2, 5, 8)
+    eager = mlp(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")
+    with trace() as calls:
+        out = compiled(x)
+        out.sum().backward()
+    assert not [c for c in calls if c[0] == OP] and [c for c in calls if c[0] == "linear"]
+    torch.testing.assert_close(out, eager)
+    for got, p in zip(grads, mlp.parameters()):
+        torch.testing.assert_close(p.grad, got)
