@@ -35,9 +35,10 @@
 // The MLP's tanh-GELU can ride along (csr_linear_gelu_tanh): the forward writes the pre-activation
 // h and a = gelu(h) from each output tile while it is in cache, and the backward forms
 // dY = dA * gelu'(h) panel by panel after transposing dA and h (so the (N, M) dY is never written
-// to memory or read back), summing the bias gradient from the same panels. At MLP sizes the
-// activations are several MB and come from DRAM, so the separate elementwise passes cost more than
-// their arithmetic.
+// to memory or read back), summing the bias gradient from the same panels. At DiT's MLP size the
+// activations are several MB, cold in cache by the time a training step's separate elementwise
+// passes reach them (measured: fusing saves ~5 ms per block and step on one core, more than the
+// same ops save when timed alone, where the GELU's arithmetic dominates).
 //
 // fp32 runs the kernels of kernels_avx512.cpp or kernels_avx2.cpp, as cpu_capability() chooses;
 // fp64 uses the portable loops below.
@@ -332,8 +333,8 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
 //
 // pre_act (the GELU backward prologue): dy is dA, the gradient of a = gelu(h) for the contiguous
 // (N, M) pre-activation h = pre_act, and the gradients are those of h, dY = dA * gelu'(h); dbias
-// (M,) gets the column sums of dY. The per-thread path forms dY in its panels; the others (small batches, or no
-// dX or dW wanted) make dY once in memory and run as without.
+// (M,) gets the column sums of dY. The per-thread path forms dY in its panels; the others (small
+// batches, or no dX or dW wanted) make dY once in memory and run as without.
 template <typename T>
 void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& w, int64_t K,
                      const at::Tensor& rp_t, const at::Tensor& ci_t, at::Tensor* dx, at::Tensor* dw,
