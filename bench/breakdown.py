@@ -19,7 +19,9 @@ import torch
 CATEGORIES = [
     ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear")),
     ("sparse grad-input", ("csr_conv2d_grad_input", "csr_linear_grad_input")),
-    ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward")),
+    # csr_linear_backward and csr_linear_gelu_tanh_backward make both gradients in one pass
+    ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward",
+                            "csr_linear_gelu_tanh_backward")),
     ("dense conv/linear", ("convolution", "conv2d", "addmm", "aten::mm", "aten::linear", "aten::matmul")),
     ("groupnorm+silu", ("group_norm", "silu", "ebsparse::group_norm")),
     ("attention", ("bmm", "softmax", "attention")),

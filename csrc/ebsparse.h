@@ -29,6 +29,15 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_ou
                                                        const at::Tensor& row_ptr,
                                                        const at::Tensor& col_idx, bool input_grad,
                                                        bool weight_grad);
+// The MLP's fc1 + tanh-GELU (CPU): (act, pre) with pre = X . (W o mask)^T + bias (N, M), act = gelu(pre).
+std::tuple<at::Tensor, at::Tensor> csr_linear_gelu_tanh(const at::Tensor& input, const at::Tensor& weight,
+                                                        const std::optional<at::Tensor>& bias,
+                                                        const at::Tensor& row_ptr, const at::Tensor& col_idx);
+// Its backward from grad_act = dL/dact and pre: with dY = grad_act * gelu'(pre), (dX, dW, dbias =
+// column sums of dY), each empty unless asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_gelu_tanh_backward(
+    const at::Tensor& grad_act, const at::Tensor& pre_act, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, bool input_grad, bool weight_grad, bool bias_grad);
 
 // ---- conv2d (groups = 1): weight (Co, Ci, KH, KW), input (N, Ci, H, W) ------------------------------
 at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,

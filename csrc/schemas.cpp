@@ -19,6 +19,12 @@ TORCH_LIBRARY(ebsparse, m) {
       "csr_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor row_ptr, "
       "Tensor col_idx, bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
   m.def(
+      "csr_linear_gelu_tanh(Tensor input, Tensor weight, Tensor? bias, Tensor row_ptr, Tensor col_idx) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "csr_linear_gelu_tanh_backward(Tensor grad_act, Tensor pre_act, Tensor input, Tensor weight, "
+      "Tensor row_ptr, Tensor col_idx, bool input_grad, bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "csr_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor row_ptr, Tensor col_idx, "
       "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def(

@@ -69,7 +69,8 @@ class DenseBackend(Backend):
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
                      "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
-                     "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual"})
+                     "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual",
+                     "linear_gelu_tanh"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -78,6 +79,18 @@ class DenseBackend(Backend):
         grad_input = grad_output.mm(_masked_weight(inputs)) if input_grad else None
         grad_weight = _masked_grad(inputs, grad_output.t().mm(inputs.input)) if weight_grad else None
         return grad_input, grad_weight
+
+    def linear_gelu_tanh_forward(self, inputs):
+        pre = inputs.state["pre"] = F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
+        return F.gelu(pre, approximate="tanh")
+
+    def linear_gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_weight, grad_bias) or None), unfused: ATen's GELU backward, then the
+        linear's."""
+        grad_pre = torch.ops.aten.gelu_backward(grad_output, inputs.state["pre"], approximate="tanh")
+        grad_input, grad_weight = self.linear_backward(inputs, grad_pre, input_grad, weight_grad)
+        grad_bias = grad_pre.sum(0) if weight_grad and inputs.bias is not None else None
+        return grad_input, (grad_weight, grad_bias) if weight_grad else None
 
     def conv2d_forward(self, inputs):
         return dense_conv2d(inputs.input, _masked_weight(inputs), inputs.bias, inputs.stride, inputs.padding,

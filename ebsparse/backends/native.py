@@ -21,7 +21,8 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
               "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout",
               "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual",
-              "qkv_attention": "ebsparse::qkv_attention"}
+              "qkv_attention": "ebsparse::qkv_attention",
+              "linear_gelu_tanh": "ebsparse::csr_linear_gelu_tanh"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -79,6 +80,23 @@ class NativeBackend(Backend):
         if weight_grad:
             grad_weight = torch.ops.ebsparse.csr_linear_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx)
         return grad_input, grad_weight
+
+    def linear_gelu_tanh_forward(self, inputs):
+        p = inputs.pattern
+        act, inputs.state["pre"] = torch.ops.ebsparse.csr_linear_gelu_tanh(inputs.input, inputs.weight, inputs.bias,
+                                                                           p.row_ptr, p.col_idx)
+        return act
+
+    def linear_gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_weight, grad_bias) or None), from one pass over grad_output and the
+        saved pre-activation (the GELU's gradient formed in the kernel's panels)."""
+        p = inputs.pattern
+        has_bias = inputs.bias is not None
+        grad_input, grad_weight, grad_bias = torch.ops.ebsparse.csr_linear_gelu_tanh_backward(
+            grad_output, inputs.state["pre"], inputs.input, inputs.weight, p.row_ptr, p.col_idx, input_grad,
+            weight_grad, weight_grad and has_bias)
+        weight_grads = (grad_weight, grad_bias if has_bias else None)
+        return grad_input if input_grad else None, weight_grads if weight_grad else None
 
     def conv2d_forward(self, inputs):
         p = inputs.pattern

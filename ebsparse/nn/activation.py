@@ -27,16 +27,23 @@ DROPOUT_BACKEND = "auto"  # not timed: auto takes the native kernel wherever it 
 _resolved: dict[tuple, Backend] = {}
 
 
-def _observed(act: nn.Module) -> bool:
-    return bool(act._forward_hooks or act._forward_pre_hooks or _module._global_forward_hooks
+def observed(module: nn.Module) -> bool:
+    """Whether a forward hook would see `module`'s call (its own hooks or global ones)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or _module._global_forward_hooks
                 or _module._global_forward_pre_hooks)
+
+
+def is_plain_tanh_gelu(act: nn.Module) -> bool:
+    """Whether `act` is exactly ``nn.GELU(approximate="tanh")`` and nothing observes its call, so a
+    kernel may compute it instead of the module."""
+    return type(act) is nn.GELU and act.approximate == "tanh" and not observed(act)
 
 
 def gelu_tanh_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(x)``; the gelu_tanh op for an unobserved ``nn.GELU(approximate="tanh")`` on the CPU in
     eager mode."""
-    if (type(act) is not nn.GELU or act.approximate != "tanh" or x.device.type != "cpu"
-            or torch.compiler.is_compiling() or _observed(act) or x.dtype not in (torch.float32, torch.float64)):
+    if (not is_plain_tanh_gelu(act) or x.device.type != "cpu" or torch.compiler.is_compiling()
+            or x.dtype not in (torch.float32, torch.float64)):
         return act(x)
     key = (BACKEND, tuple(x.shape), x.dtype, torch.get_num_threads())
     backend = _resolved.get(key)
@@ -49,7 +56,7 @@ def dropout_act(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``drop(x)``; the dropout op for an unobserved plain ``nn.Dropout`` in training on the CPU in
     eager mode (float32/float64, not in place)."""
     if (type(drop) is not nn.Dropout or not drop.training or drop.inplace or not 0.0 < drop.p <= 1.0
-            or x.device.type != "cpu" or torch.compiler.is_compiling() or _observed(drop)
+            or x.device.type != "cpu" or torch.compiler.is_compiling() or observed(drop)
             or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0):
         return drop(x)
     key = ("dropout", DROPOUT_BACKEND, x.dtype)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ebsparse.nn.activation import gelu_tanh_act, is_plain_tanh_gelu, observed
 from ebsparse.nn.pattern import SparsityMixin
 from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.block_linear import block_linear_inputs, run_block_linear
 from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
+from ebsparse.ops.linear_gelu_tanh import run_linear_gelu_tanh
 
 
 class SparseLinear(SparsityMixin, nn.Linear):
@@ -43,15 +45,44 @@ class SparseLinear(SparsityMixin, nn.Linear):
         return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        input, weight, bias, pattern, backend = self._prepared(input)
+        run = run_block_linear if self.pattern == "block" else run_linear
+        return run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
+
+    def forward_gelu_tanh(self, input: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """``act(self(input))`` for a model's tanh GELU `act`, in one fused op
+        (`sparse_linear_gelu_tanh`) where this layer resolves to the native backend for `input` on
+        the CPU in eager mode, for an unstructured pattern without the full weight gradient, and
+        `act` is a plain unobserved ``nn.GELU(approximate="tanh")``; otherwise this layer's op and
+        then `gelu_tanh_act(act, ...)`, as the unfused MLP runs them."""
+        input, weight, bias, pattern, backend = self._prepared(input)
+        if (backend.name == "native" and self.pattern == "unstructured" and not self.dense_weight_grad
+                and input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
+                and is_plain_tanh_gelu(act) and not torch.compiler.is_compiling()):
+            return run_linear_gelu_tanh(input, weight, bias, self.mask, pattern, backend)
+        run = run_block_linear if self.pattern == "block" else run_linear
+        return gelu_tanh_act(act, run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad))
+
+    def _prepared(self, input: torch.Tensor):
+        """(input, weight, bias) as the op runs them (autocast), the pattern index and the backend
+        resolved for this input's shape."""
         pattern = self.pattern_index()
         op = "block_linear" if self.pattern == "block" else "linear"
         input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        run = run_block_linear if self.pattern == "block" else run_linear
-        return run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
+        return input, weight, bias, pattern, backend
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None):
         check_linear_args(input, weight, bias, self.mask)
         make = block_linear_inputs if self.pattern == "block" else linear_inputs
         return make(input, weight, bias, self.mask, pattern)
+
+
+def linear_gelu_tanh(fc1: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(fc1(x))`` for an MLP's first layer and its tanh GELU: `SparseLinear.forward_gelu_tanh`
+    (one fused op where it can) for an unobserved SparseLinear, else ``gelu_tanh_act(act, fc1(x))``
+    (a dense nn.Linear, or a layer with hooks, which must see its own call)."""
+    if type(fc1) is SparseLinear and not observed(fc1):
+        return fc1.forward_gelu_tanh(x, act)
+    return gelu_tanh_act(act, fc1(x))

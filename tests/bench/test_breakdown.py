@@ -10,6 +10,8 @@ from ebsparse.backends.pointwise import pointwise_conv2d
 def test_operators_fall_in_their_named_categories():
     assert breakdown.category("aten::convolution") == "dense conv/linear"
     assert breakdown.category("ebsparse::csr_conv2d_grad_weight") == "sparse grad-weight"
+    assert breakdown.category("ebsparse::csr_linear_gelu_tanh") == "sparse fwd"
+    assert breakdown.category("ebsparse::csr_linear_gelu_tanh_backward") == "sparse grad-weight"
     assert breakdown.category("aten::bmm") == "attention"
     assert breakdown.category("aten::add") == "elementwise/other ops"
 
