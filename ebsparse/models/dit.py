@@ -20,8 +20,8 @@ from torch import nn
 
 from .._config import config_from_dict
 from ..nn.adaln import fused_adaln, gated_add, norm_modulate
-from ..ops.qkv_attention import qkv_attention
 from ..nn.linear import linear_gelu_tanh
+from ..ops.qkv_attention import qkv_attention
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
 
