@@ -43,7 +43,8 @@ def _rotated_min(fns: dict, rounds: int, repeats: int) -> dict[str, float]:
 
 
 def op_rows(rounds: int) -> list[str]:
-    from ebsparse.ops import gated_residual, gated_residual_reference, layer_norm_modulate, layer_norm_modulate_reference
+    from ebsparse.ops import (gated_residual, gated_residual_reference, layer_norm_modulate,
+                              layer_norm_modulate_reference)
 
     b, n, c = SHAPE
     g = torch.Generator().manual_seed(0)

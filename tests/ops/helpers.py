@@ -68,7 +68,8 @@ def outputs_with_capability(code: str, inputs: dict, tmp_path, capability: str =
 
     src, dst = str(tmp_path / "inputs.safetensors"), str(tmp_path / "outputs.safetensors")
     save_file({k: v.detach().contiguous() for k, v in inputs.items()}, src)
-    program = _IN_PROCESS + code + "\nsave_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[2])\n"
+    save = "\nsave_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[2])\n"
+    program = _IN_PROCESS + code + save
     run = subprocess.run([sys.executable, "-c", program, src, dst, capability], capture_output=True, text=True,
                          env=dict(os.environ, EBSPARSE_CPU_CAPABILITY=capability))
     assert run.returncode == 0, run.stderr[-3000:]

@@ -30,7 +30,8 @@ def assert_within_budget(name, out, ref64, ref_same):
     assert out.dtype == ref_same.dtype and out.shape == ref64.shape, name
     if not out.numel():
         return
-    floor = (1e-10 if out.dtype == torch.float64 else 8 * torch.finfo(out.dtype).eps) * max(1.0, ref64.abs().max().item())
+    unit = 1e-10 if out.dtype == torch.float64 else 8 * torch.finfo(out.dtype).eps
+    floor = unit * max(1.0, ref64.abs().max().item())
     budget = 2 * (ref_same.double() - ref64).abs().max().item() + floor
     err = (out.double() - ref64).abs().max().item()
     assert err <= budget, f"{name}: max error {err:.3g} > budget {budget:.3g}"
