@@ -62,61 +62,6 @@ def test_fused_backward_matches_reference(n, k, m, density, dtype, threads, seed
     check_case(n, k, m, density, dtype, threads, seed)
 
 
-# The AVX-512 SpMM takes batch blocks of 64 rows in pairs (spmm_rows2_f32_avx512) when there are at
-# least 4 blocks per thread, and an odd last block alone; its forward plan has k-blocks of 128
-# columns. Both SpMMs run it: the forward (with and without bias) and grad-input from the CSC.
-PAIR_BLOCK, PAIR_KB = 64, 128
-
-
-@settings(max_examples=20, deadline=None)
-@given(extra_blocks=st.integers(0, 7), ragged=st.integers(0, 63), k=st.integers(1, 300), m=st.integers(1, 200),
-       density=st.sampled_from([0.0, 0.03, 0.1, 0.5, 1.0]), bias=st.booleans(), threads=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**16))
-def test_paired_block_spmm_matches_reference(extra_blocks, ragged, k, m, density, bias, threads, seed):
-    if ops.cpu_capability() != "avx512":
-        pytest.skip("the paired-block SpMM is the AVX-512 kernels' (this CPU runs the AVX2 ones)")
-    blocks = 4 * threads + extra_blocks  # odd and even counts: pairs, and a last block alone
-    n = (blocks - 1) * PAIR_BLOCK + 1 + ragged  # the last block holds 1 + ragged rows
-    g = torch.Generator().manual_seed(seed)
-    x, w = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
-    b = torch.randn(m, generator=g) if bias else None
-    dy = torch.randn(n, m, generator=g)
-    mask = torch.rand(m, k, generator=g) < density
-    rp, ci, cp, ri = build_index(mask).tensors()
-    y_ref, dx_ref, _ = _reference(x, w, b, dy, mask)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        y = ops.csr_linear(x, w, b, rp, ci)
-        dx = ops.csr_linear_grad_input(dy, w, cp, ri)
-    finally:
-        torch.set_num_threads(previous)
-    torch.testing.assert_close(y, y_ref, **_tol(torch.float32, k))
-    torch.testing.assert_close(dx, dx_ref, **_tol(torch.float32, m))
-
-
-def test_paired_block_spmm_spans_many_k_blocks():
-    """Rows whose kept columns lie in several 128-column k-blocks, some empty: the first k-block
-    starts every row of both tiles (from the bias), later ones accumulate into them."""
-    if ops.cpu_capability() != "avx512":
-        pytest.skip("the paired-block SpMM is the AVX-512 kernels' (this CPU runs the AVX2 ones)")
-    n, k, m = 8 * PAIR_BLOCK + 17, 5 * PAIR_KB + 3, 37
-    g = torch.Generator().manual_seed(7)
-    x, w, b = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g), torch.randn(m, generator=g)
-    mask = torch.rand(m, k, generator=g) < 0.2
-    mask[:, PAIR_KB:2 * PAIR_KB] = False  # a k-block with no entries at all
-    mask[3] = False  # a row with none
-    mask[5, :PAIR_KB] = False  # a row that starts in a later k-block
-    rp, ci, _, _ = build_index(mask).tensors()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        y = ops.csr_linear(x, w, b, rp, ci)
-    finally:
-        torch.set_num_threads(previous)
-    torch.testing.assert_close(y, x @ (w * mask).t() + b, **_tol(torch.float32, k))
-
-
 # (batch, in, out, density, threads): per-thread chunks (one and two threads, a ragged last chunk)
 # and the small-batch path, with empty, sparse, half and full patterns.
 KERNEL_CASES = [(1024, 96, 80, 0.1, 2), (777, 53, 131, 0.5, 1), (900, 130, 67, 0.05, 2),

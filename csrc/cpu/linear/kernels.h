@@ -32,12 +32,6 @@ void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32
 void spmm_rows_init_f32_avx2(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
                              int64_t r1, const float* panel, float* tile, const float* init);
 
-// spmm_rows (first_block: spmm_rows_init) for two panels and tiles at once, AVX-512 only: the
-// batch blocks (lo, hi) share each kept weight's column and value loads.
-void spmm_rows2_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                           int64_t r1, const float* p_lo, const float* p_hi, float* t_lo, float* t_hi,
-                           const float* init, bool first_block);
-
 // acc[e] += sum_{i < NB} a_lo[i] * x_lo[col[e] * NB + i] + a_hi[i] * x_hi[col[e] * NB + i],
 // for e in [e0, e1).
 void sddmm_f32_avx512(const float* a_lo, const float* a_hi, const float* x_lo, const float* x_hi,

@@ -36,60 +36,6 @@ void spmm_rows_init_f32_avx512(const int32_t* col, const float* val, const int32
   avx512::spmm_rows<true>(col, val, bptr, r0, r1, panel, tile, init);
 }
 
-// ---- SpMM over two panels at once -------------------------------------------------------------
-// The forward / grad-input SpMM for a pair of batch blocks (2 * NB rows): each kept weight loads
-// its column index and value once for 8 panel vectors (lo and hi halves) instead of 4, so a kept
-// weight costs 10 loads per 8 FMAs where spmm_rows costs 6 per 4; loads, not FMAs, bound that loop
-// (two 64-byte loads per cycle). 8 accumulators are 8 independent FMA chains, enough to hide the
-// FMA latency without a second set.
-
-template <bool kInit>
-static void spmm_rows2_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                              int64_t r1, const float* p_lo, const float* p_hi, float* t_lo,
-                              float* t_hi, const float* init) {
-  constexpr int NB = kNbAvx512, H = NB / 16;
-  const int64_t hi_off = p_hi - p_lo;
-  for (int64_t r = r0; r < r1; ++r) {
-    int64_t j = bptr[r];
-    const int64_t e = bptr[r + 1];
-    float* tl = t_lo + r * NB;
-    float* th = t_hi + r * NB;
-    if constexpr (!kInit) {
-      if (j == e) continue;
-    }
-    __m512 a[2 * H];
-    const __m512 a0 = kInit ? _mm512_set1_ps(init ? init[r] : 0.f) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int v = 0; v < H; ++v) {
-      a[v] = kInit ? a0 : _mm512_load_ps(tl + 16 * v);
-      a[H + v] = kInit ? a0 : _mm512_load_ps(th + 16 * v);
-    }
-    for (; j < e; ++j) {
-      const float* p = simd::base_address(p_lo + int64_t(col[j]) * NB);
-      const float* q = simd::base_address(p + hi_off);
-      const __m512 w = _mm512_set1_ps(val[j]);
-#pragma GCC unroll 4
-      for (int v = 0; v < H; ++v) a[v] = _mm512_fmadd_ps(w, _mm512_load_ps(p + 16 * v), a[v]);
-#pragma GCC unroll 4
-      for (int v = 0; v < H; ++v) a[H + v] = _mm512_fmadd_ps(w, _mm512_load_ps(q + 16 * v), a[H + v]);
-    }
-#pragma GCC unroll 4
-    for (int v = 0; v < H; ++v) {
-      _mm512_store_ps(tl + 16 * v, a[v]);
-      _mm512_store_ps(th + 16 * v, a[H + v]);
-    }
-  }
-}
-
-void spmm_rows2_f32_avx512(const int32_t* col, const float* val, const int32_t* bptr, int64_t r0,
-                           int64_t r1, const float* p_lo, const float* p_hi, float* t_lo, float* t_hi,
-                           const float* init, bool first_block) {
-  if (first_block)
-    spmm_rows2_avx512<true>(col, val, bptr, r0, r1, p_lo, p_hi, t_lo, t_hi, init);
-  else
-    spmm_rows2_avx512<false>(col, val, bptr, r0, r1, p_lo, p_hi, t_lo, t_hi, init);
-}
-
 // ---- SDDMM -------------------------------------------------------------------------------------
 // The 2 * NB values of a = dY^T[m, chunk] stay in registers (8 vectors: lo half, hi half); kept
 // columns are taken 8 at a time, each with its own accumulator (independent FMA chains), and the

@@ -16,11 +16,9 @@
 // instead of the whole panel; the plan lists the entries in (k-block, row) order so that every
 // pass reads them sequentially. KB trades the panel's cache footprint against the per-(row,
 // k-block) cost of re-loading T[r, :]; the plan chooses it by density (64 to 512 columns:
-// k_block_shift, pair_block_shift and fused_block_shift in plan.h). Work is parallel over batch
-// blocks (no shared outputs), handed out dynamically (tasks.h); with fewer blocks than threads
-// (small N), over output rows instead. With AVX-512 and enough blocks, a task takes two blocks
-// and their two panels share each kept weight's column and value loads (spmm_rows2_f32_avx512:
-// loads, not FMAs, bound the one-block loop).
+// k_block_shift and fused_block_shift in plan.h). Work is parallel over batch blocks (no shared
+// outputs), handed out dynamically (tasks.h); with fewer blocks than threads (small N), over
+// output rows instead.
 //
 // Grad-weight is an SDDMM, dW[m, k] = dY^T[m, :] . X^T[k, :] at kept (m, k) only. The batch is
 // the reduction, so it is cut into chunks of 2 * NB columns; per chunk, X and dY are transposed
@@ -111,10 +109,6 @@ struct Kernels {
   // the first k-block of a tile: rows start from init[r] (or 0) and are all written
   void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
   void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
-  // spmm_rows / spmm_rows_init over two panels and tiles at once (kernels.h); null where there is
-  // none (AVX2, fp64)
-  void (*spmm_rows2)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*, T*, T*,
-                     const T*, bool);
   // both backward kernels in one walk of the transposed pattern (kernels.h); null where
   // there is none (AVX2 has too few registers to hold both tiles, fp64)
   void (*backward_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*,
@@ -129,14 +123,14 @@ Kernels<float> pick_kernels<float>() {
   namespace d = linear_detail;
   if (cpu_capability() == CpuCapability::kAvx512)
     return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512,
-            d::spmm_rows2_f32_avx512, d::backward_rows_f32_avx512};
-  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr, nullptr};
+            d::backward_rows_f32_avx512};
+  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr};
 }
 
 template <>
 Kernels<double> pick_kernels<double>() {
   return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>,
-          nullptr, nullptr};
+          nullptr};
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
@@ -258,28 +252,6 @@ void spmm_transposed(const RowsView<T>& in, int64_t N, int64_t C, int64_t R, con
       unpack_tile(tile, N, R, n0, NB, r0, r1, out);
   };
   const int64_t nthreads = at::get_num_threads();
-  // Pairs of batch blocks through the two-panel kernel (its column and value loads shared by both)
-  // where every thread gets at least two pairs; an odd last block runs alone.
-  if (kern.spmm_rows2 && nblocks >= 4 * nthreads) {
-    run_tasks((nblocks + 1) / 2, [&](int64_t b, int64_t) {
-      const int64_t n0 = b * 2 * NB;
-      T* panel = scratch<T>(kPanel, 2 * C * NB);
-      T* tile = scratch<T>(kTile, 2 * R * NB);
-      pack_panel(in, N, n0, NB, 0, C, panel);
-      if (n0 + NB >= N) {
-        rows(panel, tile, 0, R);
-        unpack_tile(tile, N, R, n0, NB, 0, R, out);
-        return;
-      }
-      pack_panel(in, N, n0 + NB, NB, 0, C, panel + C * NB);
-      for (int64_t blk = 0; blk < S.nkb; ++blk)
-        kern.spmm_rows2(S.col.data(), vals, S.bptr.data() + blk * R, 0, R, panel, panel + C * NB, tile,
-                        tile + R * NB, bias, blk == 0);
-      unpack_tile(tile, N, R, n0, NB, 0, R, out);
-      unpack_tile(tile + R * NB, N, R, n0 + NB, NB, 0, R, out);
-    });
-    return;
-  }
   if (nblocks >= 2 * nthreads) {
     run_tasks(nblocks, [&](int64_t b, int64_t) {
       T* panel = scratch<T>(kPanel, C * NB);

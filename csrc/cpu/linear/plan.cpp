@@ -41,12 +41,10 @@ std::shared_ptr<const LinearPlan> build(const int32_t* rp, const int32_t* ci, in
       for (int32_t j = rp[m]; j < rp[m + 1]; ++j) emit_rck(m, ci[j], j);
   };
   const double density = double(plan->nnz) / double(std::max<int64_t>(M * K, 1));
-  const bool avx512 = cpu_capability() == CpuCapability::kAvx512;
   const int kb_shift = k_block_shift(density);
-  const int fwd_shift = avx512 ? pair_block_shift(density) : kb_shift;
-  bucket(M, K, plan->nnz, fwd_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
+  bucket(M, K, plan->nnz, kb_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t) { emit(m, k, m * K + k); }); },
          plan->fwd);
-  const int gi_shift = avx512 ? fused_block_shift(density) : kb_shift;
+  const int gi_shift = cpu_capability() == CpuCapability::kAvx512 ? fused_block_shift(density) : kb_shift;
   bucket(K, M, plan->nnz, gi_shift, [&](auto emit) { csr([&](int64_t m, int64_t k, int64_t j) { emit(k, m, j); }); },
          plan->gi);
   // CSR position j -> fwd position (fwd.src is m * K + k; rows in order), then gi -> fwd.

@@ -66,12 +66,6 @@ struct LinearPlan {
 // 512 below.
 inline int k_block_shift(double density) { return density >= 0.25 ? 7 : density >= 0.075 ? 8 : 9; }
 
-// k-block width of the forward pattern with AVX-512, whose SpMM runs two batch blocks per kept
-// weight (spmm_rows2_f32_avx512: a 512-byte panel row per column): 128 columns (64 KB of panel
-// rows) at every density measured (3% to 30%, DiT-S/2's 10-15% included), 6-14% faster than the
-// widths k_block_shift gives the one-block kernel.
-inline int pair_block_shift(double) { return 7; }
-
 // k-block width of the transposed pattern where the fused AVX-512 backward walks it
 // (backward_rows_f32_avx512): each kept weight reads a 512-byte panel row (two halves), so denser
 // patterns (from 25% density) want half the forward's width, keeping a block's panel rows in L1
