@@ -15,31 +15,14 @@ Run: ``OMP_NUM_THREADS=1 python -m bench.adaln_cpu_time [--rounds 5] [--step-rou
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+
+from bench.cpu_time import rotated_min
 
 import ebsparse  # noqa: F401  (loads the extension and its ops)
 
 SHAPE = (32, 64, 384)
-
-
-def _cpu_ms(fn, repeats: int) -> float:
-    start = time.process_time()
-    for _ in range(repeats):
-        fn()
-    return 1e3 * (time.process_time() - start) / repeats
-
-
-def _rotated_min(fns: dict, rounds: int, repeats: int) -> dict[str, float]:
-    names, best = list(fns), {name: float("inf") for name in fns}
-    for name in names:  # warm-up: allocator, backend resolution
-        fns[name]()
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            best[name] = min(best[name], _cpu_ms(fns[name], repeats))
-    return best
 
 
 def op_rows(rounds: int) -> list[str]:
@@ -67,7 +50,7 @@ def op_rows(rounds: int) -> list[str]:
                            (x, gate, branch), (x, ada, branch)),
     }
     for name, (aten, ours, args, wrt) in cases.items():
-        best = _rotated_min({"aten": step(aten, args, wrt), "native": step(ours("native"), args, wrt),
+        best = rotated_min({"aten": step(aten, args, wrt), "native": step(ours("native"), args, wrt),
                              "dense": step(ours("dense"), args, wrt)}, rounds, repeats=5)
         rows.append(f"| {name} | {best['aten']:.2f} | {best['native']:.2f} | {best['dense']:.2f} | "
                     f"{best['aten'] / best['native']:.2f}x |")
@@ -94,7 +77,7 @@ def step_rows(rounds: int) -> list[str]:
         step = dit._step(dit._model(model_name)[0])
         fns[f"{model_name} aten"] = with_adaln(step, lambda *args: False)
         fns[f"{model_name} ebsparse"] = with_adaln(step, fused)
-    best = _rotated_min(fns, rounds, repeats=1)
+    best = rotated_min(fns, rounds, repeats=1)
     rows = ["| model | step ms, ATen adaLN | step ms, ebsparse adaLN | saved ms | speed-up |",
             "| --- | --- | --- | --- | --- |"]
     for model_name in ("dense", "erk-0.9"):

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
 
 from bench import test_dit_speed as dit
+from bench.cpu_time import rotated_min
 from ebsparse.backends.native import NativeBackend
 from ebsparse.formats import build_index
 
@@ -34,23 +34,6 @@ ROUNDS = 7
 LAYER_ROUNDS = 25
 STEP_MODELS = ["dense", "erk-0.9", "pruned-0.5-all"]
 LAYERS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"]
-
-
-def _cpu_ms(fn) -> float:
-    start = time.process_time()
-    fn()
-    return 1e3 * (time.process_time() - start)
-
-
-def _interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Minimum CPU ms of each callable, all timed in turn round by round (after one untimed call)."""
-    for f in fns.values():
-        f()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, f in fns.items():
-            best[name] = min(best[name], _cpu_ms(f))
-    return best
 
 
 class _OtherBuild(NativeBackend):
@@ -133,7 +116,7 @@ def layers_table(model, rounds: int, other=None, against: str | None = None) -> 
         fns = {"sparse": sparse, "dense": dense}
         if other:
             fns["other"] = layer_calls(linear, rows, other)[0]
-        t = _interleaved(fns, rounds)
+        t = rotated_min(fns, rounds)
         row = (f"| {name} {tuple(linear.mask.shape)} | {rows} | {linear.density:.3f} | {t['sparse']:.2f} | "
                f"{t['dense']:.2f} | {t['dense'] / t['sparse']:.2f}x |")
         if other:
@@ -148,7 +131,7 @@ def steps_table(rounds: int, other=None, against: str | None = None) -> str:
     steps = {name: dit._step(model) for name, model in models.items()}
     if other:
         steps[f"erk-0.9 on {against}"] = _step_on_other_build(models["erk-0.9"], other)
-    t = _interleaved(steps, rounds)
+    t = rotated_min(steps, rounds)
     lines = ["| model | CPU ms (min) | dense / model |", "|---|---|---|"]
     for name, ms in t.items():
         lines.append(f"| {name} | {ms:.0f} | {t['dense'] / ms:.2f}x |")

@@ -10,20 +10,14 @@ Run: ``OMP_NUM_THREADS=1 python -m bench.dit_gelu_fusion [--rounds N]`` (prints 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from bench import test_dit_speed as dit
+from bench.cpu_time import rotated_min
 from ebsparse.formats import build_index
 from ebsparse.models import dit as dit_model
 from ebsparse.nn.activation import gelu_tanh_act
-
-
-def _cpu_ms(fn) -> float:
-    start = time.process_time()
-    fn()
-    return 1e3 * (time.process_time() - start)
 
 
 def _unfused(fc1, act, x):
@@ -77,12 +71,7 @@ def main() -> None:
     model, _ = dit._model("erk-0.9")
     fns = {"ERK 0.9 step fused": _step(model, True), "ERK 0.9 step unfused": _step(model, False)}
     fns.update(_pair_calls(model.blocks[0].mlp.fc1))
-    for f in fns.values():
-        f()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(args.rounds):
-        for name, f in fns.items():
-            best[name] = min(best[name], _cpu_ms(f))
+    best = rotated_min(fns, args.rounds)
     print(f"DiT-S/2 b{dit.BATCH}, 1 thread, CPU time (min of {args.rounds}), "
           f"CPU capability {torch.ops.ebsparse.cpu_capability()}\n")
     print("| call | CPU ms |\n|---|---|")

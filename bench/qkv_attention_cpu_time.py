@@ -19,25 +19,9 @@ import time
 
 import torch
 
+from bench.cpu_time import rotated_min
+
 HEADS, HEAD_DIM = 6, 64
-
-
-def _ms(fn, repeats: int, clock) -> float:
-    start = clock()
-    for _ in range(repeats):
-        fn()
-    return 1e3 * (clock() - start) / repeats
-
-
-def _rotated_min(fns: dict, rounds: int, repeats: int, clock) -> dict[str, float]:
-    names, best = list(fns), {name: float("inf") for name in fns}
-    for name in names:  # warm-up: allocator, backend resolution
-        fns[name]()
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            best[name] = min(best[name], _ms(fns[name], repeats, clock))
-    return best
 
 
 def _op_step(qkv, go, backend):
@@ -70,11 +54,11 @@ def rows(rounds: int, clock) -> list[str]:
         qkv = torch.randn(b, n, 3 * HEADS * HEAD_DIM, requires_grad=True)
         go = torch.randn(b, n, HEADS * HEAD_DIM)
         repeats = 5 if n <= 256 else 2
-        best = _rotated_min({"dense": _op_step(qkv, go, "dense"), "native": _op_step(qkv, go, "native")},
+        best = rotated_min({"dense": _op_step(qkv, go, "dense"), "native": _op_step(qkv, go, "native")},
                             rounds, repeats, clock)
         out.append(f"| {label} | {best['dense']:.2f} | {best['native']:.2f} | {best['dense'] / best['native']:.2f}x |")
         if n == 64:
-            best = _rotated_min({"dense": _layer_step("dense"), "native": _layer_step("native")}, rounds, 5, clock)
+            best = rotated_min({"dense": _layer_step("dense"), "native": _layer_step("native")}, rounds, 5, clock)
             out.append(f"| DiT-S/2 Attention layer (qkv, attention, proj), B=32 N=64 | {best['dense']:.2f} | "
                        f"{best['native']:.2f} | {best['dense'] / best['native']:.2f}x |")
     return out
@@ -103,7 +87,7 @@ def step_rows(rounds: int, clock) -> list[str]:
         step = dit_bench._step(dit_bench._model(name)[0])
         for backend in ("dense", "native"):
             fns[(name, backend)] = _with_attention(step, backend)
-    best = _rotated_min(fns, rounds, 1, clock)
+    best = rotated_min(fns, rounds, 1, clock)
     out = ["| model | attention on dense (SDPA) ms | attention on native ms | step speed-up | dense model / model "
            "(SDPA) | dense model / model (native) |", "| --- | --- | --- | --- | --- | --- |"]
     for name in ("dense", "erk-0.9"):

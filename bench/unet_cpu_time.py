@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from bench import test_unet_step as unet
+from bench.cpu_time import rotated_times
 
 MODELS = ["dense", "pruned-0.5", "pruned-0.3"]
 ROUNDS = 7
@@ -35,25 +35,6 @@ SHAPE_ROUNDS = 7
 
 #: (input shape, weight shape, stride, padding) of one convolution call
 ConvCall = tuple[tuple[int, ...], tuple[int, ...], tuple[int, int], tuple[int, int]]
-
-
-def _cpu_ms(fn) -> float:
-    start = time.process_time()
-    fn()
-    return 1e3 * (time.process_time() - start)
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """CPU ms of every function in each round, the order rotated by one per round (after one call each)."""
-    names = list(fns)
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            times[name].append(_cpu_ms(fns[name]))
-    return times
 
 
 def conv_calls(model) -> collections.Counter:
@@ -111,7 +92,7 @@ def shapes_table(calls: dict[str, collections.Counter], rounds: int, channels_la
             fns = {"nchw": conv_step(call, False)}
             if channels_last:
                 fns["cl"] = conv_step(call, True)
-            best = {k: min(v) for k, v in interleaved(fns, rounds).items()}
+            best = {k: min(v) for k, v in rotated_times(fns, rounds).items()}
             rows.append((count * best["nchw"], call, count, best))
         rows.sort(key=lambda r: -r[0])
         totals[model] = sum(r[0] for r in rows)
@@ -128,7 +109,7 @@ def shapes_table(calls: dict[str, collections.Counter], rounds: int, channels_la
 
 def steps_table(models: list[str], rounds: int, conv_ms: dict[str, float]) -> str:
     steps = {name: unet.train_step(unet.build(name)[0]) for name in models}
-    times = interleaved(steps, rounds)
+    times = rotated_times(steps, rounds)
     base = min(times["dense"]) if "dense" in times else None
     lines = [f"| model | min ms | median ms | speed-up (min) | FLOP bound | convs ms (sum of shapes) | rest ms |",
              "|---|---|---|---|---|---|---|"]
