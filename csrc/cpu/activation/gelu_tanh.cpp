@@ -1,7 +1,7 @@
 // GELU with the tanh approximation (DiT's MLP activation) on the CPU, forward and backward.
 // ATen's CPU kernel for it costs ~6x a plain tanh pass at DiT's sizes, which made it the largest
 // dense part of a sparse DiT training step. The formulas (the sigmoid form of tanh, float32 eight
-// lanes at a time) are in gelu_tanh_math.h, shared with the sparse linear kernels that fuse them;
+// or sixteen lanes at a time) are in gelu_tanh_math.h, shared with the sparse linear kernels that fuse them;
 // any shape.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
