@@ -11,31 +11,14 @@ Run: ``OMP_NUM_THREADS=1 python -m bench.dropout_cpu_time [--rounds 5] [--step-r
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
+from bench.cpu_time import rotated_min
+
 SHAPES = [(8, 128, 32, 32), (8, 256, 16, 16), (8, 256, 8, 8)]
 P = 0.1
-
-
-def _cpu_ms(fn, repeats: int) -> float:
-    start = time.process_time()
-    for _ in range(repeats):
-        fn()
-    return 1e3 * (time.process_time() - start) / repeats
-
-
-def _rotated_min(fns: dict, rounds: int, repeats: int) -> dict[str, float]:
-    names, best = list(fns), {name: float("inf") for name in fns}
-    for name in names:  # warm-up: allocator, backend resolution
-        fns[name]()
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            best[name] = min(best[name], _cpu_ms(fns[name], repeats))
-    return best
 
 
 def op_rows(rounds: int) -> list[str]:
@@ -50,7 +33,7 @@ def op_rows(rounds: int) -> list[str]:
         def step(run):
             return lambda: torch.autograd.grad(run(x), x, go)
 
-        best = _rotated_min({"aten": step(lambda t: F.dropout(t, P, True)),
+        best = rotated_min({"aten": step(lambda t: F.dropout(t, P, True)),
                              "native": step(lambda t: dropout(t, P, backend="native")),
                              "dense": step(lambda t: dropout(t, P, backend="dense"))}, rounds, repeats=5)
         rows.append(f"| {'x'.join(map(str, shape))} | {best['aten']:.2f} | {best['native']:.2f} | "
@@ -78,7 +61,7 @@ def step_rows(rounds: int) -> list[str]:
         step = train_step(build(model_name)[0])
         fns[f"{model_name} aten"] = with_dropout(step, lambda drop, x: drop(x))
         fns[f"{model_name} ebsparse"] = with_dropout(step, fast)
-    best = _rotated_min(fns, rounds, repeats=1)
+    best = rotated_min(fns, rounds, repeats=1)
     rows = ["| model | step ms, ATen dropout | step ms, ebsparse dropout | saved ms | speed-up |",
             "| --- | --- | --- | --- | --- |"]
     for model_name in ("dense", "erk-0.9"):
