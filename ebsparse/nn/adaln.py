@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module
-
 from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
+from ebsparse.nn.activation import observed
 from ebsparse.ops.gated_residual import GatedResidualInputs, run_gated_residual
 from ebsparse.ops.layer_norm_modulate import LayerNormModulateInputs, run_layer_norm_modulate
 
@@ -36,16 +35,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def _plain_norm(norm: nn.Module, channels: int) -> bool:
     return (type(norm) is nn.LayerNorm and norm.weight is None and norm.bias is None
-            and tuple(norm.normalized_shape) == (channels,) and not norm._forward_hooks
-            and not norm._forward_pre_hooks)
+            and tuple(norm.normalized_shape) == (channels,) and not observed(norm))
 
 
 def fused_adaln(x: torch.Tensor, *norms: nn.Module) -> bool:
     """Whether a block with these LayerNorms runs `norm_modulate` and `gated_add` on the fused ops
     for the residual stream x (B, N, C) (see the module docstring)."""
     return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 3 and x.shape[-1] > 0
-            and not torch.compiler.is_compiling() and not _module._global_forward_hooks
-            and not _module._global_forward_pre_hooks and all(_plain_norm(n, x.shape[-1]) for n in norms))
+            and not torch.compiler.is_compiling() and all(_plain_norm(n, x.shape[-1]) for n in norms))
 
 
 def _backend(inputs) -> Backend:
