@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from bench.cpu_time import rotated_min
+from bench.cpu_time import rotated_min, with_attribute
 
 import ebsparse  # noqa: F401  (loads the extension and its ops)
 
@@ -61,22 +61,11 @@ def step_rows(rounds: int) -> list[str]:
     from bench import test_dit_speed as dit
     from ebsparse.models import dit as dit_model
 
-    fused = dit_model.fused_adaln
-
-    def with_adaln(step, choice):
-        def run():
-            dit_model.fused_adaln = choice
-            try:
-                step()
-            finally:
-                dit_model.fused_adaln = fused
-        return run
-
     fns = {}
     for model_name in ("dense", "erk-0.9"):
         step = dit._step(dit._model(model_name)[0])
-        fns[f"{model_name} aten"] = with_adaln(step, lambda *args: False)
-        fns[f"{model_name} ebsparse"] = with_adaln(step, fused)
+        fns[f"{model_name} aten"] = with_attribute(step, dit_model, "fused_adaln", lambda *args: False)
+        fns[f"{model_name} ebsparse"] = step
     best = rotated_min(fns, rounds, repeats=1)
     rows = ["| model | step ms, ATen adaLN | step ms, ebsparse adaLN | saved ms | speed-up |",
             "| --- | --- | --- | --- | --- |"]

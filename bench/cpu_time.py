@@ -7,7 +7,7 @@ whichever position ran first (the caches the previous callable left behind)."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int = 1, clock: Callable[[], float] = time.process_time) -> float:
@@ -36,3 +36,16 @@ def rotated_min(fns: dict[str, Callable[[], object]], rounds: int, repeats: int 
                 clock: Callable[[], float] = time.process_time) -> dict[str, float]:
     """Each callable's minimum ms over the rounds (see `rotated_times`)."""
     return {name: min(t) for name, t in rotated_times(fns, rounds, repeats, clock).items()}
+
+
+def with_attribute(fn: Callable[[], object], owner: Any, name: str, value: Any) -> Callable[[], None]:
+    """`fn` run with ``owner.name`` set to `value` for the call (restored after): a step timed with
+    one code path of a model module swapped for another."""
+    def run() -> None:
+        saved = getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            fn()
+        finally:
+            setattr(owner, name, saved)
+    return run

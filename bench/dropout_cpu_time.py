@@ -15,7 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from bench.cpu_time import rotated_min
+from bench.cpu_time import rotated_min, with_attribute
 
 SHAPES = [(8, 128, 32, 32), (8, 256, 16, 16), (8, 256, 8, 8)]
 P = 0.1
@@ -45,22 +45,11 @@ def step_rows(rounds: int) -> list[str]:
     from bench.test_unet_step import build, train_step
     from ebsparse.models import ddpm_unet
 
-    fast = ddpm_unet.dropout_act
-
-    def with_dropout(step, act):
-        def run():
-            ddpm_unet.dropout_act = act
-            try:
-                step()
-            finally:
-                ddpm_unet.dropout_act = fast
-        return run
-
     fns = {}
     for model_name in ("dense", "erk-0.9"):
         step = train_step(build(model_name)[0])
-        fns[f"{model_name} aten"] = with_dropout(step, lambda drop, x: drop(x))
-        fns[f"{model_name} ebsparse"] = with_dropout(step, fast)
+        fns[f"{model_name} aten"] = with_attribute(step, ddpm_unet, "dropout_act", lambda drop, x: drop(x))
+        fns[f"{model_name} ebsparse"] = step
     best = rotated_min(fns, rounds, repeats=1)
     rows = ["| model | step ms, ATen dropout | step ms, ebsparse dropout | saved ms | speed-up |",
             "| --- | --- | --- | --- | --- |"]

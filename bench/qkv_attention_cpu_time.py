@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.cpu_time import rotated_min
+from bench.cpu_time import rotated_min, with_attribute
 
 HEADS, HEAD_DIM = 6, 64
 
@@ -37,14 +37,7 @@ def _layer_step(backend, batch=32, tokens=64):
     x = torch.randn(batch, tokens, HEADS * HEAD_DIM, requires_grad=True)
     params = [x, *attn.parameters()]
 
-    def run():
-        saved = dit.qkv_attention
-        dit.qkv_attention = lambda qkv, heads: saved(qkv, heads, backend=backend)
-        try:
-            torch.autograd.grad(attn(x).sum(), params)
-        finally:
-            dit.qkv_attention = saved
-    return run
+    return _with_attention(lambda: torch.autograd.grad(attn(x).sum(), params), backend)
 
 
 def rows(rounds: int, clock) -> list[str]:
@@ -65,16 +58,12 @@ def rows(rounds: int, clock) -> list[str]:
 
 
 def _with_attention(step, backend):
+    """`step` with our DiT's attention on `backend`."""
     from ebsparse.models import dit
+    from ebsparse.ops.qkv_attention import qkv_attention
 
-    def run():
-        saved = dit.qkv_attention
-        dit.qkv_attention = lambda qkv, heads: saved(qkv, heads, backend=backend)
-        try:
-            step()
-        finally:
-            dit.qkv_attention = saved
-    return run
+    return with_attribute(step, dit, "qkv_attention",
+                          lambda qkv, heads: qkv_attention(qkv, heads, backend=backend))
 
 
 def step_rows(rounds: int, clock) -> list[str]:
