@@ -9,6 +9,8 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 namespace ebsparse {
 
@@ -38,6 +40,21 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_gelu_tanh(const at::Tensor& input,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_gelu_tanh_backward(
     const at::Tensor& grad_act, const at::Tensor& pre_act, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& row_ptr, const at::Tensor& col_idx, bool input_grad, bool weight_grad, bool bias_grad);
+
+// The MLP fc2(gelu_tanh(fc1(x))) with sparse fc1 (M1, K1) and fc2 (M2, M1) in one op (CPU; mlp.cpp):
+// (y (N, M2), pre_panels), where pre_panels keeps fc1's pre-activation for the backward in the
+// kernels' panel layout, shaped csr_mlp_pre_panels_shape(N, M1, dtype).
+std::vector<int64_t> csr_mlp_pre_panels_shape(int64_t rows, int64_t hidden, at::ScalarType dtype);
+std::tuple<at::Tensor, at::Tensor> csr_mlp_gelu_tanh(const at::Tensor& input, const at::Tensor& w1,
+                                                     const std::optional<at::Tensor>& b1, const at::Tensor& rp1,
+                                                     const at::Tensor& ci1, const at::Tensor& w2,
+                                                     const std::optional<at::Tensor>& b2, const at::Tensor& rp2,
+                                                     const at::Tensor& ci2);
+// Its backward: (dX, dW1, db1, dW2, db2), each empty unless asked for (weight_grad: both weights).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_mlp_gelu_tanh_backward(
+    const at::Tensor& grad_output, const at::Tensor& pre_panels, const at::Tensor& input, const at::Tensor& w1,
+    const at::Tensor& rp1, const at::Tensor& ci1, const at::Tensor& w2, const at::Tensor& rp2, const at::Tensor& ci2,
+    bool input_grad, bool weight_grad, bool bias1_grad, bool bias2_grad);
 
 // ---- conv2d (groups = 1): weight (Co, Ci, KH, KW), input (N, Ci, H, W) ------------------------------
 at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,

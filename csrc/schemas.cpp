@@ -24,6 +24,14 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def(
       "csr_linear_gelu_tanh_backward(Tensor grad_act, Tensor pre_act, Tensor input, Tensor weight, "
       "Tensor row_ptr, Tensor col_idx, bool input_grad, bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor)");
+  // fc2(gelu_tanh(fc1(x))) with both layers sparse, one op (cpu/linear/mlp.cpp).
+  m.def(
+      "csr_mlp_gelu_tanh(Tensor input, Tensor w1, Tensor? b1, Tensor row_ptr1, Tensor col_idx1, Tensor w2, "
+      "Tensor? b2, Tensor row_ptr2, Tensor col_idx2) -> (Tensor, Tensor)");
+  m.def(
+      "csr_mlp_gelu_tanh_backward(Tensor grad_output, Tensor pre_panels, Tensor input, Tensor w1, Tensor row_ptr1, "
+      "Tensor col_idx1, Tensor w2, Tensor row_ptr2, Tensor col_idx2, bool input_grad, bool weight_grad, "
+      "bool bias1_grad, bool bias2_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "csr_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor row_ptr, Tensor col_idx, "
       "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");

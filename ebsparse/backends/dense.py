@@ -70,7 +70,7 @@ class DenseBackend(Backend):
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
                      "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
                      "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual",
-                     "linear_gelu_tanh"})
+                     "linear_gelu_tanh", "mlp_gelu_tanh"})
 
     def linear_forward(self, inputs):
         return F.linear(inputs.input, _masked_weight(inputs), inputs.bias)
@@ -91,6 +91,25 @@ class DenseBackend(Backend):
         grad_input, grad_weight = self.linear_backward(inputs, grad_pre, input_grad, weight_grad)
         grad_bias = grad_pre.sum(0) if weight_grad and inputs.bias is not None else None
         return grad_input, (grad_weight, grad_bias) if weight_grad else None
+
+    def mlp_gelu_tanh_forward(self, inputs):
+        pre = inputs.state["pre"] = F.linear(inputs.input, inputs.w1 * inputs.mask1, inputs.b1)
+        act = inputs.state["act"] = F.gelu(pre, approximate="tanh")
+        return F.linear(act, inputs.w2 * inputs.mask2, inputs.b2)
+
+    def mlp_gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_w1, grad_b1, grad_w2, grad_b2) or None), layer by layer with ATen."""
+        s = inputs.state
+        grad_act = grad_output.mm(inputs.w2 * inputs.mask2)
+        grad_pre = torch.ops.aten.gelu_backward(grad_act, s["pre"], approximate="tanh")
+        grad_input = grad_pre.mm(inputs.w1 * inputs.mask1) if input_grad else None
+        if not weight_grad:
+            return grad_input, None
+        grad_w2 = grad_output.t().mm(s["act"]) * inputs.mask2
+        grad_w1 = grad_pre.t().mm(inputs.input) * inputs.mask1
+        grad_b1 = grad_pre.sum(0) if inputs.b1 is not None else None
+        grad_b2 = grad_output.sum(0) if inputs.b2 is not None else None
+        return grad_input, (grad_w1, grad_b1, grad_w2, grad_b2)
 
     def conv2d_forward(self, inputs):
         return dense_conv2d(inputs.input, _masked_weight(inputs), inputs.bias, inputs.stride, inputs.padding,

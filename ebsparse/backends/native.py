@@ -22,7 +22,7 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout",
               "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual",
               "qkv_attention": "ebsparse::qkv_attention",
-              "linear_gelu_tanh": "ebsparse::csr_linear_gelu_tanh"}
+              "linear_gelu_tanh": "ebsparse::csr_linear_gelu_tanh", "mlp_gelu_tanh": "ebsparse::csr_mlp_gelu_tanh"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 
 
@@ -96,6 +96,23 @@ class NativeBackend(Backend):
             grad_output, inputs.state["pre"], inputs.input, inputs.weight, p.row_ptr, p.col_idx, input_grad,
             weight_grad, weight_grad and has_bias)
         weight_grads = (grad_weight, grad_bias if has_bias else None)
+        return grad_input if input_grad else None, weight_grads if weight_grad else None
+
+    def mlp_gelu_tanh_forward(self, inputs):
+        p1, p2 = inputs.pattern1, inputs.pattern2
+        out, inputs.state["pre_panels"] = torch.ops.ebsparse.csr_mlp_gelu_tanh(
+            inputs.input, inputs.w1, inputs.b1, p1.row_ptr, p1.col_idx, inputs.w2, inputs.b2, p2.row_ptr, p2.col_idx)
+        return out
+
+    def mlp_gelu_tanh_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_w1, grad_b1, grad_w2, grad_b2) or None), one pass over the batch for
+        both layers (the GELU's gradient formed between them in the kernels' panels)."""
+        p1, p2 = inputs.pattern1, inputs.pattern2
+        has_b1, has_b2 = inputs.b1 is not None, inputs.b2 is not None
+        grad_input, gw1, gb1, gw2, gb2 = torch.ops.ebsparse.csr_mlp_gelu_tanh_backward(
+            grad_output, inputs.state["pre_panels"], inputs.input, inputs.w1, p1.row_ptr, p1.col_idx, inputs.w2,
+            p2.row_ptr, p2.col_idx, input_grad, weight_grad, weight_grad and has_b1, weight_grad and has_b2)
+        weight_grads = (gw1, gb1 if has_b1 else None, gw2, gb2 if has_b2 else None)
         return grad_input if input_grad else None, weight_grads if weight_grad else None
 
     def conv2d_forward(self, inputs):

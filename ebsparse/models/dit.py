@@ -20,7 +20,7 @@ from torch import nn
 
 from .._config import config_from_dict
 from ..nn.adaln import fused_adaln, gated_add, norm_modulate
-from ..nn.linear import linear_gelu_tanh
+from ..nn.linear import mlp_gelu_tanh
 from ..ops.qkv_attention import qkv_attention
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
@@ -199,8 +199,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ATen's tanh-GELU is slow on the CPU; a sparse fc1 on the native kernels also fuses it
-        return self.fc2(linear_gelu_tanh(self.fc1, self.act, x))
+        # ATen's tanh-GELU is slow on the CPU; sparse layers on the native kernels fuse it (and the
+        # whole MLP where both layers are sparse)
+        return mlp_gelu_tanh(self.fc1, self.act, self.fc2, x)
 
 
 class DiTBlock(nn.Module):

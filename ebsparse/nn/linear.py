@@ -11,6 +11,12 @@ from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.block_linear import block_linear_inputs, run_block_linear
 from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
 from ebsparse.ops.linear_gelu_tanh import run_linear_gelu_tanh
+from ebsparse.ops.mlp_gelu_tanh import run_mlp_gelu_tanh
+
+
+# The fused MLP (`SparseLinear.forward_mlp_gelu_tanh`) hands each thread chunks of up to 128 rows;
+# below two chunks per thread the two layers' own ops, parallel over output rows too, balance better.
+_MLP_MIN_ROWS_PER_THREAD = 256
 
 
 class SparseLinear(SparsityMixin, nn.Linear):
@@ -63,6 +69,27 @@ class SparseLinear(SparsityMixin, nn.Linear):
         run = run_block_linear if self.pattern == "block" else run_linear
         return gelu_tanh_act(act, run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad))
 
+    def forward_mlp_gelu_tanh(self, input: torch.Tensor, act: nn.Module, fc2: "SparseLinear") -> torch.Tensor | None:
+        """``fc2(act(self(input)))`` as one fused op (`sparse_mlp_gelu_tanh`), or None where the
+        fusion does not apply: both layers unstructured, native on this CPU input in eager mode
+        (fc2 as its own calls already resolved for this shape: the first call of a shape runs
+        unfused and resolves it), neither taking the full weight gradient, `act` a plain tanh GELU,
+        and at least `_MLP_MIN_ROWS_PER_THREAD` rows per thread (the fused op parallelises over
+        chunks of rows only)."""
+        if (self.pattern != "unstructured" or fc2.pattern != "unstructured" or self.dense_weight_grad
+                or fc2.dense_weight_grad or input.device.type != "cpu" or torch.compiler.is_compiling()
+                or not is_plain_tanh_gelu(act)
+                or input.numel() < _MLP_MIN_ROWS_PER_THREAD * torch.get_num_threads() * self.in_features):
+            return None
+        input, weight, bias, pattern, backend = self._prepared(input)
+        pattern2 = fc2.pattern_index()  # first: a changed mask clears fc2's resolved backends
+        hidden_key = (tuple(input.shape[:-1]) + (self.out_features,), input.dtype, input.device, fc2.weight.dtype)
+        if (backend.name != "native" or getattr(fc2._resolved.get(hidden_key), "name", None) != "native"
+                or input.dtype not in (torch.float32, torch.float64) or fc2.weight.dtype != input.dtype):
+            return None
+        return run_mlp_gelu_tanh(input, weight, bias, self.mask, pattern, fc2.weight, fc2.bias, fc2.mask, pattern2,
+                                 backend)
+
     def _prepared(self, input: torch.Tensor):
         """(input, weight, bias) as the op runs them (autocast), the pattern index and the backend
         resolved for this input's shape."""
@@ -86,3 +113,14 @@ def linear_gelu_tanh(fc1: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.T
     if type(fc1) is SparseLinear and not observed(fc1):
         return fc1.forward_gelu_tanh(x, act)
     return gelu_tanh_act(act, fc1(x))
+
+
+def mlp_gelu_tanh(fc1: nn.Module, act: nn.Module, fc2: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``fc2(act(fc1(x)))`` for a transformer MLP with a tanh GELU: one fused op for two unobserved
+    SparseLinear layers where `SparseLinear.forward_mlp_gelu_tanh` applies, else
+    ``fc2(linear_gelu_tanh(fc1, act, x))`` (layers with hooks must see their own calls)."""
+    if type(fc1) is SparseLinear and type(fc2) is SparseLinear and not observed(fc1) and not observed(fc2):
+        fused = fc1.forward_mlp_gelu_tanh(x, act, fc2)
+        if fused is not None:
+            return fused
+    return fc2(linear_gelu_tanh(fc1, act, x))

@@ -10,6 +10,7 @@ from ebsparse.ops.gelu_tanh import gelu_tanh
 from ebsparse.ops.group_norm_silu import group_norm_silu
 from ebsparse.ops.layer_norm_modulate import layer_norm_modulate
 from ebsparse.ops.linear import sparse_linear
+from ebsparse.ops.mlp_gelu_tanh import sparse_mlp_gelu_tanh, sparse_mlp_gelu_tanh_reference
 from ebsparse.ops.qkv_attention import qkv_attention
 from ebsparse.ops.reference import (block_sparse_attention_reference, gated_residual_reference,
                                     group_norm_silu_reference, layer_norm_modulate_reference, prune_2_4_reference,
@@ -22,6 +23,8 @@ __all__ = [
     "qkv_attention",
     "qkv_attention_reference",
     "sparse_linear",
+    "sparse_mlp_gelu_tanh",
+    "sparse_mlp_gelu_tanh_reference",
     "sparse_conv2d",
     "block_sparse_linear",
     "block_sparse_conv2d",

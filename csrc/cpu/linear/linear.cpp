@@ -53,6 +53,7 @@
 #include "cpu/activation/gelu_tanh_math.h"
 #include "cpu/capability.h"
 #include "cpu/scratch.h"
+#include "cpu/linear/driver.h"
 #include "cpu/linear/kernels.h"
 #include "cpu/linear/plan.h"
 #include "cpu/tasks.h"
@@ -60,180 +61,7 @@
 namespace ebsparse {
 namespace {
 
-using linear_detail::BlockedPattern;
-using linear_detail::LinearPlan;
-
-// ---- portable micro-kernels (fp64, and the reference shape of the SIMD ones) ---------------------
-
-template <typename T, int NB>
-void spmm_rows_generic(const int32_t* col, const T* val, const int32_t* bptr, int64_t r0,
-                       int64_t r1, const T* panel, T* tile) {
-  for (int64_t r = r0; r < r1; ++r) {
-    if (bptr[r] == bptr[r + 1]) continue;
-    T acc[NB];
-    T* t = tile + r * NB;
-    for (int i = 0; i < NB; ++i) acc[i] = t[i];
-    for (int64_t e = bptr[r]; e < bptr[r + 1]; ++e) {
-      const T v = val[e];
-      const T* p = panel + int64_t(col[e]) * NB;
-      for (int i = 0; i < NB; ++i) acc[i] += v * p[i];
-    }
-    for (int i = 0; i < NB; ++i) t[i] = acc[i];
-  }
-}
-
-template <typename T, int NB>
-void spmm_rows_init_generic(const int32_t* col, const T* val, const int32_t* bptr, int64_t r0,
-                            int64_t r1, const T* panel, T* tile, const T* init) {
-  for (int64_t r = r0; r < r1; ++r) std::fill(tile + r * NB, tile + (r + 1) * NB, init ? init[r] : T(0));
-  spmm_rows_generic<T, NB>(col, val, bptr, r0, r1, panel, tile);
-}
-
-template <typename T, int NB>
-void sddmm_generic(const T* a_lo, const T* a_hi, const T* x_lo, const T* x_hi, const int32_t* col,
-                   int64_t e0, int64_t e1, T* acc) {
-  for (int64_t e = e0; e < e1; ++e) {
-    const T* p = x_lo + int64_t(col[e]) * NB;
-    const T* q = x_hi + int64_t(col[e]) * NB;
-    T s = 0;
-    for (int i = 0; i < NB; ++i) s += a_lo[i] * p[i] + a_hi[i] * q[i];
-    acc[e] += s;
-  }
-}
-
-// The micro-kernels and panel width of one dtype / ISA.
-template <typename T>
-struct Kernels {
-  int nb;  // panel width (batch rows); the SDDMM reduces over chunks of 2 * nb
-  void (*spmm_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*);
-  // the first k-block of a tile: rows start from init[r] (or 0) and are all written
-  void (*spmm_rows_init)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, T*, const T*);
-  void (*sddmm)(const T*, const T*, const T*, const T*, const int32_t*, int64_t, int64_t, T*);
-  // both backward kernels in one walk of the transposed pattern (kernels.h); null where
-  // there is none (AVX2 has too few registers to hold both tiles, fp64)
-  void (*backward_rows)(const int32_t*, const T*, const int32_t*, int64_t, int64_t, const T*, const T*,
-                        const T*, const T*, T*, T*, T*, bool);
-};
-
-template <typename T>
-Kernels<T> pick_kernels();
-
-template <>
-Kernels<float> pick_kernels<float>() {
-  namespace d = linear_detail;
-  if (cpu_capability() == CpuCapability::kAvx512)
-    return {d::kNbAvx512, d::spmm_rows_f32_avx512, d::spmm_rows_init_f32_avx512, d::sddmm_f32_avx512,
-            d::backward_rows_f32_avx512};
-  return {d::kNbAvx2, d::spmm_rows_f32_avx2, d::spmm_rows_init_f32_avx2, d::sddmm_f32_avx2, nullptr};
-}
-
-template <>
-Kernels<double> pick_kernels<double>() {
-  return {16, spmm_rows_generic<double, 16>, spmm_rows_init_generic<double, 16>, sddmm_generic<double, 16>,
-          nullptr};
-}
-
-// The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kPanel2, kValues, kValues2, kPartial, kPrePanel, kSlots };
-
-template <typename T>
-T* scratch(Slot slot, int64_t n) {
-  return thread_scratch<Slot, kSlots, T>(slot, n, "linear");
-}
-
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols; dst_rows_outer: see transpose_f32.
-void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
-               bool dst_rows_outer) {
-  if (cpu_capability() == CpuCapability::kAvx512)
-    linear_detail::transpose_f32_avx512(src, lds, rows, cols, dst, ldd, dst_rows_outer);
-  else
-    linear_detail::transpose_f32_avx2(src, lds, rows, cols, dst, ldd, dst_rows_outer);
-}
-void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, double* dst, int64_t ldd,
-               bool) {
-  constexpr int64_t B = 16;
-  for (int64_t r = 0; r < rows; r += B)
-    for (int64_t c = 0; c < cols; c += B)
-      for (int64_t rr = r; rr < std::min(r + B, rows); ++rr)
-        for (int64_t cc = c; cc < std::min(c + B, cols); ++cc) dst[cc * ldd + rr] = src[rr * lds + cc];
-}
-
-// A (N, C) activation or gradient as the packing reads it: rows `row_stride` apart, columns either
-// contiguous (col_stride 1) or all one value (col_stride 0: an expanded gradient, such as the one
-// `y.sum()` or `y.mean()` hands back, read in place instead of being copied into a dense tensor).
-template <typename T>
-struct RowsView {
-  const T* data;
-  int64_t row_stride;
-  bool repeated;  // col_stride 0
-};
-
-// t itself where RowsView can read it (2-D, columns contiguous or repeated), else a contiguous copy.
-at::Tensor packable(const at::Tensor& t) {
-  return t.dim() == 2 && (t.stride(1) == 1 || t.stride(1) == 0) ? t : t.contiguous();
-}
-
-template <typename T>
-RowsView<T> rows_view(const at::Tensor& t) {  // t from packable()
-  return {t.const_data_ptr<T>(), t.stride(0), t.size(1) > 1 && t.stride(1) == 0};
-}
-
-// P[c * NB + i] = A[n0 + i, c] for c in [c0, c1), i < NB (zero for n0 + i >= N).
-template <typename T>
-void pack_panel(const RowsView<T>& A, int64_t N, int64_t n0, int NB, int64_t c0, int64_t c1, T* P) {
-  const int64_t nb = std::clamp<int64_t>(N - n0, 0, NB);
-  if (A.repeated) {
-    T column[64];
-    TORCH_INTERNAL_ASSERT(NB <= 64, "pack_panel: panel width ", NB, " exceeds 64");
-    for (int64_t i = 0; i < NB; ++i) column[i] = i < nb ? A.data[(n0 + i) * A.row_stride] : T(0);
-    for (int64_t c = c0; c < c1; ++c) std::copy(column, column + NB, P + c * NB);
-    return;
-  }
-  if (nb > 0) transpose(A.data + n0 * A.row_stride + c0, A.row_stride, nb, c1 - c0, P + c0 * NB, NB, false);
-  if (nb < NB)
-    for (int64_t c = c0; c < c1; ++c) std::fill(P + c * NB + nb, P + (c + 1) * NB, T(0));
-}
-
-// out[n0 + i, r] = T[r * NB + i] for r in [r0, r1), n0 + i < N. out is (N, R).
-template <typename T>
-void unpack_tile(const T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_t r0, int64_t r1,
-                 T* out) {
-  const int64_t nb = std::min<int64_t>(NB, N - n0);
-  transpose(tile + r0 * NB, NB, r1 - r0, nb, out + n0 * R + r0, R, true);
-}
-
-// out[n0 + i, r] = T[r * NB + i] (the pre-activation h) and act[n0 + i, r] = gelu(T[r * NB + i]),
-// for r in [r0, r1): 64 rows at a time, so each piece of the tile is still in L1 when its GELU
-// overwrites it and again when that is written out. The tile is clobbered.
-template <typename T>
-void unpack_tile_gelu(T* tile, int64_t N, int64_t R, int64_t n0, int NB, int64_t r0, int64_t r1, T* out,
-                      T* act) {
-  constexpr int64_t kRows = 64;
-  for (int64_t a = r0; a < r1; a += kRows) {
-    const int64_t b = std::min(a + kRows, r1);
-    unpack_tile(tile, N, R, n0, NB, a, b, out);
-    gelu_tanh_math::forward_span(tile + a * NB, tile + a * NB, (b - a) * NB);
-    unpack_tile(tile, N, R, n0, NB, a, b, act);
-  }
-}
-
-// vals[e] = from[src[e]], in parallel.
-template <typename T>
-void gather(const int32_t* src, int64_t n, const T* from, T* vals) {
-  at::parallel_for(0, n, 16384, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) vals[e] = from[src[e]];
-  });
-}
-
-// T[r, :] = init[r] (or 0) + sum_c S[r, c] P[c, :] for rows [r0, r1) of a tile: every k-block in
-// turn, the first one starting the rows (no fill pass over the tile).
-template <typename T>
-void tile_rows(const BlockedPattern& S, const T* vals, int64_t R, int64_t r0, int64_t r1,
-               const T* panel, const T* init, const Kernels<T>& kern, T* tile) {
-  kern.spmm_rows_init(S.col.data(), vals, S.bptr.data(), r0, r1, panel, tile, init);
-  for (int64_t blk = 1; blk < S.nkb; ++blk)
-    kern.spmm_rows(S.col.data(), vals, S.bptr.data() + blk * R, r0, r1, panel, tile);
-}
+using namespace linear_detail;
 
 // out (N, R) = in (N, C) . S^T (+ bias), S (R, C) given by a plan pattern and its values.
 // act: also write act = gelu(out) (out is then the pre-activation), from the tile (forward only).
@@ -274,43 +102,6 @@ void spmm_transposed(const RowsView<T>& in, int64_t N, int64_t C, int64_t R, con
   }
 }
 
-// acc[e] += dY^T[m, chunk] . X^T[col[e], chunk] for the entries of rows [m0, m1) of the forward
-// pattern, k-block by k-block (so the X^T rows one pass reads stay in L1/L2). yt and xt hold one
-// chunk of 2 * NB batch rows as two panels each: (lo, hi) = (p, p + rows * NB).
-template <typename T>
-void sddmm_rows(const BlockedPattern& S, int64_t M, int64_t K, const T* yt, const T* xt, int NB,
-                int64_t m0, int64_t m1, const Kernels<T>& kern, T* acc) {
-  const int32_t* bp = S.bptr.data();
-  for (int64_t blk = 0; blk < S.nkb; ++blk)
-    for (int64_t m = m0; m < m1; ++m) {
-      const int64_t e0 = bp[blk * M + m], e1 = bp[blk * M + m + 1];
-      if (e0 < e1)
-        kern.sddmm(yt + m * NB, yt + (M + m) * NB, xt, xt + K * NB, S.col.data(), e0, e1, acc);
-    }
-}
-
-// dW[m, :] = 0 except dW[m, col[e]] = sum_{u < parts} part[u * nnz + at(e)] for row m's entries e
-// of the forward pattern, where at(e) = part_of ? part_of[e] : e; parallel over rows.
-template <typename T>
-void write_weight_grad(const BlockedPattern& S, int64_t M, int64_t K, const T* part, int64_t parts,
-                       int64_t nnz, const int32_t* part_of, T* dw) {
-  const int32_t* bp = S.bptr.data();
-  const int32_t* col = S.col.data();
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      T* row = dw + m * K;
-      std::fill(row, row + K, T(0));
-      for (int64_t blk = 0; blk < S.nkb; ++blk)
-        for (int32_t e = bp[blk * M + m]; e < bp[blk * M + m + 1]; ++e) {
-          const int64_t at = part_of ? part_of[e] : e;
-          T sum = part[at];
-          for (int64_t u = 1; u < parts; ++u) sum += part[u * nnz + at];
-          row[col[e]] = sum;
-        }
-    }
-  });
-}
-
 // y = x (W o mask)^T + b; with act, also act = gelu(y).
 template <typename T>
 void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, const at::Tensor& rp,
@@ -344,8 +135,6 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
   const Kernels<T> kern = pick_kernels<T>();
   const int NB = kern.nb;
   const int64_t nnz = plan->nnz;
-  const int32_t* rp = rp_t.const_data_ptr<int32_t>();
-  const int32_t* ci = ci_t.const_data_ptr<int32_t>();
   const int64_t nch = (N + 2 * NB - 1) / (2 * NB);
   const int64_t nt = at::get_num_threads();
   at::Tensor dy = dy_in;
@@ -365,23 +154,7 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
   }
   const RowsView<T> yv = rows_view<T>(dy);
   const RowsView<T> xv = dw ? rows_view<T>(x) : RowsView<T>{nullptr, 0, false};
-  // Grad-input values in its plan order: from the values this step's forward gathered where W is
-  // still that tensor, else through the compact CSR values (W read row-wise once).
-  T* gi_vals = nullptr;
-  const at::Tensor fwd_values = dx ? plan->last_forward.get(w) : at::Tensor();
-  if (fwd_values.defined()) {
-    gi_vals = scratch<T>(kValues2, nnz);
-    gather(plan->gi_from_fwd.data(), nnz, fwd_values.const_data_ptr<T>(), gi_vals);
-  } else if (dx) {
-    T* csr_vals = scratch<T>(kValues, nnz);
-    const T* wp = w.const_data_ptr<T>();
-    at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        for (int32_t j = rp[m]; j < rp[m + 1]; ++j) csr_vals[j] = wp[m * K + ci[j]];
-    });
-    gi_vals = scratch<T>(kValues2, nnz);
-    gather(plan->gi.src.data(), nnz, csr_vals, gi_vals);
-  }
+  const T* gi_vals = dx ? grad_input_values<T>(*plan, w, rp_t, ci_t, kValues2) : nullptr;
   T* dwp = dw ? dw->data_ptr<T>() : nullptr;
   if (nch >= 2 * nt) {
     T* part = dw ? scratch<T>(kPartial, nt * nnz) : nullptr;
@@ -411,31 +184,16 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
         gelu_tanh_math::grad_panel(yt, ht, M, NB, bias_acc);
         gelu_tanh_math::grad_panel(yt + M * NB, ht + M * NB, M, NB, bias_acc);
       }
-      if (fused) {
-        T* xt = scratch<T>(kPanel2, 2 * K * NB);
-        pack_panel(xv, N, n0, NB, 0, K, xt);
-        pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
-        T* tile = scratch<T>(kTile, 2 * K * NB);
-        for (int64_t blk = 0; blk < plan->gi.nkb; ++blk)
-          kern.backward_rows(plan->gi.col.data(), gi_vals, plan->gi.bptr.data() + blk * K, 0, K, yt,
-                             yt + M * NB, xt, xt + K * NB, tile, tile + K * NB, acc, blk == 0);
-        for (int h = 0; h < 2 && n0 + h * NB < N; ++h)
-          unpack_tile(tile + h * K * NB, N, K, n0 + h * NB, NB, 0, K, dxp);
-        return;
-      }
-      if (dx) {
-        T* tile = scratch<T>(kTile, K * NB);
-        for (int h = 0; h < 2 && n0 + h * NB < N; ++h) {
-          tile_rows<T>(plan->gi, gi_vals, K, 0, K, yt + h * M * NB, nullptr, kern, tile);
-          unpack_tile(tile, N, K, n0 + h * NB, NB, 0, K, dxp);
-        }
-      }
+      T* xt = nullptr;
       if (dw) {
-        T* xt = scratch<T>(kPanel2, 2 * K * NB);
+        xt = scratch<T>(kPanel2, 2 * K * NB);
         pack_panel(xv, N, n0, NB, 0, K, xt);
         pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
-        sddmm_rows(plan->fwd, M, K, yt, xt, NB, 0, M, kern, acc);
       }
+      T* tile = dx ? scratch<T>(kTile, 2 * K * NB) : nullptr;
+      chunk_backward<T>(*plan, gi_vals, M, K, yt, xt, tile, acc, fused, kern);
+      for (int h = 0; dx && h < 2 && n0 + h * NB < N; ++h)
+        unpack_tile(tile + h * K * NB, N, K, n0 + h * NB, NB, 0, K, dxp);
     });
     if (dw)
       for (int64_t u = 0; u < nt; ++u)
