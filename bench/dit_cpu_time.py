@@ -50,7 +50,7 @@ class _OtherBuild(NativeBackend):
 
     def linear_backward(self, inputs, grad_output, input_grad, weight_grad):
         p = inputs.pattern
-        grad_input, grad_weight = self.ops.csr_linear_backward(grad_output, inputs.input, inputs.weight, p.row_ptr,
+        grad_input, grad_weight, _ = self.ops.csr_linear_backward(grad_output, inputs.input, inputs.weight, p.row_ptr,
                                                                p.col_idx, input_grad, weight_grad)
         return grad_input if input_grad else None, grad_weight if weight_grad else None
 

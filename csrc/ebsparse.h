@@ -24,13 +24,14 @@ at::Tensor csr_linear_grad_input(const at::Tensor& grad_output, const at::Tensor
 // dW (M, K): dW[m, k] = sum_n dY[n, m] X[n, k] at kept (m, k), zero elsewhere (SDDMM).
 at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx);
-// Both gradients in one pass over grad_output (CPU): (dX, dW), each empty (0, 0) unless asked for.
-std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
-                                                       const at::Tensor& input,
-                                                       const at::Tensor& weight,
-                                                       const at::Tensor& row_ptr,
-                                                       const at::Tensor& col_idx, bool input_grad,
-                                                       bool weight_grad);
+// Both gradients in one pass over grad_output (CPU): (dX, dW, dbias = column sums of dY), each empty
+// (0, 0) / (0,) unless asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input,
+                                                                   const at::Tensor& weight,
+                                                                   const at::Tensor& row_ptr,
+                                                                   const at::Tensor& col_idx, bool input_grad,
+                                                                   bool weight_grad, bool bias_grad);
 // The MLP's fc1 + tanh-GELU (CPU): (act, pre) with pre = X . (W o mask)^T + bias (N, M), act = gelu(pre).
 std::tuple<at::Tensor, at::Tensor> csr_linear_gelu_tanh(const at::Tensor& input, const at::Tensor& weight,
                                                         const std::optional<at::Tensor>& bias,

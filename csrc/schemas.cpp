@@ -17,7 +17,7 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def("csr_linear_grad_weight(Tensor grad_output, Tensor input, Tensor row_ptr, Tensor col_idx) -> Tensor");
   m.def(
       "csr_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor row_ptr, "
-      "Tensor col_idx, bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+      "Tensor col_idx, bool input_grad, bool weight_grad, bool bias_grad=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "csr_linear_gelu_tanh(Tensor input, Tensor weight, Tensor? bias, Tensor row_ptr, Tensor col_idx) "
       "-> (Tensor, Tensor)");

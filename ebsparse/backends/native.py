@@ -71,8 +71,13 @@ class NativeBackend(Backend):
     def linear_backward(self, inputs, grad_output, input_grad, weight_grad):
         p = inputs.pattern
         if grad_output.device.type == "cpu":  # one fused kernel shares the transposed grad_output
-            grad_input, grad_weight = torch.ops.ebsparse.csr_linear_backward(
-                grad_output, inputs.input, inputs.weight, p.row_ptr, p.col_idx, input_grad, weight_grad)
+            # The bias gradient comes from the same panels (dy is not read again); the op takes it
+            # from `state` (LinearInputs).
+            bias_grad = weight_grad and inputs.bias is not None and inputs.bias.requires_grad
+            grad_input, grad_weight, grad_bias = torch.ops.ebsparse.csr_linear_backward(
+                grad_output, inputs.input, inputs.weight, p.row_ptr, p.col_idx, input_grad, weight_grad, bias_grad)
+            if bias_grad:
+                inputs.state["grad_bias"] = grad_bias
             return grad_input if input_grad else None, grad_weight if weight_grad else None
         grad_input = grad_weight = None
         if input_grad:

@@ -26,8 +26,8 @@ def _tol(dtype, k):
 
 
 def check_case(n, k, m, density, dtype, threads, seed):
-    """Every linear op (both gradients together and alone, grad-input from the CSC, grad-weight
-    alone) against the reference on one random problem."""
+    """Every linear op (both gradients together and alone, with and without the bias gradient,
+    grad-input from the CSC, grad-weight alone) against the reference on one random problem."""
     g = torch.Generator().manual_seed(seed)
     x, w = torch.randn(n, k, generator=g, dtype=dtype), torch.randn(m, k, generator=g, dtype=dtype)
     b, dy = torch.randn(m, generator=g, dtype=dtype), torch.randn(n, m, generator=g, dtype=dtype)
@@ -38,9 +38,9 @@ def check_case(n, k, m, density, dtype, threads, seed):
     torch.set_num_threads(threads)
     try:
         y = ops.csr_linear(x, w, b, rp, ci)
-        dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
-        dx_only, none_w = ops.csr_linear_backward(dy, x, w, rp, ci, True, False)
-        none_x, dw_only = ops.csr_linear_backward(dy, x, w, rp, ci, False, True)
+        dx, dw, db = ops.csr_linear_backward(dy, x, w, rp, ci, True, True, True)
+        dx_only, none_w, none_b = ops.csr_linear_backward(dy, x, w, rp, ci, True, False)
+        none_x, dw_only, db_only = ops.csr_linear_backward(dy, x, w, rp, ci, False, True, True)
         dx_csc = ops.csr_linear_grad_input(dy, w, cp, ri)
         dw_alone = ops.csr_linear_grad_weight(dy, x, rp, ci)
     finally:
@@ -51,7 +51,9 @@ def check_case(n, k, m, density, dtype, threads, seed):
     for got in (dw, dw_only, dw_alone):
         torch.testing.assert_close(got, dw_ref, **_tol(dtype, n))
         assert not got[~mask].any()
-    assert none_w.numel() == 0 and none_x.numel() == 0
+    for got in (db, db_only):  # the bias gradient, from the backward's panels or from dy in memory
+        torch.testing.assert_close(got, dy.sum(0), **_tol(dtype, n))
+    assert none_w.numel() == 0 and none_x.numel() == 0 and none_b.numel() == 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -100,7 +102,7 @@ def test_fused_backward_non_contiguous_arguments():
     mask = torch.rand(30, 40) < 0.3
     rp, ci, _, _ = build_index(mask).tensors()
     _, dx_ref, dw_ref = _reference(x, w, None, dy, mask)
-    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    dx, dw, _ = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
     torch.testing.assert_close(dx, dx_ref, **_tol(torch.float32, 30))
     torch.testing.assert_close(dw, dw_ref, **_tol(torch.float32, 600))
 
@@ -135,7 +137,7 @@ def test_strided_arguments_read_in_place(n, k, m, dy_layout, x_layout, dtype, se
     rp, ci, cp, ri = build_index(mask).tensors()
     y_ref, dx_ref, dw_ref = _reference(x.contiguous(), w, None, dy.contiguous(), mask)
     torch.testing.assert_close(ops.csr_linear(x, w, None, rp, ci), y_ref, **_tol(dtype, k))
-    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    dx, dw, _ = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
     torch.testing.assert_close(dx, dx_ref, **_tol(dtype, m))
     torch.testing.assert_close(dw, dw_ref, **_tol(dtype, n))
     torch.testing.assert_close(ops.csr_linear_grad_input(dy, w, cp, ri), dx_ref, **_tol(dtype, m))
@@ -157,7 +159,7 @@ def test_backward_reuses_forward_values_only_for_the_same_weight(change):
     elif change == "other-tensor":
         w = torch.randn(40, 50, generator=g)
     _, dx_ref, dw_ref = _reference(x, w, None, dy, mask)
-    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    dx, dw, _ = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
     torch.testing.assert_close(dx, dx_ref, **_tol(torch.float32, 40))
     torch.testing.assert_close(dw, dw_ref, **_tol(torch.float32, 600))
 
@@ -177,7 +179,7 @@ def test_plan_follows_in_place_pattern_changes():
     ci.copy_(build_index(second).col_idx)  # bumps ci's version counter
     torch.testing.assert_close(ops.csr_linear(x, w, None, rp, ci), x @ (w * second).t())
     dy = torch.randn(520, 48, dtype=torch.float64)
-    dx, dw = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
+    dx, dw, _ = ops.csr_linear_backward(dy, x, w, rp, ci, True, True)
     torch.testing.assert_close(dx, dy @ (w * second))
     torch.testing.assert_close(dw, (dy.t() @ x) * second)
 

@@ -225,6 +225,20 @@ void write_weight_grad(const BlockedPattern& S, int64_t M, int64_t K, const T* p
   });
 }
 
+// sums[r] += sum_i p[r * NB + i] + p[(R + r) * NB + i] for r < R: the column sums of a chunk's two
+// dY panels (lo, hi), i.e. its share of the bias gradient.
+template <typename T>
+void add_panel_sums(const T* p, int64_t R, int NB, T* sums) {
+  for (int64_t r = 0; r < R; ++r) {
+    const T* lo = p + r * NB;
+    const T* hi = p + (R + r) * NB;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < NB; ++i) s += lo[i] + hi[i];
+    sums[r] += s;
+  }
+}
+
 // One layer's gradients for one chunk of 2 * NB batch rows, from the chunk's dY panels yt (M rows,
 // lo then hi) and X panels xt (K rows, lo then hi; null without acc): the grad-input tile (K rows,
 // lo then hi) where tile is given, and the grad-weight partial sums added to acc where it is given:

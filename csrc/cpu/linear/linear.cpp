@@ -122,9 +122,10 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
 // own partial sums of dW, which the last thread to finish adds up. Small batches run the two
 // separately, parallel over output rows instead.
 //
-// pre_act (the GELU backward prologue): dy is dA, the gradient of a = gelu(h) for the contiguous
-// (N, M) pre-activation h = pre_act, and the gradients are those of h, dY = dA * gelu'(h); dbias
-// (M,) gets the column sums of dY. The per-thread path forms dY in its panels; the others (small
+// dbias (M,), where given, gets the column sums of dY, from the per-thread path's panels (dY is
+// not read again) or from dY in memory. pre_act (the GELU backward prologue): dy is dA, the
+// gradient of a = gelu(h) for the contiguous (N, M) pre-activation h = pre_act, and the gradients
+// are those of h, dY = dA * gelu'(h). The per-thread path forms dY in its panels; the others (small
 // batches, or no dX or dW wanted) make dY once in memory and run as without.
 template <typename T>
 void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& w, int64_t K,
@@ -147,11 +148,13 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
     at::parallel_for(0, N * M, 1 << 15, [&](int64_t lo, int64_t hi) {
       gelu_tanh_math::backward_span(g + lo, pre + lo, d + lo, hi - lo);
     });
-    if (dbias) at::sum_out(*dbias, dy, 0);
-    if (!dx && !dw) return;
     pre = nullptr;
+  }
+  if (dbias && !((dx || dw) && nch >= 2 * nt)) {
+    at::sum_out(*dbias, dy, 0);
     dbias = nullptr;
   }
+  if (!dx && !dw) return;
   const RowsView<T> yv = rows_view<T>(dy);
   const RowsView<T> xv = dw ? rows_view<T>(x) : RowsView<T>{nullptr, 0, false};
   const T* gi_vals = dx ? grad_input_values<T>(*plan, w, rp_t, ci_t, kValues2) : nullptr;
@@ -183,6 +186,8 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
         T* bias_acc = dbias ? bias_part.data() + tid * M : nullptr;
         gelu_tanh_math::grad_panel(yt, ht, M, NB, bias_acc);
         gelu_tanh_math::grad_panel(yt + M * NB, ht + M * NB, M, NB, bias_acc);
+      } else if (dbias) {
+        add_panel_sums(yt, M, NB, bias_part.data() + tid * M);
       }
       T* xt = nullptr;
       if (dw) {
@@ -299,23 +304,24 @@ at::Tensor csr_linear_grad_weight(const at::Tensor& grad_output, const at::Tenso
   return dw;
 }
 
-std::tuple<at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
-                                                       const at::Tensor& input,
-                                                       const at::Tensor& weight,
-                                                       const at::Tensor& row_ptr,
-                                                       const at::Tensor& col_idx, bool input_grad,
-                                                       bool weight_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input,
+                                                                   const at::Tensor& weight,
+                                                                   const at::Tensor& row_ptr,
+                                                                   const at::Tensor& col_idx, bool input_grad,
+                                                                   bool weight_grad, bool bias_grad) {
   auto dy = packable(grad_output);
   auto x = packable(input);
   auto w = weight.contiguous();
   // What was not asked for comes back empty (a schema cannot return None).
   at::Tensor dx = at::empty({input_grad ? dy.size(0) : 0, input_grad ? w.size(1) : 0}, dy.options());
   at::Tensor dw = at::empty({weight_grad ? w.size(0) : 0, weight_grad ? w.size(1) : 0}, dy.options());
+  at::Tensor db = at::empty({bias_grad ? w.size(0) : 0}, dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_backward", [&] {
     linear_backward<scalar_t>(dy, x, w, w.size(1), row_ptr, col_idx, input_grad ? &dx : nullptr,
-                              weight_grad ? &dw : nullptr);
+                              weight_grad ? &dw : nullptr, nullptr, bias_grad ? &db : nullptr);
   });
-  return {dx, dw};
+  return {dx, dw, db};
 }
 
 std::tuple<at::Tensor, at::Tensor> csr_linear_gelu_tanh(const at::Tensor& input, const at::Tensor& weight,

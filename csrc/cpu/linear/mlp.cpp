@@ -72,20 +72,6 @@ void mlp_forward(const at::Tensor& x, const Layer& fc1, const T* b1, const Layer
   plan2->last_forward.put(fc2.weight, std::move(values2));
 }
 
-// sums[r] += sum_i p[r * NB + i] + p[(R + r) * NB + i] for r < R: the column sums of a chunk's two
-// dY panels (lo, hi), i.e. its share of the bias gradient.
-template <typename T>
-void add_panel_sums(const T* p, int64_t R, int NB, T* sums) {
-  for (int64_t r = 0; r < R; ++r) {
-    const T* lo = p + r * NB;
-    const T* hi = p + (R + r) * NB;
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < NB; ++i) s += lo[i] + hi[i];
-    sums[r] += s;
-  }
-}
-
 // Per-thread accumulators of one layer's parameter gradients, summed when every chunk is done.
 template <typename T>
 struct LayerGrads {

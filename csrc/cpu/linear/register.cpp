@@ -68,11 +68,11 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
   check_pattern_values(row_ptr, col_idx, weight.size(1), "row_ptr", "col_idx");
 }
 
-std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& row_ptr, const at::Tensor& col_idx, bool input_grad, bool weight_grad) {
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, bool input_grad, bool weight_grad, bool bias_grad) {
   check_backward_args(grad_output, input, weight, row_ptr, col_idx, "grad_output");
-  return csr_linear_backward(grad_output, input, weight, row_ptr, col_idx, input_grad, weight_grad);
+  return csr_linear_backward(grad_output, input, weight, row_ptr, col_idx, input_grad, weight_grad, bias_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> csr_linear_gelu_tanh_cpu(const at::Tensor& input, const at::Tensor& weight,
