@@ -100,6 +100,13 @@ TORCH_LIBRARY(ebsparse, m) {
   // (grad_input is grad_output).
   m.def("gated_residual(Tensor input, Tensor gate, Tensor branch) -> Tensor");
   m.def("gated_residual_backward(Tensor grad_output, Tensor gate, Tensor branch) -> (Tensor, Tensor)");
+  // gated_residual then layer_norm_modulate on its output, one op (cpu/adaln/): (out, y, mean, rstd).
+  m.def(
+      "residual_norm_modulate(Tensor input, Tensor gate, Tensor branch, Tensor shift, Tensor scale, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "residual_norm_modulate_backward(Tensor? grad_out, Tensor grad_y, Tensor out, Tensor mean, Tensor rstd, "
+      "Tensor scale, Tensor gate, Tensor branch) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Dropout from a counter-based generator keyed by `seed` (CPU; cpu/activation/dropout.cpp):
   // (output, bit mask uint8 (ceil(numel / 8),)); the backward reads the forward's mask.
   m.def("dropout(Tensor input, float p, int seed) -> (Tensor, Tensor)");

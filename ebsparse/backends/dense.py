@@ -69,7 +69,7 @@ class DenseBackend(Backend):
     # which runs wherever torch does; it has no kernel method here because nothing dispatches to it.
     ops = frozenset({"linear", "conv2d", "block_linear", "block_conv2d", "prune_2_4", "compress_2_4",
                      "decompress_2_4", "group_norm_silu", "block_attention", "gru_recurrence", "gelu_tanh",
-                     "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual",
+                     "dropout", "qkv_attention", "layer_norm_modulate", "gated_residual", "residual_norm_modulate",
                      "linear_gelu_tanh", "mlp_gelu_tanh"})
 
     def linear_forward(self, inputs):
@@ -177,6 +177,25 @@ class DenseBackend(Backend):
         grad_branch = grad_output * inputs.gate.unsqueeze(1) if input_grad else None
         grad_gate = (grad_output * inputs.branch).sum(1) if weight_grad else None
         return grad_branch, grad_gate
+
+    def residual_norm_modulate_forward(self, inputs):
+        """(out, y): the gated add, then the norm and modulation as `layer_norm_modulate` runs them."""
+        out = torch.addcmul(inputs.input, inputs.gate.unsqueeze(1), inputs.branch)
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(out, out.shape[-1:], None, None, inputs.eps)
+        inputs.state.update(out=out, normed=normed, mean=mean, rstd=rstd)
+        return out, torch.addcmul(inputs.shift.unsqueeze(1), normed, 1 + inputs.scale.unsqueeze(1))
+
+    def residual_norm_modulate_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_gate, grad_branch, grad_shift, grad_scale)) from (grad_out or None, grad_y)."""
+        grad_out, grad_y = grad_output
+        s = inputs.state
+        grad_normed = grad_y * (1 + inputs.scale.unsqueeze(1))
+        grad = torch.ops.aten.native_layer_norm_backward(grad_normed, s["out"], s["out"].shape[-1:], s["mean"],
+                                                         s["rstd"], None, None, [True, False, False])[0]
+        if grad_out is not None:
+            grad = grad + grad_out
+        return grad, ((grad * inputs.branch).sum(1), grad * inputs.gate.unsqueeze(1), grad_y.sum(1),
+                      (grad_y * s["normed"]).sum(1))
 
     def dropout_forward(self, inputs):
         """ATen's dropout (its Bernoulli mask divided by 1 - p, times the input) on a generator

@@ -21,6 +21,7 @@ _OP_SCHEMA = {"linear": "ebsparse::csr_linear", "conv2d": "ebsparse::csr_conv2d"
               "block_conv2d": "ebsparse::bsr_conv2d", "gru_recurrence": "ebsparse::gru_recurrence",
               "gelu_tanh": "ebsparse::gelu_tanh", "dropout": "ebsparse::dropout",
               "layer_norm_modulate": "ebsparse::layer_norm_modulate", "gated_residual": "ebsparse::gated_residual",
+              "residual_norm_modulate": "ebsparse::residual_norm_modulate",
               "qkv_attention": "ebsparse::qkv_attention",
               "linear_gelu_tanh": "ebsparse::csr_linear_gelu_tanh", "mlp_gelu_tanh": "ebsparse::csr_mlp_gelu_tanh"}
 _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
@@ -187,6 +188,21 @@ class NativeBackend(Backend):
         """(grad_branch, grad_gate), one fused pass making both (the input's gradient is grad_output)."""
         grad_branch, grad_gate = torch.ops.ebsparse.gated_residual_backward(grad_output, inputs.gate, inputs.branch)
         return grad_branch if input_grad else None, grad_gate if weight_grad else None
+
+    def residual_norm_modulate_forward(self, inputs):
+        """(out, y), one pass (csrc/cpu/adaln/)."""
+        out, y, mean, rstd = torch.ops.ebsparse.residual_norm_modulate(inputs.input, inputs.gate, inputs.branch,
+                                                                       inputs.shift, inputs.scale, inputs.eps)
+        inputs.state.update(out=out, mean=mean, rstd=rstd)
+        return out, y
+
+    def residual_norm_modulate_backward(self, inputs, grad_output, input_grad, weight_grad):
+        """(grad_input, (grad_gate, grad_branch, grad_shift, grad_scale)), all in one pass from
+        grad_output = (grad_out or None, grad_y)."""
+        s = inputs.state
+        grad_input, *grads = torch.ops.ebsparse.residual_norm_modulate_backward(
+            *grad_output, s["out"], s["mean"], s["rstd"], inputs.scale, inputs.gate, inputs.branch)
+        return grad_input, tuple(grads)
 
     def dropout_forward(self, inputs):
         y, inputs.state["mask"] = torch.ops.ebsparse.dropout(inputs.input, inputs.p, inputs.seed)

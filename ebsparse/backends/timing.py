@@ -37,7 +37,8 @@ def time_step(backend, inputs) -> float:
     forward = getattr(backend, inputs.op + "_forward")
     backward = getattr(backend, inputs.op + "_backward")
     with torch.no_grad():
-        grad = torch.ones_like(forward(inputs))
+        out = forward(inputs)  # an op with several outputs takes a gradient for each
+        grad = tuple(map(torch.ones_like, out)) if isinstance(out, tuple) else torch.ones_like(out)
 
     def step():
         forward(inputs)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._config import config_from_dict
-from ..nn.adaln import fused_adaln, gated_add, norm_modulate
+from ..nn.adaln import fused_adaln, gated_add, gated_add_norm_modulate, norm_modulate
 from ..nn.linear import mlp_gelu_tanh
 from ..ops.qkv_attention import qkv_attention
 
@@ -219,9 +219,11 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         # x + gate * f(modulate(norm(x), shift, scale)) twice; on the CPU the norm + modulate and the
         # gated add are one memory pass each way (ebsparse.nn.adaln), else ATen's ops as written.
+        # The attention's gated add and norm2 are one op (a pass over the residual stream saved).
         fused = fused_adaln(x, self.norm1, self.norm2)
-        x = gated_add(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa, fused)), fused)
-        return gated_add(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp, fused)), fused)
+        attn = self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa, fused))
+        x, h = gated_add_norm_modulate(x, gate_msa, attn, self.norm2, shift_mlp, scale_mlp, fused)
+        return gated_add(x, gate_mlp, self.mlp(h), fused)
 
 
 class FinalLayer(nn.Module):

@@ -1,6 +1,7 @@
 """DiT's adaLN arithmetic, on the fused ops where that is safe: `norm_modulate(norm, x, shift,
-scale, fused)` is ``modulate(norm(x), shift, scale)`` (ebsparse.ops.layer_norm_modulate), and
-`gated_add(x, gate, branch, fused)` is ``x + gate[:, None] * branch`` (ebsparse.ops.gated_residual).
+scale, fused)` is ``modulate(norm(x), shift, scale)`` (ebsparse.ops.layer_norm_modulate),
+`gated_add(x, gate, branch, fused)` is ``x + gate[:, None] * branch`` (ebsparse.ops.gated_residual),
+and `gated_add_norm_modulate` the two chained (ebsparse.ops.residual_norm_modulate).
 
 A block asks `fused_adaln(x, *norms)` once per forward and passes the answer to both: the ops run
 on the CPU in eager mode for float32/float64 when every norm is a plain, unobserved, affine-free
@@ -20,6 +21,7 @@ from ebsparse.backends.base import Backend
 from ebsparse.nn.activation import observed
 from ebsparse.ops.gated_residual import GatedResidualInputs, run_gated_residual
 from ebsparse.ops.layer_norm_modulate import LayerNormModulateInputs, run_layer_norm_modulate
+from ebsparse.ops.residual_norm_modulate import ResidualNormModulateInputs, run_residual_norm_modulate
 
 # The backend the ops ask for: "auto" whatever EBSPARSE_BACKEND says (that variable names the sparse
 # layers' backend); tests set "native" or "dense".
@@ -70,3 +72,16 @@ def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, fused: 
         return x + gate.unsqueeze(1) * branch
     backend = _backend(GatedResidualInputs(x.detach(), gate.detach(), branch.detach()))
     return run_gated_residual(x, gate, branch, backend)
+
+
+def gated_add_norm_modulate(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor, norm: nn.Module,
+                            shift: torch.Tensor, scale: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, modulate(norm(out), shift, scale))`` with ``out = x + gate[:, None] * branch``: one op when
+    `fused` (from `fused_adaln`, with `norm` among its norms) and the tensors share x's dtype and
+    branch x's shape, else `gated_add` then `norm_modulate`."""
+    if not fused or any(t.dtype != x.dtype for t in (gate, branch, shift, scale)) or branch.shape != x.shape:
+        out = gated_add(x, gate, branch, fused)
+        return out, norm_modulate(norm, out, shift, scale, fused)
+    backend = _backend(ResidualNormModulateInputs(x.detach(), gate.detach(), branch.detach(), shift.detach(),
+                                                  scale.detach(), norm.eps))
+    return run_residual_norm_modulate(x, gate, branch, shift, scale, norm.eps, backend)

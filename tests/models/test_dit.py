@@ -102,9 +102,15 @@ def test_blocks_take_the_adaln_ops_unless_observed(backend, monkeypatch):
     with trace() as calls:
         fused_out, fused_grads = run()
     ran = {(op, phase, name) for op, phase, name in calls}
-    for op in ("layer_norm_modulate", "gated_residual"):
+    for op in ("layer_norm_modulate", "gated_residual", "residual_norm_modulate"):
         assert {(op, "forward", backend), (op, "backward", backend)} <= ran, ran
-    assert sum(op == "layer_norm_modulate" and phase == "forward" for op, phase, _ in calls) == 2 * 2 + 1
+
+    def forwards(calls, op):
+        return sum(o == op and phase == "forward" for o, phase, _ in calls)
+
+    # per block: norm1 alone, the attention's gated add with norm2, the MLP's gated add; the final norm
+    assert (forwards(calls, "layer_norm_modulate"), forwards(calls, "residual_norm_modulate"),
+            forwards(calls, "gated_residual")) == (2 + 1, 2, 2)
 
     seen = []
     hook = model.blocks[0].norm1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -112,7 +118,7 @@ def test_blocks_take_the_adaln_ops_unless_observed(backend, monkeypatch):
         aten_out, aten_grads = run()
     hook.remove()
     assert seen == [torch.Size([3, 16, 24])]
-    assert sum(op == "layer_norm_modulate" and phase == "forward" for op, phase, _ in calls) == 2 + 1
+    assert (forwards(calls, "layer_norm_modulate"), forwards(calls, "residual_norm_modulate")) == (1 + 1, 1)
     torch.testing.assert_close(fused_out, aten_out, atol=1e-5, rtol=1e-5)
     for a, b in zip(fused_grads, aten_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "cpu/adaln/adaln.h"
@@ -184,6 +185,94 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cpu(const at::Tensor&
   return {dbranch, dgate};
 }
 
+// The gated residual and the next norm + modulate of a DiT block as one op:
+//   out = input + gate * branch,  y = LayerNorm(out) * (1 + scale) + shift
+// A task runs the two row kernels back to back on its 32 token rows, so the norm reads `out` from
+// L1/L2 rather than DRAM; the backward likewise takes a row block through the norm's backward, adds
+// the residual stream's own gradient (what autograd would add in a separate pass) and the gated
+// add's backward. (out, y, mean, rstd)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_norm_modulate_cpu(
+    const at::Tensor& input, const at::Tensor& gate, const at::Tensor& branch, const at::Tensor& shift,
+    const at::Tensor& scale, double eps) {
+  const Shape s = check_tokens(input, "input");
+  check_per_sample(gate, input, s, "gate", "input");
+  check_like_tokens(branch, input, "branch", "input");
+  check_per_sample(shift, input, s, "shift", "input");
+  check_per_sample(scale, input, s, "scale", "input");
+  TORCH_CHECK(eps > 0, "eps: expected a positive number, got ", eps);
+  const at::Tensor x = input.contiguous(), gt = gate.contiguous(), br = branch.contiguous();
+  const at::Tensor sh = shift.contiguous(), sc = scale.contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor mean = at::empty({s.B, s.N}, x.options()), rstd = at::empty({s.B, s.N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "residual_norm_modulate", [&] {
+    const auto& k = row_kernels<scalar_t>();
+    const scalar_t *xp = x.const_data_ptr<scalar_t>(), *gp = gt.const_data_ptr<scalar_t>(),
+                   *bp = br.const_data_ptr<scalar_t>(), *shp = sh.const_data_ptr<scalar_t>(),
+                   *scp = sc.const_data_ptr<scalar_t>();
+    scalar_t *op = out.data_ptr<scalar_t>(), *yp = y.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(),
+             *rp = rstd.data_ptr<scalar_t>();
+    for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t) {
+      const int64_t row = b * s.N + r0, off = row * s.C;
+      k.gated_forward(xp + off, gp + b * s.C, bp + off, op + off, rows, s.C);
+      k.norm_modulate_forward(op + off, shp + b * s.C, scp + b * s.C, yp + off, mp + row, rp + row, rows, s.C, eps);
+    });
+  });
+  return {out, y, mean, rstd};
+}
+
+// (grad_input, grad_gate (B, C), grad_branch, grad_shift (B, C), grad_scale (B, C)) from the
+// gradients of y and, where defined, of out (the residual stream's own).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_norm_modulate_backward_cpu(
+    const std::optional<at::Tensor>& grad_out, const at::Tensor& grad_y, const at::Tensor& out,
+    const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& gate,
+    const at::Tensor& branch) {
+  const Shape s = check_tokens(out, "out");
+  check_like_tokens(grad_y, out, "grad_y", "out");
+  if (grad_out) check_like_tokens(*grad_out, out, "grad_out", "out");
+  check_like_tokens(branch, out, "branch", "out");
+  check_per_sample(scale, out, s, "scale", "out");
+  check_per_sample(gate, out, s, "gate", "out");
+  for (const auto* t : {&mean, &rstd}) {
+    const char* name = t == &mean ? "mean" : "rstd";
+    check_same(out, *t, "out", name);
+    TORCH_CHECK(t->numel() == s.B * s.N, name, ": expected (", s.B, ", ", s.N, ") values, got ", t->sizes());
+  }
+  const at::Tensor o = out.contiguous(), gy = grad_y.contiguous(), sc = scale.contiguous(), gt = gate.contiguous();
+  const at::Tensor br = branch.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
+  const at::Tensor go = grad_out ? grad_out->contiguous() : at::Tensor();
+  at::Tensor dx = at::empty_like(o, at::MemoryFormat::Contiguous);
+  at::Tensor dbranch = at::empty_like(o, at::MemoryFormat::Contiguous);
+  at::Tensor parts = at::zeros({3, s.B * s.blocks, s.C}, o.options());
+  at::Tensor dgate, dshift, dscale;
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "residual_norm_modulate_backward", [&] {
+    const auto& k = row_kernels<scalar_t>();
+    const scalar_t *op = o.const_data_ptr<scalar_t>(), *gyp = gy.const_data_ptr<scalar_t>(),
+                   *scp = sc.const_data_ptr<scalar_t>(), *gtp = gt.const_data_ptr<scalar_t>(),
+                   *bp = br.const_data_ptr<scalar_t>(), *mp = m.const_data_ptr<scalar_t>(),
+                   *rp = r.const_data_ptr<scalar_t>();
+    const scalar_t* gop = go.defined() ? go.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *dxp = dx.data_ptr<scalar_t>(), *dbp = dbranch.data_ptr<scalar_t>();
+    scalar_t *pshift = parts.data_ptr<scalar_t>(), *pscale = pshift + s.B * s.blocks * s.C,
+             *pgate = pscale + s.B * s.blocks * s.C;
+    for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t task) {
+      const int64_t row = b * s.N + r0, off = row * s.C;
+      k.norm_modulate_backward(gyp + off, op + off, mp + row, rp + row, scp + b * s.C, dxp + off,
+                               pshift + task * s.C, pscale + task * s.C, rows, s.C);
+      if (gop) {
+        scalar_t* d = dxp + off;
+        const scalar_t* g = gop + off;
+        for (int64_t i = 0; i < rows * s.C; ++i) d[i] += g[i];
+      }
+      k.gated_backward(dxp + off, bp + off, gtp + b * s.C, dbp + off, pgate + task * s.C, rows, s.C);
+    });
+    dshift = reduce_blocks(pshift, s, o.options());
+    dscale = reduce_blocks(pscale, s, o.options());
+    dgate = reduce_blocks(pgate, s, o.options());
+  });
+  return {dx, dgate, dbranch, dshift, dscale};
+}
+
 }  // namespace
 }  // namespace ebsparse::adaln
 
@@ -192,4 +281,6 @@ TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
   m.impl("layer_norm_modulate_backward", &ebsparse::adaln::layer_norm_modulate_backward_cpu);
   m.impl("gated_residual", &ebsparse::adaln::gated_residual_cpu);
   m.impl("gated_residual_backward", &ebsparse::adaln::gated_residual_backward_cpu);
+  m.impl("residual_norm_modulate", &ebsparse::adaln::residual_norm_modulate_cpu);
+  m.impl("residual_norm_modulate_backward", &ebsparse::adaln::residual_norm_modulate_backward_cpu);
 }
