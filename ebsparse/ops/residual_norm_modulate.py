@@ -67,12 +67,15 @@ class _EagerResidualNormModulate(torch.autograd.Function):
         ctx.inputs, ctx.backend = inputs, backend
         ctx.set_materialize_grads(False)  # an unused `out` needs no zero tensor to add
         out, y = calls.forward(backend, inputs)
-        ctx.save_for_backward(gate, branch, scale, out)  # only for autograd's in-place edit check
+        # The backends keep `out` in state for their backward; an output held outside
+        # save_for_backward would make a reference cycle through its grad_fn (never freed).
+        ctx.save_for_backward(gate, branch, scale, inputs.state.pop("out"))
         return out, y
 
     @staticmethod
     def backward(ctx, grad_out, grad_y):
-        gate, branch, scale, _ = ctx.saved_tensors
+        gate, branch, scale, out = ctx.saved_tensors
+        ctx.inputs.state["out"] = out.detach()  # (detached: no grad_fn back to this node, no cycle)
         check_once_differentiable("residual_norm_modulate", *(g for g in (grad_out, grad_y) if g is not None),
                                   gate, branch, scale)
         needs = ctx.needs_input_grad

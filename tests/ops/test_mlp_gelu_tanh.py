@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -68,6 +69,19 @@ def test_gradcheck_fp64(backend, n):
 
     with Threads(1), runs_on(backend, OP, ("forward", "backward")):
         assert torch.autograd.gradcheck(mlp, tuple(leaves))
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, CPU, torch.float32))
+def test_output_is_freed_after_backward(backend):
+    """Refcounting alone frees the output (and what the op saved) once the caller drops it: no
+    reference cycle through its grad_fn keeps a step's activations alive."""
+    x, fc1, fc2, dy = problem(300, 8, 16, 8, (0.5, 0.5), torch.float32, (True, True), 3)
+    w1 = fc1[0].requires_grad_()
+    y = sparse_mlp_gelu_tanh(x, w1, fc1[1], fc1[2], fc2[0], fc2[1], fc2[2], backend=backend)
+    y.backward(dy)
+    ref = weakref.ref(y)
+    del y
+    assert ref() is None
 
 
 def test_leading_dims_and_reference_dtype():
