@@ -21,9 +21,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "attention_math.h"
+#include "cpu/capability.h"
+#include "qkv_attention_tiled.h"
 
 namespace ebsparse {
 namespace {
@@ -42,6 +45,39 @@ struct Shape {
   int64_t qkv_offset(int64_t bh) const { return (bh / heads) * n * ld_qkv() + (bh % heads) * d; }
   int64_t out_offset(int64_t bh) const { return (bh / heads) * n * ld_out() + (bh % heads) * d; }
 };
+
+// float32 on AVX-512 runs qkv_attention_tiled.h's heads (own register-tiled products); float64 and
+// AVX2 the sgemm_/dgemm_ path below. The one place that choice is made (also reported by the
+// qkv_attention_cpu_kernel op, so tests can name the path they exercise).
+bool runs_tiled(at::ScalarType dtype) {
+  return dtype == at::kFloat && cpu_capability() == CpuCapability::kAvx512;
+}
+
+void tiled_forward(const Shape& g, double scale, const float* qkv, float* out, float* lse) {
+  const int64_t n = g.n, d = g.d, ld = g.ld_qkv(), hd = g.heads * g.d;
+  at::parallel_for(0, g.batch * g.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(attention::tiled_scratch_floats(n, d));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const float* q = qkv + g.qkv_offset(bh);
+      attention::tiled_forward_head(n, d, float(scale), q, q + hd, q + 2 * hd, ld, out + g.out_offset(bh), g.ld_out(),
+                                    lse + bh * n, scratch.data());
+    }
+  });
+}
+
+void tiled_backward(const Shape& g, double scale, const float* grad_out, const float* qkv, const float* lse,
+                    float* dqkv) {
+  const int64_t n = g.n, d = g.d, ld = g.ld_qkv(), hd = g.heads * g.d;
+  at::parallel_for(0, g.batch * g.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(attention::tiled_scratch_floats(n, d));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const float* q = qkv + g.qkv_offset(bh);
+      float* dq = dqkv + g.qkv_offset(bh);
+      attention::tiled_backward_head(n, d, float(scale), q, q + hd, q + 2 * hd, ld, grad_out + g.out_offset(bh),
+                                     g.ld_out(), lse + bh * n, dq, dq + hd, dq + 2 * hd, scratch.data());
+    }
+  });
+}
 
 template <typename T>
 void forward_kernel(const Shape& g, double scale, const T* qkv, T* out, T* lse) {
@@ -110,6 +146,10 @@ std::tuple<at::Tensor, at::Tensor> qkv_attention_cpu(const at::Tensor& qkv, int6
   at::Tensor out = at::empty({g.batch, g.n, g.heads * g.d}, qkv.options());
   at::Tensor lse = at::empty({g.batch, g.heads, g.n}, qkv.options());
   if (out.numel() == 0) return {out, lse};
+  if (runs_tiled(qkv.scalar_type())) {
+    tiled_forward(g, scale, qkv.data_ptr<float>(), out.data_ptr<float>(), lse.data_ptr<float>());
+    return {out, lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "qkv_attention", [&] {
     forward_kernel<scalar_t>(g, scale, qkv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
@@ -129,6 +169,11 @@ at::Tensor qkv_attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
               ") log-sum-exp in qkv's dtype, got ", lse.sizes());
   at::Tensor dqkv = at::empty_like(qkv);
   if (dqkv.numel() == 0) return dqkv;
+  if (runs_tiled(qkv.scalar_type())) {
+    tiled_backward(g, scale, grad_out.data_ptr<float>(), qkv.data_ptr<float>(), lse.data_ptr<float>(),
+                   dqkv.data_ptr<float>());
+    return dqkv;
+  }
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "qkv_attention_backward", [&] {
     backward_kernel<scalar_t>(g, scale, grad_out.data_ptr<scalar_t>(), qkv.data_ptr<scalar_t>(),
                               lse.data_ptr<scalar_t>(), dqkv.data_ptr<scalar_t>());
@@ -136,9 +181,14 @@ at::Tensor qkv_attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
   return dqkv;
 }
 
+std::string qkv_attention_cpu_kernel(const at::Tensor& qkv) {
+  return runs_tiled(qkv.scalar_type()) ? "tiled-avx512" : "blas";
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
+  m.impl("qkv_attention_cpu_kernel", &qkv_attention_cpu_kernel);
   m.impl("qkv_attention", &qkv_attention_cpu);
   m.impl("qkv_attention_backward", &qkv_attention_backward_cpu);
 }
