@@ -93,21 +93,40 @@ def step_rows(rounds: int, clock) -> list[str]:
     return out
 
 
+def _saves_probs(ops) -> bool:
+    """Whether `ops` (a build's namespace) has the forward that may keep P (3 outputs) and the
+    backward that takes it; older revisions return (out, lse) only."""
+    return len(ops.qkv_attention.default._schema.returns) == 3
+
+
+def _ops_forward(ops, qkv, heads, scale, save_probs):
+    """(out, saved) of `ops`' forward; saved is what its backward takes after lse."""
+    if _saves_probs(ops):
+        out, lse, probs = ops.qkv_attention(qkv, heads, scale, save_probs)
+        return out, (lse, probs)
+    out, lse = ops.qkv_attention(qkv, heads, scale)
+    return out, (lse,)
+
+
+def _ops_backward(ops, go, qkv, saved, heads, scale):
+    return ops.qkv_attention_backward(go, qkv, *saved, heads, scale)
+
+
 class _OpsAttention(torch.autograd.Function):
     """qkv_attention through one build's ops namespace (ours or another revision's)."""
 
     @staticmethod
     def forward(ctx, qkv, heads, ops):
         scale = (qkv.shape[2] // (3 * heads)) ** -0.5
-        out, lse = ops.qkv_attention(qkv, heads, scale)
-        ctx.save_for_backward(qkv, lse)
+        out, saved = _ops_forward(ops, qkv, heads, scale, True)
+        ctx.save_for_backward(qkv, *saved)
         ctx.heads, ctx.scale, ctx.ops = heads, scale, ops
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qkv, lse = ctx.saved_tensors
-        return ctx.ops.qkv_attention_backward(grad_out.contiguous(), qkv, lse, ctx.heads, ctx.scale), None, None
+        qkv, *saved = ctx.saved_tensors
+        return _ops_backward(ctx.ops, grad_out.contiguous(), qkv, saved, ctx.heads, ctx.scale), None, None
 
 
 def _ratio_cells(times: dict, ours, theirs) -> str:
@@ -125,11 +144,12 @@ def against_rows(rev: str, rounds: int, clock, steps: bool) -> list[str]:
     qkv = torch.randn(32, 64, 3 * HEADS * HEAD_DIM)
     go = torch.randn(32, 64, HEADS * HEAD_DIM)
     scale = HEAD_DIM ** -0.5
-    lse = ours.qkv_attention(qkv, HEADS, scale)[1]
     fns = {}
     for name, ops in (("ours", ours), ("theirs", theirs)):
-        fns[("forward", name)] = lambda ops=ops: ops.qkv_attention(qkv, HEADS, scale)
-        fns[("backward", name)] = lambda ops=ops: ops.qkv_attention_backward(go, qkv, lse, HEADS, scale)
+        saved = _ops_forward(ops, qkv, HEADS, scale, True)[1]
+        # The forward as training runs it (keeping P where this build does), the backward on its output.
+        fns[("forward", name)] = lambda ops=ops: _ops_forward(ops, qkv, HEADS, scale, True)
+        fns[("backward", name)] = lambda ops=ops, saved=saved: _ops_backward(ops, go, qkv, saved, HEADS, scale)
     times = rotated_times(fns, rounds, 5, clock)
     out = [f"| case | {rev} ms | this build ms | this / {rev}: median [min, max] of paired rounds |",
            "| --- | --- | --- | --- |"]

@@ -116,3 +116,44 @@ def test_avx2_blas_kernel_agrees(tmp_path):
     blas = outputs_with_capability(_AVX2_CODE, {"qkv": qkv, "go": go}, tmp_path)
     torch.testing.assert_close(out, blas["out"], atol=2e-5, rtol=2e-4)
     torch.testing.assert_close(dqkv, blas["dqkv"], atol=2e-5 * max(1.0, dqkv.abs().max().item()), rtol=2e-4)
+
+
+def _probs_reference(qkv, h, scale):
+    b, n, _ = qkv.shape
+    q, k, _ = qkv.detach().double().reshape(b, n, 3, h, -1).permute(2, 0, 3, 1, 4)
+    return torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(b=st.integers(1, 2), n=st.sampled_from([1, 5, 16, 17, 48, 63, 64]), h=st.integers(1, 3),
+       d=st.sampled_from([1, 7, 16, 33, 64, 72]), seed=st.integers(0, 999))
+def test_saved_probs_match_softmax_and_recomputed_backward(b, n, h, d, seed):
+    """Up to 64 tokens the forward keeps P when asked; the backward from the kept P and the one that
+    recomputes it (probs=None) both give the reference's d(qkv)."""
+    qkv, go = _case(b, n, h, d, seed, 1.0)
+    scale = d ** -0.5
+    ops = torch.ops.ebsparse
+    out, lse, probs = ops.qkv_attention(qkv.detach(), h, scale, True)
+    assert probs.shape == (b, h, n, n)
+    torch.testing.assert_close(probs.double(), _probs_reference(qkv, h, scale), atol=2e-6, rtol=1e-4)
+    assert ops.qkv_attention(qkv.detach(), h, scale, False)[2].numel() == 0
+    from_probs = ops.qkv_attention_backward(go, qkv.detach(), lse, probs, h, scale)
+    recomputed = ops.qkv_attention_backward(go, qkv.detach(), lse, None, h, scale)
+    _assert_matches_reference(qkv, go, h, out, from_probs)
+    _assert_matches_reference(qkv, go, h, out, recomputed)
+
+
+def test_probs_kept_only_for_a_backward_and_short_sequences():
+    """The op keeps P when grad is on and qkv requires it (the autograd path) and N <= 64; never
+    past 64 tokens, under no_grad, or in float64 (the BLAS kernel)."""
+    from ebsparse.backends import registry
+    from ebsparse.ops.qkv_attention import QkvAttentionInputs
+
+    native = registry.get_backend("native")
+    for n, dtype, grad, kept in ((64, torch.float32, True, True), (65, torch.float32, True, False),
+                                 (64, torch.float32, False, False), (64, torch.float64, True, False)):
+        qkv = torch.randn(2, n, 3 * 2 * 8, dtype=dtype)
+        with torch.set_grad_enabled(grad):
+            _, (lse, probs) = native.qkv_attention_forward(QkvAttentionInputs(qkv, 2, 0.5, save_probs=grad))
+        assert (probs.shape == (2, 2, n, n)) == kept and (probs.numel() == 0) != kept
+

@@ -23,11 +23,46 @@ constexpr int kVectors = 4;  // 16-float vectors of a tile's row
 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// C rows [0, MR) x vectors [0, NV) (the last one masked by `last`) = alpha (or row_alpha[i])
-// sum_k A(i, k) B[k, :]. A(i, k) is a[i * lda + k], or a[k * lda + i] when TransA.
-template <int MR, int NV, bool TransA>
-inline void tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float alpha,
-                 const float* row_alpha, float* c, int64_t ldc, __mmask16 last) {
+// exp(x) for x <= 0 (inputs below -100 are taken as -100: the result, < 4e-44, is a denormal or
+// 0 either way): Cephes' split of ln 2 and its degree-6 polynomial on |r| <= ln2 / 2, 2^n by scalef.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// What a product does with its accumulated rows (acc_i = row i of A B) before they leave registers.
+enum class Epilogue {
+  kScale,        // C_i = alpha acc_i, or scale[i] acc_i where scale is given
+  kExpMinusRow,  // C_i = exp(alpha acc_i - sub[i])  (the backward's P from the saved lse)
+  kSoftmax,      // C_i = exp(alpha acc_i - max) (times 1 / sum if normalise), inv[i] = 1 / sum,
+                 // lse[i] = max + log(sum); whole rows only
+  kSoftmaxGrad,  // C_i = P_i * (acc_i - rowsum(P_i * acc_i))  (dS from P and dP); whole rows only
+};
+struct RowData {
+  float alpha = 1.f;
+  const float* scale = nullptr;
+  const float* sub = nullptr;
+  float* inv = nullptr;
+  float* lse = nullptr;
+  bool normalise = false;
+  const float* p = nullptr;  // kSoftmaxGrad: P (row stride ldp); may be C itself
+  int64_t ldp = 0;
+};
+
+// Rows [0, MR) x vectors [0, NV) of C (row r0 of the product at c), the last vector masked by
+// `last`: acc_i = sum_k A(i, k) B[k, :], A(i, k) = a[i * lda + k], or a[k * lda + i] when TransA;
+// then E's epilogue.
+template <int MR, int NV, bool TransA, Epilogue E>
+inline void tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, const RowData& rd, int64_t r0,
+                 float* c, int64_t ldc, __mmask16 last) {
   // The unroll pragmas are needed: without them GCC 12 keeps the accumulator array on the stack
   // and stores all 24 vectors back every k step (measured: 2x slower than MKL instead of faster).
   __m512 acc[MR * NV];
@@ -48,48 +83,93 @@ inline void tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
-    const __m512 s = _mm512_set1_ps(row_alpha ? row_alpha[i] : alpha);
+    const int64_t r = r0 + i;
     float* crow = c + i * ldc;
+    __m512* x = acc + i * NV;
+    if constexpr (E == Epilogue::kScale) {
+      const __m512 s = _mm512_set1_ps(rd.scale ? rd.scale[r] : rd.alpha);
 #pragma GCC unroll 8
-    for (int j = 0; j < NV - 1; ++j) _mm512_storeu_ps(crow + 16 * j, _mm512_mul_ps(acc[i * NV + j], s));
-    _mm512_mask_storeu_ps(crow + 16 * (NV - 1), last, _mm512_mul_ps(acc[i * NV + NV - 1], s));
+      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], s);
+    } else if constexpr (E == Epilogue::kExpMinusRow) {
+      const __m512 s = _mm512_set1_ps(rd.alpha), sub = _mm512_set1_ps(rd.sub[r]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) x[j] = exp16(_mm512_fmsub_ps(x[j], s, sub));
+    } else if constexpr (E == Epilogue::kSoftmax) {
+      const __m512 s = _mm512_set1_ps(rd.alpha);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], s);
+      __m512 m = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), last, x[NV - 1]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV - 1; ++j) m = _mm512_max_ps(m, x[j]);
+      const float mx = _mm512_reduce_max_ps(m);
+      const __m512 mv = _mm512_set1_ps(mx);
+      __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        x[j] = exp16(_mm512_sub_ps(x[j], mv));
+        sum = j == NV - 1 ? _mm512_mask_add_ps(sum, last, sum, x[j]) : _mm512_add_ps(sum, x[j]);
+      }
+      const float total = _mm512_reduce_add_ps(sum);  // >= 1: the max's own term
+      rd.inv[r] = 1.f / total;
+      rd.lse[r] = mx + std::log(total);
+      if (rd.normalise) {
+        const __m512 iv = _mm512_set1_ps(rd.inv[r]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], iv);
+      }
+    } else {  // kSoftmaxGrad
+      const float* prow = rd.p + r * rd.ldp;
+      __m512 p[NV], dot = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        p[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, prow + 16 * j) : _mm512_loadu_ps(prow + 16 * j);
+        dot = _mm512_fmadd_ps(p[j], x[j], dot);
+      }
+      const __m512 delta = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(p[j], _mm512_sub_ps(x[j], delta));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NV - 1; ++j) _mm512_storeu_ps(crow + 16 * j, x[j]);
+    _mm512_mask_storeu_ps(crow + 16 * (NV - 1), last, x[NV - 1]);
   }
 }
 
-template <int NV, bool TransA>
-inline void column_panel(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float alpha,
-                         const float* row_alpha, float* c, int64_t ldc, __mmask16 last) {
+template <int NV, bool TransA, Epilogue E>
+inline void column_panel(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                         const RowData& rd, float* c, int64_t ldc, __mmask16 last) {
   int64_t i = 0;
-  for (; i + kRows <= m; i += kRows) {
-    const float* ai = TransA ? a + i : a + i * lda;
-    tile<kRows, NV, TransA>(k, ai, lda, b, ldb, alpha, row_alpha ? row_alpha + i : nullptr, c + i * ldc, ldc, last);
-  }
+  for (; i + kRows <= m; i += kRows)
+    tile<kRows, NV, TransA, E>(k, TransA ? a + i : a + i * lda, lda, b, ldb, rd, i, c + i * ldc, ldc, last);
   const float* ai = TransA ? a + i : a + i * lda;
-  const float* ri = row_alpha ? row_alpha + i : nullptr;
   float* ci = c + i * ldc;
   switch (m - i) {
-    case 5: return tile<5, NV, TransA>(k, ai, lda, b, ldb, alpha, ri, ci, ldc, last);
-    case 4: return tile<4, NV, TransA>(k, ai, lda, b, ldb, alpha, ri, ci, ldc, last);
-    case 3: return tile<3, NV, TransA>(k, ai, lda, b, ldb, alpha, ri, ci, ldc, last);
-    case 2: return tile<2, NV, TransA>(k, ai, lda, b, ldb, alpha, ri, ci, ldc, last);
-    case 1: return tile<1, NV, TransA>(k, ai, lda, b, ldb, alpha, ri, ci, ldc, last);
+    case 5: return tile<5, NV, TransA, E>(k, ai, lda, b, ldb, rd, i, ci, ldc, last);
+    case 4: return tile<4, NV, TransA, E>(k, ai, lda, b, ldb, rd, i, ci, ldc, last);
+    case 3: return tile<3, NV, TransA, E>(k, ai, lda, b, ldb, rd, i, ci, ldc, last);
+    case 2: return tile<2, NV, TransA, E>(k, ai, lda, b, ldb, rd, i, ci, ldc, last);
+    case 1: return tile<1, NV, TransA, E>(k, ai, lda, b, ldb, rd, i, ci, ldc, last);
     default: return;
   }
 }
 
-// C (m x n, row stride ldc) = alpha A B, A (m x k) read as described at `tile`, B (k x n, row
-// stride ldb); with row_alpha, row i is scaled by row_alpha[i] instead of alpha. k = 0 gives zeros.
-template <bool TransA>
-void product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float alpha,
-             const float* row_alpha, float* c, int64_t ldc) {
+// C (m x n, row stride ldc) from A B, A (m x k) read as described at `tile`, B (k x n, row stride
+// ldb), through E's epilogue; k = 0 gives acc = 0. kSoftmax and kSoftmaxGrad need whole rows in
+// registers: n <= 64 (fits_one_panel).
+constexpr bool fits_one_panel(int64_t n) { return n <= 16 * kVectors; }
+
+template <bool TransA, Epilogue E>
+void product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+             const RowData& rd, float* c, int64_t ldc) {
+  static_assert(E == Epilogue::kScale || E == Epilogue::kExpMinusRow || !TransA);
   for (int64_t j = 0; j < n; j += 16 * kVectors) {
     const int64_t width = std::min<int64_t>(16 * kVectors, n - j);
     const __mmask16 last = tail_mask(width - (width - 1) / 16 * 16);
     switch ((width + 15) / 16) {
-      case 4: column_panel<4, TransA>(m, k, a, lda, b + j, ldb, alpha, row_alpha, c + j, ldc, last); break;
-      case 3: column_panel<3, TransA>(m, k, a, lda, b + j, ldb, alpha, row_alpha, c + j, ldc, last); break;
-      case 2: column_panel<2, TransA>(m, k, a, lda, b + j, ldb, alpha, row_alpha, c + j, ldc, last); break;
-      default: column_panel<1, TransA>(m, k, a, lda, b + j, ldb, alpha, row_alpha, c + j, ldc, last); break;
+      case 4: column_panel<4, TransA, E>(m, k, a, lda, b + j, ldb, rd, c + j, ldc, last); break;
+      case 3: column_panel<3, TransA, E>(m, k, a, lda, b + j, ldb, rd, c + j, ldc, last); break;
+      case 2: column_panel<2, TransA, E>(m, k, a, lda, b + j, ldb, rd, c + j, ldc, last); break;
+      default: column_panel<1, TransA, E>(m, k, a, lda, b + j, ldb, rd, c + j, ldc, last); break;
     }
   }
 }
@@ -136,21 +216,6 @@ void transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float*
   }
 }
 
-// exp(x) for x <= 0 (inputs below -100 are taken as -100: the result, < 4e-44, is a denormal or
-// 0 either way): Cephes' split of ln 2 and its degree-6 polynomial on |r| <= ln2 / 2, 2^n by scalef.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 inline float row_max(const float* x, int64_t n) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int64_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(n - i), x + i));
@@ -170,8 +235,8 @@ inline float exp_sub(float* x, int64_t n, float sub) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// p[i] *= dp[i] - rowsum(p * dp) for i < n: dS from P and dP.
-inline void softmax_grad(float* p, const float* dp, int64_t n) {
+// ds[i] = p[i] (dp[i] - rowsum(p * dp)) for i < n: dS from P and dP (ds may be p).
+inline void softmax_grad(const float* p, const float* dp, float* ds, int64_t n) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
@@ -181,7 +246,7 @@ inline void softmax_grad(float* p, const float* dp, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dp + i), delta);
-    _mm512_mask_storeu_ps(p + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + i), d));
+    _mm512_mask_storeu_ps(ds + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + i), d));
   }
 }
 
@@ -192,36 +257,53 @@ inline void softmax_grad(float* p, const float* dp, int64_t n) {
 int64_t tiled_scratch_floats(int64_t n, int64_t d) { return (2 * n + d) * round16(n) + n; }
 
 void tiled_forward_head(int64_t n, int64_t d, float scale, const float* q, const float* k, const float* v,
-                        int64_t ld, float* out, int64_t ldo, float* lse, float* scratch) {
+                        int64_t ld, float* out, int64_t ldo, float* lse, float* probs, float* scratch) {
   const int64_t ns = round16(n);
-  float *s = scratch, *kt = s + 2 * n * ns, *inv = kt + d * ns;
+  float *kt = scratch + 2 * n * ns, *inv = kt + d * ns;
+  // Saved probabilities are normalised where they are written (the backward reads them as P);
+  // otherwise the softmax's 1 / sum is applied to the output rows, not to the n x n scores.
+  float* s = probs ? probs : scratch;
+  const int64_t lds = probs ? n : ns;
   transpose(n, d, k, ld, kt, ns);
-  product<false>(n, n, d, q, ld, kt, ns, scale, nullptr, s, ns);
-  for (int64_t r = 0; r < n; ++r) {
-    float* sr = s + r * ns;
-    const float mx = row_max(sr, n);
-    const float sum = exp_sub(sr, n, mx);  // >= 1: the max's own term
-    inv[r] = 1.f / sum;
-    lse[r] = mx + std::log(sum);
+  if (fits_one_panel(n)) {  // the softmax on the scores' rows while they are in registers
+    product<false, Epilogue::kSoftmax>(n, n, d, q, ld, kt, ns,
+                                       {.alpha = scale, .inv = inv, .lse = lse, .normalise = probs != nullptr}, s, lds);
+  } else {
+    product<false, Epilogue::kScale>(n, n, d, q, ld, kt, ns, {.alpha = scale}, s, lds);
+    for (int64_t r = 0; r < n; ++r) {
+      float* sr = s + r * lds;
+      const float mx = row_max(sr, n);
+      const float sum = exp_sub(sr, n, mx);  // >= 1: the max's own term
+      inv[r] = 1.f / sum;
+      lse[r] = mx + std::log(sum);
+      if (probs)
+        for (int64_t c = 0; c < n; ++c) sr[c] *= inv[r];
+    }
   }
-  // The softmax's 1 / sum is applied to the output rows, not to the n x n probabilities.
-  product<false>(n, d, n, s, ns, v, ld, 1.f, inv, out, ldo);
+  product<false, Epilogue::kScale>(n, d, n, s, lds, v, ld, probs ? RowData{} : RowData{.scale = inv}, out, ldo);
 }
 
 void tiled_backward_head(int64_t n, int64_t d, float scale, const float* q, const float* k, const float* v,
-                         int64_t ld, const float* grad_out, int64_t ldo, const float* lse, float* dq, float* dk,
-                         float* dv, float* scratch) {
+                         int64_t ld, const float* grad_out, int64_t ldo, const float* lse, const float* probs,
+                         float* dq, float* dk, float* dv, float* scratch) {
   const int64_t ns = round16(n);
-  float *p = scratch, *dp = p + n * ns, *t = dp + n * ns;
-  transpose(n, d, k, ld, t, ns);
-  product<false>(n, n, d, q, ld, t, ns, scale, nullptr, p, ns);
-  for (int64_t r = 0; r < n; ++r) exp_sub(p + r * ns, n, lse[r]);
-  product<true>(n, d, n, p, ns, grad_out, ldo, 1.f, nullptr, dv, ld);  // dV = P^T dO
+  float *ds = scratch, *dp = ds + n * ns, *t = dp + n * ns;
+  const float* p = probs ? probs : ds;  // recomputed P is overwritten by dS in place
+  const int64_t ldp = probs ? n : ns;
+  if (!probs) {
+    transpose(n, d, k, ld, t, ns);
+    product<false, Epilogue::kExpMinusRow>(n, n, d, q, ld, t, ns, {.alpha = scale, .sub = lse}, ds, ns);  // P
+  }
+  product<true, Epilogue::kScale>(n, d, n, p, ldp, grad_out, ldo, {}, dv, ld);  // dV = P^T dO
   transpose(n, d, v, ld, t, ns);
-  product<false>(n, n, d, grad_out, ldo, t, ns, 1.f, nullptr, dp, ns);  // dP = dO V^T
-  for (int64_t r = 0; r < n; ++r) softmax_grad(p + r * ns, dp + r * ns, n);
-  product<false>(n, d, n, p, ns, k, ld, scale, nullptr, dq, ld);  // dQ = scale dS K
-  product<true>(n, d, n, p, ns, q, ld, scale, nullptr, dk, ld);   // dK = scale dS^T Q
+  if (fits_one_panel(n)) {  // dP = dO V^T turned into dS in registers
+    product<false, Epilogue::kSoftmaxGrad>(n, n, d, grad_out, ldo, t, ns, {.p = p, .ldp = ldp}, ds, ns);
+  } else {
+    product<false, Epilogue::kScale>(n, n, d, grad_out, ldo, t, ns, {}, dp, ns);
+    for (int64_t r = 0; r < n; ++r) softmax_grad(p + r * ldp, dp + r * ns, ds + r * ns, n);
+  }
+  product<false, Epilogue::kScale>(n, d, n, ds, ns, k, ld, {.alpha = scale}, dq, ld);  // dQ = scale dS K
+  product<true, Epilogue::kScale>(n, d, n, ds, ns, q, ld, {.alpha = scale}, dk, ld);   // dK = scale dS^T Q
 }
 
 }  // namespace ebsparse::attention

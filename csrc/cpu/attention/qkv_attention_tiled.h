@@ -16,14 +16,14 @@ namespace ebsparse::attention {
 int64_t tiled_scratch_floats(int64_t n, int64_t d);
 
 // One (batch, head) of the forward: q, k, v (n x d, row stride ld), out (n x d, row stride ldo),
-// lse (n values). scratch: tiled_scratch_floats(n, d) floats.
+// lse (n values); probs, unless null, receives P (n x n, contiguous). scratch: tiled_scratch_floats(n, d) floats.
 void tiled_forward_head(int64_t n, int64_t d, float scale, const float* q, const float* k, const float* v,
-                        int64_t ld, float* out, int64_t ldo, float* lse, float* scratch);
+                        int64_t ld, float* out, int64_t ldo, float* lse, float* probs, float* scratch);
 
-// One (batch, head) of the backward: grad_out (n x d, row stride ldo), lse from the forward; writes
-// dq, dk, dv (n x d, row stride ld).
+// One (batch, head) of the backward: grad_out (n x d, row stride ldo), lse from the forward and
+// P from it if saved (else null: recomputed from q, k and lse); writes dq, dk, dv (n x d, row stride ld).
 void tiled_backward_head(int64_t n, int64_t d, float scale, const float* q, const float* k, const float* v,
-                         int64_t ld, const float* grad_out, int64_t ldo, const float* lse, float* dq, float* dk,
-                         float* dv, float* scratch);
+                         int64_t ld, const float* grad_out, int64_t ldo, const float* lse, const float* probs,
+                         float* dq, float* dk, float* dv, float* scratch);
 
 }  // namespace ebsparse::attention
