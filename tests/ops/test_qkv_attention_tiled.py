@@ -136,6 +136,9 @@ def test_saved_probs_match_softmax_and_recomputed_backward(b, n, h, d, seed):
     out, lse, probs = ops.qkv_attention(qkv.detach(), h, scale, True)
     assert probs.shape == (b, h, n, n)
     torch.testing.assert_close(probs.double(), _probs_reference(qkv, h, scale), atol=2e-6, rtol=1e-4)
+    q, k, _ = qkv.detach().double().reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    lse_ref = torch.logsumexp(scale * q @ k.transpose(-1, -2), dim=-1)  # the vector log's accuracy
+    torch.testing.assert_close(lse.double(), lse_ref, atol=2e-6, rtol=1e-6)
     assert ops.qkv_attention(qkv.detach(), h, scale, False)[2].numel() == 0
     from_probs = ops.qkv_attention_backward(go, qkv.detach(), lse, probs, h, scale)
     recomputed = ops.qkv_attention_backward(go, qkv.detach(), lse, None, h, scale)

@@ -38,12 +38,38 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// log(x) for normal x > 0: x = 2^e m with m in [1/sqrt2, sqrt2) (getexp, scalef), log(m) by
+// Cephes' logf polynomial in f = m - 1, e ln 2 added in two parts.
+inline __m512 log16(__m512 x) {
+  const __m512 e = _mm512_getexp_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.41421356237f)));
+  const __m512 f = _mm512_sub_ps(_mm512_scalef_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), e)), _mm512_set1_ps(1.f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+  for (const float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                        2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(z, _mm512_set1_ps(0.5f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
+// After a kSoftmax product: lse[r] (the row max) += log(sum), inv[r] (the sum) = 1 / sum.
+inline void finish_softmax(int64_t n, float* lse, float* inv) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 sum = _mm512_mask_loadu_ps(_mm512_set1_ps(1.f), m, inv + i);
+    _mm512_mask_storeu_ps(lse + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, lse + i), log16(sum)));
+    _mm512_mask_storeu_ps(inv + i, m, _mm512_div_ps(_mm512_set1_ps(1.f), sum));
+  }
+}
+
 // What a product does with its accumulated rows (acc_i = row i of A B) before they leave registers.
 enum class Epilogue {
   kScale,        // C_i = alpha acc_i, or scale[i] acc_i where scale is given
   kExpMinusRow,  // C_i = exp(alpha acc_i - sub[i])  (the backward's P from the saved lse)
-  kSoftmax,      // C_i = exp(alpha acc_i - max) (times 1 / sum if normalise), inv[i] = 1 / sum,
-                 // lse[i] = max + log(sum); whole rows only
+  kSoftmax,      // C_i = exp(alpha acc_i - max) (times 1 / sum if normalise), inv[i] = sum, lse[i] = max
+                 // (finish_softmax makes them 1 / sum and max + log(sum)); whole rows only
   kSoftmaxGrad,  // C_i = P_i * (acc_i - rowsum(P_i * acc_i))  (dS from P and dP); whole rows only
 };
 struct RowData {
@@ -81,6 +107,66 @@ inline void tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t
       for (int j = 0; j < NV; ++j) acc[i * NV + j] = _mm512_fmadd_ps(ai, bv[j], acc[i * NV + j]);
     }
   }
+  // The row-wise epilogues run stage by stage over all MR rows, not row by row: each row's chain
+  // (horizontal reduction, exp, reduction) is latency-bound, and MR independent chains overlap
+  // (measured: row by row, the softmax doubled the time of the product it follows).
+  if constexpr (E == Epilogue::kSoftmax) {
+    const __m512 s = _mm512_set1_ps(rd.alpha);
+    float mx[MR], total[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      __m512* x = acc + i * NV;
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], s);
+      __m512 m = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), last, x[NV - 1]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV - 1; ++j) m = _mm512_max_ps(m, x[j]);
+      mx[i] = _mm512_reduce_max_ps(m);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      __m512* x = acc + i * NV;
+      const __m512 mv = _mm512_set1_ps(mx[i]);
+      __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        x[j] = exp16(_mm512_sub_ps(x[j], mv));
+        sum = j == NV - 1 ? _mm512_mask_add_ps(sum, last, sum, x[j]) : _mm512_add_ps(sum, x[j]);
+      }
+      total[i] = _mm512_reduce_add_ps(sum);  // >= 1: the max's own term
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      rd.lse[r0 + i] = mx[i];    // finish_softmax adds log(sum)
+      rd.inv[r0 + i] = total[i];  // and inverts
+      if (rd.normalise) {
+        const __m512 iv = _mm512_set1_ps(1.f / total[i]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[i * NV + j] = _mm512_mul_ps(acc[i * NV + j], iv);
+      }
+    }
+  } else if constexpr (E == Epilogue::kSoftmaxGrad) {
+    __m512 p[MR * NV];
+    float delta[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float* prow = rd.p + (r0 + i) * rd.ldp;
+      __m512 dot = _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        p[i * NV + j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, prow + 16 * j) : _mm512_loadu_ps(prow + 16 * j);
+        dot = _mm512_fmadd_ps(p[i * NV + j], acc[i * NV + j], dot);
+      }
+      delta[i] = _mm512_reduce_add_ps(dot);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 dv = _mm512_set1_ps(delta[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j)
+        acc[i * NV + j] = _mm512_mul_ps(p[i * NV + j], _mm512_sub_ps(acc[i * NV + j], dv));
+    }
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const int64_t r = r0 + i;
@@ -95,39 +181,8 @@ inline void tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) x[j] = exp16(_mm512_fmsub_ps(x[j], s, sub));
     } else if constexpr (E == Epilogue::kSoftmax) {
-      const __m512 s = _mm512_set1_ps(rd.alpha);
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], s);
-      __m512 m = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), last, x[NV - 1]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NV - 1; ++j) m = _mm512_max_ps(m, x[j]);
-      const float mx = _mm512_reduce_max_ps(m);
-      const __m512 mv = _mm512_set1_ps(mx);
-      __m512 sum = _mm512_setzero_ps();
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) {
-        x[j] = exp16(_mm512_sub_ps(x[j], mv));
-        sum = j == NV - 1 ? _mm512_mask_add_ps(sum, last, sum, x[j]) : _mm512_add_ps(sum, x[j]);
-      }
-      const float total = _mm512_reduce_add_ps(sum);  // >= 1: the max's own term
-      rd.inv[r] = 1.f / total;
-      rd.lse[r] = mx + std::log(total);
-      if (rd.normalise) {
-        const __m512 iv = _mm512_set1_ps(rd.inv[r]);
-#pragma GCC unroll 8
-        for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(x[j], iv);
-      }
-    } else {  // kSoftmaxGrad
-      const float* prow = rd.p + r * rd.ldp;
-      __m512 p[NV], dot = _mm512_setzero_ps();
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) {
-        p[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, prow + 16 * j) : _mm512_loadu_ps(prow + 16 * j);
-        dot = _mm512_fmadd_ps(p[j], x[j], dot);
-      }
-      const __m512 delta = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) x[j] = _mm512_mul_ps(p[j], _mm512_sub_ps(x[j], delta));
+      // done for the whole tile above
+    } else {  // kSoftmaxGrad: done for the whole tile above
     }
 #pragma GCC unroll 8
     for (int j = 0; j < NV - 1; ++j) _mm512_storeu_ps(crow + 16 * j, x[j]);
@@ -268,6 +323,7 @@ void tiled_forward_head(int64_t n, int64_t d, float scale, const float* q, const
   if (fits_one_panel(n)) {  // the softmax on the scores' rows while they are in registers
     product<false, Epilogue::kSoftmax>(n, n, d, q, ld, kt, ns,
                                        {.alpha = scale, .inv = inv, .lse = lse, .normalise = probs != nullptr}, s, lds);
+    finish_softmax(n, lse, inv);
   } else {
     product<false, Epilogue::kScale>(n, n, d, q, ld, kt, ns, {.alpha = scale}, s, lds);
     for (int64_t r = 0; r < n; ++r) {
