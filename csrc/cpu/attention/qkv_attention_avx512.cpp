@@ -1,5 +1,6 @@
-// qkv_attention_tiled.h's float32 heads on AVX-512. Every product is C (m x n) = alpha A (m x k) B
-// (k x n) with B's rows contiguous (16 columns a vector, the last one masked) and A read one
+// qkv_attention_tiled.h's float32 heads on AVX-512. Every product is C (m x n) = f(A (m x k) B
+// (k x n)), f an epilogue on the rows still in registers (a scale; exp minus the row's lse; the
+// softmax; the softmax gradient), with B's rows contiguous (16 columns a vector, the last one masked) and A read one
 // element at a time by broadcast, so A may be read transposed (A(i, k) at a[k * lda + i]) at no
 // cost: P^T dO and dS^T Q need no copy. Tiles of 6 rows x 4 vectors keep 24 accumulators in
 // registers, leaving 8 for B's vectors and the broadcast. The includes come first, built for the
@@ -216,7 +217,6 @@ constexpr bool fits_one_panel(int64_t n) { return n <= 16 * kVectors; }
 template <bool TransA, Epilogue E>
 void product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
              const RowData& rd, float* c, int64_t ldc) {
-  static_assert(E == Epilogue::kScale || E == Epilogue::kExpMinusRow || !TransA);
   for (int64_t j = 0; j < n; j += 16 * kVectors) {
     const int64_t width = std::min<int64_t>(16 * kVectors, n - j);
     const __mmask16 last = tail_mask(width - (width - 1) / 16 * 16);
