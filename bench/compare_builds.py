@@ -37,14 +37,19 @@ from bench.settings import threads
 CXX_FLAGS = ["-O3", "-std=c++20", "-mavx2", "-mfma", "-fopenmp", "-fno-math-errno"]
 
 
-def load_revision(rev: str):
-    """Compile `rev`'s csrc/ with its op namespace renamed, load it, return its op namespace."""
-    namespace = "ebsparse_" + re.sub(r"\W", "_", rev)
+def load_revision(rev: str, only: tuple[str, ...] = ()):
+    """Compile `rev`'s csrc/ with its op namespace renamed, load it, return its op namespace.
+    `only`: globs under csrc/ (e.g. ``"cpu/attention/qkv_attention.cpp"``) to compile just those
+    sources and csrc/schemas.cpp, minutes sooner when one op family is compared."""
+    namespace = "ebsparse_" + re.sub(r"\W", "_", rev) + ("_part" if only else "")
     work = pathlib.Path(tempfile.mkdtemp(prefix="ebsparse-ab-"))
     archive = subprocess.run(["git", "archive", rev, "csrc"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     sources = []
+    keep = {work / "csrc" / "schemas.cpp"} | {p for g in only for p in work.glob("csrc/" + g)}
     for path in sorted(work.glob("csrc/**/*.cpp")):
+        if only and path not in keep:
+            continue
         text = re.sub(r"TORCH_LIBRARY(_IMPL)?\(ebsparse,", rf"TORCH_LIBRARY\1({namespace},", path.read_text())
         path.unlink()
         # Unique file names: ninja names each object after its source's, and several directories

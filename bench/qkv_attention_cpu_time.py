@@ -8,18 +8,25 @@ call that places auto's `NATIVE_MAX_TOKENS`; with ``--steps``, whole DiT-S/2 tra
 and ERK 0.9) with the attention on each backend. With one thread the times are `time.process_time`;
 with more, wall-clock (`time.perf_counter`), the machine being shared.
 
-Run: ``OMP_NUM_THREADS=1 python -m bench.qkv_attention_cpu_time [--threads 1] [--rounds 5] [--steps]``
+``--against REV`` instead compares this build's kernel with revision REV's (its attention sources
+compiled under another op namespace by bench.compare_builds): the forward and backward ops alone
+at DiT-S/2's shape and, with ``--steps``, the dense and ERK 0.9 DiT-S/2 steps with the attention on
+either build, all interleaved; min ms of each and the median of the per-round ratios (this / REV).
+
+Run: ``OMP_NUM_THREADS=1 python -m bench.qkv_attention_cpu_time [--threads 1] [--rounds 5] [--steps]
+[--against REV]``
 (prints markdown tables; bench/NOTES.md keeps the history).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
-from bench.cpu_time import rotated_min, with_attribute
+from bench.cpu_time import rotated_min, rotated_times, with_attribute
 
 HEADS, HEAD_DIM = 6, 64
 
@@ -86,17 +93,99 @@ def step_rows(rounds: int, clock) -> list[str]:
     return out
 
 
+def _saves_probs(ops) -> bool:
+    """Whether `ops` (a build's namespace) has the forward that may keep P (3 outputs) and the
+    backward that takes it; older revisions return (out, lse) only."""
+    return len(ops.qkv_attention.default._schema.returns) == 3
+
+
+def _ops_forward(ops, qkv, heads, scale, save_probs):
+    """(out, saved) of `ops`' forward; saved is what its backward takes after lse."""
+    if _saves_probs(ops):
+        out, lse, probs = ops.qkv_attention(qkv, heads, scale, save_probs)
+        return out, (lse, probs)
+    out, lse = ops.qkv_attention(qkv, heads, scale)
+    return out, (lse,)
+
+
+def _ops_backward(ops, go, qkv, saved, heads, scale):
+    return ops.qkv_attention_backward(go, qkv, *saved, heads, scale)
+
+
+class _OpsAttention(torch.autograd.Function):
+    """qkv_attention through one build's ops namespace (ours or another revision's)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads, ops):
+        scale = (qkv.shape[2] // (3 * heads)) ** -0.5
+        out, saved = _ops_forward(ops, qkv, heads, scale, True)
+        ctx.save_for_backward(qkv, *saved)
+        ctx.heads, ctx.scale, ctx.ops = heads, scale, ops
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, *saved = ctx.saved_tensors
+        return _ops_backward(ctx.ops, grad_out.contiguous(), qkv, saved, ctx.heads, ctx.scale), None, None
+
+
+def _ratio_cells(times: dict, ours, theirs) -> str:
+    ratios = [a / b for a, b in zip(times[ours], times[theirs])]
+    return (f"{min(times[theirs]):.2f} | {min(times[ours]):.2f} | {statistics.median(ratios):.3f} "
+            f"[{min(ratios):.2f}, {max(ratios):.2f}]")
+
+
+def against_rows(rev: str, rounds: int, clock, steps: bool) -> list[str]:
+    """This build's qkv_attention ops against `rev`'s, interleaved (see the module docstring)."""
+    from bench.compare_builds import load_revision
+
+    theirs = load_revision(rev, only=("cpu/attention/qkv_attention.cpp",))
+    ours = torch.ops.ebsparse
+    qkv = torch.randn(32, 64, 3 * HEADS * HEAD_DIM)
+    go = torch.randn(32, 64, HEADS * HEAD_DIM)
+    scale = HEAD_DIM ** -0.5
+    fns = {}
+    for name, ops in (("ours", ours), ("theirs", theirs)):
+        saved = _ops_forward(ops, qkv, HEADS, scale, True)[1]
+        # The forward as training runs it (keeping P where this build does), the backward on its output.
+        fns[("forward", name)] = lambda ops=ops: _ops_forward(ops, qkv, HEADS, scale, True)
+        fns[("backward", name)] = lambda ops=ops, saved=saved: _ops_backward(ops, go, qkv, saved, HEADS, scale)
+    times = rotated_times(fns, rounds, 5, clock)
+    out = [f"| case | {rev} ms | this build ms | this / {rev}: median [min, max] of paired rounds |",
+           "| --- | --- | --- | --- |"]
+    for phase in ("forward", "backward"):
+        out.append(f"| op {phase}, B=32 N=64 H=6 D=64 | " + _ratio_cells(times, (phase, "ours"), (phase, "theirs")) + " |")
+    if steps:
+        from bench import test_dit_speed as dit_bench
+        from ebsparse.models import dit
+
+        fns = {}
+        for model in ("dense", "erk-0.9"):
+            step = dit_bench._step(dit_bench._model(model)[0])
+            for name, ops in (("ours", ours), ("theirs", theirs)):
+                fns[(model, name)] = with_attribute(step, dit, "qkv_attention",
+                                                    lambda qkv, heads, ops=ops: _OpsAttention.apply(qkv, heads, ops))
+        times = rotated_times(fns, rounds, 1, clock)
+        for model in ("dense", "erk-0.9"):
+            out.append(f"| DiT-S/2 {model} step | " + _ratio_cells(times, (model, "ours"), (model, "theirs")) + " |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", action="store_true", help="also whole DiT-S/2 training steps")
+    parser.add_argument("--against", metavar="REV", help="compare this build's kernel with revision REV's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"threads={args.threads} ({'process_time' if args.threads == 1 else 'wall-clock'}), "
           f"forward + backward, min of {args.rounds} rounds\n")
+    if args.against:
+        print("\n".join(against_rows(args.against, args.rounds, clock, args.steps)), flush=True)
+        return
     print("\n".join(rows(args.rounds, clock)))
     if args.steps:
         print()

@@ -52,8 +52,13 @@ TORCH_LIBRARY(ebsparse, m) {
       "block_attention_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
       "Tensor lse, Tensor crow, Tensor col, int block_size, float scale) -> (Tensor, Tensor, Tensor)");
   // Dense attention in place on a fused (B, N, 3 * H * D) qkv projection (cpu/attention/qkv_attention.cpp).
-  m.def("qkv_attention(Tensor qkv, int num_heads, float scale) -> (Tensor, Tensor)");
-  m.def("qkv_attention_backward(Tensor grad_out, Tensor qkv, Tensor lse, int num_heads, float scale) -> Tensor");
+  // Returns (out, lse, probs); probs is P (B, H, N, N) when save_probs and the kernel keeps it, else empty.
+  m.def("qkv_attention(Tensor qkv, int num_heads, float scale, bool save_probs=False) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "qkv_attention_backward(Tensor grad_out, Tensor qkv, Tensor lse, Tensor? probs, int num_heads, float scale) "
+      "-> Tensor");
+  // Which CPU kernel qkv_attention runs for qkv's dtype here: "tiled-avx512" or "blas" (for tests).
+  m.def("qkv_attention_cpu_kernel(Tensor qkv) -> str");
   // Block-sparse (BSR) ops: blocks of (bo, bi) along (out, in) channels, shared by every conv tap.
   m.def("bsr_linear(Tensor input, Tensor weight, Tensor? bias, Tensor brow_ptr, Tensor bcol_idx, int bo, int bi) -> Tensor");
   m.def(

@@ -154,12 +154,17 @@ class NativeBackend(Backend):
         return grad_input if input_grad else None, weight_grads if weight_grad else None
 
     def qkv_attention_forward(self, inputs):
-        """(out (B, N, H * D), lse (B, H, N))."""
-        return torch.ops.ebsparse.qkv_attention(inputs.qkv, inputs.num_heads, inputs.scale)
+        """(out (B, N, H * D), saved for the backward: (lse (B, H, N), probs)); probs is P (B, H, N, N)
+        where the kernel keeps it for a backward (`inputs.save_probs`), else empty."""
+        out, lse, probs = torch.ops.ebsparse.qkv_attention(inputs.qkv, inputs.num_heads, inputs.scale,
+                                                           inputs.save_probs)
+        return out, (lse, probs)
 
-    def qkv_attention_backward(self, inputs, grad_out, lse):
-        """d(qkv), in qkv's fused layout."""
-        return torch.ops.ebsparse.qkv_attention_backward(grad_out, inputs.qkv, lse, inputs.num_heads, inputs.scale)
+    def qkv_attention_backward(self, inputs, grad_out, saved):
+        """d(qkv), in qkv's fused layout; `saved` is the forward's (lse, probs)."""
+        lse, probs = saved
+        return torch.ops.ebsparse.qkv_attention_backward(grad_out, inputs.qkv, lse, probs, inputs.num_heads,
+                                                         inputs.scale)
 
     def gelu_tanh_forward(self, inputs):
         return torch.ops.ebsparse.gelu_tanh(inputs.input)

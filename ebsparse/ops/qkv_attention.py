@@ -6,7 +6,11 @@ SDPA, transpose back) copies q, k, v and the output around SDPA and, in the back
 dv into d(qkv) with a cat: at DiT-S/2's 64 tokens those copies and SDPA's per-call overheads cost
 more than the attention products. The native backend (csrc/cpu/attention/qkv_attention.cpp) runs
 small GEMMs per (batch, head) that read and write the token-major tensors in place and writes
-d(qkv) directly; it saves the row log-sum-exp (B, H, N) for the backward. The dense backend is SDPA
+d(qkv) directly; it saves the row log-sum-exp (B, H, N) for the backward and, when a backward will
+run (grad enabled, qkv requiring grad) and its float32 AVX-512 kernel runs at most 64 tokens, the
+softmax probabilities P (B, H, N, N): then P is no bigger than the output (N <= H * D at DiT's
+shapes, 3 MiB per call at DiT-S/2's batch of 32) and the backward skips recomputing it (one of its
+five products). The dense backend is SDPA
 on the unbound q, k, v (the old path, differentiated by autograd).
 
 ``auto`` is untimed: native where it runs (CPU, float32/float64) for sequences of at most
@@ -37,12 +41,14 @@ NATIVE_MAX_TOKENS = 256
 
 @dataclass(eq=False, slots=True)
 class QkvAttentionInputs:
-    """qkv (B, N, 3 * H * D) contiguous; num_heads H; scale (default D ** -0.5)."""
+    """qkv (B, N, 3 * H * D) contiguous; num_heads H; scale (default D ** -0.5); save_probs: a
+    backward will run, so the native kernel may keep P for it."""
 
     op: ClassVar[str] = "qkv_attention"
     qkv: torch.Tensor
     num_heads: int
     scale: float
+    save_probs: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -59,18 +65,18 @@ class QkvAttentionInputs:
 class _EagerQkvAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, inputs: QkvAttentionInputs, backend: Backend):
-        out, lse = calls.forward(backend, inputs)
+        out, saved = calls.forward(backend, inputs)
         ctx.inputs, ctx.backend = inputs, backend
-        ctx.save_for_backward(qkv, lse)
+        ctx.save_for_backward(qkv, *saved)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qkv, lse = ctx.saved_tensors
+        qkv, *saved = ctx.saved_tensors
         check_once_differentiable("qkv_attention", grad_out, qkv)
         if registry.executed is not None:
             registry.executed.append((QkvAttentionInputs.op, "backward", ctx.backend.name))
-        return ctx.backend.qkv_attention_backward(ctx.inputs, grad_out.contiguous(), lse), None, None
+        return ctx.backend.qkv_attention_backward(ctx.inputs, grad_out.contiguous(), tuple(saved)), None, None
 
 
 def _check(qkv, num_heads, scale) -> None:
@@ -108,7 +114,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, scale: float | None = None,
     chosen = dispatch.resolve_untimed(backend, QkvAttentionInputs.op, qkv.device, qkv.dtype)
     if chosen.name != "dense" and qkv.shape[1] > NATIVE_MAX_TOKENS and dispatch.requests_auto(backend):
         chosen = registry.get_backend("dense")
-    inputs = QkvAttentionInputs(qkv.contiguous(), num_heads, float(d ** -0.5 if scale is None else scale))
+    inputs = QkvAttentionInputs(qkv.contiguous(), num_heads, float(d ** -0.5 if scale is None else scale),
+                                save_probs=torch.is_grad_enabled() and qkv.requires_grad)
     if chosen.name == "dense":  # autograd through SDPA: both phases run dense
         if registry.executed is not None:
             registry.executed.extend([(inputs.op, "forward", "dense"), (inputs.op, "backward", "dense")])

@@ -102,11 +102,28 @@ def test_kernel_checks_name_the_argument():
     qkv = torch.randn(1, 4, 12)
     with pytest.raises(RuntimeError, match="num_heads"):
         torch.ops.ebsparse.qkv_attention(qkv, 5, 1.0)
-    out, lse = torch.ops.ebsparse.qkv_attention(qkv, 2, 1.0)
+    out, lse, _ = torch.ops.ebsparse.qkv_attention(qkv, 2, 1.0)
     with pytest.raises(RuntimeError, match="lse"):
-        torch.ops.ebsparse.qkv_attention_backward(out, qkv, lse[:, :1], 2, 1.0)
+        torch.ops.ebsparse.qkv_attention_backward(out, qkv, lse[:, :1], None, 2, 1.0)
     with pytest.raises(RuntimeError, match="grad_out"):
-        torch.ops.ebsparse.qkv_attention_backward(out.double(), qkv, lse, 2, 1.0)
+        torch.ops.ebsparse.qkv_attention_backward(out.double(), qkv, lse, None, 2, 1.0)
+    with pytest.raises(RuntimeError, match="probs"):
+        torch.ops.ebsparse.qkv_attention_backward(out, qkv, lse, torch.ones(1, 2, 4, 3), 2, 1.0)
+
+
+@needs_native
+def test_blas_backward_reads_given_probs():
+    """float64 (the BLAS kernel, which never keeps P itself) backward given P agrees with its own
+    recomputation from lse."""
+    qkv = torch.randn(2, 9, 3 * 2 * 5, dtype=torch.float64)
+    go = torch.randn(2, 9, 2 * 5, dtype=torch.float64)
+    ops = torch.ops.ebsparse
+    _, lse, kept = ops.qkv_attention(qkv, 2, 0.4, True)
+    assert kept.numel() == 0
+    q, k, _ = qkv.reshape(2, 9, 3, 2, 5).permute(2, 0, 3, 1, 4)
+    probs = torch.softmax(0.4 * q @ k.transpose(-1, -2), dim=-1).contiguous()
+    torch.testing.assert_close(ops.qkv_attention_backward(go, qkv, lse, probs, 2, 0.4),
+                               ops.qkv_attention_backward(go, qkv, lse, None, 2, 0.4))
 
 
 @pytest.mark.parametrize("call, error, match", [
