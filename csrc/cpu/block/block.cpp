@@ -481,39 +481,34 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
 template <typename T>
 void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
                    const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
-  // Per block row, passes over 128 batch rows, the pass's strip of dy copied contiguous first. x is
-  // regrouped by block column once (xb[q][n][c] = x[n, q * bc + c], only the block columns some
-  // kept block reads), so every kept block reads its strip contiguous: read in place, rows a
-  // power-of-two apart fall into one L1 set and every row tile of a block re-reads them from L2;
-  // copied per kept block, x would be copied once per block row reading it. Chunks of batch rows
-  // bound the regrouped copy (thread scratch, kept between calls) to 4 MB. (bench/NOTES.md: passes
-  // outermost, all block rows inside, measured slower.)
-  constexpr int64_t kRowsPerPass = 128;
-  const int64_t per = int64_t(br) * bc, cb = C / bc;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / (C * kRowsPerPass)) * kRowsPerPass;
-  std::vector<uint8_t> used(cb, 0);
-  for (int64_t j = 0; j < ptr[rb]; ++j) used[idx[j]] = 1;
-  T* xb = scratch<T>(kStrips, std::min(N, chunk) * C);  // the calling thread's; the workers only read it
-  for (int64_t m0 = 0; m0 < N; m0 += chunk) {
-    const int64_t m = std::min(N - m0, chunk);
-    at::parallel_for(0, m, 64, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t q = 0; q < cb; ++q)
-          if (used[q]) std::memcpy(xb + (q * m + n) * bc, x + (m0 + n) * C + q * bc, sizeof(T) * bc);
-    });
-    run_tasks(rb, [&](int64_t b, int64_t) {
-      if (ptr[b + 1] == ptr[b]) return;
-      if (m0 == 0) std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
-      T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
-      for (int64_t n0 = 0; n0 < m; n0 += kRowsPerPass) {
-        const int64_t rows = std::min(m - n0, kRowsPerPass);
-        const T* d = dy + (m0 + n0) * R + b * br;
-        for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, d + n * R, sizeof(T) * br);
-        for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-          kern.rsddmm(dstrip, br, br, xb + (int64_t(idx[j]) * m + n0) * bc, bc, rows, bc, acc + j * per);
-      }
-    });
-  }
+  // Tasks are passes over kRowsPerPass batch rows, every kept block inside: the pass's rows of x and
+  // dy are copied whole (one memcpy a row) into thread scratch with rows padded by one cache line,
+  // and stay in L2 while every block reads them. Read in place, rows a power of two apart share one
+  // L1 set and every row tile of a block re-reads them from L2 (measured 10% slower at 75-90%); the
+  // copies this replaces (x regrouped by block column, dy strips per block row: 128-byte memcpys)
+  // took as long as the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each thread sums into
+  // its own copy of the blocks' gradients, added up at the end.
+  constexpr int64_t kRowsPerPass = 128, kPad = 64 / sizeof(T);
+  const int64_t per = int64_t(br) * bc, total = ptr[rb] * per;
+  const int64_t ldx = C + kPad, ldd = R + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
+  const int64_t threads = passes > 1 ? at::get_num_threads() : 1;  // run_tasks' thread ids
+  std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * total), T(0));
+  std::fill(acc, acc + total, T(0));
+  run_tasks(passes, [&](int64_t pass, int64_t tid) {
+    const int64_t n0 = pass * kRowsPerPass, rows = std::min(N - n0, kRowsPerPass);
+    T* xp = scratch<T>(kPanel, kRowsPerPass * ldx);
+    T* dp = scratch<T>(kTile, kRowsPerPass * ldd);
+    for (int64_t n = 0; n < rows; ++n) {
+      std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
+      std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
+    }
+    T* a = tid == 0 ? acc : partial.data() + (tid - 1) * total;
+    for (int64_t b = 0; b < rb; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        kern.rsddmm(dp + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
+  });
+  for (int64_t t = 1; t < threads; ++t)
+    for (int64_t e = 0; e < total; ++e) acc[e] += partial[(t - 1) * total + e];
 }
 
 // ---- weights packed per call -----------------------------------------------------------------------
@@ -592,19 +587,23 @@ at::Tensor pack_transposed(const at::Tensor& w, const int32_t* cptr, const int32
   return vals;
 }
 
-// dW (dense-shaped, zero off the pattern) from the per-block sums.
+// dW (dense-shaped, zero off the pattern) from the per-block sums, each row zeroed and filled while
+// it is in cache (at::zeros first would write the whole dW to memory twice).
 template <typename T>
 at::Tensor unpack_grad(const at::Tensor& acc, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
                        int64_t rb, int64_t br, int64_t bck, const at::TensorOptions& opt) {
-  at::Tensor dw = at::zeros(shape, opt);
+  at::Tensor dw = at::empty(shape, opt);
   const int64_t kdim = dw.numel() / shape[0];
   const T* a = acc.const_data_ptr<T>();
   T* d = dw.mutable_data_ptr<T>();
   at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-        for (int64_t r = 0; r < br; ++r)
-          std::memcpy(d + (b * br + r) * kdim + idx[j] * bck, a + (j * br + r) * bck, sizeof(T) * bck);
+      for (int64_t r = 0; r < br; ++r) {
+        T* row = d + (b * br + r) * kdim;
+        std::fill(row, row + kdim, T(0));
+        for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+          std::memcpy(row + idx[j] * bck, a + (j * br + r) * bck, sizeof(T) * bck);
+      }
   });
   return dw;
 }
