@@ -120,7 +120,10 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kRowPtrs, kStrips, kSlots };
+// kPadded (the padded input of a convolution), kSums (the blocks' gradient sums) and kPartial (other
+// threads' sums) belong to the calling thread; fresh tensors of that size (MBs) cost a page fault per
+// 4 KB on every call, about a tenth of a 90%-sparse conv step (bench/NOTES.md, fourth pass).
+enum Slot { kPanel, kTile, kRowPtrs, kPadded, kSums, kPartial, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -172,13 +175,13 @@ std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_
 // other plane); the others get zeros in their first kOverRead floats, the most a tile of the plane
 // before reads past its end (columns the forward discards and the grad-weight multiplies by zero,
 // so they must hold finite values).
+// In the calling thread's scratch: valid until its next padded_input.
 template <typename T>
-at::Tensor padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
+const T* padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
   const int64_t total = g.N * g.C * g.Hp * g.Wp, plane = g.Hp * g.Wp;
-  at::Tensor out = at::empty({total + kOverRead}, x.options());
-  std::fill(out.mutable_data_ptr<T>() + total, out.mutable_data_ptr<T>() + total + kOverRead, T(0));
+  T* dst = scratch<T>(kPadded, total + kOverRead);
+  std::fill(dst + total, dst + total + kOverRead, T(0));
   const T* src = x.const_data_ptr<T>();
-  T* dst = out.mutable_data_ptr<T>();
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* s = src + p * g.H * g.W;
@@ -201,7 +204,7 @@ at::Tensor padded_input(const at::Tensor& x, const Geometry& g, const std::vecto
       }
     }
   });
-  return out;
+  return dst;
 }
 
 // Offsets of the panel rows (ci, kh, kw) in one image's padded input (in-place geometries).
@@ -426,7 +429,8 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
   const Split s = split(g, ld, rb);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
-  std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * per), T(0));
+  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
+  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
   std::fill(acc, acc + per, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
     int64_t c1, rb1;
@@ -443,7 +447,7 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     }
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
-    T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
+    T* a = tid == 0 ? acc : partial + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
       kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, a);
   });
@@ -492,7 +496,8 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
   const int64_t per = int64_t(br) * bc, total = ptr[rb] * per;
   const int64_t ldx = C + kPad, ldd = R + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
   const int64_t threads = passes > 1 ? at::get_num_threads() : 1;  // run_tasks' thread ids
-  std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * total), T(0));
+  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * total);
+  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * total, T(0));
   std::fill(acc, acc + total, T(0));
   run_tasks(passes, [&](int64_t pass, int64_t tid) {
     const int64_t n0 = pass * kRowsPerPass, rows = std::min(N - n0, kRowsPerPass);
@@ -502,7 +507,7 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
       std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
       std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
     }
-    T* a = tid == 0 ? acc : partial.data() + (tid - 1) * total;
+    T* a = tid == 0 ? acc : partial + (tid - 1) * total;
     for (int64_t b = 0; b < rb; ++b)
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
         kern.rsddmm(dp + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
@@ -590,11 +595,10 @@ at::Tensor pack_transposed(const at::Tensor& w, const int32_t* cptr, const int32
 // dW (dense-shaped, zero off the pattern) from the per-block sums, each row zeroed and filled while
 // it is in cache (at::zeros first would write the whole dW to memory twice).
 template <typename T>
-at::Tensor unpack_grad(const at::Tensor& acc, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
+at::Tensor unpack_grad(const T* a, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
                        int64_t rb, int64_t br, int64_t bck, const at::TensorOptions& opt) {
   at::Tensor dw = at::empty(shape, opt);
   const int64_t kdim = dw.numel() / shape[0];
-  const T* a = acc.const_data_ptr<T>();
   T* d = dw.mutable_data_ptr<T>();
   at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
@@ -644,9 +648,9 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
   }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  const T* src = g.linear ? x.const_data_ptr<T>() : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
+  forward_engine<T>(g, src, vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                     bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
   return out;
 }
@@ -680,9 +684,9 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
   Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
              fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
   g.derive();
-  at::Tensor src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
+  const T* src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
   at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
-  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
+  forward_engine<T>(g, src, vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
                     out.mutable_data_ptr<T>());
   return out;
 }
@@ -691,16 +695,15 @@ template <typename T>
 at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
                              const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
   const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
-  at::Tensor acc = at::empty({ptr[rb] * bo * bck}, x.options());
+  T* acc = scratch<T>(kSums, ptr[rb] * bo * bck);
   const Kernels<T> kern = pick_kernels<T>();
   if (g.linear && kern.rowwise(bi)) {
     rowwise_sddmm<T>(kern, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), g.N, g.R, g.C, ptr, idx, rb, int(bo),
-                     int(bi), acc.mutable_data_ptr<T>());
+                     int(bi), acc);
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
-  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
-                        acc.mutable_data_ptr<T>());
+  const T* src = g.linear ? x.const_data_ptr<T>() : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  grad_weight_engine<T>(g, src, dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
 }
 
