@@ -485,16 +485,20 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
 template <typename T>
 void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
                    const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
-  // Tasks are passes over kRowsPerPass batch rows, every kept block inside: the pass's rows of x and
-  // dy are copied whole (one memcpy a row) into thread scratch with rows padded by one cache line,
-  // and stay in L2 while every block reads them. Read in place, rows a power of two apart share one
-  // L1 set and every row tile of a block re-reads them from L2 (measured 10% slower at 75-90%); the
-  // copies this replaces (x regrouped by block column, dy strips per block row: 128-byte memcpys)
-  // took as long as the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each thread sums into
-  // its own copy of the blocks' gradients, added up at the end.
+  // Tasks are passes over kRowsPerPass batch rows, every kept block inside: the pass's rows of x are
+  // copied whole (one memcpy a row) into thread scratch with rows padded by one cache line, and stay
+  // in L2 while every block reads them. Read in place, rows a power of two apart share one L1 set and
+  // every row tile of a block re-reads them from L2 (measured ~10% slower at 75-90%). The copies this
+  // replaces (x regrouped by block column, dy strips per block row: 128-byte memcpys) took as long as
+  // the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each thread sums into its own copy of
+  // the blocks' gradients, added up at the end.
   constexpr int64_t kRowsPerPass = 128, kPad = 64 / sizeof(T);
   const int64_t per = int64_t(br) * bc, total = ptr[rb] * per;
-  const int64_t ldx = C + kPad, ldd = R + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
+  // dy's rows are broadcast (one cache line per batch row and row tile), x's read as vectors by every
+  // row tile: x is always copied, dy only when a block row holds several kept blocks to re-read it
+  // (same-process A/B, 32x32: in place 13% faster at 95%, copied 5% faster at 75%).
+  const bool copy_dy = ptr[rb] > 3 * rb;
+  const int64_t ldx = C + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
   const int64_t threads = passes > 1 ? at::get_num_threads() : 1;  // run_tasks' thread ids
   T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * total);
   std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * total, T(0));
@@ -502,15 +506,19 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
   run_tasks(passes, [&](int64_t pass, int64_t tid) {
     const int64_t n0 = pass * kRowsPerPass, rows = std::min(N - n0, kRowsPerPass);
     T* xp = scratch<T>(kPanel, kRowsPerPass * ldx);
-    T* dp = scratch<T>(kTile, kRowsPerPass * ldd);
-    for (int64_t n = 0; n < rows; ++n) {
-      std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
-      std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
+    for (int64_t n = 0; n < rows; ++n) std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
+    const T* dsrc = dy + n0 * R;
+    int64_t ldd = R;
+    if (copy_dy) {
+      T* dp = scratch<T>(kTile, kRowsPerPass * (R + kPad));
+      ldd = R + kPad;
+      for (int64_t n = 0; n < rows; ++n) std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
+      dsrc = dp;
     }
     T* a = tid == 0 ? acc : partial + (tid - 1) * total;
     for (int64_t b = 0; b < rb; ++b)
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-        kern.rsddmm(dp + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
+        kern.rsddmm(dsrc + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < total; ++e) acc[e] += partial[(t - 1) * total + e];
