@@ -120,10 +120,9 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-// kPadded (the padded input of a convolution), kSums (the blocks' gradient sums) and kPartial (other
-// threads' sums) belong to the calling thread; fresh tensors of that size (MBs) cost a page fault per
-// 4 KB on every call, about a tenth of a 90%-sparse conv step (bench/NOTES.md, fourth pass).
-enum Slot { kPanel, kTile, kRowPtrs, kPadded, kSums, kPartial, kSlots };
+// kSums (the blocks' gradient sums) and kPartial (other threads' sums: both the size of the kept
+// weights) belong to the calling thread, reused between calls instead of fresh tensors.
+enum Slot { kPanel, kTile, kRowPtrs, kSums, kPartial, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -175,11 +174,11 @@ std::vector<uint8_t> used_channels(const Geometry& g, const int32_t* idx, int64_
 // other plane); the others get zeros in their first kOverRead floats, the most a tile of the plane
 // before reads past its end (columns the forward discards and the grad-weight multiplies by zero,
 // so they must hold finite values).
-// In the calling thread's scratch: valid until its next padded_input.
 template <typename T>
-const T* padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
+at::Tensor padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
   const int64_t total = g.N * g.C * g.Hp * g.Wp, plane = g.Hp * g.Wp;
-  T* dst = scratch<T>(kPadded, total + kOverRead);
+  at::Tensor out = at::empty({total + kOverRead}, x.options());
+  T* dst = out.mutable_data_ptr<T>();
   std::fill(dst + total, dst + total + kOverRead, T(0));
   const T* src = x.const_data_ptr<T>();
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
@@ -204,7 +203,7 @@ const T* padded_input(const at::Tensor& x, const Geometry& g, const std::vector<
       }
     }
   });
-  return dst;
+  return out;
 }
 
 // Offsets of the panel rows (ci, kh, kw) in one image's padded input (in-place geometries).
@@ -656,9 +655,9 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
   }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
-  const T* src = g.linear ? x.const_data_ptr<T>() : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  const at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-  forward_engine<T>(g, src, vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
+  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                     bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
   return out;
 }
@@ -692,9 +691,9 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
   Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
              fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
   g.derive();
-  const T* src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
+  const at::Tensor src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
   at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
-  forward_engine<T>(g, src, vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
+  forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
                     out.mutable_data_ptr<T>());
   return out;
 }
@@ -710,8 +709,8 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
                      int(bi), acc);
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
-  const T* src = g.linear ? x.const_data_ptr<T>() : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
-  grad_weight_engine<T>(g, src, dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
+  const at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
 }
 
