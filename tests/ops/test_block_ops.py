@@ -124,6 +124,21 @@ def test_native_linear_grad_weight_in_passes(n, threads, rb, cb, block, density,
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_empty_batch(block, threads):
+    """An empty batch on the native kernels gives empty outputs and a zero weight gradient (the task
+    split divided by the number of column tiles, zero here, and the process died of SIGFPE)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_linear("native", 0, 2, 2, block, 0.5, torch.float32, 0)
+        _check_conv("native", 0, 1, 1, block, (5, 6), 3, 1, 1, 1, 0.5, torch.float32, 1)
+        _check_conv("native", 0, 1, 1, block, (5, 6), 3, 2, 1, 1, 0.5, torch.float32, 2)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def check_native_kernels():
     """A fixed sweep through the native kernels (also run under AVX2 in a fresh process)."""
     for block in SUPPORTED_BLOCKS:

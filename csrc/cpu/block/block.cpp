@@ -355,7 +355,8 @@ Split split(const Geometry& g, int64_t ld, int64_t rb) {
   const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
   const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
   int64_t chunks = 1;
-  if (tiles < 2 * threads) chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
+  if (tiles > 0 && tiles < 2 * threads)  // no tiles: an empty batch (nothing to split)
+    chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
   return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn};
 }
 
@@ -467,7 +468,8 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
                   const int32_t* idx, int64_t nb, int kb, int ow, const T* bias, T* out) {
   constexpr int64_t kRowsPerTask = 48;  // the strip stays in L2 across the block rows
   const int64_t tiles = (N + kRowsPerTask - 1) / kRowsPerTask, threads = at::get_num_threads();
-  const int64_t chunks = tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
+  const int64_t chunks =
+      tiles > 0 && tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
   const int64_t ldo = nb * ow;
   run_tasks(tiles * chunks, [&](int64_t task, int64_t) {
     const int64_t n0 = (task / chunks) * kRowsPerTask, rows = std::min(N - n0, kRowsPerTask);
