@@ -6,12 +6,16 @@ F.linear / F.conv2d and their autograd backward on the masked weight, minimum ov
 
 Run: ``OMP_NUM_THREADS=1 python -m bench.block_cpu_time [--against REV]`` (prints a markdown table;
 with --against, REV's build, compiled by bench.compare_builds.load_revision, is timed in the same
-rounds and its speed-up printed beside).
+rounds and its speed-up printed beside). ``--against REV --paired N`` instead times this build, REV's
+and dense back to back in rotated order for N rounds and prints the median and quartiles of the
+per-round ratio this / REV: under load the minimum of 5 rounds moved by 10-30% between runs, the
+paired median by a few percent (bench/NOTES.md, block kernels fourth pass).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -96,7 +100,50 @@ def table(against: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def paired_table(against: str, rounds: int, blocks=BLOCKS) -> str:
+    """Per-round ratios of this build's step to `against`'s, the two and dense timed back to back in
+    rotated order (each round starts with another of the three)."""
+    torch.set_num_threads(1)
+    from bench.compare_builds import load_revision
+    other = load_revision(against)
+    lines = [f"CPU time, 1 thread, {rounds} rounds, CPU capability {torch.ops.ebsparse.cpu_capability()}", "",
+             f"| layer | block | sparsity | this / {against}: median [q1, q3] | min ms this / {against} / dense |",
+             "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for kind in ("linear", "conv"):
+        for sparsity in SPARSITIES:
+            for block in blocks:
+                ours, dense = _steps(kind, block, sparsity)
+                fns = [ours, _steps(kind, block, sparsity, other)[0], dense]
+                for f in fns:
+                    f()
+                times, ratios = [[] for _ in fns], []
+                for r in range(rounds):
+                    now = [0.0] * len(fns)
+                    for k in range(len(fns)):
+                        i = (r + k) % len(fns)
+                        now[i] = _cpu_ms(fns[i])
+                    for i, t in enumerate(now):
+                        times[i].append(t)
+                    ratios.append(now[0] / now[1])
+                q = statistics.quantiles(ratios, n=4)
+                row = (f"| {kind} | {block[0]}x{block[1]} | {sparsity} | {statistics.median(ratios):.3f} "
+                       f"[{q[0]:.3f}, {q[2]:.3f}] | {min(times[0]):.2f} / {min(times[1]):.2f} / {min(times[2]):.1f} |")
+                lines.append(row)
+                print(row, flush=True)
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", help="git revision whose build is timed alongside")
-    table(parser.parse_args().against)
+    parser.add_argument("--paired", type=int, metavar="ROUNDS",
+                        help="with --against: per-round ratios over ROUNDS rotated rounds instead of minima")
+    parser.add_argument("--blocks", default=",".join(f"{bo}x{bi}" for bo, bi in BLOCKS))
+    args = parser.parse_args()
+    if args.paired and not args.against:
+        parser.error("--paired needs --against REV")
+    if args.paired:
+        paired_table(args.against, args.paired, [tuple(map(int, b.split("x"))) for b in args.blocks.split(",")])
+    else:
+        table(args.against)

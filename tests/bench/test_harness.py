@@ -75,3 +75,12 @@ def test_block_phase_rows_match_dense_in_a_fresh_process():
             "        torch.testing.assert_close(result(sparse[phase]()), want, atol=2e-3, rtol=1e-3)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_block_cpu_time_paired_needs_a_revision():
+    """`bench.block_cpu_time --paired N` compares against another build: without --against it stops
+    with a message naming the missing option instead of timing nothing."""
+    result = subprocess.run([sys.executable, "-m", "bench.block_cpu_time", "--paired", "3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--paired needs --against" in result.stderr

@@ -107,12 +107,44 @@ def test_block_conv2d_matches_reference(backend, dtype, n, rb, cb, block, h, w, 
     _check_conv(backend, n, rb, cb, block, (h, w), kernel, stride, padding, dilation, density, dtype, seed)
 
 
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(120, 420), threads=st.sampled_from([1, 2]), rb=st.integers(1, 3), cb=st.integers(1, 6),
+       block=st.sampled_from([(16, 16), (32, 32)]), density=st.sampled_from([0.0, 0.3, 1.0]),
+       seed=st.integers(0, 9999))
+def test_native_linear_grad_weight_in_passes(n, threads, rb, cb, block, density, seed):
+    """The native row-major grad-weight (block widths of 2 or 4 vectors) runs passes of 128 batch rows
+    as tasks, each thread summing into its own copy of the block gradients, grad_output copied when
+    block rows hold more than 3 kept blocks on average and read in place otherwise: batches of one
+    to four passes (the last one partial), on one and two threads, against the reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_linear("native", n, rb, cb, block, density, torch.float32, seed, bias=False)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_empty_batch(block, threads):
+    """An empty batch on the native kernels gives empty outputs and a zero weight gradient (the task
+    split divided by the number of column tiles, zero here, and the process died of SIGFPE)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_linear("native", 0, 2, 2, block, 0.5, torch.float32, 0)
+        _check_conv("native", 0, 1, 1, block, (5, 6), 3, 1, 1, 1, 0.5, torch.float32, 1)
+        _check_conv("native", 0, 1, 1, block, (5, 6), 3, 2, 1, 1, 0.5, torch.float32, 2)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def check_native_kernels():
     """A fixed sweep through the native kernels (also run under AVX2 in a fresh process)."""
     for block in SUPPORTED_BLOCKS:
         for dtype in DTYPES:
             _check_linear("native", 133, 3, 2, block, 0.5, dtype, 1)
-            if block[1] >= 16:  # the row-major grad-weight regroups x in chunks of 128 rows when C > 8192
+            if block[1] >= 16:  # a wide layer: the row-major grad-weight's padded copies of x's rows
                 _check_linear("native", 300, 1, 8224 // block[1], block, 0.5, dtype, 4, bias=False)
             _check_conv("native", 2, 2, 2, block, (9, 7), 3, 1, 1, 1, 0.5, dtype, 2)
             _check_conv("native", 2, 2, 1, block, (8, 9), 3, 2, 1, 1, 0.5, dtype, 3)

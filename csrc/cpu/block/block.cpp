@@ -120,7 +120,9 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 }
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
-enum Slot { kPanel, kTile, kRowPtrs, kStrips, kSlots };
+// kSums (the blocks' gradient sums) and kPartial (other threads' sums: both the size of the kept
+// weights) belong to the calling thread, reused between calls instead of fresh tensors.
+enum Slot { kPanel, kTile, kRowPtrs, kSums, kPartial, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -176,9 +178,9 @@ template <typename T>
 at::Tensor padded_input(const at::Tensor& x, const Geometry& g, const std::vector<uint8_t>& used) {
   const int64_t total = g.N * g.C * g.Hp * g.Wp, plane = g.Hp * g.Wp;
   at::Tensor out = at::empty({total + kOverRead}, x.options());
-  std::fill(out.mutable_data_ptr<T>() + total, out.mutable_data_ptr<T>() + total + kOverRead, T(0));
-  const T* src = x.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
+  std::fill(dst + total, dst + total + kOverRead, T(0));
+  const T* src = x.const_data_ptr<T>();
   at::parallel_for(0, g.N * g.C, 16, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* s = src + p * g.H * g.W;
@@ -353,7 +355,8 @@ Split split(const Geometry& g, int64_t ld, int64_t rb) {
   const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
   const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
   int64_t chunks = 1;
-  if (tiles < 2 * threads) chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
+  if (tiles > 0 && tiles < 2 * threads)  // no tiles: an empty batch (nothing to split)
+    chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
   return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn};
 }
 
@@ -426,7 +429,8 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
   const Split s = split(g, ld, rb);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
-  std::vector<T> partial(size_t(std::max<int64_t>(threads - 1, 0) * per), T(0));
+  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
+  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
   std::fill(acc, acc + per, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
     int64_t c1, rb1;
@@ -443,7 +447,7 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     }
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
-    T* a = tid == 0 ? acc : partial.data() + (tid - 1) * per;
+    T* a = tid == 0 ? acc : partial + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
       kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, a);
   });
@@ -464,7 +468,8 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
                   const int32_t* idx, int64_t nb, int kb, int ow, const T* bias, T* out) {
   constexpr int64_t kRowsPerTask = 48;  // the strip stays in L2 across the block rows
   const int64_t tiles = (N + kRowsPerTask - 1) / kRowsPerTask, threads = at::get_num_threads();
-  const int64_t chunks = tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
+  const int64_t chunks =
+      tiles > 0 && tiles < 2 * threads ? std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, nb) : 1;
   const int64_t ldo = nb * ow;
   run_tasks(tiles * chunks, [&](int64_t task, int64_t) {
     const int64_t n0 = (task / chunks) * kRowsPerTask, rows = std::min(N - n0, kRowsPerTask);
@@ -481,39 +486,43 @@ void rowwise_spmm(const Kernels<T>& kern, const T* a, int64_t N, int64_t lda, co
 template <typename T>
 void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, int64_t R, int64_t C,
                    const int32_t* ptr, const int32_t* idx, int64_t rb, int br, int bc, T* acc) {
-  // Per block row, passes over 128 batch rows, the pass's strip of dy copied contiguous first. x is
-  // regrouped by block column once (xb[q][n][c] = x[n, q * bc + c], only the block columns some
-  // kept block reads), so every kept block reads its strip contiguous: read in place, rows a
-  // power-of-two apart fall into one L1 set and every row tile of a block re-reads them from L2;
-  // copied per kept block, x would be copied once per block row reading it. Chunks of batch rows
-  // bound the regrouped copy (thread scratch, kept between calls) to 4 MB. (bench/NOTES.md: passes
-  // outermost, all block rows inside, measured slower.)
-  constexpr int64_t kRowsPerPass = 128;
-  const int64_t per = int64_t(br) * bc, cb = C / bc;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / (C * kRowsPerPass)) * kRowsPerPass;
-  std::vector<uint8_t> used(cb, 0);
-  for (int64_t j = 0; j < ptr[rb]; ++j) used[idx[j]] = 1;
-  T* xb = scratch<T>(kStrips, std::min(N, chunk) * C);  // the calling thread's; the workers only read it
-  for (int64_t m0 = 0; m0 < N; m0 += chunk) {
-    const int64_t m = std::min(N - m0, chunk);
-    at::parallel_for(0, m, 64, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t q = 0; q < cb; ++q)
-          if (used[q]) std::memcpy(xb + (q * m + n) * bc, x + (m0 + n) * C + q * bc, sizeof(T) * bc);
-    });
-    run_tasks(rb, [&](int64_t b, int64_t) {
-      if (ptr[b + 1] == ptr[b]) return;
-      if (m0 == 0) std::fill(acc + ptr[b] * per, acc + ptr[b + 1] * per, T(0));
-      T* dstrip = scratch<T>(kTile, kRowsPerPass * br);
-      for (int64_t n0 = 0; n0 < m; n0 += kRowsPerPass) {
-        const int64_t rows = std::min(m - n0, kRowsPerPass);
-        const T* d = dy + (m0 + n0) * R + b * br;
-        for (int64_t n = 0; n < rows; ++n) std::memcpy(dstrip + n * br, d + n * R, sizeof(T) * br);
-        for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-          kern.rsddmm(dstrip, br, br, xb + (int64_t(idx[j]) * m + n0) * bc, bc, rows, bc, acc + j * per);
-      }
-    });
-  }
+  // Tasks are passes over kRowsPerPass batch rows, every kept block inside: the pass's rows of x are
+  // copied whole (one memcpy a row) into thread scratch with rows padded by one cache line, and stay
+  // in L2 while every block reads them. Read in place, rows a power of two apart share one L1 set and
+  // every row tile of a block re-reads them from L2 (measured ~10% slower at 75-90%). The copies this
+  // replaces (x regrouped by block column, dy strips per block row: 128-byte memcpys) took as long as
+  // the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each thread sums into its own copy of
+  // the blocks' gradients, added up at the end.
+  constexpr int64_t kRowsPerPass = 128, kPad = 64 / sizeof(T);
+  const int64_t per = int64_t(br) * bc, total = ptr[rb] * per;
+  // dy's rows are broadcast (one cache line per batch row and row tile), x's read as vectors by every
+  // row tile: x is always copied, dy only when a block row holds several kept blocks to re-read it
+  // (same-process A/B, 32x32: in place 13% faster at 95%, copied 5% faster at 75%).
+  const bool copy_dy = ptr[rb] > 3 * rb;
+  const int64_t ldx = C + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
+  const int64_t threads = passes > 1 ? at::get_num_threads() : 1;  // run_tasks' thread ids
+  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * total);
+  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * total, T(0));
+  std::fill(acc, acc + total, T(0));
+  run_tasks(passes, [&](int64_t pass, int64_t tid) {
+    const int64_t n0 = pass * kRowsPerPass, rows = std::min(N - n0, kRowsPerPass);
+    T* xp = scratch<T>(kPanel, kRowsPerPass * ldx);
+    for (int64_t n = 0; n < rows; ++n) std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
+    const T* dsrc = dy + n0 * R;
+    int64_t ldd = R;
+    if (copy_dy) {
+      T* dp = scratch<T>(kTile, kRowsPerPass * (R + kPad));
+      ldd = R + kPad;
+      for (int64_t n = 0; n < rows; ++n) std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
+      dsrc = dp;
+    }
+    T* a = tid == 0 ? acc : partial + (tid - 1) * total;
+    for (int64_t b = 0; b < rb; ++b)
+      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+        kern.rsddmm(dsrc + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
+  });
+  for (int64_t t = 1; t < threads; ++t)
+    for (int64_t e = 0; e < total; ++e) acc[e] += partial[(t - 1) * total + e];
 }
 
 // ---- weights packed per call -----------------------------------------------------------------------
@@ -592,19 +601,22 @@ at::Tensor pack_transposed(const at::Tensor& w, const int32_t* cptr, const int32
   return vals;
 }
 
-// dW (dense-shaped, zero off the pattern) from the per-block sums.
+// dW (dense-shaped, zero off the pattern) from the per-block sums, each row zeroed and filled while
+// it is in cache (at::zeros first would write the whole dW to memory twice).
 template <typename T>
-at::Tensor unpack_grad(const at::Tensor& acc, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
+at::Tensor unpack_grad(const T* a, at::IntArrayRef shape, const int32_t* ptr, const int32_t* idx,
                        int64_t rb, int64_t br, int64_t bck, const at::TensorOptions& opt) {
-  at::Tensor dw = at::zeros(shape, opt);
+  at::Tensor dw = at::empty(shape, opt);
   const int64_t kdim = dw.numel() / shape[0];
-  const T* a = acc.const_data_ptr<T>();
   T* d = dw.mutable_data_ptr<T>();
   at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-        for (int64_t r = 0; r < br; ++r)
-          std::memcpy(d + (b * br + r) * kdim + idx[j] * bck, a + (j * br + r) * bck, sizeof(T) * bck);
+      for (int64_t r = 0; r < br; ++r) {
+        T* row = d + (b * br + r) * kdim;
+        std::fill(row, row + kdim, T(0));
+        for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
+          std::memcpy(row + idx[j] * bck, a + (j * br + r) * bck, sizeof(T) * bck);
+      }
   });
   return dw;
 }
@@ -645,7 +657,7 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
   }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  const at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                     bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
@@ -681,7 +693,7 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
   Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
              fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
   g.derive();
-  at::Tensor src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
+  const at::Tensor src = padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
   at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
                     out.mutable_data_ptr<T>());
@@ -692,16 +704,15 @@ template <typename T>
 at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
                              const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
   const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
-  at::Tensor acc = at::empty({ptr[rb] * bo * bck}, x.options());
+  T* acc = scratch<T>(kSums, ptr[rb] * bo * bck);
   const Kernels<T> kern = pick_kernels<T>();
   if (g.linear && kern.rowwise(bi)) {
     rowwise_sddmm<T>(kern, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), g.N, g.R, g.C, ptr, idx, rb, int(bo),
-                     int(bi), acc.mutable_data_ptr<T>());
+                     int(bi), acc);
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
-  at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
-  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
-                        acc.mutable_data_ptr<T>());
+  const at::Tensor src = g.linear ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
 }
 
