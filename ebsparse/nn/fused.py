@@ -10,7 +10,9 @@ one after the other, so each layer's rows keep their own density.
 Fusion needs layers of one kind: SparseConv2d modules with one pattern (and block), one backend
 setting, one geometry, biases on all or none, one dtype and device, and the same
 ``dense_weight_grad`` (RigL sets it on every layer at once). Anything else, and
-torch.compile (where the stacked index would have to be traced), runs the layers one by one.
+torch.compile (where the stacked index would have to be traced), runs the layers one by one. Where
+the stacked call resolves to the dense backend, 1x1 layers run as one batched product of their
+stacked masked weights (`ebsparse.backends.pointwise`), other kernels layer by layer.
 """
 
 from __future__ import annotations
