@@ -10,7 +10,9 @@ one after the other, so each layer's rows keep their own density.
 Fusion needs layers of one kind: SparseConv2d modules with one pattern (and block), one backend
 setting, one geometry, biases on all or none, one dtype and device, and the same
 ``dense_weight_grad`` (RigL sets it on every layer at once). Anything else, and
-torch.compile (where the stacked index would have to be traced), runs the layers one by one.
+torch.compile (where the stacked index would have to be traced), runs the layers one by one. Where
+the stacked call resolves to the dense backend, 1x1 layers run as one batched product of their
+stacked masked weights (`ebsparse.backends.pointwise`), other kernels layer by layer.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from collections.abc import Sequence
 import torch
 
 from ebsparse.backends import dispatch
+from ebsparse.backends.pointwise import is_pointwise, pointwise_conv2d
 from ebsparse.nn.conv import SparseConv2d
 from ebsparse.nn.mask_state import current_index, mask_state
+from ebsparse.nn.pattern import masked_weight
 from ebsparse.ops.amp import autocast_args
 from ebsparse.ops.block_conv import run_block_conv2d
 from ebsparse.ops.block_linear import BlockConv2dInputs
@@ -93,8 +97,16 @@ class StackedConv2d:
             backend = self._resolved[key] = dispatch.resolve(first.backend, cls(input, weight, bias, mask, pattern,
                                                                                 *checked))
         if backend.name == "dense" and not dense_weight_grad:
-            # The dense kernels gain nothing from one stacked call, and its weight concatenation, output
-            # split and their backwards cost time: each layer runs its own (plain dense) path.
+            if is_pointwise(input, weight, first.stride, first.padding):
+                # 1x1 layers as the batched products of their stacked masked weights: one product per
+                # image and phase instead of one per layer, and the layers' input gradients come out
+                # summed (at the digits U-Net's attention, 64 channels, 8x8, batch 32: 1.77 ms forward
+                # + backward against 2.15 ms for three layers, 1 thread).
+                weights = torch.cat([masked_weight(c.weight, c.mask, index) for c, index in zip(convs, indices)])
+                out = SparseConv2d._trace_plain_dense(op, pointwise_conv2d(input, weights.to(weight.dtype), bias))
+                return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
+            # A stacked oneDNN convolution was slower than three (and its weight concatenation and
+            # output split add copies both ways): each layer runs its own plain dense path.
             return [conv(input) for conv in convs]
         run = run_block_conv2d if first.pattern == "block" else run_conv2d
         out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)

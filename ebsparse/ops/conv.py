@@ -32,7 +32,7 @@ class _EagerSparseConv2d(torch.autograd.Function):
         return calls.forward(backend, inputs)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
+    @amp.cuda_custom_bwd
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_conv2d", grad_output, input, weight)

@@ -230,3 +230,20 @@ def test_copies_and_pickles_share_the_registered_backends():
         assert list(clone._resolved.values()) == list(layer._resolved.values())
         with runs_on("dense", "linear"):
             torch.testing.assert_close(clone(x), layer(x))
+
+
+def test_masked_weight_gradient_masked_first_order_and_differentiable_twice():
+    """`masked_weight` (the plain dense path's weight): an ordinary backward masks the gradient
+    directly (no graph behind it), and under create_graph its backward is differentiable again."""
+    from ebsparse.nn.pattern import masked_weight
+
+    g = torch.Generator().manual_seed(3)
+    m = SparseConv2d(3, 5, 3, density=0.5, backend="dense").double()
+    w = torch.randn(m.weight.shape, dtype=torch.float64, generator=g, requires_grad=True)
+    upstream = torch.randn(m.weight.shape, dtype=torch.float64, generator=g)
+    upstream[0, 0, 0, 0] = float("nan")  # dropped wherever the mask drops it
+    m.mask[0, 0, 0, 0] = False
+    (grad,) = torch.autograd.grad(masked_weight(w, m.mask, m.pattern_index()), w, upstream)
+    assert grad.grad_fn is None
+    assert torch.equal(grad, torch.where(m.mask, upstream, 0.0))
+    torch.autograd.gradgradcheck(lambda t: masked_weight(t, m.mask, m.pattern_index()).square(), (w,))

@@ -92,3 +92,57 @@ def test_autocast_conv_on_named_dense_backend():
         y = sparse_conv2d(x, w, None, mask, 1, 1, backend="dense")
     assert y.dtype == torch.bfloat16
 
+
+
+def _state_probe(decorator):
+    """A Function whose backward records the CUDA autocast state it runs under."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        @torch.amp.custom_fwd(device_type="cuda")
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        @decorator
+        def backward(ctx, grad):
+            seen.append((torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")))
+            return grad * 2
+
+    return Probe, seen
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
+@pytest.mark.parametrize("forward_autocast,backward_autocast", [(False, False), (True, False), (False, True),
+                                                                (True, True)])
+def test_cuda_custom_bwd_gives_the_backward_the_state_torchs_decorator_gives(forward_autocast, backward_autocast):
+    """ops.amp.cuda_custom_bwd skips torch.amp.custom_bwd's context where it changes nothing; the
+    state the backward sees is torch's in every case (the CUDA autocast flag is thread-local, so it
+    is set here without a GPU)."""
+    from ebsparse.ops.amp import cuda_custom_bwd
+
+    def run(decorator):
+        probe, seen = _state_probe(decorator)
+        x = torch.ones(3, requires_grad=True)
+        before = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        try:
+            torch.set_autocast_enabled("cuda", forward_autocast)
+            torch.set_autocast_dtype("cuda", torch.bfloat16)
+            y = probe.apply(x)
+            torch.set_autocast_enabled("cuda", backward_autocast)
+            torch.set_autocast_dtype("cuda", torch.float16)
+            y.sum().backward()
+        finally:
+            torch.set_autocast_enabled("cuda", before[0])
+            torch.set_autocast_dtype("cuda", before[1])
+        assert torch.equal(x.grad, torch.full((3,), 2.0))
+        return seen
+
+    ours, torchs = run(cuda_custom_bwd), run(torch.amp.custom_bwd(device_type="cuda"))
+    assert len(ours) == len(torchs) == 1
+    # torch.autocast("cuda") turns itself off where there is no GPU, so here the flag can be True only
+    # with one; the dtype matters only while the flag is on
+    assert ours[0][0] == torchs[0][0] == (forward_autocast and torch.cuda.is_available())
+    if torchs[0][0]:
+        assert ours == torchs == [(True, torch.bfloat16)]
