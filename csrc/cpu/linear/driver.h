@@ -259,6 +259,26 @@ void chunk_backward(const LinearPlan& plan, const T* gi_vals, int64_t M, int64_t
   if (acc) sddmm_rows(plan.fwd, M, K, yt, xt, NB, 0, M, kern, acc);
 }
 
+// chunk_backward for the chunk of rows [n0, n0 + 2 * NB) of an (N, K) input read through xv: its X
+// panels packed where the grad-weight partial sums acc are wanted, its grad-input tile unpacked into
+// dx (N, K) where that is given.
+template <typename T>
+void chunk_gradients(const LinearPlan& plan, const T* gi_vals, int64_t M, int64_t K, const T* yt,
+                     const RowsView<T>& xv, int64_t N, int64_t n0, T* dx, T* acc, bool fused,
+                     const Kernels<T>& kern) {
+  const int NB = kern.nb;
+  T* xt = nullptr;
+  if (acc) {
+    xt = scratch<T>(kPanel2, 2 * K * NB);
+    pack_panel(xv, N, n0, NB, 0, K, xt);
+    pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
+  }
+  T* tile = dx ? scratch<T>(kTile, 2 * K * NB) : nullptr;
+  chunk_backward<T>(plan, gi_vals, M, K, yt, xt, tile, acc, fused, kern);
+  for (int h = 0; dx && h < 2 && n0 + h * NB < N; ++h)
+    unpack_tile(tile + h * K * NB, N, K, n0 + h * NB, NB, 0, K, dx);
+}
+
 // The values of (W o mask)^T in the transposed plan's order, for the grad-input kernels: from the
 // values this step's forward gathered where W is still that tensor, else through the compact CSR
 // values (W read row-wise once). In the calling thread's scratch `slot`.

@@ -189,16 +189,7 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
       } else if (dbias) {
         add_panel_sums(yt, M, NB, bias_part.data() + tid * M);
       }
-      T* xt = nullptr;
-      if (dw) {
-        xt = scratch<T>(kPanel2, 2 * K * NB);
-        pack_panel(xv, N, n0, NB, 0, K, xt);
-        pack_panel(xv, N, n0 + NB, NB, 0, K, xt + K * NB);
-      }
-      T* tile = dx ? scratch<T>(kTile, 2 * K * NB) : nullptr;
-      chunk_backward<T>(*plan, gi_vals, M, K, yt, xt, tile, acc, fused, kern);
-      for (int h = 0; dx && h < 2 && n0 + h * NB < N; ++h)
-        unpack_tile(tile + h * K * NB, N, K, n0 + h * NB, NB, 0, K, dxp);
+      chunk_gradients<T>(*plan, gi_vals, M, K, yt, xv, N, n0, dxp, acc, fused, kern);
     });
     if (dw)
       for (int64_t u = 0; u < nt; ++u)

@@ -153,17 +153,8 @@ void mlp_backward(const at::Tensor& dy_in, const T* pre, const at::Tensor& x, co
     T* bias1 = db1 ? g1.bias_part.data() + tid * M1 : nullptr;
     gelu_tanh_math::grad_panel(dh, h, M1, NB, bias1);
     gelu_tanh_math::grad_panel(dh + M1 * NB, h + M1 * NB, M1, NB, bias1);
-    if (!dx && !weight_grad) return;
-    T* xt = nullptr;
-    if (weight_grad) {
-      xt = scratch<T>(kPrePanel, 2 * K1 * NB);
-      pack_panel(xv, N, n0, NB, 0, K1, xt);
-      pack_panel(xv, N, n0 + NB, NB, 0, K1, xt + K1 * NB);
-    }
-    T* tile = dx ? scratch<T>(kTile, 2 * K1 * NB) : nullptr;
-    chunk_backward<T>(*plan1, gi1, M1, K1, dh, xt, tile, acc1, g1.fused, kern);
-    for (int hh = 0; dx && hh < 2 && n0 + hh * NB < N; ++hh)
-      unpack_tile(tile + hh * K1 * NB, N, K1, n0 + hh * NB, NB, 0, K1, dxp);
+    // fc1 (its X panels reuse the scratch of the act panels, which fc2 is done with).
+    if (dx || weight_grad) chunk_gradients<T>(*plan1, gi1, M1, K1, dh, xv, N, n0, dxp, acc1, g1.fused, kern);
   });
   write_grads(*plan1, g1, started, nt, dw1, db1);
   write_grads(*plan2, g2, started, nt, dw2, db2);
