@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from bench.cpu_time import rotated_min, with_attribute
+from bench.cpu_time import rotated_min, swapped_step_rows
 
 import ebsparse  # noqa: F401  (loads the extension and its ops)
 
@@ -61,18 +61,8 @@ def step_rows(rounds: int) -> list[str]:
     from bench import test_dit_speed as dit
     from ebsparse.models import dit as dit_model
 
-    fns = {}
-    for model_name in ("dense", "erk-0.9"):
-        step = dit._step(dit._model(model_name)[0])
-        fns[f"{model_name} aten"] = with_attribute(step, dit_model, "fused_adaln", lambda *args: False)
-        fns[f"{model_name} ebsparse"] = step
-    best = rotated_min(fns, rounds, repeats=1)
-    rows = ["| model | step ms, ATen adaLN | step ms, ebsparse adaLN | saved ms | speed-up |",
-            "| --- | --- | --- | --- | --- |"]
-    for model_name in ("dense", "erk-0.9"):
-        before, after = best[f"{model_name} aten"], best[f"{model_name} ebsparse"]
-        rows.append(f"| {model_name} | {before:.0f} | {after:.0f} | {before - after:.0f} | {before / after:.3f}x |")
-    return rows
+    steps = {name: dit._step(dit._model(name)[0]) for name in ("dense", "erk-0.9")}
+    return swapped_step_rows(steps, dit_model, "fused_adaln", lambda *args: False, "adaLN", rounds)
 
 
 def main() -> None:

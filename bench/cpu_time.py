@@ -49,3 +49,21 @@ def with_attribute(fn: Callable[[], object], owner: Any, name: str, value: Any) 
         finally:
             setattr(owner, name, saved)
     return run
+
+
+def swapped_step_rows(steps: dict[str, Callable[[], object]], owner: Any, name: str, value: Any, what: str,
+                      rounds: int) -> list[str]:
+    """A markdown table of each model's training step (`steps`: model name -> step) with ``owner.name``
+    set to `value` (ATen's `what`) against the step as it is (ebsparse's `what`), interleaved; minimum
+    CPU ms over `rounds`."""
+    fns = {}
+    for model_name, step in steps.items():
+        fns[f"{model_name} aten"] = with_attribute(step, owner, name, value)
+        fns[f"{model_name} ebsparse"] = step
+    best = rotated_min(fns, rounds, repeats=1)
+    rows = [f"| model | step ms, ATen {what} | step ms, ebsparse {what} | saved ms | speed-up |",
+            "| --- | --- | --- | --- | --- |"]
+    for model_name in steps:
+        before, after = best[f"{model_name} aten"], best[f"{model_name} ebsparse"]
+        rows.append(f"| {model_name} | {before:.0f} | {after:.0f} | {before - after:.0f} | {before / after:.3f}x |")
+    return rows

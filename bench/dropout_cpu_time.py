@@ -15,7 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from bench.cpu_time import rotated_min, with_attribute
+from bench.cpu_time import rotated_min, swapped_step_rows
 
 SHAPES = [(8, 128, 32, 32), (8, 256, 16, 16), (8, 256, 8, 8)]
 P = 0.1
@@ -45,18 +45,8 @@ def step_rows(rounds: int) -> list[str]:
     from bench.test_unet_step import build, train_step
     from ebsparse.models import ddpm_unet
 
-    fns = {}
-    for model_name in ("dense", "erk-0.9"):
-        step = train_step(build(model_name)[0])
-        fns[f"{model_name} aten"] = with_attribute(step, ddpm_unet, "dropout_act", lambda drop, x: drop(x))
-        fns[f"{model_name} ebsparse"] = step
-    best = rotated_min(fns, rounds, repeats=1)
-    rows = ["| model | step ms, ATen dropout | step ms, ebsparse dropout | saved ms | speed-up |",
-            "| --- | --- | --- | --- | --- |"]
-    for model_name in ("dense", "erk-0.9"):
-        before, after = best[f"{model_name} aten"], best[f"{model_name} ebsparse"]
-        rows.append(f"| {model_name} | {before:.0f} | {after:.0f} | {before - after:.0f} | {before / after:.3f}x |")
-    return rows
+    steps = {name: train_step(build(name)[0]) for name in ("dense", "erk-0.9")}
+    return swapped_step_rows(steps, ddpm_unet, "dropout_act", lambda drop, x: drop(x), "dropout", rounds)
 
 
 def main() -> None:
