@@ -57,6 +57,20 @@ assert torch.ops.ebsparse.cpu_capability() == sys.argv[3], torch.ops.ebsparse.cp
 """
 
 
+def run_with_capability(path: str, call: str, capability: str = "avx2") -> None:
+    """Load the file `path` as module `m` in a fresh interpreter whose CPU kernels use `capability`
+    (EBSPARSE_CPU_CAPABILITY: the instruction set is chosen once per process) and evaluate `call`
+    there (e.g. ``"m.check_kernels(m.KERNEL_CASES)"``). Raises with its stderr if it fails."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u; s = u.spec_from_file_location('m', %r); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); %s" % (os.path.abspath(path), call))
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY=capability),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def outputs_with_capability(code: str, inputs: dict, tmp_path, capability: str = "avx2") -> dict:
     """Run `code` in a fresh interpreter whose CPU kernels use `capability` (EBSPARSE_CPU_CAPABILITY:
     the instruction set is chosen once per process): it reads the dict `inputs` and fills the dict

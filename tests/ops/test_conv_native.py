@@ -116,16 +116,9 @@ def check_against_reference(cases):
 def run_with_avx2_kernels(cases_name):
     """check_against_reference(<cases_name>) through the AVX2 kernels (8-lane vectors: other group
     sizes, AVX2 gathers), in a fresh process since the instruction set is chosen once per process."""
-    import os
-    import subprocess
-    import sys
+    from tests.ops.helpers import run_with_capability  # (this file also runs standalone: no top-level import)
 
-    code = ("import importlib.util as u; s = u.spec_from_file_location('conv_native', %r); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_against_reference(m.%s)"
-            % (os.path.abspath(__file__), cases_name))
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"),
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_with_capability(__file__, f"m.check_against_reference(m.{cases_name})")
 
 
 def test_images_share_vectors_on_small_maps():

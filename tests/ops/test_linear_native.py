@@ -83,16 +83,9 @@ def test_kernels_match_reference():
 def test_avx2_kernels_match_reference():
     """The same through the AVX2 kernels (8-lane panels, the backward's two kernels run one after
     the other instead of fused), in a fresh process: the instruction set is chosen once per process."""
-    import os
-    import subprocess
-    import sys
+    from tests.ops.helpers import run_with_capability  # (this file also runs standalone: no top-level import)
 
-    code = ("import importlib.util as u; s = u.spec_from_file_location('linear_native', %r); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_kernels_against_reference()"
-            % os.path.abspath(__file__))
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"),
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_with_capability(__file__, "m.check_kernels_against_reference()")
 
 
 def test_fused_backward_non_contiguous_arguments():

@@ -7,8 +7,6 @@ AVX2 kernels; DiT's MLP fusing it only for two native sparse layers."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import weakref
 
 import pytest
@@ -22,7 +20,7 @@ from ebsparse.backends.extension import extension_error
 from ebsparse.formats import build_index
 from ebsparse.nn import SparseLinear
 from ebsparse.ops import sparse_mlp_gelu_tanh
-from tests.ops.helpers import backend_params, runs_on
+from tests.ops.helpers import backend_params, run_with_capability, runs_on
 from tests.ops.mlp_gelu_tanh_cases import KERNEL_CASES, Threads, check_kernels, ops, problem, reference, tol
 
 CPU = torch.device("cpu")
@@ -116,12 +114,8 @@ def test_kernels_match_reference():
 def test_avx2_kernels_match_reference():
     """The same through the AVX2 kernels (32-row panels, no fused layer backward), in a fresh
     process: the instruction set is chosen once per process."""
-    cases = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlp_gelu_tanh_cases.py")
-    code = ("import importlib.util as u; s = u.spec_from_file_location('cases', %r); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.check_kernels(m.KERNEL_CASES)" % cases)
-    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EBSPARSE_CPU_CAPABILITY="avx2"),
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_with_capability(os.path.join(os.path.dirname(__file__), "mlp_gelu_tanh_cases.py"),
+                        "m.check_kernels(m.KERNEL_CASES)")
 
 
 @native_only
