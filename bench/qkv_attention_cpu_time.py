@@ -139,7 +139,7 @@ def against_rows(rev: str, rounds: int, clock, steps: bool) -> list[str]:
     """This build's qkv_attention ops against `rev`'s, interleaved (see the module docstring)."""
     from bench.compare_builds import load_revision
 
-    theirs = load_revision(rev, only=("cpu/attention/qkv_attention.cpp",))
+    theirs = load_revision(rev, only=("cpu/attention/qkv_attention*.cpp", "cpu/capability.cpp"))
     ours = torch.ops.ebsparse
     qkv = torch.randn(32, 64, 3 * HEADS * HEAD_DIM)
     go = torch.randn(32, 64, HEADS * HEAD_DIM)
