@@ -78,6 +78,49 @@ void backward_f32_avx512(const float* g, const float* x, float* dx, int64_t n) {
   }
 }
 
+void value_slope_f32_avx512(const float* x, float* y, float* slope, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.f), c2b = _mm512_set1_ps(float(2 * kBeta)),
+               c3k = _mm512_set1_ps(float(3 * kKappa));
+  auto both = [&](__m512 v, __m512* dv) {
+    __m512 v2;
+    const __m512 s = gate16(v, &v2);
+    const __m512 ss = _mm512_mul_ps(_mm512_mul_ps(v, s), _mm512_sub_ps(one, s));
+    *dv = _mm512_fmadd_ps(_mm512_mul_ps(ss, c2b), _mm512_fmadd_ps(c3k, v2, one), s);
+    return _mm512_mul_ps(v, s);
+  };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 dv;
+    _mm512_storeu_ps(y + i, both(_mm512_loadu_ps(x + i), &dv));
+    _mm512_storeu_ps(slope + i, dv);
+  }
+  if (i < n) {
+    const __mmask16 m = tail_mask(n - i);
+    __m512 dv;
+    _mm512_mask_storeu_ps(y + i, m, both(_mm512_maskz_loadu_ps(m, x + i), &dv));
+    _mm512_mask_storeu_ps(slope + i, m, dv);
+  }
+}
+
+void scale_panel_f32_avx512(float* p, const float* slope, int64_t rows, int64_t width, float* sums) {
+  for (int64_t r = 0; r < rows; ++r, p += width, slope += width) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= width; i += 16) {
+      const __m512 d = _mm512_mul_ps(_mm512_loadu_ps(p + i), _mm512_loadu_ps(slope + i));
+      _mm512_storeu_ps(p + i, d);
+      acc = _mm512_add_ps(acc, d);
+    }
+    if (i < width) {
+      const __mmask16 m = tail_mask(width - i);
+      const __m512 d = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + i), _mm512_maskz_loadu_ps(m, slope + i));
+      _mm512_mask_storeu_ps(p + i, m, d);
+      acc = _mm512_add_ps(acc, d);
+    }
+    if (sums) sums[r] += _mm512_reduce_add_ps(acc);
+  }
+}
+
 void grad_panel_f32_avx512(float* p, const float* h, int64_t rows, int64_t width, float* sums) {
   for (int64_t r = 0; r < rows; ++r, p += width, h += width) {
     __m512 acc = _mm512_setzero_ps();

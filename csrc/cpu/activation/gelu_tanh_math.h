@@ -71,6 +71,8 @@ inline __m256 slope8(__m256 v) {  // s + v s (1 - s) 2 beta (1 + 3 kappa v^2)
 void forward_f32_avx512(const float* x, float* y, int64_t n);
 void backward_f32_avx512(const float* g, const float* x, float* dx, int64_t n);
 void grad_panel_f32_avx512(float* p, const float* h, int64_t rows, int64_t width, float* sums);
+void value_slope_f32_avx512(const float* x, float* y, float* slope, int64_t n);
+void scale_panel_f32_avx512(float* p, const float* slope, int64_t rows, int64_t width, float* sums);
 
 // y[i] = gelu(x[i]) for i < n (y may be x).
 template <class T>
@@ -118,6 +120,48 @@ inline void grad_panel(T* p, const T* h, int64_t rows, int64_t width, T* sums) {
     }
     for (; i < width; ++i) {
       p[i] *= slope(h[i]);
+      sum += p[i];
+    }
+    if (sums) sums[r] += sum;
+  }
+}
+
+// y[i] = gelu(x[i]) and slope[i] = gelu'(x[i]) for i < n: both from one evaluation of the
+// sigmoid, for a backward that needs the activation now and its slope later.
+template <class T>
+inline void value_slope_span(const T* x, T* y, T* slope, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_capability() == CpuCapability::kAvx512) return value_slope_f32_avx512(x, y, slope, n);
+    const __m256 one = _mm256_set1_ps(1.f);
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(x + i);
+      __m256 v2;
+      const __m256 s = gate8(v, &v2);
+      const __m256 ss = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_sub_ps(one, s));
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(v, s));
+      _mm256_storeu_ps(slope + i, _mm256_fmadd_ps(_mm256_mul_ps(ss, _mm256_set1_ps(float(2 * kBeta))),
+                                                  _mm256_fmadd_ps(_mm256_set1_ps(float(3 * kKappa)), v2, one), s));
+    }
+  }
+  for (; i < n; ++i) {
+    y[i] = value(x[i]);
+    slope[i] = gelu_tanh_math::slope(x[i]);
+  }
+}
+
+// p[r * width + i] *= slope[r * width + i] for r < rows, i < width, and sums[r] += the new row r of
+// p where sums is given: grad_panel with the slopes already made (value_slope_span).
+template <class T>
+inline void scale_panel(T* p, const T* slope, int64_t rows, int64_t width, T* sums) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_capability() == CpuCapability::kAvx512) return scale_panel_f32_avx512(p, slope, rows, width, sums);
+  }
+  for (int64_t r = 0; r < rows; ++r, p += width, slope += width) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < width; ++i) {
+      p[i] *= slope[i];
       sum += p[i];
     }
     if (sums) sums[r] += sum;

@@ -87,7 +87,7 @@ inline Kernels<double> pick_kernels<double>() {
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
 // (The fused MLP's second layer holds its own values, partial sums and tile beside the first's.)
-enum Slot { kPanel, kTile, kPanel2, kValues, kValues2, kPartial, kPrePanel, kValuesB, kPartialB, kTileB, kSlots };
+enum Slot { kPanel, kTile, kPanel2, kValues, kValues2, kPartial, kPrePanel, kValuesB, kPartialB, kTileB, kSlope, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {

@@ -142,17 +142,27 @@ void mlp_backward(const at::Tensor& dy_in, const T* pre, const at::Tensor& x, co
     if (db2) add_panel_sums(yt, M2, NB, g2.bias_part.data() + tid * M2);
     // fc2: its input panels are gelu(H^T) of this chunk, its grad-input tile dA^T.
     const T* h = pre + c * 2 * M1 * NB;
+    // gelu(H^T) for fc2's weight gradient and gelu'(H^T) for the step after it, from one evaluation
+    // of the sigmoid per value (each costs an exp and a reciprocal; the slope is kept in L2 until
+    // fc2's gradients are done). Without weight gradients only the slope is wanted.
     T* a = nullptr;
+    T* slope = nullptr;
     if (weight_grad) {
       a = scratch<T>(kPanel2, 2 * M1 * NB);
-      gelu_tanh_math::forward_span(h, a, 2 * M1 * NB);
+      slope = scratch<T>(kSlope, 2 * M1 * NB);
+      gelu_tanh_math::value_slope_span(h, a, slope, 2 * M1 * NB);
     }
     T* dh = scratch<T>(kTileB, 2 * M1 * NB);
     chunk_backward<T>(*plan2, gi2, M2, M1, yt, a, dh, acc2, g2.fused, kern);
     // dH^T = dA^T * gelu'(H^T), in place: fc1's dY panels.
     T* bias1 = db1 ? g1.bias_part.data() + tid * M1 : nullptr;
-    gelu_tanh_math::grad_panel(dh, h, M1, NB, bias1);
-    gelu_tanh_math::grad_panel(dh + M1 * NB, h + M1 * NB, M1, NB, bias1);
+    for (int half = 0; half < 2; ++half) {
+      T* d = dh + half * M1 * NB;
+      if (slope)
+        gelu_tanh_math::scale_panel(d, slope + half * M1 * NB, M1, NB, bias1);
+      else
+        gelu_tanh_math::grad_panel(d, h + half * M1 * NB, M1, NB, bias1);
+    }
     // fc1 (its X panels reuse the scratch of the act panels, which fc2 is done with).
     if (dx || weight_grad) chunk_gradients<T>(*plan1, gi1, M1, K1, dh, xv, N, n0, dxp, acc1, g1.fused, kern);
   });
