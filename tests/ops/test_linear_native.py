@@ -64,10 +64,12 @@ def test_fused_backward_matches_reference(n, k, m, density, dtype, threads, seed
     check_case(n, k, m, density, dtype, threads, seed)
 
 
-# (batch, in, out, density, threads): per-thread chunks (one and two threads, a ragged last chunk)
-# and the small-batch path, with empty, sparse, half and full patterns.
+# (batch, in, out, density, threads): per-thread chunks (one and two threads, a ragged last chunk),
+# the small-batch path, and batches of at most 32 rows (the 32-row panels of the AVX2 set on any
+# machine), with empty, sparse, half and full patterns.
 KERNEL_CASES = [(1024, 96, 80, 0.1, 2), (777, 53, 131, 0.5, 1), (900, 130, 67, 0.05, 2),
-                (640, 40, 48, 1.0, 2), (520, 33, 17, 0.0, 1), (70, 64, 64, 0.3, 2)]
+                (640, 40, 48, 1.0, 2), (520, 33, 17, 0.0, 1), (70, 64, 64, 0.3, 2),
+                (32, 384, 230, 0.09, 2), (17, 53, 131, 0.5, 1), (1, 40, 48, 1.0, 2), (33, 64, 64, 0.3, 2)]
 
 
 def check_kernels_against_reference(cases=KERNEL_CASES):

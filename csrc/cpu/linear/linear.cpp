@@ -111,7 +111,7 @@ void linear_forward(const at::Tensor& x, const at::Tensor& w, const T* bias, con
   at::Tensor values = at::empty({plan->nnz}, w.options());
   T* vals = values.data_ptr<T>();
   gather(plan->fwd.src.data(), plan->nnz, w.const_data_ptr<T>(), vals);
-  spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels<T>(),
+  spmm_transposed<T>(rows_view<T>(x), N, K, M, plan->fwd, vals, bias, pick_kernels_for_rows<T>(N),
                      y.data_ptr<T>(), act ? act->data_ptr<T>() : nullptr);
   plan->last_forward.put(w, std::move(values));
 }
@@ -133,7 +133,7 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
                      const at::Tensor* pre_act = nullptr, at::Tensor* dbias = nullptr) {
   const int64_t N = dy_in.size(0), M = dy_in.size(1);
   const auto plan = linear_detail::linear_plan(rp_t, ci_t, M, K);
-  const Kernels<T> kern = pick_kernels<T>();
+  const Kernels<T> kern = pick_kernels_for_rows<T>(N);
   const int NB = kern.nb;
   const int64_t nnz = plan->nnz;
   const int64_t nch = (N + 2 * NB - 1) / (2 * NB);
@@ -253,7 +253,7 @@ void grad_input_from_csc(const at::Tensor& dy, const at::Tensor& w, const at::Te
       for (int64_t k = k0; k < k1; ++k)
         for (int32_t e = bp[blk * K + k]; e < bp[blk * K + k + 1]; ++e) vals[e] = wp[int64_t(col[e]) * K + k];
   });
-  spmm_transposed<T>(rows_view<T>(dy), N, M, K, plan->fwd, vals, nullptr, pick_kernels<T>(),
+  spmm_transposed<T>(rows_view<T>(dy), N, M, K, plan->fwd, vals, nullptr, pick_kernels_for_rows<T>(N),
                      dx.data_ptr<T>());
 }
 
