@@ -45,13 +45,26 @@ inline __m512 value16(__m512 v) {
   return _mm512_mul_ps(v, gate16(v, &v2));
 }
 
-inline __m512 slope16(__m512 v) {  // s + v s (1 - s) 2 beta (1 + 3 kappa v^2)
+// gelu'(v) = s + v s (1 - s) 2 beta (1 + 3 kappa v^2), from v, v^2 and s = gate16(v).
+inline __m512 slope16_of_gate(__m512 v, __m512 v2, __m512 s) {
   const __m512 one = _mm512_set1_ps(1.f);
-  __m512 v2;
-  const __m512 s = gate16(v, &v2);
   const __m512 ss = _mm512_mul_ps(_mm512_mul_ps(v, s), _mm512_sub_ps(one, s));
   return _mm512_fmadd_ps(_mm512_mul_ps(ss, _mm512_set1_ps(float(2 * kBeta))),
                          _mm512_fmadd_ps(_mm512_set1_ps(float(3 * kKappa)), v2, one), s);
+}
+
+inline __m512 slope16(__m512 v) {
+  __m512 v2;
+  const __m512 s = gate16(v, &v2);
+  return slope16_of_gate(v, v2, s);
+}
+
+// gelu(v), and gelu'(v) in *slope, from one gate.
+inline __m512 value_slope16(__m512 v, __m512* slope) {
+  __m512 v2;
+  const __m512 s = gate16(v, &v2);
+  *slope = slope16_of_gate(v, v2, s);
+  return _mm512_mul_ps(v, s);
 }
 
 inline __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1); }
@@ -79,25 +92,15 @@ void backward_f32_avx512(const float* g, const float* x, float* dx, int64_t n) {
 }
 
 void value_slope_f32_avx512(const float* x, float* y, float* slope, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.f), c2b = _mm512_set1_ps(float(2 * kBeta)),
-               c3k = _mm512_set1_ps(float(3 * kKappa));
-  auto both = [&](__m512 v, __m512* dv) {
-    __m512 v2;
-    const __m512 s = gate16(v, &v2);
-    const __m512 ss = _mm512_mul_ps(_mm512_mul_ps(v, s), _mm512_sub_ps(one, s));
-    *dv = _mm512_fmadd_ps(_mm512_mul_ps(ss, c2b), _mm512_fmadd_ps(c3k, v2, one), s);
-    return _mm512_mul_ps(v, s);
-  };
   int64_t i = 0;
+  __m512 dv;
   for (; i + 16 <= n; i += 16) {
-    __m512 dv;
-    _mm512_storeu_ps(y + i, both(_mm512_loadu_ps(x + i), &dv));
+    _mm512_storeu_ps(y + i, value_slope16(_mm512_loadu_ps(x + i), &dv));
     _mm512_storeu_ps(slope + i, dv);
   }
   if (i < n) {
     const __mmask16 m = tail_mask(n - i);
-    __m512 dv;
-    _mm512_mask_storeu_ps(y + i, m, both(_mm512_maskz_loadu_ps(m, x + i), &dv));
+    _mm512_mask_storeu_ps(y + i, m, value_slope16(_mm512_maskz_loadu_ps(m, x + i), &dv));
     _mm512_mask_storeu_ps(slope + i, m, dv);
   }
 }

@@ -58,13 +58,17 @@ inline __m256 value8(__m256 v) {
   __m256 v2;
   return _mm256_mul_ps(v, gate8(v, &v2));
 }
-inline __m256 slope8(__m256 v) {  // s + v s (1 - s) 2 beta (1 + 3 kappa v^2)
+// gelu'(v) = s + v s (1 - s) 2 beta (1 + 3 kappa v^2), from v, v^2 and s = gate8(v).
+inline __m256 slope8_of_gate(__m256 v, __m256 v2, __m256 s) {
   const __m256 one = _mm256_set1_ps(1.f);
-  __m256 v2;
-  const __m256 s = gate8(v, &v2);
   const __m256 ss = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_sub_ps(one, s));
   return _mm256_fmadd_ps(_mm256_mul_ps(ss, _mm256_set1_ps(float(2 * kBeta))),
                          _mm256_fmadd_ps(_mm256_set1_ps(float(3 * kKappa)), v2, one), s);
+}
+inline __m256 slope8(__m256 v) {
+  __m256 v2;
+  const __m256 s = gate8(v, &v2);
+  return slope8_of_gate(v, v2, s);
 }
 
 // The AVX-512 float32 spans (gelu_tanh_avx512.cpp): forward_span, backward_span and grad_panel below.
@@ -133,15 +137,12 @@ inline void value_slope_span(const T* x, T* y, T* slope, int64_t n) {
   int64_t i = 0;
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_capability() == CpuCapability::kAvx512) return value_slope_f32_avx512(x, y, slope, n);
-    const __m256 one = _mm256_set1_ps(1.f);
     for (; i + 8 <= n; i += 8) {
       const __m256 v = _mm256_loadu_ps(x + i);
       __m256 v2;
       const __m256 s = gate8(v, &v2);
-      const __m256 ss = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_sub_ps(one, s));
       _mm256_storeu_ps(y + i, _mm256_mul_ps(v, s));
-      _mm256_storeu_ps(slope + i, _mm256_fmadd_ps(_mm256_mul_ps(ss, _mm256_set1_ps(float(2 * kBeta))),
-                                                  _mm256_fmadd_ps(_mm256_set1_ps(float(3 * kKappa)), v2, one), s));
+      _mm256_storeu_ps(slope + i, slope8_of_gate(v, v2, s));
     }
   }
   for (; i < n; ++i) {
