@@ -40,7 +40,8 @@
 // passes reach them (measured: fusing saves ~5 ms per block and step on one core, more than the
 // same ops save when timed alone, where the GELU's arithmetic dominates).
 //
-// fp32 runs the kernels of kernels_avx512.cpp or kernels_avx2.cpp, as cpu_capability() chooses;
+// fp32 runs the kernels of kernels_avx512.cpp or kernels_avx2.cpp, as cpu_capability() chooses
+// (a batch of at most 32 rows: the AVX2 set anywhere, pick_kernels_for_rows in driver.h);
 // fp64 uses the portable loops below.
 #include <ATen/Parallel.h>
 
