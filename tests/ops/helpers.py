@@ -49,6 +49,14 @@ def tolerance(dtype: torch.dtype, scale: float) -> dict:
     return dict(atol=eps * max(1.0, scale), rtol=eps * 10)
 
 
+def assert_named_close(names, got, expected, dtype: torch.dtype, tol: dict) -> None:
+    """Each output in `got` has `dtype`, the shape of its fp64 reference in `expected` and its values
+    within `tol`; a failure names the output."""
+    for name, out, ref in zip(names, got, expected, strict=True):
+        assert out.dtype == dtype and out.shape == ref.shape, name
+        torch.testing.assert_close(out.double(), ref, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
 _IN_PROCESS = """
 import sys, torch, ebsparse
 from safetensors.torch import load_file, save_file

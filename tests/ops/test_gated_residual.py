@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ebsparse.backends.extension import extension_error
 from ebsparse.ops import gated_residual, gated_residual_reference
-from tests.ops.helpers import backend_params, outputs_with_capability, runs_on
+from tests.ops.helpers import assert_named_close, backend_params, outputs_with_capability, runs_on
 
 CPU = torch.device("cpu")
 OP = "gated_residual"
@@ -45,9 +45,7 @@ def check_against_reference(backend, b, n, c, dtype, seed):
         got = _grads(lambda *a: gated_residual(*a, backend=backend), x, gate, branch, dy)
     args64 = [t.detach().double().requires_grad_() for t in (x, gate, branch)]
     expected = _grads(gated_residual_reference, *args64, dy.double())
-    for name, out, ref in zip(NAMES, got, expected):
-        assert out.dtype == dtype and out.shape == ref.shape, name
-        torch.testing.assert_close(out.double(), ref, **_tol(dtype, n), msg=lambda m, name=name: f"{name}: {m}")
+    assert_named_close(NAMES, got, expected, dtype, _tol(dtype, n))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -18,7 +18,7 @@ from ebsparse.backends import trace
 from ebsparse.backends.extension import extension_error
 from ebsparse.nn import adaln
 from ebsparse.ops.residual_norm_modulate import residual_norm_modulate, residual_norm_modulate_reference
-from tests.ops.helpers import backend_params, outputs_with_capability, runs_on
+from tests.ops.helpers import assert_named_close, backend_params, outputs_with_capability, runs_on
 
 CPU = torch.device("cpu")
 OP = "residual_norm_modulate"
@@ -53,9 +53,7 @@ def check_against_reference(backend, b, n, c, dtype, seed, with_grad_out=True):
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     expected = _grads(residual_norm_modulate_reference, leaves64, grad_out.double() if with_grad_out else None,
                       grad_y.double())
-    for name, out, ref in zip(NAMES, got, expected):
-        assert out.dtype == dtype and out.shape == ref.shape, name
-        torch.testing.assert_close(out.double(), ref, **_tol(dtype, n), msg=lambda m, name=name: f"{name}: {m}")
+    assert_named_close(NAMES, got, expected, dtype, _tol(dtype, n))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
