@@ -58,6 +58,12 @@ void check_like_tokens(const at::Tensor& t, const at::Tensor& like, const char* 
               t.sizes());
 }
 
+// A (B, C) per-sample tensor read in place where its values are contiguous within each sample:
+// DiT's shift, scale and gate are column slices of the (B, 6C) modulation (`chunk` views with a
+// row stride of 6C), and copying each one cost more time per step than the kernels spend reading
+// them. Rows may be any stride apart (0: one row broadcast to every sample).
+at::Tensor per_sample_rows(const at::Tensor& t) { return t.stride(1) == 1 ? t : t.contiguous(); }
+
 // Runs fn(b, first row, rows, task) over every (sample, row block) task.
 template <class F>
 void for_row_blocks(const Shape& s, F&& fn) {
@@ -90,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_modulate_cpu(const at:
   check_per_sample(shift, input, s, "shift", "input");
   check_per_sample(scale, input, s, "scale", "input");
   TORCH_CHECK(eps > 0, "eps: expected a positive number, got ", eps);
-  const at::Tensor x = input.contiguous(), sh = shift.contiguous(), sc = scale.contiguous();
+  const at::Tensor x = input.contiguous(), sh = per_sample_rows(shift), sc = per_sample_rows(scale);
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor mean = at::empty({s.B, s.N}, x.options()), rstd = at::empty({s.B, s.N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_modulate", [&] {
@@ -100,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_modulate_cpu(const at:
     scalar_t *yp = y.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(), *rp = rstd.data_ptr<scalar_t>();
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t) {
       const int64_t row = b * s.N + r0;
-      k.norm_modulate_forward(xp + row * s.C, shp + b * s.C, scp + b * s.C, yp + row * s.C, mp + row, rp + row, rows,
+      k.norm_modulate_forward(xp + row * s.C, shp + b * sh.stride(0), scp + b * sc.stride(0), yp + row * s.C, mp + row, rp + row, rows,
                               s.C, eps);
     });
   });
@@ -119,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_modulate_backward_cpu(
     check_same(input, *t, "input", name);
     TORCH_CHECK(t->numel() == s.B * s.N, name, ": expected (", s.B, ", ", s.N, ") values, got ", t->sizes());
   }
-  const at::Tensor x = input.contiguous(), g = grad_output.contiguous(), sc = scale.contiguous();
+  const at::Tensor x = input.contiguous(), g = grad_output.contiguous(), sc = per_sample_rows(scale);
   const at::Tensor m = mean.contiguous(), r = rstd.contiguous();
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor parts = at::zeros({2, s.B * s.blocks, s.C}, x.options());
@@ -133,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_modulate_backward_cpu(
              *dscale = dshift + s.B * s.blocks * s.C;
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t task) {
       const int64_t row = b * s.N + r0;
-      k.norm_modulate_backward(gp + row * s.C, xp + row * s.C, mp + row, rp + row, scp + b * s.C, dxp + row * s.C,
+      k.norm_modulate_backward(gp + row * s.C, xp + row * s.C, mp + row, rp + row, scp + b * sc.stride(0), dxp + row * s.C,
                                dshift + task * s.C, dscale + task * s.C, rows, s.C);
     });
     dshift_out = reduce_blocks(dshift, s, x.options());
@@ -146,7 +152,7 @@ at::Tensor gated_residual_cpu(const at::Tensor& input, const at::Tensor& gate, c
   const Shape s = check_tokens(input, "input");
   check_per_sample(gate, input, s, "gate", "input");
   check_like_tokens(branch, input, "branch", "input");
-  const at::Tensor x = input.contiguous(), gt = gate.contiguous(), br = branch.contiguous();
+  const at::Tensor x = input.contiguous(), gt = per_sample_rows(gate), br = branch.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_residual", [&] {
     const auto& k = row_kernels<scalar_t>();
@@ -155,7 +161,7 @@ at::Tensor gated_residual_cpu(const at::Tensor& input, const at::Tensor& gate, c
     scalar_t* op = out.data_ptr<scalar_t>();
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t) {
       const int64_t off = (b * s.N + r0) * s.C;
-      k.gated_forward(xp + off, gp + b * s.C, bp + off, op + off, rows, s.C);
+      k.gated_forward(xp + off, gp + b * gt.stride(0), bp + off, op + off, rows, s.C);
     });
   });
   return out;
@@ -167,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cpu(const at::Tensor&
   const Shape s = check_tokens(branch, "branch");
   check_like_tokens(grad_output, branch, "grad_output", "branch");
   check_per_sample(gate, branch, s, "gate", "branch");
-  const at::Tensor g = grad_output.contiguous(), gt = gate.contiguous(), br = branch.contiguous();
+  const at::Tensor g = grad_output.contiguous(), gt = per_sample_rows(gate), br = branch.contiguous();
   at::Tensor dbranch = at::empty_like(br, at::MemoryFormat::Contiguous);
   at::Tensor parts = at::zeros({s.B * s.blocks, s.C}, br.options());
   at::Tensor dgate;
@@ -178,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cpu(const at::Tensor&
     scalar_t *dbp = dbranch.data_ptr<scalar_t>(), *pp = parts.data_ptr<scalar_t>();
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t task) {
       const int64_t off = (b * s.N + r0) * s.C;
-      k.gated_backward(gp + off, bp + off, gtp + b * s.C, dbp + off, pp + task * s.C, rows, s.C);
+      k.gated_backward(gp + off, bp + off, gtp + b * gt.stride(0), dbp + off, pp + task * s.C, rows, s.C);
     });
     dgate = reduce_blocks(pp, s, br.options());
   });
@@ -200,8 +206,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_norm_modulat
   check_per_sample(shift, input, s, "shift", "input");
   check_per_sample(scale, input, s, "scale", "input");
   TORCH_CHECK(eps > 0, "eps: expected a positive number, got ", eps);
-  const at::Tensor x = input.contiguous(), gt = gate.contiguous(), br = branch.contiguous();
-  const at::Tensor sh = shift.contiguous(), sc = scale.contiguous();
+  const at::Tensor x = input.contiguous(), gt = per_sample_rows(gate), br = branch.contiguous();
+  const at::Tensor sh = per_sample_rows(shift), sc = per_sample_rows(scale);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor mean = at::empty({s.B, s.N}, x.options()), rstd = at::empty({s.B, s.N}, x.options());
@@ -214,8 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_norm_modulat
              *rp = rstd.data_ptr<scalar_t>();
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t) {
       const int64_t row = b * s.N + r0, off = row * s.C;
-      k.gated_forward(xp + off, gp + b * s.C, bp + off, op + off, rows, s.C);
-      k.norm_modulate_forward(op + off, shp + b * s.C, scp + b * s.C, yp + off, mp + row, rp + row, rows, s.C, eps);
+      k.gated_forward(xp + off, gp + b * gt.stride(0), bp + off, op + off, rows, s.C);
+      k.norm_modulate_forward(op + off, shp + b * sh.stride(0), scp + b * sc.stride(0), yp + off, mp + row, rp + row, rows, s.C, eps);
     });
   });
   return {out, y, mean, rstd};
@@ -238,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
     check_same(out, *t, "out", name);
     TORCH_CHECK(t->numel() == s.B * s.N, name, ": expected (", s.B, ", ", s.N, ") values, got ", t->sizes());
   }
-  const at::Tensor o = out.contiguous(), gy = grad_y.contiguous(), sc = scale.contiguous(), gt = gate.contiguous();
+  const at::Tensor o = out.contiguous(), gy = grad_y.contiguous(), sc = per_sample_rows(scale), gt = per_sample_rows(gate);
   const at::Tensor br = branch.contiguous(), m = mean.contiguous(), r = rstd.contiguous();
   const at::Tensor go = grad_out ? grad_out->contiguous() : at::Tensor();
   at::Tensor dx = at::empty_like(o, at::MemoryFormat::Contiguous);
@@ -257,14 +263,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
              *pgate = pscale + s.B * s.blocks * s.C;
     for_row_blocks(s, [&](int64_t b, int64_t r0, int64_t rows, int64_t task) {
       const int64_t row = b * s.N + r0, off = row * s.C;
-      k.norm_modulate_backward(gyp + off, op + off, mp + row, rp + row, scp + b * s.C, dxp + off,
+      k.norm_modulate_backward(gyp + off, op + off, mp + row, rp + row, scp + b * sc.stride(0), dxp + off,
                                pshift + task * s.C, pscale + task * s.C, rows, s.C);
       if (gop) {
         scalar_t* d = dxp + off;
         const scalar_t* g = gop + off;
         for (int64_t i = 0; i < rows * s.C; ++i) d[i] += g[i];
       }
-      k.gated_backward(dxp + off, bp + off, gtp + b * s.C, dbp + off, pgate + task * s.C, rows, s.C);
+      k.gated_backward(dxp + off, bp + off, gtp + b * gt.stride(0), dbp + off, pgate + task * s.C, rows, s.C);
     });
     dshift = reduce_blocks(pshift, s, o.options());
     dscale = reduce_blocks(pscale, s, o.options());
