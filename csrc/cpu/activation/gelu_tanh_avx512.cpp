@@ -14,30 +14,32 @@
 namespace ebsparse::gelu_tanh_math {
 namespace {
 
-// exp(x) for x in [-87, 88]: 2^k exp(f), the power applied by scalef (no exponent-bit arithmetic).
-inline __m512 exp16(__m512 x) {
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+// 2^t for t in [-126, 127]: 2^k 2^f with k = round(t), |f| <= 1/2 (Taylor terms of e^(f ln 2) to
+// degree 6: relative error ~1e-7), the power applied by scalef (no exponent-bit arithmetic).
+inline __m512 exp2_16(__m512 t) {
   const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, k), _mm512_set1_ps(0.693147180559945309f));
-  __m512 p = _mm512_set1_ps(1.f / 720.f);
-  for (const float c : {1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  const __m512 f = _mm512_sub_ps(t, k);
+  constexpr double kLn2 = 0.693147180559945309;
+  __m512 p = _mm512_set1_ps(float(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720));
+  for (const float c : {float(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120), float(kLn2 * kLn2 * kLn2 * kLn2 / 24),
+                        float(kLn2 * kLn2 * kLn2 / 6), float(kLn2 * kLn2 / 2), float(kLn2), 1.f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
   return _mm512_scalef_ps(p, k);
 }
 
-// sigmoid(z) with z clamped to [-60, 87] (fast_math::sigmoid's range: no subnormal products).
-inline __m512 sigmoid16(__m512 z) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(-60.f)), _mm512_set1_ps(87.f));
-  const __m512 d = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)));
-  const __m512 r = _mm512_rcp14_ps(d);                   // relative error < 2^-14
-  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, one), r);  // r (2 - d r): < 2^-23
-}
-
-// s = sigmoid(2 beta (v + kappa v^3)), and v^2.
+// s = sigmoid(2 beta (v + kappa v^3)) = 1 / (1 + 2^t), t = v (c1 + c2 v^2) with the sign, 2 beta and
+// log2(e) folded into c1 and c2; t clamped to [-87, 60] log2(e) (sigmoid16's range). And v^2.
 inline __m512 gate16(__m512 v, __m512* v2) {
+  constexpr double kLog2e = 1.44269504088896341;
+  const __m512 one = _mm512_set1_ps(1.f);
   *v2 = _mm512_mul_ps(v, v);
-  const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(float(kKappa)), *v2), v, v);
-  return sigmoid16(_mm512_mul_ps(_mm512_set1_ps(float(2 * kBeta)), inner));
+  const __m512 c = _mm512_fmadd_ps(_mm512_set1_ps(float(-2 * kBeta * kKappa * kLog2e)), *v2,
+                                   _mm512_set1_ps(float(-2 * kBeta * kLog2e)));
+  __m512 t = _mm512_mul_ps(v, c);
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(float(-87 * kLog2e))), _mm512_set1_ps(float(60 * kLog2e)));
+  const __m512 d = _mm512_add_ps(one, exp2_16(t));
+  const __m512 r = _mm512_rcp14_ps(d);                        // relative error < 2^-14
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, one), r);  // r (2 - d r): < 2^-23
 }
 
 inline __m512 value16(__m512 v) {
@@ -45,12 +47,11 @@ inline __m512 value16(__m512 v) {
   return _mm512_mul_ps(v, gate16(v, &v2));
 }
 
-// gelu'(v) = s + v s (1 - s) 2 beta (1 + 3 kappa v^2), from v, v^2 and s = gate16(v).
+// gelu'(v) = s + v s (1 - s) (2 beta + 6 beta kappa v^2), from v, v^2 and s = gate16(v).
 inline __m512 slope16_of_gate(__m512 v, __m512 v2, __m512 s) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 ss = _mm512_mul_ps(_mm512_mul_ps(v, s), _mm512_sub_ps(one, s));
-  return _mm512_fmadd_ps(_mm512_mul_ps(ss, _mm512_set1_ps(float(2 * kBeta))),
-                         _mm512_fmadd_ps(_mm512_set1_ps(float(3 * kKappa)), v2, one), s);
+  const __m512 vss = _mm512_mul_ps(_mm512_mul_ps(v, s), _mm512_sub_ps(_mm512_set1_ps(1.f), s));
+  return _mm512_fmadd_ps(vss, _mm512_fmadd_ps(_mm512_set1_ps(float(6 * kBeta * kKappa)), v2, _mm512_set1_ps(float(2 * kBeta))),
+                         s);
 }
 
 inline __m512 slope16(__m512 v) {
