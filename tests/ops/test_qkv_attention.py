@@ -42,6 +42,17 @@ def _case(b, n, h, d, dtype, seed, spread=1.0):
 @given(b=st.integers(1, 3), n=st.sampled_from([1, 2, 7, 16, 33, 64, 65]), h=st.integers(1, 4),
        d=st.sampled_from([1, 5, 8, 33, 64, 72]), spread=st.sampled_from([0.3, 1.0, 3.0]), seed=st.integers(0, 999))
 def test_matches_reference(backend, dtype, b, n, h, d, spread, seed):
+    check_against_reference(backend, b, n, h, d, dtype, seed, spread)
+
+
+@pytest.mark.parametrize("backend", backend_params(OP, CPU, torch.float32))
+@pytest.mark.parametrize("extra", [0, 3])
+def test_many_samples_per_thread(backend, extra):
+    """Four or more samples a thread: the native float32 kernel hands out whole samples as tasks."""
+    check_against_reference(backend, 4 * torch.get_num_threads() + extra, 17, 3, 8, torch.float32, seed=extra)
+
+
+def check_against_reference(backend, b, n, h, d, dtype, seed, spread=1.0):
     qkv, go = _case(b, n, h, d, dtype, seed, spread)
     with runs_on(backend, OP, ("forward", "backward")):
         out = qkv_attention(qkv, h, backend=backend)
