@@ -14,21 +14,26 @@
 namespace ebsparse::gelu_tanh_math {
 namespace {
 
-// 2^t for t in [-126, 127]: 2^k 2^f with k = round(t), |f| <= 1/2 (Taylor terms of e^(f ln 2) to
-// degree 6: relative error ~1e-7), the power applied by scalef (no exponent-bit arithmetic).
+// ln(2)^i / i!: the Taylor coefficients of 2^f = e^(f ln 2).
+constexpr float exp2_coefficient(int i) {
+  double power = 1, factorial = 1;
+  for (int j = 1; j <= i; ++j) power *= 0.693147180559945309, factorial *= j;
+  return float(power / factorial);
+}
+
+// 2^t for t in [-126, 127]: 2^k 2^f with k = round(t), |f| <= 1/2 (Taylor terms to degree 6:
+// relative error ~1e-7), the power applied by scalef (no exponent-bit arithmetic).
 inline __m512 exp2_16(__m512 t) {
   const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, k);
-  constexpr double kLn2 = 0.693147180559945309;
-  __m512 p = _mm512_set1_ps(float(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720));
-  for (const float c : {float(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120), float(kLn2 * kLn2 * kLn2 * kLn2 / 24),
-                        float(kLn2 * kLn2 * kLn2 / 6), float(kLn2 * kLn2 / 2), float(kLn2), 1.f})
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  __m512 p = _mm512_set1_ps(exp2_coefficient(6));
+  for (int i = 5; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2_coefficient(i)));
   return _mm512_scalef_ps(p, k);
 }
 
 // s = sigmoid(2 beta (v + kappa v^3)) = 1 / (1 + 2^t), t = v (c1 + c2 v^2) with the sign, 2 beta and
-// log2(e) folded into c1 and c2; t clamped to [-87, 60] log2(e) (sigmoid16's range). And v^2.
+// log2(e) folded into c1 and c2; t clamped to [-87, 60] log2(e) (fast_math::sigmoid's range: no
+// subnormal products). And v^2.
 inline __m512 gate16(__m512 v, __m512* v2) {
   constexpr double kLog2e = 1.44269504088896341;
   const __m512 one = _mm512_set1_ps(1.f);

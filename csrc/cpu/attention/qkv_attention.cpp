@@ -31,8 +31,8 @@
 
 #include "attention_math.h"
 #include "cpu/capability.h"
-#include "qkv_attention_tiled.h"
 #include "cpu/tasks.h"
+#include "qkv_attention_tiled.h"
 
 namespace ebsparse {
 namespace {
