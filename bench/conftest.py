@@ -4,6 +4,8 @@ paired with its baseline in interleaved rounds (bench/timing.py), and the sessio
 speed-up table, also written to `bench/results/latest.md` (EBSPARSE_BENCH_RESULTS names another folder).
 
 EBSPARSE_BENCH_QUICK=1 shrinks shapes and rounds to check the benchmarks run (bench/settings.py).
+Every row runs under the malloc policy of `ebsparse train` (ebsparse/diffusion/host_memory.py: freed
+activation memory is kept in the process; EBSPARSE_KEEP_FREED_MEMORY=0 leaves glibc's default).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from bench import settings
 from bench.providers import PEERS
 from bench.timing import ROWS, summary_table
+from ebsparse.diffusion.host_memory import keep_freed_memory
 
 
 def pytest_addoption(parser):
@@ -30,6 +33,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         return
     torch.set_num_threads(settings.threads())
+    # The allocator policy `ebsparse train` runs under (a Trainer sets it on creation): set here for
+    # the whole session, so no row's timing depends on whether a Trainer was made before it.
+    keep_freed_memory()
     # The peers last (a stable sort keeps the rest in file order): their thread pools stay alive
     # and would disturb the rows timed after them.
     items.sort(key=lambda item: getattr(item, "callspec", None) is not None

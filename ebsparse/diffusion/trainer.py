@@ -34,6 +34,7 @@ from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpo
 from .config import ExperimentConfig, config_diff
 from .distributed import ShardedTraining
 from .ema import EMA
+from .host_memory import keep_freed_memory
 from .images import save_grid
 from .losses import epsilon_loss, sample_timesteps
 from .plugins import TrainerPlugin
@@ -190,6 +191,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # every step reuses the last step's activation memory (host_memory.py)
         tc = config.training
         self.sharded = ShardedTraining(self.device) if tc.distributed == "fsdp" else None
         if self.sharded is not None:
