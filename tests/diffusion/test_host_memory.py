@@ -3,6 +3,7 @@ the next step allocates it again), and the trainer sets that policy on the CPU.
 
 The malloc policy is process-wide, so each policy check runs in a fresh interpreter."""
 
+import json
 import os
 import platform
 import subprocess
@@ -41,8 +42,6 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(env_value=None) -> dict:
-    import json
-
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if env_value is not None:
         env[ENV] = env_value
