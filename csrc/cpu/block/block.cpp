@@ -539,8 +539,7 @@ at::Tensor pack_forward_rowwise(const at::Tensor& w, const int32_t* ptr, const i
   at::parallel_for(0, rb, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
-        for (int64_t r = 0; r < br; ++r)
-          for (int64_t c = 0; c < bc; ++c) v[(j * bc + c) * br + r] = W[(b * br + r) * K + idx[j] * bc + c];
+        transpose(W + b * br * K + int64_t(idx[j]) * bc, K, br, bc, v + j * bc * br, br, false);
   });
   return vals;
 }
