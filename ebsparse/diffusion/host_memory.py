@@ -20,10 +20,23 @@ MMAP_THRESHOLD = 32 << 20
 #: The heap is trimmed only when this much of its top is free.
 TRIM_THRESHOLD = 1 << 30
 # mallopt's parameter numbers (glibc's malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 #: ``EBSPARSE_KEEP_FREED_MEMORY=0`` leaves the C library's policy as it is.
 ENV = "EBSPARSE_KEEP_FREED_MEMORY"
+
+
+def glibc_mallopt():
+    """glibc's ``mallopt(param, value)`` (ints in, 1 on success), or None with another C library or
+    operating system."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
 
 
 def keep_freed_memory() -> bool:
@@ -33,11 +46,7 @@ def keep_freed_memory() -> bool:
     C library or operating system, or when ``EBSPARSE_KEEP_FREED_MEMORY=0``."""
     if os.environ.get(ENV, "1").strip() == "0":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

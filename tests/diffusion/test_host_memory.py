@@ -13,20 +13,19 @@ import textwrap
 import pytest
 
 from ebsparse.diffusion import trainer as trainer_module
-from ebsparse.diffusion.host_memory import ENV, keep_freed_memory
+from ebsparse.diffusion.host_memory import ENV, glibc_mallopt, keep_freed_memory
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="the policy is glibc's mallopt")
+glibc = pytest.mark.skipif(glibc_mallopt() is None, reason="the policy is glibc's mallopt")
 
 # Faults of 20 allocate-fill-free cycles of an 8 MiB tensor (2048 pages), first under a policy that
 # maps every block above 1 MiB anew (the case the module exists for), then after keep_freed_memory.
 SCRIPT = textwrap.dedent("""
-    import ctypes, json, resource, torch
-    from ebsparse.diffusion.host_memory import keep_freed_memory
+    import json, resource, torch
+    from ebsparse.diffusion.host_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_mallopt, keep_freed_memory
 
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-    mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks over 1 MiB are mapped per allocation
-    mallopt(-1, 0)        # M_TRIM_THRESHOLD: the heap top is trimmed at once
+    mallopt = glibc_mallopt()
+    mallopt(M_MMAP_THRESHOLD, 1 << 20)  # blocks over 1 MiB are mapped per allocation
+    mallopt(M_TRIM_THRESHOLD, 0)        # the heap top is trimmed at once
 
     def faults():
         torch.empty(2 << 20).fill_(1.0)  # the first cycle may grow the heap
