@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebsparse.ops import group_norm_silu, group_norm_silu_reference
-from tests.ops.helpers import backend_params, runs_on
+from tests.ops.helpers import backend_params, outputs_with_capability, runs_on
 
 CPU = torch.device("cpu")
 PHASES = ("forward", "backward")
@@ -107,6 +107,31 @@ def test_native_float32_matches_the_reference_in_the_sigmoid_tails():
     assert z.amin() < -60 and z.amax() > 87  # the case reaches both clamped tails
     for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
         torch.testing.assert_close(g, e.float(), atol=1e-3, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+_FUSED_CODE = """
+x, w, b, dy = inputs["x"], inputs["w"], inputs["b"], inputs["dy"]
+y, mean, rstd = torch.ops.ebsparse.fused_group_norm_silu(x, 3, w, b, 1e-5)
+dx, dw, db = torch.ops.ebsparse.fused_group_norm_silu_backward(dy, x, mean, rstd, 3, w, b)
+outputs.update(y=y, dx=dx, dw=dw, db=db)
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+@pytest.mark.parametrize("spatial", [(7, 9), (16, 16), (5,)], ids=str)
+def test_native_float32_instruction_sets_match_the_reference(tmp_path, capability, spatial):
+    """The float32 kernels of each instruction set (EBSPARSE_CPU_CAPABILITY, one per process) against
+    the float64 reference, on groups whose lengths (3 x 63, 3 x 256, 3 x 5 values) leave tails after
+    the 64- and 16-value loops of the AVX-512 spans."""
+    if capability == "avx512" and torch.ops.ebsparse.cpu_capability() != "avx512":
+        pytest.skip("this CPU has no AVX-512")
+    x, w, b = _case(2, 3, 3, spatial, True, torch.float32, 11)
+    dy = torch.randn_like(x)
+    got = outputs_with_capability(_FUSED_CODE, dict(x=x, w=w, b=b, dy=dy), tmp_path, capability)
+    expected = _grads(lambda *a: group_norm_silu_reference(a[0], 3, a[1], a[2], 1e-5),
+                      x.double(), w.double(), b.double(), dy.double())
+    for name, e in zip(("y", "dx", "dw", "db"), expected):
+        torch.testing.assert_close(got[name], e.float(), atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -10,41 +10,21 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+#include "cpu/exp2_avx512.h"
 
 namespace ebsparse::gelu_tanh_math {
 namespace {
 
-// ln(2)^i / i!: the Taylor coefficients of 2^f = e^(f ln 2).
-constexpr float exp2_coefficient(int i) {
-  double power = 1, factorial = 1;
-  for (int j = 1; j <= i; ++j) power *= 0.693147180559945309, factorial *= j;
-  return float(power / factorial);
-}
-
-// 2^t for t in [-126, 127]: 2^k 2^f with k = round(t), |f| <= 1/2 (Taylor terms to degree 6:
-// relative error ~1e-7), the power applied by scalef (no exponent-bit arithmetic).
-inline __m512 exp2_16(__m512 t) {
-  const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, k);
-  __m512 p = _mm512_set1_ps(exp2_coefficient(6));
-  for (int i = 5; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(exp2_coefficient(i)));
-  return _mm512_scalef_ps(p, k);
-}
+using exp2_avx512::tail_mask;
 
 // s = sigmoid(2 beta (v + kappa v^3)) = 1 / (1 + 2^t), t = v (c1 + c2 v^2) with the sign, 2 beta and
-// log2(e) folded into c1 and c2; t clamped to [-87, 60] log2(e) (fast_math::sigmoid's range: no
-// subnormal products). And v^2.
+// log2(e) folded into c1 and c2. And v^2.
 inline __m512 gate16(__m512 v, __m512* v2) {
   constexpr double kLog2e = 1.44269504088896341;
-  const __m512 one = _mm512_set1_ps(1.f);
   *v2 = _mm512_mul_ps(v, v);
   const __m512 c = _mm512_fmadd_ps(_mm512_set1_ps(float(-2 * kBeta * kKappa * kLog2e)), *v2,
                                    _mm512_set1_ps(float(-2 * kBeta * kLog2e)));
-  __m512 t = _mm512_mul_ps(v, c);
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(float(-87 * kLog2e))), _mm512_set1_ps(float(60 * kLog2e)));
-  const __m512 d = _mm512_add_ps(one, exp2_16(t));
-  const __m512 r = _mm512_rcp14_ps(d);                        // relative error < 2^-14
-  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, one), r);  // r (2 - d r): < 2^-23
+  return exp2_avx512::inv_one_plus_exp2_16(_mm512_mul_ps(v, c));
 }
 
 inline __m512 value16(__m512 v) {
@@ -72,8 +52,6 @@ inline __m512 value_slope16(__m512 v, __m512* slope) {
   *slope = slope16_of_gate(v, v2, s);
   return _mm512_mul_ps(v, s);
 }
-
-inline __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1); }
 
 }  // namespace
 

@@ -1,29 +1,26 @@
 // silu(group_norm(x)) on the CPU in one pass over memory each way: the forward writes only y (no
 // normalised tensor for SiLU to read back), and the backward recomputes the normalised value from x
 // and the saved statistics instead of reading a stored one, fusing SiLU's backward into the group
-// norm's. Both are bound by memory traffic, not arithmetic, at a U-Net's sizes.
+// norm's. At a U-Net's sizes a group's values stay in L2 between the passes, so the sigmoid's
+// arithmetic bounds both more than memory traffic does.
 //
 // x (N, C, *) contiguous, C = G * D; the statistics are per (n, g) over D * HW values. float32 and
-// float64; the inner loops are `omp simd` (reductions included), the sigmoid through `fast_exp`
-// (cpu/fast_math.h), which has no library call in it.
+// float64; the inner loops on one channel or group are group_norm_silu_spans.h's (AVX-512 for float32
+// where the CPU has it).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include "../fast_math.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "cpu/fast_math.h"
+#include "cpu/norm/group_norm_silu_spans.h"
 
 namespace ebsparse {
 namespace {
-
-using fast_math::sigmoid;
 
 void check_args(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
                 const std::optional<at::Tensor>& bias) {
@@ -53,27 +50,15 @@ void forward_kernel(const T* x, const T* gamma, const T* beta, T* y, T* mean_out
       T* yb = y + ng * D * HW;
       const int64_t len = D * HW;
       // Two passes (mean, then squared deviations): as exact as the group is small enough for cache.
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < len; ++i) sum += xb[i];
-      const double mean = double(sum) / double(len);
+      const double mean = double(norm_spans::sum(xb, len)) / double(len);
       const T m = T(mean);
-      T sq = 0;
-#pragma omp simd reduction(+ : sq)
-      for (int64_t i = 0; i < len; ++i) sq += (xb[i] - m) * (xb[i] - m);
-      const double rstd = 1.0 / std::sqrt(double(sq) / double(len) + eps);
+      const double rstd = 1.0 / std::sqrt(double(norm_spans::squared_deviation(xb, len, m)) / double(len) + eps);
       mean_out[ng] = T(mean), rstd_out[ng] = T(rstd);
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = g * D + d;
         const T a = T(rstd * (gamma ? double(gamma[c]) : 1.0));
         const T s = T((beta ? double(beta[c]) : 0.0) - mean * double(a));
-        const T* xc = xb + d * HW;
-        T* yc = yb + d * HW;
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) {
-          const T z = a * xc[i] + s;
-          yc[i] = z * sigmoid(z);
-        }
+        norm_spans::silu_affine(xb + d * HW, HW, a, s, yb + d * HW);
       }
     }
   });
@@ -96,16 +81,8 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
         const T* xc = x + (ng * D + d) * HW;
         const T* dyc = dy + (ng * D + d) * HW;
         T* dzc = dx + (ng * D + d) * HW;  // dz (the gradient at the norm's output) until pass 2
-        T sum_dz = 0, sum_dzx = 0;
-#pragma omp simd reduction(+ : sum_dz, sum_dzx)
-        for (int64_t i = 0; i < HW; ++i) {
-          const T z = a * xc[i] + s;
-          const T sg = sigmoid(z);
-          const T dz = dyc[i] * sg * (T(1) + z * (T(1) - sg));
-          dzc[i] = dz;
-          sum_dz += dz;
-          sum_dzx += dz * xc[i];
-        }
+        T sum_dz, sum_dzx;
+        norm_spans::silu_affine_grad(dyc, xc, HW, a, s, dzc, &sum_dz, &sum_dzx);
         // d(gamma) = sum dz * xhat = (sum dz x - mean sum dz) * rstd; d(beta) = sum dz
         dgamma_parts[n * C + c] = T((double(sum_dzx) - mu * double(sum_dz)) * r);
         dbeta_parts[n * C + c] = sum_dz;
@@ -119,8 +96,7 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
         const T c1 = T(r * (gamma ? double(gamma[c]) : 1.0)), t2 = T(c2), t3 = T(c3);
         const T* xc = x + (ng * D + d) * HW;
         T* dxc = dx + (ng * D + d) * HW;
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) dxc[i] = c1 * dxc[i] + t2 * xc[i] + t3;
+        norm_spans::affine3(dxc, xc, HW, c1, t2, t3, dxc);
       }
     }
   });
