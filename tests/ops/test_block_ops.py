@@ -124,6 +124,20 @@ def test_native_linear_grad_weight_in_passes(n, threads, rb, cb, block, density,
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(12, 12), (16, 16), (7, 30)], ids=str)
+def test_native_conv_tiles_of_several_images(threads, size):
+    """Stride-1 convolutions whose images span several column tiles, on several images: the forward's
+    tasks take the tiles image-interleaved (tile t of image t mod N), the grad-weight's image by image;
+    every output pixel and weight gradient must come out once, on one and two threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_conv("native", 3, 2, 2, (16, 16), size, 3, 1, 1, 1, 0.5, torch.float32, 3)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_empty_batch(block, threads):

@@ -332,9 +332,14 @@ void gather_tile(const Geometry& g, const T* dy, int64_t r0, int64_t r1, int64_t
 }
 
 // Tasks: column tiles (within one image for in-place geometries), times block-row chunks when the
-// tiles alone cannot keep the threads busy.
+// tiles alone cannot keep the threads busy. With `interleaved`, successive tiles lie in different
+// images: threads pull tasks in order, and two threads on neighbouring tiles of one image write the
+// output rows their common edge cuts through (a 16x16 map's row is one cache line), so each of those
+// lines would bounce between the cores (forward 5-8% slower at U-Net sizes). The grad-weight writes
+// no shared output and keeps the image-major order, whose tiles reuse the image's input in L2.
 struct Split {
   int64_t tiles, chunks, rb, ld, per_image, columns, qn;
+  bool interleaved;
   int64_t rows(int64_t chunk, int64_t& r1) const {
     r1 = rb * (chunk + 1) / chunks;
     return rb * chunk / chunks;
@@ -345,19 +350,21 @@ struct Split {
       c1 = std::min(columns, (t + 1) * ld);
       return t * ld;
     }
-    const int64_t img = t / per_image, c0 = img * qn + (t % per_image) * ld;
+    const int64_t images = tiles / per_image;
+    const int64_t img = interleaved ? t % images : t / per_image, k = interleaved ? t / images : t % per_image;
+    const int64_t c0 = img * qn + k * ld;
     c1 = std::min(img * qn + qn, c0 + ld);
     return c0;
   }
 };
 
-Split split(const Geometry& g, int64_t ld, int64_t rb) {
+Split split(const Geometry& g, int64_t ld, int64_t rb, bool interleaved) {
   const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
   const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
   int64_t chunks = 1;
   if (tiles > 0 && tiles < 2 * threads)  // no tiles: an empty batch (nothing to split)
     chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
-  return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn};
+  return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn, interleaved};
 }
 
 // SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
@@ -376,7 +383,7 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
   const int64_t ld = kern.pt;  // wider tiles measured slower (the output tile leaves L1)
   const std::vector<uint8_t> used = used_channels(g, idx, ptr[rb], bci);
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
-  const Split s = split(g, ld, rb);
+  const Split s = split(g, ld, rb, /*interleaved=*/true);
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t) {
     int64_t c1, rb1;
     const int64_t c0 = s.cols(task / s.chunks, c1);
@@ -427,7 +434,7 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const int64_t ld = kern.pt * (g.in_place() ? 4 : panel_widen(kdim, kern.pt, sizeof(T)));
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
-  const Split s = split(g, ld, rb);
+  const Split s = split(g, ld, rb, /*interleaved=*/false);
   const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
   T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
   std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
