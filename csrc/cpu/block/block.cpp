@@ -44,9 +44,9 @@ namespace {
 
 // ---- kernels -------------------------------------------------------------------------------------
 
-template <typename T, int PT>
+template <typename T>
 void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
-                  const T* const* rows, T* tile, int64_t ld) {
+                  const T* const* rows, T* tile, int64_t ld, int64_t width) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
@@ -54,7 +54,7 @@ void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int
         const int64_t k = int64_t(idx[j]) * bc + c;
         const T* p = rows ? rows[k] : panel + k * ld;
         T* t = tile + r * ld;
-        for (int i = 0; i < PT; ++i) t[i] += w * p[i];
+        for (int64_t i = 0; i < width; ++i) t[i] += w * p[i];
       }
 }
 
@@ -76,7 +76,8 @@ void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, i
 template <typename T>
 struct Kernels {
   int pt;  // columns per SpMM call
-  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, T*, int64_t);
+  void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, T*, int64_t,
+               int64_t);
   void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, int64_t, int64_t,
                 T*);
   // The row-major linear kernels (kernels.h), for output widths of 2 or 4 vectors of `vec` (at one
@@ -104,7 +105,7 @@ Kernels<float> pick_kernels<float>() {
 
 template <>
 Kernels<double> pick_kernels<double>() {
-  return {8, spmm_generic<double, 8>, sddmm_generic<double>};
+  return {8, spmm_generic<double>, sddmm_generic<double>};
 }
 
 // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
@@ -407,7 +408,7 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
       }
       for (int64_t r = b * br; r < e * br; ++r) std::fill(tile + r * ld, tile + (r + 1) * ld, bias ? bias[r] : T(0));
       for (int64_t k = b; k < e; ++k)
-        kern.spmm(vals, idx, ptr[k], ptr[k + 1], br, int(bck), p.panel, p.rows, tile + k * br * ld, ld);
+        kern.spmm(vals, idx, ptr[k], ptr[k + 1], br, int(bck), p.panel, p.rows, tile + k * br * ld, ld, c1 - c0);
       scatter_tile(g, tile, ld, b * br, e * br, c0, c1, out);
       b = e;
     }

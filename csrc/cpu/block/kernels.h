@@ -19,13 +19,12 @@ constexpr int kPtAvx512 = 64;
 constexpr int kPtAvx2 = 32;
 
 // T[r * ld + i] += sum_{j in [b0, b1)} sum_{c < bc} vals[j][r, c] * rows[idx[j] * bc + c][i]
-// for r < br, i < kPt (the first kPt columns of the panel and tile pointers passed).
+// for r < br, i < width rounded up to 1, 2 or 4 vectors (width <= kPt: the first columns of the
+// panel and tile pointers passed).
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                     const float* panel, const float* const* rows,
-                     float* tile, int64_t ld);
+                     const float* panel, const float* const* rows, float* tile, int64_t ld, int64_t width);
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                   const float* panel, const float* const* rows,
-                     float* tile, int64_t ld);
+                   const float* panel, const float* const* rows, float* tile, int64_t ld, int64_t width);
 
 // acc[j * br * bc + r * bc + c] += sum_{i < n} D[r * ld + i] * rows[idx[j] * bc + c][i]
 // for j in [b0, b1), r < br, c < bc; n a multiple of the vector width.

@@ -26,9 +26,9 @@ static_assert(avx2::kVecs * avx2::Vec::W == kPtAvx2, "the tile width must match 
 
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
                    const float* panel, const float* const* rows,
-                     float* tile, int64_t ld) {
-  if (rows) return avx2::spmm(vals, idx, b0, b1, br, bc, avx2::TableRows{rows}, tile, ld);
-  avx2::spmm(vals, idx, b0, b1, br, bc, avx2::StridedRows{panel, ld}, tile, ld);
+                     float* tile, int64_t ld, int64_t width) {
+  if (rows) return avx2::spmm(vals, idx, b0, b1, br, bc, avx2::TableRows{rows}, tile, ld, width);
+  avx2::spmm(vals, idx, b0, b1, br, bc, avx2::StridedRows{panel, ld}, tile, ld, width);
 }
 
 void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,

@@ -34,9 +34,9 @@ static_assert(avx512::kVecs * avx512::Vec::W == kPtAvx512, "the tile width must 
 
 void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
                      const float* panel, const float* const* rows,
-                     float* tile, int64_t ld) {
-  if (rows) return avx512::spmm(vals, idx, b0, b1, br, bc, avx512::TableRows{rows}, tile, ld);
-  avx512::spmm(vals, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, tile, ld);
+                     float* tile, int64_t ld, int64_t width) {
+  if (rows) return avx512::spmm(vals, idx, b0, b1, br, bc, avx512::TableRows{rows}, tile, ld, width);
+  avx512::spmm(vals, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, tile, ld, width);
 }
 
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,

@@ -2,9 +2,9 @@
 // kernels_avx512.cpp and kernels_avx2.cpp inside a namespace aliasing `Vec` and kRows (the register
 // tile's rows). Layouts: kernels.h.
 //
-// SpMM: a register tile of kRows output rows x 4 vectors stays in registers across every kept block
-// of the block row; per column c of a block, 4 panel loads and kRows broadcasts feed
-// 4 * kRows FMAs (a dense micro-GEMM per block: weights are reused across the 4 vectors, panel
+// SpMM: a register tile of kRows output rows x 4 vectors (or more rows x fewer vectors for a narrow
+// tile) stays in registers across every kept block of the block row; per column c of a block, 4
+// panel loads and kRows broadcasts feed 4 * kRows FMAs (a dense micro-GEMM per block: weights are reused across the 4 vectors, panel
 // loads across the kRows rows, which unstructured sparsity cannot do).
 // SDDMM: dot products of kRows gradient rows with 4 panel rows (4 * kRows accumulators) over the n
 // columns, one horizontal sum per output at the end.
@@ -25,45 +25,61 @@ struct TableRows {
   const float* operator[](int64_t k) const { return rows[k]; }
 };
 
-template <int RT, class Rows>
+template <int RT, int NV, class Rows>
 inline void spmm_rows(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
                       Rows rows, float* tile, int64_t ld, int r0) {
   using V = typename Vec::T;
-  V acc[RT][kVecs];
-#pragma GCC unroll 8
+  V acc[RT][NV];
+#pragma GCC unroll 16
   for (int r = 0; r < RT; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) acc[r][v] = Vec::load(tile + (r0 + r) * ld + v * Vec::W);
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::load(tile + (r0 + r) * ld + v * Vec::W);
   const int64_t bs = int64_t(br) * bc;
   for (int64_t j = b0; j < b1; ++j) {
     const float* a = vals + j * bs + int64_t(r0) * bc;
     const int64_t k0 = int64_t(idx[j]) * bc;
     for (int c = 0; c < bc; ++c) {
       const float* q = simd::base_address(rows[k0 + c]);
-      V b[kVecs];
+      V b[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) b[v] = Vec::in_register(Vec::loadu(q + v * Vec::W));
-#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) b[v] = Vec::in_register(Vec::loadu(q + v * Vec::W));
+#pragma GCC unroll 16
       for (int r = 0; r < RT; ++r) {
         const V w = Vec::bcast(a[r * bc + c]);
 #pragma GCC unroll 4
-        for (int v = 0; v < kVecs; ++v) acc[r][v] = Vec::fma(w, b[v], acc[r][v]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(w, b[v], acc[r][v]);
       }
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < RT; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) Vec::store(tile + (r0 + r) * ld + v * Vec::W, acc[r][v]);
+    for (int v = 0; v < NV; ++v) Vec::store(tile + (r0 + r) * ld + v * Vec::W, acc[r][v]);
 }
 
+// NV vectors of columns; taller register tiles at narrower widths keep the accumulator count (and
+// so the FMAs per panel load) of the full-width tile.
+template <int NV, class Rows>
+inline void spmm_nv(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, Rows rows,
+                    float* tile, int64_t ld) {
+  constexpr int RT = kRows * kVecs / NV;
+  int r = 0;
+  for (; r + RT <= br; r += RT) spmm_rows<RT, NV>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+  if constexpr (RT > kRows)
+    for (; r + kRows <= br; r += kRows) spmm_rows<kRows, NV>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+  for (; r < br; ++r) spmm_rows<1, NV>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+}
+
+// The first `width` columns (rounded up to 1, 2 or kVecs vectors): a column tile's last, narrower
+// piece (a small feature map's image) is not computed at the full width.
 template <class Rows>
 inline void spmm(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                 Rows rows, float* tile, int64_t ld) {
+                 Rows rows, float* tile, int64_t ld, int64_t width) {
   if (b0 == b1) return;
-  int r = 0;
-  for (; r + kRows <= br; r += kRows) spmm_rows<kRows>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
-  for (; r < br; ++r) spmm_rows<1>(vals, idx, b0, b1, br, bc, rows, tile, ld, r);
+  const int64_t nv = (width + Vec::W - 1) / Vec::W;
+  if (nv <= 1) return spmm_nv<1>(vals, idx, b0, b1, br, bc, rows, tile, ld);
+  if (nv <= 2) return spmm_nv<2>(vals, idx, b0, b1, br, bc, rows, tile, ld);
+  spmm_nv<kVecs>(vals, idx, b0, b1, br, bc, rows, tile, ld);
 }
 
 template <int RT, class Rows>
