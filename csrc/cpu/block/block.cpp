@@ -336,8 +336,8 @@ void gather_tile(const Geometry& g, const T* dy, int64_t r0, int64_t r1, int64_t
 // tiles alone cannot keep the threads busy. With `interleaved`, successive tiles lie in different
 // images: threads pull tasks in order, and two threads on neighbouring tiles of one image write the
 // output rows their common edge cuts through (a 16x16 map's row is one cache line), so each of those
-// lines would bounce between the cores (forward 5-8% slower at U-Net sizes). The grad-weight writes
-// no shared output and keeps the image-major order, whose tiles reuse the image's input in L2.
+// lines would bounce between the cores. The grad-weight writes no shared output and keeps the
+// image-major order, whose tiles reuse the image's input in L2.
 struct Split {
   int64_t tiles, chunks, rb, ld, per_image, columns, qn;
   bool interleaved;
