@@ -125,6 +125,20 @@ def test_native_linear_grad_weight_in_passes(n, threads, rb, cb, block, density,
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("block", [(16, 16), (32, 32)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_native_linear_large_outputs(threads, block):
+    """Outputs of 2 MB and more (1100 x 512 floats, forward and grad-input) leave the row-major
+    kernels as streaming stores, with a last task of fewer rows than the others: against the reference
+    on one and two threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_linear("native", 1100, 512 // block[0], 512 // block[1], block, 0.3, torch.float32, 5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [(12, 12), (16, 16), (7, 30)], ids=str)
 def test_native_conv_tiles_of_several_images(threads, size):
     """Stride-1 convolutions whose images span several column tiles, on several images: the forward's

@@ -39,11 +39,12 @@ void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t 
 // aligned. rspmm reads the activations k-major (at[k * ldt + n]: a strip of batch rows the caller
 // transposed); rsddmm reads them as they lie (rows of lda / ldb floats).
 // out[n * ldo + i] = (init ? init[i] : 0) + sum_{j in [b0, b1)} sum_{k < kb} at[(idx[j] * kb + k) * ldt + n]
-//                    * packed[(j * kb + k) * ow + i]          for n < rows, i < ow.
+//                    * packed[(j * kb + k) * ow + i]          for n < rows, i < ow;
+// with `stream`, 64-byte aligned output rows go out as streaming stores (the caller fences).
 void rspmm_f32_avx512(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
-                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
+                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo, bool stream);
 void rspmm_f32_avx2(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
-                    int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo);
+                    int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo, bool stream);
 // out[r * ow + i] += sum_{n < rows} a[n * lda + r] * b[n * ldb + i]          for r < kr, i < ow.
 void rsddmm_f32_avx512(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,
                        float* out);

@@ -47,8 +47,8 @@ void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_
 }
 
 void rspmm_f32_avx512(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
-                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
-  avx512::rspmm(at, ldt, rows, packed, idx, b0, b1, kb, ow, init, out, ldo);
+                      int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo, bool stream) {
+  avx512::rspmm(at, ldt, rows, packed, idx, b0, b1, kb, ow, init, out, ldo, stream);
 }
 
 void rsddmm_f32_avx512(const float* a, int64_t lda, int kr, const float* b, int64_t ldb, int64_t rows, int ow,

@@ -146,7 +146,7 @@ namespace {
 
 template <int RT, int NV>
 inline void rspmm_tile(const float* at, int64_t ldt, const float* packed, const int32_t* idx, int64_t b0,
-                       int64_t b1, int kb, const float* init, float* out, int64_t ldo) {
+                       int64_t b1, int kb, const float* init, float* out, int64_t ldo, bool stream) {
   using V = typename Vec::T;
   constexpr int ow = NV * Vec::W;
   V acc[RT][NV];
@@ -172,6 +172,13 @@ inline void rspmm_tile(const float* at, int64_t ldt, const float* packed, const 
       }
     }
   }
+  if (stream && reinterpret_cast<uintptr_t>(out) % 64 == 0 && ldo % 16 == 0) {  // whole cache lines
+#pragma GCC unroll 24
+    for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) Vec::stream(out + r * ldo + v * Vec::W, acc[r][v]);
+    return;
+  }
 #pragma GCC unroll 24
   for (int r = 0; r < RT; ++r)
 #pragma GCC unroll 4
@@ -180,19 +187,19 @@ inline void rspmm_tile(const float* at, int64_t ldt, const float* packed, const 
 
 template <int NV>
 inline void rspmm_nv(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
-                     int64_t b1, int kb, const float* init, float* out, int64_t ldo) {
+                     int64_t b1, int kb, const float* init, float* out, int64_t ldo, bool stream) {
   constexpr int RT = kAcc / NV;
   int64_t n = 0;
   for (; n + RT <= rows; n += RT)
-    rspmm_tile<RT, NV>(at + n, ldt, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
-  for (; n < rows; ++n) rspmm_tile<1, NV>(at + n, ldt, packed, idx, b0, b1, kb, init, out + n * ldo, ldo);
+    rspmm_tile<RT, NV>(at + n, ldt, packed, idx, b0, b1, kb, init, out + n * ldo, ldo, stream);
+  for (; n < rows; ++n) rspmm_tile<1, NV>(at + n, ldt, packed, idx, b0, b1, kb, init, out + n * ldo, ldo, stream);
 }
 
 inline void rspmm(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,
-                  int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo) {
+                  int64_t b1, int kb, int ow, const float* init, float* out, int64_t ldo, bool stream) {
   switch (ow / Vec::W) {
-    case 2: return rspmm_nv<2>(at, ldt, rows, packed, idx, b0, b1, kb, init, out, ldo);
-    default: return rspmm_nv<4>(at, ldt, rows, packed, idx, b0, b1, kb, init, out, ldo);
+    case 2: return rspmm_nv<2>(at, ldt, rows, packed, idx, b0, b1, kb, init, out, ldo, stream);
+    default: return rspmm_nv<4>(at, ldt, rows, packed, idx, b0, b1, kb, init, out, ldo, stream);
   }
 }
 
