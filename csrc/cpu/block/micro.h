@@ -138,7 +138,8 @@ inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1
 // kept blocks; per k, NV aligned loads of the packed block row and RT broadcasts of the activation
 // feed RT * NV FMAs. The activations come as a k-major strip (at[k * ldt + n], transposed per task
 // by the caller), so the RT broadcasts of one k are adjacent floats at constant offsets: read in
-// place, the RT rows lie lda apart (4 KB for 1024 features) and share one L1 set. rsddmm: an
+// place, the RT rows lie lda apart (4 KB for 1024 features) and share one L1 set. With `stream`,
+// whole cache lines of the output go out as streaming stores (the caller fences). rsddmm: an
 // (RT x ow) piece of a block's gradient in registers, summed over the batch rows as outer products:
 // no horizontal sums, no transposed copies of the activations.
 

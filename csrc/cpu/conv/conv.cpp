@@ -191,8 +191,8 @@ std::shared_ptr<const PackedPattern> cached_pack(Engine engine, int64_t phase, c
                    [&] { return pack(p, nnz, grouped, each); });
 }
 
-// vals[k] = w[pos[k]]: this call's weight values in pack order (split between the threads: at a
-// small map's level the gather is a tenth of the layer's time, and it ran on one thread).
+// vals[k] = w[pos[k]]: this call's weight values in pack order, split between the threads (on one,
+// the gather is a visible part of a small map's layer, whose kernels are short).
 at::Tensor gather_values(const PackedPattern& pk, const float* w) {
   const int64_t n = int64_t(pk.pos.size());
   at::Tensor vals = at::empty({n}, at::kFloat);
