@@ -16,15 +16,30 @@ namespace {
 using exp2_avx512::tail_mask;
 constexpr float kMinusLog2e = -1.44269504088896341f;
 
-// Sum over x of f(v) for v loaded sixteen at a time, in four chains.
+// What the sums add up per value (functors, not lambdas: GCC compiles a lambda's body without this
+// file's target and warns that its vector return changes the ABI).
+struct Identity {
+  static __m512 of(__m512 v, __m512) { return v; }
+};
+struct SquaredDeviation {
+  static __m512 of(__m512 v, __m512 m) {
+    const __m512 d = _mm512_sub_ps(v, m);
+    return _mm512_mul_ps(d, d);
+  }
+};
+
+// Sum over x of F::of(v, m) for v loaded sixteen at a time, in four chains.
 template <class F>
-inline float sum_of(const float* x, int64_t n, F f) {
+inline float sum_of(const float* x, int64_t n, __m512 m) {
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    for (int k = 0; k < 4; ++k) acc[k] = _mm512_add_ps(acc[k], f(_mm512_loadu_ps(x + i + 16 * k)));
-  for (; i + 16 <= n; i += 16) acc[0] = _mm512_add_ps(acc[0], f(_mm512_loadu_ps(x + i)));
-  if (i < n) acc[1] = _mm512_mask_add_ps(acc[1], tail_mask(n - i), acc[1], f(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
+    for (int k = 0; k < 4; ++k) acc[k] = _mm512_add_ps(acc[k], F::of(_mm512_loadu_ps(x + i + 16 * k), m));
+  for (; i + 16 <= n; i += 16) acc[0] = _mm512_add_ps(acc[0], F::of(_mm512_loadu_ps(x + i), m));
+  if (i < n) {  // masked lanes keep acc[1]: (0 - m)^2 is not added
+    const __mmask16 t = tail_mask(n - i);
+    acc[1] = _mm512_mask_add_ps(acc[1], t, acc[1], F::of(_mm512_maskz_loadu_ps(t, x + i), m));
+  }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
@@ -43,17 +58,10 @@ inline __m512 silu_grad16(__m512 dy, __m512 x, __m512 a, __m512 s) {
 
 }  // namespace
 
-float sum_f32_avx512(const float* x, int64_t n) {
-  return sum_of(x, n, [](__m512 v) { return v; });
-}
+float sum_f32_avx512(const float* x, int64_t n) { return sum_of<Identity>(x, n, _mm512_setzero_ps()); }
 
 float squared_deviation_f32_avx512(const float* x, int64_t n, float m) {
-  const __m512 mv = _mm512_set1_ps(m);
-  // The tail's masked lanes load 0 and give (0 - m)^2: masked out of the sum by sum_of.
-  return sum_of(x, n, [mv](__m512 v) {
-    const __m512 d = _mm512_sub_ps(v, mv);
-    return _mm512_mul_ps(d, d);
-  });
+  return sum_of<SquaredDeviation>(x, n, _mm512_set1_ps(m));
 }
 
 void silu_affine_f32_avx512(const float* x, int64_t n, float a, float s, float* y) {
