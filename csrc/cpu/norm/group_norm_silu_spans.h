@@ -10,6 +10,7 @@
 //   affine3(dz, x, c1, c2, c3, dx)  dx = c1 dz + c2 x + c3 (dx may be dz)
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/capability.h"
 #include "cpu/fast_math.h"
@@ -23,15 +24,11 @@ void silu_affine_grad_f32_avx512(const float* dy, const float* x, int64_t n, flo
                                  float* sum_dz, float* sum_dzx);
 void affine3_f32_avx512(const float* dz, const float* x, int64_t n, float c1, float c2, float c3, float* dx);
 
-template <class T>
-inline bool use_avx512() {
-  if constexpr (sizeof(T) == sizeof(float)) return cpu_capability() == CpuCapability::kAvx512;
-  return false;
-}
-
+// float32 on AVX-512 goes to the functions above, as gelu_tanh_math.h's spans do.
 template <class T>
 T sum(const T* x, int64_t n) {
-  if (use_avx512<T>()) return sum_f32_avx512(reinterpret_cast<const float*>(x), n);
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_capability() == CpuCapability::kAvx512) return sum_f32_avx512(x, n);
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += x[i];
@@ -40,7 +37,8 @@ T sum(const T* x, int64_t n) {
 
 template <class T>
 T squared_deviation(const T* x, int64_t n, T m) {
-  if (use_avx512<T>()) return squared_deviation_f32_avx512(reinterpret_cast<const float*>(x), n, float(m));
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_capability() == CpuCapability::kAvx512) return squared_deviation_f32_avx512(x, n, m);
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += (x[i] - m) * (x[i] - m);
@@ -49,8 +47,8 @@ T squared_deviation(const T* x, int64_t n, T m) {
 
 template <class T>
 void silu_affine(const T* x, int64_t n, T a, T s, T* y) {
-  if (use_avx512<T>())
-    return silu_affine_f32_avx512(reinterpret_cast<const float*>(x), n, float(a), float(s), reinterpret_cast<float*>(y));
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_capability() == CpuCapability::kAvx512) return silu_affine_f32_avx512(x, n, a, s, y);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T z = a * x[i] + s;
@@ -60,10 +58,9 @@ void silu_affine(const T* x, int64_t n, T a, T s, T* y) {
 
 template <class T>
 void silu_affine_grad(const T* dy, const T* x, int64_t n, T a, T s, T* dz, T* sum_dz, T* sum_dzx) {
-  if (use_avx512<T>())
-    return silu_affine_grad_f32_avx512(reinterpret_cast<const float*>(dy), reinterpret_cast<const float*>(x), n,
-                                       float(a), float(s), reinterpret_cast<float*>(dz),
-                                       reinterpret_cast<float*>(sum_dz), reinterpret_cast<float*>(sum_dzx));
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_capability() == CpuCapability::kAvx512)
+      return silu_affine_grad_f32_avx512(dy, x, n, a, s, dz, sum_dz, sum_dzx);
   T sd = 0, sdx = 0;
 #pragma omp simd reduction(+ : sd, sdx)
   for (int64_t i = 0; i < n; ++i) {
@@ -79,9 +76,8 @@ void silu_affine_grad(const T* dy, const T* x, int64_t n, T a, T s, T* dz, T* su
 
 template <class T>
 void affine3(const T* dz, const T* x, int64_t n, T c1, T c2, T c3, T* dx) {
-  if (use_avx512<T>())
-    return affine3_f32_avx512(reinterpret_cast<const float*>(dz), reinterpret_cast<const float*>(x), n, float(c1),
-                              float(c2), float(c3), reinterpret_cast<float*>(dx));
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_capability() == CpuCapability::kAvx512) return affine3_f32_avx512(dz, x, n, c1, c2, c3, dx);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = c1 * dz[i] + c2 * x[i] + c3;
 }
