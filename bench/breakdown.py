@@ -17,11 +17,15 @@ import torch
 
 # (category, operator-name fragments), first match wins; names are lower-cased.
 CATEGORIES = [
-    ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear")),
+    ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear", "ebsparse::bsr_conv2d", "ebsparse::bsr_linear")),
     ("sparse grad-input", ("csr_conv2d_grad_input", "csr_linear_grad_input")),
-    # csr_linear_backward and csr_linear_gelu_tanh_backward make both gradients in one pass
+    # csr_linear_backward, csr_linear_gelu_tanh_backward and the block ops' backward make both
+    # gradients in one call
     ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward",
-                            "csr_linear_gelu_tanh_backward")),
+                            "csr_linear_gelu_tanh_backward", "bsr_conv2d_backward", "bsr_linear_backward")),
+    # the Python bodies of ebsparse's autograd Functions (`_EagerSparseConv2dBackward`, ...: names
+    # that begin with "_eager", see category), which by the rest of their names read as convolutions
+    ("ebsparse python", ()),
     ("dense conv/linear", ("convolution", "conv2d", "addmm", "aten::mm", "aten::linear", "aten::matmul")),
     ("groupnorm+silu", ("group_norm", "silu", "ebsparse::group_norm")),
     ("attention", ("bmm", "softmax", "attention")),
@@ -34,18 +38,24 @@ PHASE_ORDER = [name for name, _ in CATEGORIES] + ["python/dispatch"]
 # names: the dense path's 1x1 convolutions run as batched products (`bmm`), which are not attention.
 SCOPES = {"ebsparse::pointwise_conv2d": "dense conv/linear"}
 COLOURS = {"sparse fwd": (31, 119, 180), "sparse grad-input": (100, 160, 220), "sparse grad-weight": (174, 199, 232),
-           "dense conv/linear": (255, 127, 14), "groupnorm+silu": (44, 160, 44), "attention": (214, 39, 40),
-           "optimizer": (148, 103, 189), "autograd engine": (140, 86, 75),
+           "ebsparse python": (199, 199, 199), "dense conv/linear": (255, 127, 14), "groupnorm+silu": (44, 160, 44),
+           "attention": (214, 39, 40), "optimizer": (148, 103, 189), "autograd engine": (140, 86, 75),
            "elementwise/other ops": (188, 189, 34), "python/dispatch": (127, 127, 127)}
+# The categories a model's sparsity or pruning shrinks: its convolutions and linears.
+KERNEL_CATEGORIES = ("sparse fwd", "sparse grad-input", "sparse grad-weight", "dense conv/linear")
 
 
 def category(name: str) -> str:
     lowered = name.lower()
-    if lowered.startswith("ebsparse::csr_conv2d_grad") or lowered.startswith("ebsparse::csr_linear_"):
+    if lowered.startswith(("ebsparse::csr_conv2d_grad", "ebsparse::csr_linear_", "ebsparse::bsr_")):
         # the phase is in the suffix; checked before the forward's prefix
         for cat, fragments in CATEGORIES[1:3]:
             if any(f in lowered for f in fragments):
                 return cat
+    if lowered.startswith("_eager"):
+        return "ebsparse python"
+    if lowered.startswith("autograd::"):  # the engine's own time around a node, e.g. "...: ConvolutionBackward0"
+        return "autograd engine"
     for cat, fragments in CATEGORIES:
         if any(f in lowered for f in fragments):
             return cat
@@ -89,6 +99,37 @@ def table(rows: dict[str, dict[str, float]], timed: dict[str, float] | None = No
         cells = [f"{1e3 * r.get(c, 0):.0f} ({100 * r.get(c, 0) / total:.0f}%)" for c in cats]
         timed_cell = f" {1e3 * timed[name]:.0f} |" if timed else ""
         lines.append(f"| {name} |{timed_cell} {1e3 * total:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goal_table(rows: dict[str, dict[str, float]], flop_fraction: dict[str, float], goals: dict[str, float],
+               dense: str = "dense") -> str:
+    """Markdown: what each model's speed-up goal asks of its convolutions and linears, from the
+    profiled steps of `table` (so the rest of a step is what it is, profiler overhead included).
+
+    A step is split into its conv/linear kernels (KERNEL_CATEGORIES, sparse or dense) and the rest.
+    "At dense's rate" is the time the model's conv/linear work would take at the rate of the dense
+    model's: dense's conv/linear time times the model's FLOP fraction (the whole model's, whose
+    attention products are ~3% of the U-Net's). The step would then be the rest plus that time; the
+    goal leaves the conv/linear kernels its step (dense's / goal) less the rest, and the last column
+    is the rate that asks for, as a share of dense's. Above 100% a goal needs kernels that beat
+    dense's FLOP rate, or a smaller rest."""
+    def kernel(r):
+        return sum(r.get(c, 0.0) for c in KERNEL_CATEGORIES)
+
+    dense_kernel, dense_step = kernel(rows[dense]), sum(rows[dense].values())
+    lines = ["| model | goal | FLOP bound | conv/linear ms | rest ms | conv/linear at dense's rate, ms | "
+             "speed-up at dense's rate | conv/linear rate now, % of dense's | rate the goal needs, % of dense's |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, goal in goals.items():
+        r = rows[name]
+        k = kernel(r)
+        rest = sum(r.values()) - k
+        ideal = dense_kernel * flop_fraction[name]
+        budget = dense_step / goal - rest
+        needs = f"{100 * ideal / budget:.0f}%" if budget > 0 else "beyond reach: the rest alone is slower"
+        lines.append(f"| {name} | {goal:.1f}x | {1 / flop_fraction[name]:.2f}x | {1e3 * k:.0f} | {1e3 * rest:.0f} | "
+                     f"{1e3 * ideal:.0f} | {dense_step / (rest + ideal):.2f}x | {100 * ideal / k:.0f}% | {needs} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ activation memory is kept in the process; EBSPARSE_KEEP_FREED_MEMORY=0 leaves gl
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -52,7 +51,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("=", "ebsparse speed-up vs the paired baseline (minimum over rounds)")
     terminalreporter.write_line(header)
     terminalreporter.write_line(table)
-    out_dir = os.environ.get("EBSPARSE_BENCH_RESULTS") or os.path.join(os.path.dirname(__file__), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "latest.md"), "w") as f:
-        f.write(f"{header}\n\n{table}\n")
+    out_dir = settings.results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.md").write_text(f"{header}\n\n{table}\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 QUICK = os.environ.get("EBSPARSE_BENCH_QUICK", "0") not in ("", "0")
 
@@ -25,6 +26,11 @@ def rounds(default: int) -> int:
 
 def threads() -> int:
     return int(os.environ.get("EBSPARSE_BENCH_THREADS", "2"))
+
+
+def results_dir() -> Path:
+    """Where the summary table and the step breakdowns go: EBSPARSE_BENCH_RESULTS, else bench/results."""
+    return Path(os.environ.get("EBSPARSE_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 @dataclass(frozen=True)

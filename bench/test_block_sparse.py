@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import ebsparse
-from bench import settings
+from bench import breakdown, settings
 from bench.providers import training_step
 from bench.settings import CONV_SHAPES, LINEAR_SHAPES
 from bench.timing import paired
@@ -81,15 +81,21 @@ def test_block_conv_step(benchmark, shape, block, sparsity):
 
 @functools.cache
 def _unet(sparsity: float, block):
+    """(model in train mode, forward-FLOP fraction of dense)."""
     from ebsparse.models import DDPMUNet, DDPMUNetConfig
-    from ebsparse.s2s import Static
+    from ebsparse.s2s import Static, densities_of, flops_report
 
     config = DDPMUNetConfig(ch=settings.UNET_CHANNELS, num_groups=settings.UNET_NORM_GROUPS)
     torch.manual_seed(0)
     model = DDPMUNet(config).train()
-    if sparsity > 0:
-        Static(sparsity=sparsity, distribution="erk", granularity="block", block=block).apply(model)
-    return model
+    if sparsity == 0:
+        return model, 1.0
+    sp = Static(sparsity=sparsity, distribution="erk", granularity="block", block=block)
+    sp.apply(model)
+    with torch.device("meta"):
+        meta_model = DDPMUNet(config)
+    inputs = (torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
+    return model, flops_report(meta_model, inputs, densities_of(sp.masks())).test_ratio
 
 
 def _unet_step(model):
@@ -109,7 +115,21 @@ def _unet_step(model):
 @pytest.mark.parametrize("block", [(16, 16), (32, 32)], ids=_block_id)
 @pytest.mark.parametrize("sparsity", [0.9], ids=lambda s: f"sparsity-{s}")
 def test_unet_cifar10_block_train_step(benchmark, sparsity, block):
-    paired(benchmark, _unet_step(_unet(sparsity, block)), _unet_step(_unet(0.0, None)),
-           group=f"cifar10 U-Net s2s train step b{settings.UNET_BATCH}",
-           provider=f"erk-{sparsity}-block-{_block_id(block)}",
-           rounds=settings.rounds(3))
+    """The step paired with dense's; then one profiled step of each, split by category, and what
+    issue 21's 5x asks of the block kernels (bench/breakdown.py), into unet_block_<block>_breakdown.md."""
+    (model, fraction), (dense_model, _) = _unet(sparsity, block), _unet(0.0, None)
+    sparse_step, dense_step = _unet_step(model), _unet_step(dense_model)
+    name = f"erk-{sparsity}-block-{_block_id(block)}"
+    paired(benchmark, sparse_step, dense_step, group=f"cifar10 U-Net s2s train step b{settings.UNET_BATCH}",
+           provider=name, rounds=settings.rounds(3))
+    if benchmark.stats is None:  # --benchmark-disable
+        return
+    profiles = {"dense": breakdown.profile_step(dense_step), name: breakdown.profile_step(sparse_step)}
+    header = (f"CIFAR-10 DDPM U-Net train step, ERK {sparsity} block {_block_id(block)} masks, batch "
+              f"{settings.UNET_BATCH}, {torch.get_num_threads()} threads; one profiled step per model")
+    text = (f"{header}\n\n{breakdown.table(profiles)}\n\nWhat the goal asks of the block kernels\n\n"
+            f"{breakdown.goal_table(profiles, {'dense': 1.0, name: fraction}, {name: 5.0})}\n")
+    out = settings.results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"unet_block_{_block_id(block)}_breakdown.md").write_text(text)
+    print(f"\n{text}")

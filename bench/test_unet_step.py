@@ -13,7 +13,8 @@ against dense's minimum (the median's too, in the notes). pytest-benchmark times
 (its JSON carries every model's times in `extra_info`).
 
 After the rounds, one profiled step per model is split by category (bench/breakdown.py) into
-`unet_step_breakdown.md` and `unet_step_breakdown.png` in the results folder.
+`unet_step_breakdown.md` and `unet_step_breakdown.png` in the results folder; the markdown also says
+what each model's goal (GOALS) asks of its convolutions' FLOP rate against the dense model's.
 
 Run: ``pytest bench/test_unet_step.py --benchmark`` (EBSPARSE_BENCH_ROUNDS, default 7).
 """
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -35,6 +34,8 @@ from bench.timing import ROWS, Row
 BATCH = settings.UNET_BATCH
 ROUNDS = 7
 MODELS = ["dense", "erk-0.5", "erk-0.75", "erk-0.9", "pruned-0.5", "pruned-0.3"]
+# Issue 19's speed-up goals for the models' steps (breakdown.goal_table says what each asks of the kernels).
+GOALS = {"erk-0.5": 1.4, "erk-0.75": 2.6, "erk-0.9": 4.0, "pruned-0.5": 3.6, "pruned-0.3": 1.8}
 
 
 def _config():
@@ -110,10 +111,6 @@ def round_robin(steps: dict, rounds: int, benchmark=None) -> dict[str, list[floa
     return times
 
 
-def results_dir() -> Path:
-    return Path(os.environ.get("EBSPARSE_BENCH_RESULTS") or Path(__file__).parent / "results")
-
-
 def record(group: str, times: dict[str, list[float]], bounds: dict[str, float], gflop: dict[str, float]) -> None:
     """Rows (min and median against dense's) for the summary table."""
     dense_min, dense_median = min(times["dense"]), statistics.median(times["dense"])
@@ -144,8 +141,10 @@ def test_unet_cifar10_step_all_models(benchmark):
     timed = {name: min(v) for name, v in times.items()}
     header = (f"CIFAR-10 DDPM U-Net train step (forward + backward), batch {BATCH}, "
               f"{torch.get_num_threads()} threads, {rounds} round-robin rounds; one profiled step per model")
-    out = results_dir()
+    out = settings.results_dir()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "unet_step_breakdown.md").write_text(f"{header}\n\n{breakdown.table(profiles, timed)}\n")
+    goals = breakdown.goal_table(profiles, {n: b for n, (_, b) in models.items()}, GOALS)
+    text = f"{header}\n\n{breakdown.table(profiles, timed)}\n\nWhat the goals ask of the convolutions\n\n{goals}\n"
+    (out / "unet_step_breakdown.md").write_text(text)
     breakdown.stacked_bars(profiles, out / "unet_step_breakdown.png", header)
-    print(f"\n{header}\n{breakdown.table(profiles, timed)}")
+    print(f"\n{text}")

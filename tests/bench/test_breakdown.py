@@ -32,3 +32,30 @@ def test_pointwise_conv_products_count_as_convolutions_not_attention():
         step()
     scoped = [e for e in prof.events() if e.name == "aten::bmm" and breakdown._scope(e) == "dense conv/linear"]
     assert len(scoped) == 3  # forward, grad-input, grad-weight
+
+
+def test_block_ops_and_function_bodies_have_their_own_categories():
+    assert breakdown.category("ebsparse::bsr_conv2d") == "sparse fwd"
+    assert breakdown.category("ebsparse::bsr_linear") == "sparse fwd"
+    # the block ops' backward makes both gradients in one call, counted as csr_linear_backward is
+    assert breakdown.category("ebsparse::bsr_conv2d_backward") == "sparse grad-weight"
+    # an autograd Function's Python body is not a convolution, whatever its name
+    assert breakdown.category("_EagerSparseConv2dBackward") == "ebsparse python"
+    assert breakdown.category("autograd::engine::evaluate_function: _EagerSparseConv2dBackward") == "autograd engine"
+
+
+def test_goal_table_says_what_a_goal_asks_of_the_kernels():
+    ms = 1e-3
+    rows = {"dense": {"dense conv/linear": 900 * ms, "attention": 100 * ms},
+            "sparse": {"sparse fwd": 100 * ms, "sparse grad-input": 100 * ms, "sparse grad-weight": 100 * ms,
+                       "attention": 100 * ms},
+            "pruned": {"dense conv/linear": 250 * ms, "attention": 240 * ms}}
+    text = breakdown.goal_table(rows, {"dense": 1.0, "sparse": 0.1, "pruned": 0.25}, {"sparse": 4.0, "pruned": 3.0})
+    sparse_row, pruned_row = text.splitlines()[2:]
+    # sparse: 90 ms at dense's rate, 300 ms now (30%); the step would be 1000 / 190 = 5.26x; 4x leaves
+    # 250 - 100 = 150 ms for 90 ms of dense-rate work: 60% of dense's rate
+    assert sparse_row == "| sparse | 4.0x | 10.00x | 300 | 100 | 90 | 5.26x | 30% | 60% |"
+    # pruned: 225 ms at dense's rate (90% of it now); 3x leaves 333 - 240 = 93 ms for 225: 241%
+    assert pruned_row == "| pruned | 3.0x | 4.00x | 250 | 240 | 225 | 2.15x | 90% | 241% |"
+    beyond = breakdown.goal_table(rows, {"dense": 1.0, "pruned": 0.25}, {"pruned": 5.0}).splitlines()[2]
+    assert "beyond reach" in beyond
