@@ -17,12 +17,14 @@ import torch
 
 # (category, operator-name fragments), first match wins; names are lower-cased.
 CATEGORIES = [
-    ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear", "ebsparse::bsr_conv2d", "ebsparse::bsr_linear")),
+    ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear", "ebsparse::csr_mlp", "ebsparse::bsr_conv2d",
+                    "ebsparse::bsr_linear")),
     ("sparse grad-input", ("csr_conv2d_grad_input", "csr_linear_grad_input")),
-    # csr_linear_backward, csr_linear_gelu_tanh_backward and the block ops' backward make both
-    # gradients in one call
+    # csr_linear_backward, the fused GELU layer's and MLP's backward and the block ops' backward make
+    # both gradients in one call
     ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward",
-                            "csr_linear_gelu_tanh_backward", "bsr_conv2d_backward", "bsr_linear_backward")),
+                            "csr_linear_gelu_tanh_backward", "csr_mlp_gelu_tanh_backward", "bsr_conv2d_backward",
+                            "bsr_linear_backward")),
     # the Python bodies of ebsparse's autograd Functions (`_EagerSparseConv2dBackward`, ...: names
     # that begin with "_eager", see category), which by the rest of their names read as convolutions
     ("ebsparse python", ()),
@@ -47,7 +49,8 @@ KERNEL_CATEGORIES = ("sparse fwd", "sparse grad-input", "sparse grad-weight", "d
 
 def category(name: str) -> str:
     lowered = name.lower()
-    if lowered.startswith(("ebsparse::csr_conv2d_grad", "ebsparse::csr_linear_", "ebsparse::bsr_")):
+    if lowered.startswith(("ebsparse::csr_conv2d_grad", "ebsparse::csr_linear_", "ebsparse::csr_mlp",
+                           "ebsparse::bsr_")):
         # the phase is in the suffix; checked before the forward's prefix
         for cat, fragments in CATEGORIES[1:3]:
             if any(f in lowered for f in fragments):

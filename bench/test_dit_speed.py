@@ -27,7 +27,7 @@ import functools
 import pytest
 import torch
 
-from bench import settings
+from bench import breakdown, settings
 from bench.timing import paired
 
 BATCH = 4 if settings.QUICK else 32
@@ -94,3 +94,23 @@ def test_dit_s2_train_step(benchmark, provider):
     model, gflop = _model(provider)
     paired(benchmark, _step(model), _step(_model("dense")[0]), group=f"DiT-S/2 digits 16px train step b{BATCH}",
            provider=provider, rounds=settings.rounds(ROUNDS), gflop=gflop)
+
+
+def test_dit_s2_step_breakdown():
+    """One profiled step of each provider split by category, and what issue 19's goals for the
+    DiT (ERK 0.9 >= 4x, pruned 0.5 >= 3.6x) ask of its linears (bench/breakdown.py), into
+    dit_step_breakdown.md. Timed rows come from test_dit_s2_train_step."""
+    torch.set_num_threads(settings.threads())
+    steps = {p: _step(_model(p)[0]) for p in PROVIDERS}
+    profiles = {p: breakdown.profile_step(step) for p, step in steps.items()}
+    dense_gflop = _model("dense")[1]
+    fractions = {p: _model(p)[1] / dense_gflop for p in PROVIDERS}
+    goals = {"erk-0.9": 4.0, "pruned-0.5-all": 3.6}
+    header = (f"DiT-S/2 train step (forward + backward) on 16x16 digits, batch {BATCH}, {torch.get_num_threads()} "
+              "threads; one profiled step per model")
+    text = (f"{header}\n\n{breakdown.table(profiles)}\n\nWhat the goals ask of the linears\n\n"
+            f"{breakdown.goal_table(profiles, fractions, goals)}\n")
+    out = settings.results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dit_step_breakdown.md").write_text(text)
+    print(f"\n{text}")

@@ -34,11 +34,13 @@ def test_pointwise_conv_products_count_as_convolutions_not_attention():
     assert len(scoped) == 3  # forward, grad-input, grad-weight
 
 
-def test_block_ops_and_function_bodies_have_their_own_categories():
+def test_block_and_fused_ops_and_function_bodies_have_their_categories():
     assert breakdown.category("ebsparse::bsr_conv2d") == "sparse fwd"
     assert breakdown.category("ebsparse::bsr_linear") == "sparse fwd"
     # the block ops' backward makes both gradients in one call, counted as csr_linear_backward is
     assert breakdown.category("ebsparse::bsr_conv2d_backward") == "sparse grad-weight"
+    assert breakdown.category("ebsparse::csr_mlp_gelu_tanh") == "sparse fwd"
+    assert breakdown.category("ebsparse::csr_mlp_gelu_tanh_backward") == "sparse grad-weight"
     # an autograd Function's Python body is not a convolution, whatever its name
     assert breakdown.category("_EagerSparseConv2dBackward") == "ebsparse python"
     assert breakdown.category("autograd::engine::evaluate_function: _EagerSparseConv2dBackward") == "autograd engine"
