@@ -105,34 +105,35 @@ def table(rows: dict[str, dict[str, float]], timed: dict[str, float] | None = No
     return "\n".join(lines)
 
 
-def goal_table(rows: dict[str, dict[str, float]], flop_fraction: dict[str, float], goals: dict[str, float],
+def goal_table(rows: dict[str, dict[str, float]], weight_fraction: dict[str, float], goals: dict[str, float],
                dense: str = "dense") -> str:
     """Markdown: what each model's speed-up goal asks of its convolutions and linears, from the
     profiled steps of `table` (so the rest of a step is what it is, profiler overhead included).
 
     A step is split into its conv/linear kernels (KERNEL_CATEGORIES, sparse or dense) and the rest.
-    "At dense's rate" is the time the model's conv/linear work would take at the rate of the dense
-    model's: dense's conv/linear time times the model's FLOP fraction (the whole model's, whose
-    attention products are ~3% of the U-Net's). The step would then be the rest plus that time; the
-    goal leaves the conv/linear kernels its step (dense's / goal) less the rest, and the last column
-    is the rate that asks for, as a share of dense's. Above 100% a goal needs kernels that beat
-    dense's FLOP rate, or a smaller rest."""
+    `weight_fraction` is each model's conv/linear weight FLOPs over the dense model's (FlopsReport's
+    weight_ratio: the work its kernels do, without attention products and norms). "At dense's rate"
+    is the time that work would take at the dense model's conv/linear rate; the step would then be
+    the rest plus that time. The goal leaves the kernels its step (dense's / goal) less the rest; the
+    last column is the rate that asks for, as a share of dense's. Above 100% a goal needs kernels that
+    beat dense's FLOP rate, or a smaller rest."""
     def kernel(r):
         return sum(r.get(c, 0.0) for c in KERNEL_CATEGORIES)
 
     dense_kernel, dense_step = kernel(rows[dense]), sum(rows[dense].values())
-    lines = ["| model | goal | FLOP bound | conv/linear ms | rest ms | conv/linear at dense's rate, ms | "
+    lines = ["| model | goal | weight FLOPs of dense's | conv/linear ms | rest ms | conv/linear at dense's rate, ms | "
              "speed-up at dense's rate | conv/linear rate now, % of dense's | rate the goal needs, % of dense's |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, goal in goals.items():
         r = rows[name]
         k = kernel(r)
         rest = sum(r.values()) - k
-        ideal = dense_kernel * flop_fraction[name]
+        ideal = dense_kernel * weight_fraction[name]
         budget = dense_step / goal - rest
         needs = f"{100 * ideal / budget:.0f}%" if budget > 0 else "beyond reach: the rest alone is slower"
-        lines.append(f"| {name} | {goal:.1f}x | {1 / flop_fraction[name]:.2f}x | {1e3 * k:.0f} | {1e3 * rest:.0f} | "
-                     f"{1e3 * ideal:.0f} | {dense_step / (rest + ideal):.2f}x | {100 * ideal / k:.0f}% | {needs} |")
+        lines.append(f"| {name} | {goal:.1f}x | {100 * weight_fraction[name]:.1f}% | {1e3 * k:.0f} | "
+                     f"{1e3 * rest:.0f} | {1e3 * ideal:.0f} | {dense_step / (rest + ideal):.2f}x | "
+                     f"{100 * ideal / k:.0f}% | {needs} |")
     return "\n".join(lines)
 
 

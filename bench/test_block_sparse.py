@@ -81,7 +81,7 @@ def test_block_conv_step(benchmark, shape, block, sparsity):
 
 @functools.cache
 def _unet(sparsity: float, block):
-    """(model in train mode, forward-FLOP fraction of dense)."""
+    """(model in train mode, its conv/linear weight FLOPs over dense's: FlopsReport.weight_ratio)."""
     from ebsparse.models import DDPMUNet, DDPMUNetConfig
     from ebsparse.s2s import Static, densities_of, flops_report
 
@@ -95,7 +95,7 @@ def _unet(sparsity: float, block):
     with torch.device("meta"):
         meta_model = DDPMUNet(config)
     inputs = (torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
-    return model, flops_report(meta_model, inputs, densities_of(sp.masks())).test_ratio
+    return model, flops_report(meta_model, inputs, densities_of(sp.masks())).weight_ratio
 
 
 def _unet_step(model):

@@ -46,7 +46,8 @@ def _inputs(device="cpu", batch=1):
 
 
 @functools.cache
-def _model(provider: str):
+def _built(provider: str):
+    """(model in train mode, useful GFLOP of a step, its linears' weight FLOPs over dense's)."""
     from ebsparse.metrics.counting import count_macs
     from ebsparse.models import build_model
     from ebsparse.pruning import PruningConfig, prune
@@ -58,7 +59,8 @@ def _model(provider: str):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     inputs = _inputs()
-    gflop = 0.0
+    with torch.device("meta"):
+        dense_weights = flops_report(build_model(SPEC), _inputs("meta"), {}).dense_weights
     if provider.startswith("pruned"):
         ignored = None if provider.endswith("-all") else ("x_embedder.proj", "final_layer.linear")
         model = prune(model, inputs, PruningConfig(pruning_ratio=0.5, attention="heads", ignored_layers=ignored)).model
@@ -67,10 +69,16 @@ def _model(provider: str):
             meta = build_model(SPEC)
         sp = Static(sparsity=0.9, distribution="erk")
         sp.apply(model)
-        gflop = 3 * flops_report(meta, _inputs("meta"), densities_of(sp.masks())).sparse_forward * BATCH / 1e9
-    else:
-        gflop = 3 * 2 * count_macs(copy.deepcopy(model).to("meta"), *_inputs("meta")).total * BATCH / 1e9
-    return model.train(), gflop
+        report = flops_report(meta, _inputs("meta"), densities_of(sp.masks()))
+        return model.train(), 3 * report.sparse_forward * BATCH / 1e9, report.weight_ratio
+    meta = copy.deepcopy(model).to("meta")
+    gflop = 3 * 2 * count_macs(meta, *_inputs("meta")).total * BATCH / 1e9
+    return model.train(), gflop, flops_report(meta, _inputs("meta"), {}).dense_weights / dense_weights
+
+
+def _model(provider: str):
+    """(model in train mode, useful GFLOP of a step)."""
+    return _built(provider)[:2]
 
 
 def _step(model):
@@ -103,8 +111,7 @@ def test_dit_s2_step_breakdown():
     torch.set_num_threads(settings.threads())
     steps = {p: _step(_model(p)[0]) for p in PROVIDERS}
     profiles = {p: breakdown.profile_step(step) for p, step in steps.items()}
-    dense_gflop = _model("dense")[1]
-    fractions = {p: _model(p)[1] / dense_gflop for p in PROVIDERS}
+    fractions = {p: _built(p)[2] for p in PROVIDERS}
     goals = {"erk-0.9": 4.0, "pruned-0.5-all": 3.6}
     header = (f"DiT-S/2 train step (forward + backward) on 16x16 digits, batch {BATCH}, {torch.get_num_threads()} "
               "threads; one profiled step per model")

@@ -44,16 +44,26 @@ def _config():
     return DDPMUNetConfig(ch=settings.UNET_CHANNELS, num_groups=settings.UNET_NORM_GROUPS)
 
 
+def _meta_inputs():
+    return torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta")
+
+
 def _macs(model) -> float:
     from ebsparse.metrics.counting import count_macs
 
-    inputs = (torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
-    return float(count_macs(copy.deepcopy(model).to("meta"), *inputs).macs)
+    return float(count_macs(copy.deepcopy(model).to("meta"), *_meta_inputs()).macs)
+
+
+def _weight_flops(model) -> float:
+    """Forward FLOPs of the model's conv / linear weights, dense (what pruning and sparsity shrink)."""
+    from ebsparse.s2s import flops_report
+
+    return flops_report(copy.deepcopy(model).to("meta"), _meta_inputs(), {}).dense_weights
 
 
 @functools.cache
-def build(name: str):
-    """(model in train mode, forward-FLOP fraction of dense) for one of MODELS."""
+def _built(name: str):
+    """(model in train mode, forward-FLOP fraction of dense, the weights' share of that fraction)."""
     from ebsparse.models import DDPMUNet
 
     torch.manual_seed(0)
@@ -65,16 +75,27 @@ def build(name: str):
             meta_model = DDPMUNet(_config())
         sp = Static(sparsity=float(name[4:]), distribution="erk")
         sp.apply(model)
-        inputs = (torch.zeros(1, 3, 32, 32, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
-        return model, flops_report(meta_model, inputs, densities_of(sp.masks())).test_ratio
+        report = flops_report(meta_model, _meta_inputs(), densities_of(sp.masks()))
+        return model, report.test_ratio, report.weight_ratio
     if name.startswith("pruned-"):
         from ebsparse.pruning import PruningConfig, prune
 
-        dense_macs = _macs(model)
+        dense_macs, dense_weights = _macs(model), _weight_flops(model)
         inputs = (torch.randn(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
         model = prune(model, inputs, PruningConfig(pruning_ratio=float(name[7:]))).model.train()
-        return model, _macs(model) / dense_macs
-    return model, 1.0
+        return model, _macs(model) / dense_macs, _weight_flops(model) / dense_weights
+    return model, 1.0, 1.0
+
+
+def build(name: str):
+    """(model in train mode, forward-FLOP fraction of dense) for one of MODELS."""
+    return _built(name)[:2]
+
+
+def weight_fraction(name: str) -> float:
+    """The forward FLOPs of the model's conv / linear weights over the dense model's: the kernels'
+    work, without the attention products and norms that sparsity and pruning leave (or halve)."""
+    return _built(name)[2]
 
 
 def train_step(model):
@@ -143,7 +164,7 @@ def test_unet_cifar10_step_all_models(benchmark):
               f"{torch.get_num_threads()} threads, {rounds} round-robin rounds; one profiled step per model")
     out = settings.results_dir()
     out.mkdir(parents=True, exist_ok=True)
-    goals = breakdown.goal_table(profiles, {n: b for n, (_, b) in models.items()}, GOALS)
+    goals = breakdown.goal_table(profiles, {n: weight_fraction(n) for n in models}, GOALS)
     text = f"{header}\n\n{breakdown.table(profiles, timed)}\n\nWhat the goals ask of the convolutions\n\n{goals}\n"
     (out / "unet_step_breakdown.md").write_text(text)
     breakdown.stacked_bars(profiles, out / "unet_step_breakdown.png", header)

@@ -41,11 +41,21 @@ class FlopsReport:
     dense_forward: float
     sparse_forward: float
     layers: list[LayerFlops] = field(default_factory=list)
+    # Forward FLOPs of every Linear / Conv / RNN weight, dense: the work sparsity can shrink (the
+    # totals above also hold attention products and norms, which it cannot)
+    dense_weights: float = 0.0
 
     @property
     def test_ratio(self) -> float:
         """Inference FLOPs of the sparse model over the dense model's (the paper's Test FLOPs)."""
         return self.sparse_forward / self.dense_forward
+
+    @property
+    def weight_ratio(self) -> float:
+        """The weights' forward FLOPs at their densities over dense: `test_ratio` without the work no
+        weight takes part in (the kernels' share of the model's work, e.g. bench/breakdown.py's)."""
+        saved = self.dense_forward - self.sparse_forward
+        return (self.dense_weights - saved) / self.dense_weights
 
     def train_ratio(self, method: str, update_every: int | None = None) -> float:
         """Training FLOPs per step over dense training's (the paper's Train FLOPs)."""
@@ -132,7 +142,7 @@ def flops_report(model: nn.Module, inputs: tuple, densities: Mapping[str, float]
         d = weight_macs[name]
         layers.append(LayerFlops(name, float(density), 2.0 * d, 2.0 * d * density))
         saved += d * (1.0 - density)
-    return FlopsReport(2.0 * dense_macs, 2.0 * (dense_macs - saved), layers)
+    return FlopsReport(2.0 * dense_macs, 2.0 * (dense_macs - saved), layers, 2.0 * sum(weight_macs.values()))
 
 
 def densities_of(masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -18,6 +18,27 @@ def test_linear_and_conv_flops_by_hand():
     want = [("0.weight", 2 * conv_w), ("2.weight", 4000), ("3.weight", 200)]
     assert [(layer.name, layer.dense) for layer in rep.layers] == want
     assert "total forward" in rep.table()
+    # the weights alone, without the biases: what the kernels' share of the work is
+    weights = conv_w + 100 * 20 + 20 * 5
+    assert rep.dense_weights == 2 * weights
+    assert rep.weight_ratio == pytest.approx((weights - conv_w * 0.5 - 100 * 20 * 0.75) / weights)
+
+
+def test_weight_ratio_leaves_out_attention_products():
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24, bias=False)
+
+        def forward(self, x):  # (B, N, 8)
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+
+    rep = flops_report(Attend(), (torch.zeros(1, 6, 8),), {"qkv.weight": 0.25})
+    products = 2 * 6 * 6 * 8  # q k^T and p v, MACs
+    assert rep.dense_forward == 2 * (6 * 8 * 24 + products)
+    assert rep.weight_ratio == pytest.approx(0.25)
+    assert rep.test_ratio > 0.25  # the products do not shrink
 
 
 def test_train_flops_follow_evci():
