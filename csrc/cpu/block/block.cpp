@@ -123,8 +123,9 @@ void transpose(const double* src, int64_t lds, int64_t rows, int64_t cols, doubl
 
 // The scratch buffers a thread holds at the same time (cpu/scratch.h).
 // kSums (the blocks' gradient sums) and kPartial (other threads' sums: both the size of the kept
-// weights) belong to the calling thread, reused between calls instead of fresh tensors.
-enum Slot { kPanel, kTile, kRowPtrs, kSums, kPartial, kSlots };
+// weights) belong to the calling thread, reused between calls instead of fresh tensors. kColumns:
+// the runs of a strided panel's rows (build_panel).
+enum Slot { kPanel, kTile, kRowPtrs, kSums, kPartial, kColumns, kSlots };
 
 template <typename T>
 T* scratch(Slot slot, int64_t n) {
@@ -218,6 +219,25 @@ std::vector<int64_t> row_offsets(const Geometry& g) {
   return off;
 }
 
+// dst[x] = src[x * step] for x < n; stride 2 (a downsampling convolution's) as its own loop, which
+// GCC vectorises.
+template <typename T>
+void strided_copy(const T* __restrict src, int64_t step, int64_t n, T* __restrict dst) {
+  if (step == 1) {
+    std::memcpy(dst, src, sizeof(T) * n);
+  } else if (step == 2) {
+    for (int64_t x = 0; x < n; ++x) dst[x] = src[2 * x];
+  } else {
+    for (int64_t x = 0; x < n; ++x) dst[x] = src[x * step];
+  }
+}
+
+// A run of a panel row: n columns of one output row, read from offset src of the padded plane
+// (every sw-th float) into the row from column dst.
+struct PanelRun {
+  int64_t src, dst, n;
+};
+
 // Panel rows of the input channels marked in `used` for columns [c0, c1) (zero past c1).
 template <typename T>
 void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& used, int64_t c0, int64_t c1,
@@ -226,18 +246,25 @@ void build_panel(const Geometry& g, const T* src, const std::vector<uint8_t>& us
   if (g.linear) {
     transpose(src + c0 * g.C, g.C, n, g.C, panel, ld, false);
   } else {
+    PanelRun* runs = scratch<PanelRun>(kColumns, ld);  // at most one a column
     for (int64_t col = c0; col < c1;) {
       const int64_t img = col / g.qn, q0 = col % g.qn, len = std::min(c1 - col, g.qn - q0), i0 = col - c0;
+      // The piece's output rows, found once: a division per copied element took most of a strided
+      // convolution's time.
+      int64_t nruns = 0;
+      for (int64_t t = 0, oy = q0 / g.Wo, ox = q0 % g.Wo; t < len; ox = 0, ++oy) {
+        const int64_t n = std::min(g.Wo - ox, len - t);
+        runs[nruns++] = {oy * g.sh * g.Wp + ox * g.sw, i0 + t, n};
+        t += n;
+      }
       for (int64_t ci = 0; ci < g.C; ++ci) {
         if (!used[ci]) continue;
         const T* plane = src + (img * g.C + ci) * g.Hp * g.Wp;
         for (int64_t kh = 0; kh < g.KH; ++kh)
           for (int64_t kw = 0; kw < g.KW; ++kw) {
-            T* row = panel + (ci * kk + kh * g.KW + kw) * ld + i0;
-            for (int64_t t = 0; t < len; ++t) {
-              const int64_t oy = (q0 + t) / g.Wo, ox = (q0 + t) % g.Wo;
-              row[t] = plane[(oy * g.sh + kh * g.dh) * g.Wp + ox * g.sw + kw * g.dw];
-            }
+            const T* tap = plane + kh * g.dh * g.Wp + kw * g.dw;
+            T* row = panel + (ci * kk + kh * g.KW + kw) * ld;
+            for (int64_t r = 0; r < nruns; ++r) strided_copy(tap + runs[r].src, g.sw, runs[r].n, row + runs[r].dst);
           }
       }
       col += len;
