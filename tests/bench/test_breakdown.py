@@ -1,19 +1,32 @@
 """The step breakdown's categories: by operator name, and by profiler scope where an operator's name
 misleads (the dense path's 1x1 convolutions run as `bmm`, which by name is attention)."""
 
+import pytest
 import torch
 
 from bench import breakdown
 from ebsparse.backends.pointwise import pointwise_conv2d
 
 
-def test_operators_fall_in_their_named_categories():
-    assert breakdown.category("aten::convolution") == "dense conv/linear"
-    assert breakdown.category("ebsparse::csr_conv2d_grad_weight") == "sparse grad-weight"
-    assert breakdown.category("ebsparse::csr_linear_gelu_tanh") == "sparse fwd"
-    assert breakdown.category("ebsparse::csr_linear_gelu_tanh_backward") == "sparse grad-weight"
-    assert breakdown.category("aten::bmm") == "attention"
-    assert breakdown.category("aten::add") == "elementwise/other ops"
+@pytest.mark.parametrize("name, expected", [
+    ("aten::convolution", "dense conv/linear"),
+    ("ebsparse::csr_conv2d_grad_weight", "sparse grad-weight"),
+    ("ebsparse::csr_linear_gelu_tanh", "sparse fwd"),
+    ("ebsparse::csr_linear_gelu_tanh_backward", "sparse grad-weight"),
+    ("ebsparse::csr_mlp_gelu_tanh", "sparse fwd"),
+    ("ebsparse::csr_mlp_gelu_tanh_backward", "sparse grad-weight"),
+    ("ebsparse::bsr_conv2d", "sparse fwd"),
+    ("ebsparse::bsr_linear", "sparse fwd"),
+    # ops that make both gradients in one call count as grad-weight, as csr_linear_backward does
+    ("ebsparse::bsr_conv2d_backward", "sparse grad-weight"),
+    # an autograd Function's Python body is not a convolution, whatever its name
+    ("_EagerSparseConv2dBackward", "ebsparse python"),
+    ("autograd::engine::evaluate_function: _EagerSparseConv2dBackward", "autograd engine"),
+    ("aten::bmm", "attention"),
+    ("aten::add", "elementwise/other ops"),
+])
+def test_operators_fall_in_their_categories(name, expected):
+    assert breakdown.category(name) == expected
 
 
 def test_pointwise_conv_products_count_as_convolutions_not_attention():
@@ -32,18 +45,6 @@ def test_pointwise_conv_products_count_as_convolutions_not_attention():
         step()
     scoped = [e for e in prof.events() if e.name == "aten::bmm" and breakdown._scope(e) == "dense conv/linear"]
     assert len(scoped) == 3  # forward, grad-input, grad-weight
-
-
-def test_block_and_fused_ops_and_function_bodies_have_their_categories():
-    assert breakdown.category("ebsparse::bsr_conv2d") == "sparse fwd"
-    assert breakdown.category("ebsparse::bsr_linear") == "sparse fwd"
-    # the block ops' backward makes both gradients in one call, counted as csr_linear_backward is
-    assert breakdown.category("ebsparse::bsr_conv2d_backward") == "sparse grad-weight"
-    assert breakdown.category("ebsparse::csr_mlp_gelu_tanh") == "sparse fwd"
-    assert breakdown.category("ebsparse::csr_mlp_gelu_tanh_backward") == "sparse grad-weight"
-    # an autograd Function's Python body is not a convolution, whatever its name
-    assert breakdown.category("_EagerSparseConv2dBackward") == "ebsparse python"
-    assert breakdown.category("autograd::engine::evaluate_function: _EagerSparseConv2dBackward") == "autograd engine"
 
 
 def test_goal_table_says_what_a_goal_asks_of_the_kernels():
