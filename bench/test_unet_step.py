@@ -63,7 +63,7 @@ def _weight_flops(model) -> float:
 
 @functools.cache
 def _built(name: str):
-    """(model in train mode, forward-FLOP fraction of dense, the weights' share of that fraction)."""
+    """(model in train mode, forward-FLOP fraction of dense, its conv / linear weight FLOPs over dense's)."""
     from ebsparse.models import DDPMUNet
 
     torch.manual_seed(0)
