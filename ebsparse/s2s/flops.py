@@ -54,6 +54,9 @@ class FlopsReport:
     def weight_ratio(self) -> float:
         """The weights' forward FLOPs at their densities over dense: `test_ratio` without the work no
         weight takes part in (the kernels' share of the model's work, e.g. bench/breakdown.py's)."""
+        if self.dense_weights <= 0:
+            raise ValueError("weight_ratio: dense_weights is 0: no Linear / Conv / RNN weight took part in the "
+                             "forward pass (or the report was built without it)")
         saved = self.dense_forward - self.sparse_forward
         return (self.dense_weights - saved) / self.dense_weights
 

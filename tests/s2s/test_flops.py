@@ -39,6 +39,8 @@ def test_weight_ratio_leaves_out_attention_products():
     assert rep.dense_forward == 2 * (6 * 8 * 24 + products)
     assert rep.weight_ratio == pytest.approx(0.25)
     assert rep.test_ratio > 0.25  # the products do not shrink
+    with pytest.raises(ValueError, match="dense_weights"):
+        flops_report(nn.Softmax(dim=-1), (torch.zeros(2, 3),), {}).weight_ratio
 
 
 def test_train_flops_follow_evci():
