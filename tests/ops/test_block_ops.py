@@ -152,6 +152,48 @@ def test_native_conv_tiles_of_several_images(threads, size):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(4, 4), (4, 8), (8, 8), (16, 16), (32, 32), (6, 6), (8, 6)], ids=str)
+def test_native_pointwise_conv_maps(size, stride, threads, dtype):
+    """1x1 convolutions without padding: the native engine reads their input (forward, grad-weight)
+    and their gradient (grad-input) where they lie when every column tile is whole, else a padded
+    copy; maps of 16, 32, 64, 256 and 1024 pixels and two that fill no whole tile (36, 48), strided
+    too (the grad-input's spread gradient then needs the copy), against the reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_conv("native", 3, 2, 3, (16, 16), size, 1, stride, 0, 1, 0.5, dtype, 5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 6)], ids=str)
+def test_native_pointwise_conv_never_reads_unused_channels(size):
+    """Input channels no kept block reads hold NaN: the forward and the weight gradient stay those of
+    zeros there, whether the input is read in place (8x8) or copied (6x6)."""
+    g = torch.Generator().manual_seed(0)
+    block = (16, 16)
+    x = torch.randn(2, 48, *size, generator=g)
+    w = torch.randn(32, 48, 1, 1, generator=g)
+    mask = torch.zeros(w.shape, dtype=torch.bool)
+    mask[:16, :16] = mask[16:, 32:] = True  # input channels 16-31 unused
+    x_nan = x.clone()
+    x_nan[:, 16:32] = float("nan")
+    x_zero = x.clone()
+    x_zero[:, 16:32] = 0.0
+    grads = []
+    for xi in (x_nan, x_zero):
+        ws = w.clone().requires_grad_()
+        with runs_on("native", "block_conv2d", phases=("forward", "backward")):
+            y = block_sparse_conv2d(xi, ws, None, mask, block, 1, 0, 1, backend="native")
+            y.backward(torch.ones_like(y))
+        grads.append((y.detach(), ws.grad))
+    assert torch.isfinite(grads[0][0]).all() and torch.isfinite(grads[0][1]).all()
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_empty_batch(block, threads):
