@@ -25,9 +25,9 @@ CATEGORIES = [
     ("sparse grad-weight", ("csr_conv2d_grad_weight", "csr_linear_grad_weight", "csr_linear_backward",
                             "csr_linear_gelu_tanh_backward", "csr_mlp_gelu_tanh_backward", "bsr_conv2d_backward",
                             "bsr_linear_backward")),
-    # the Python bodies of ebsparse's autograd Functions (`_EagerSparseConv2dBackward`, ...: names
-    # that begin with "_eager", see category), which by the rest of their names read as convolutions
-    ("ebsparse python", ()),
+    # the Python bodies of ebsparse's autograd Functions (`_EagerSparseConv2dBackward`, ...), which by
+    # the rest of their names read as convolutions
+    ("ebsparse python", ("_eager",)),
     ("dense conv/linear", ("convolution", "conv2d", "addmm", "aten::mm", "aten::linear", "aten::matmul")),
     ("groupnorm+silu", ("group_norm", "silu", "ebsparse::group_norm")),
     ("attention", ("bmm", "softmax", "attention")),
@@ -55,8 +55,6 @@ def category(name: str) -> str:
         for cat, fragments in CATEGORIES[1:3]:
             if any(f in lowered for f in fragments):
                 return cat
-    if lowered.startswith("_eager"):
-        return "ebsparse python"
     if lowered.startswith("autograd::"):  # the engine's own time around a node, e.g. "...: ConvolutionBackward0"
         return "autograd engine"
     for cat, fragments in CATEGORIES:

@@ -223,6 +223,15 @@ bool reads_in_place(const Geometry& g, const Kernels<T>& kern) {
          whole_tiles;
 }
 
+// What the engines read for source `src`: itself for linear layers and where reads_in_place allows,
+// else its padded copy (the input channels of the nnzb kept blocks idx, of bc channels each).
+template <typename T>
+at::Tensor engine_source(const at::Tensor& src, const Geometry& g, const Kernels<T>& kern, const int32_t* idx,
+                         int64_t nnzb, int64_t bc) {
+  if (g.linear || reads_in_place(g, kern)) return src;
+  return padded_input<T>(src, g, used_channels(g, idx, nnzb, bc));
+}
+
 // Offsets of the panel rows (ci, kh, kw) in one image's padded input (in-place geometries).
 std::vector<int64_t> row_offsets(const Geometry& g) {
   std::vector<int64_t> off(g.kdim());
@@ -711,8 +720,7 @@ at::Tensor forward_typed(const Geometry& g, const at::Tensor& x, const at::Tenso
   }
   at::Tensor vals = pack_forward<T>(w, ptr, idx, rb, bo, bi * kk);
   at::Tensor out = g.linear ? at::empty({g.N, g.R}, x.options()) : at::empty({g.N, g.R, g.Ho, g.Wo}, x.options());
-  const at::Tensor src =
-      g.linear || reads_in_place(g, kern) ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  const at::Tensor src = engine_source(x, g, kern, idx, ptr[rb], bi);
   at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), ptr, idx, int(bo), int(bi),
                     bias ? b.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
@@ -748,8 +756,7 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
   Geometry g{false, fwd.N, fwd.R, spread.size(2), spread.size(3), fwd.C, fwd.KH, fwd.KW, 1, 1,
              fwd.dh * (fwd.KH - 1) - fwd.ph, fwd.dw * (fwd.KW - 1) - fwd.pw, fwd.dh, fwd.dw, fwd.H, fwd.W};
   g.derive();
-  const at::Tensor src =
-      reads_in_place(g, kern) ? spread : padded_input<T>(spread, g, used_channels(g, ridx, cptr[cb], bo));
+  const at::Tensor src = engine_source(spread, g, kern, ridx, cptr[cb], bo);
   at::Tensor out = at::empty({fwd.N, fwd.C, fwd.H, fwd.W}, dy.options());
   forward_engine<T>(g, src.const_data_ptr<T>(), vals.const_data_ptr<T>(), cptr, ridx, int(bi), int(bo), nullptr,
                     out.mutable_data_ptr<T>());
@@ -767,8 +774,7 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
                      int(bi), acc);
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
-  const at::Tensor src =
-      g.linear || reads_in_place(g, kern) ? x : padded_input<T>(x, g, used_channels(g, idx, ptr[rb], bi));
+  const at::Tensor src = engine_source(x, g, kern, idx, ptr[rb], bi);
   grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
 }
