@@ -264,6 +264,36 @@ def test_tap_groups_match_reference(n, ci, co, h, w, kh, kw, padding, dilation, 
                                expected_dw, atol=1e-4, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_grad_weight_of_a_large_layer_is_filled_by_row_blocks(threads):
+    """A weight gradient larger than one fill chunk (64K floats) is zeroed and filled by blocks of
+    output rows, split between the threads: every kept tap matches the reference, every other
+    entry is exactly zero, also where the previous call's gradient held values (the allocator
+    hands back the same memory)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, dy = torch.randn(2, 96, 6, 6), torch.randn(2, 70, 6, 6)
+        w = torch.randn(70, 96, 3, 3)  # 70 rows of 864 floats: 60K floats; two layers' worth below
+        for density in (1.0, 0.05):
+            mask = torch.rand(70, 96, 3, 3) < density
+            rp, ci = build_index(mask).tensors()[:2]
+            _, _, dw = _reference(x, w, dy, mask, 1)
+            got = torch.ops.ebsparse.csr_conv2d_grad_weight(dy, x, rp, ci, list(w.shape), ONE, ONE, ONE)
+            torch.testing.assert_close(got, dw, atol=1e-4, rtol=1e-4)
+            assert not got[~mask].any()
+        wide = torch.randn(150, 96, 3, 3)  # 130K floats: more than two chunks
+        mask = torch.rand(150, 96, 3, 3) < 0.1
+        rp, ci = build_index(mask).tensors()[:2]
+        dy = torch.randn(2, 150, 6, 6)
+        _, _, dw = _reference(x, wide, dy, mask, 1)
+        got = torch.ops.ebsparse.csr_conv2d_grad_weight(dy, x, rp, ci, list(wide.shape), ONE, ONE, ONE)
+        torch.testing.assert_close(got, dw, atol=1e-4, rtol=1e-4)
+        assert not got[~mask].any()
+    finally:
+        torch.set_num_threads(previous)
+
 def _cache_stats():
     held, built = torch.ops.ebsparse.cpu_pattern_cache_stats()
     return held, built
