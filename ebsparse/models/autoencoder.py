@@ -31,6 +31,7 @@ from torch import nn
 from .._config import config_from_dict
 from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
+from ..nn.thin_conv import thin_conv2d
 from .ddpm_unet import AttnBlock, Downsample, Upsample
 
 __all__ = ["AutoencoderConfig", "Autoencoder", "VectorQuantizer", "REGULARIZERS"]
@@ -151,7 +152,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, (2 if double_z else 1) * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = thin_conv2d(self.conv_in, x)  # image channels in, latent channels out: thin convs
         for stage in self.down:
             for i, block in enumerate(stage.block):
                 h = block(h)
@@ -160,7 +161,7 @@ class Encoder(nn.Module):
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(norm_silu(self.norm_out, h))
+        return thin_conv2d(self.conv_out, norm_silu(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -189,7 +190,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(thin_conv2d(self.conv_in, z))))
         for stage in reversed(self.up):
             for i, block in enumerate(stage.block):
                 h = block(h)
@@ -197,7 +198,7 @@ class Decoder(nn.Module):
                     h = stage.attn[i](h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(norm_silu(self.norm_out, h))
+        return thin_conv2d(self.conv_out, norm_silu(self.norm_out, h))
 
 
 class VectorQuantizer(nn.Module):

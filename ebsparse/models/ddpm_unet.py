@@ -19,6 +19,7 @@ from .._config import config_from_dict
 from ..nn.fused import StackedConv2d, run_stacked
 from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
+from ..nn.thin_conv import thin_conv2d
 from ..nn.pixel_attention import pixel_attention, pixel_attention_stacked
 from ..nn.upsample import upsample_nearest_2x
 
@@ -309,7 +310,7 @@ class DDPMUNet(nn.Module):
         temb = timestep_embedding(t, self.ch).to(x.dtype)
         temb = self.temb.dense[1](_swish(self.temb.dense[0](temb)))
 
-        hs = [self.conv_in(x)]
+        hs = [thin_conv2d(self.conv_in, x)]  # image channels in and out: thin convs (ebsparse.nn.thin_conv)
         for i_level in range(self.num_resolutions):
             level = self.down[i_level]
             for i_block in range(self.num_res_blocks):
@@ -334,4 +335,4 @@ class DDPMUNet(nn.Module):
             if i_level != 0:
                 h = level.upsample(h)
 
-        return self.conv_out(norm_silu(self.norm_out, h))
+        return thin_conv2d(self.conv_out, norm_silu(self.norm_out, h))

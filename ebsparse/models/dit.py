@@ -21,6 +21,7 @@ from torch import nn
 from .._config import config_from_dict
 from ..nn.adaln import fused_adaln, gated_add, gated_add_norm_modulate, norm_modulate
 from ..nn.linear import mlp_gelu_tanh
+from ..nn.thin_conv import thin_conv2d
 from ..ops.qkv_attention import qkv_attention
 
 __all__ = ["DiTConfig", "DiT", "DIT_SIZES", "dit_config"]
@@ -119,7 +120,7 @@ class PatchEmbed(nn.Module):
         # contiguous: elementwise ops keep their first input's layout, so a transposed view here would
         # carry the token-major layout through every residual add, and every LayerNorm (forward and
         # backward) would copy its input to contiguous.
-        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
+        return thin_conv2d(self.proj, x).flatten(2).transpose(1, 2).contiguous()  # latent channels in: thin
 
 
 class TimestepEmbedder(nn.Module):

@@ -29,6 +29,7 @@ from torch import nn
 from .._config import config_from_dict
 from ..nn.activation import dropout_act
 from ..nn.norm import norm_silu
+from ..nn.thin_conv import thin_conv2d
 
 __all__ = ["LDMUNetConfig", "LDMUNet", "LatentDiffusionConfig", "build_latent_unet", "ldm_timestep_embedding"]
 
@@ -248,7 +249,7 @@ class TimestepBlock(nn.Sequential):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            x = layer(x, emb) if isinstance(layer, ResBlock) else thin_conv2d(layer, x)  # the first: latents in
         return x
 
 
@@ -321,7 +322,7 @@ class LDMUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out[2](norm_silu(self.out[0], h))
+        return thin_conv2d(self.out[2], norm_silu(self.out[0], h))  # latent channels out: a thin conv
 
 
 @dataclass
