@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-# (category, operator-name fragments), first match wins; names are lower-cased.
+# (category, operator-name fragments), first match wins; names are lower-cased. The native conv ops
+# also run the dense models' thin convs (ebsparse.nn.thin_conv, every weight kept: ~1-2 ms a U-Net
+# step), which therefore land in the "sparse" columns; the goal table counts all conv/linear work alike.
 CATEGORIES = [
     ("sparse fwd", ("ebsparse::csr_conv2d", "ebsparse::csr_linear", "ebsparse::csr_mlp", "ebsparse::bsr_conv2d",
                     "ebsparse::bsr_linear")),

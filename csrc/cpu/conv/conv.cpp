@@ -558,12 +558,15 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
   const int64_t* pos = pk->pos.data();
   const int64_t* row_start = pk->bptr.data();  // entries of output row o: [row_start[o * nb], row_start[(o + 1) * nb])
   const int64_t rows_per_chunk = std::max<int64_t>(kFillChunkFloats / std::max<int64_t>(Kc, 1), 1);
-  at::parallel_for(0, g.Co, rows_per_chunk, [&](int64_t o0, int64_t o1) {
-    std::memset(dwp + o0 * Kc, 0, (o1 - o0) * Kc * sizeof(float));
-    for (int64_t k = row_start[o0 * p.nb]; k < row_start[o1 * p.nb]; ++k) {
-      float s = 0.f;
-      for (int64_t t = 0; t < nt; ++t) s += parts[t][k];
-      dwp[pos[k]] = s;
+  at::parallel_for(0, g.Co, rows_per_chunk, [&](int64_t begin, int64_t end) {
+    for (int64_t o0 = begin; o0 < end; o0 += rows_per_chunk) {
+      const int64_t o1 = std::min(end, o0 + rows_per_chunk);
+      std::memset(dwp + o0 * Kc, 0, (o1 - o0) * Kc * sizeof(float));
+      for (int64_t k = row_start[o0 * p.nb]; k < row_start[o1 * p.nb]; ++k) {
+        float s = 0.f;
+        for (int64_t t = 0; t < nt; ++t) s += parts[t][k];
+        dwp[pos[k]] = s;
+      }
     }
   });
   return dw;
