@@ -63,12 +63,12 @@ def _full_pattern(weight: torch.Tensor) -> tuple[torch.Tensor, PatternIndex]:
     return pattern
 
 
-def _measure(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tensor, index: PatternIndex):
-    """Seconds of this call's forward and the gradients it will want, on a candidate backend."""
-    weight, bias = conv.weight, conv.bias
-    leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, weight, bias) if t is not None]
-    x_, w_, b_ = leaves[0], leaves[1], leaves[2] if bias is not None else None
-    wanted = [t for t in leaves if t.requires_grad]
+def _measure(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tensor, index: PatternIndex, grads: tuple[bool, ...]):
+    """Seconds of this call's forward and the gradients it will want (`grads`: of x, weight, bias),
+    on a candidate backend."""
+    x_, w_ = x.detach().requires_grad_(grads[0]), conv.weight.detach().requires_grad_(grads[1])
+    b_ = conv.bias.detach().requires_grad_(grads[2]) if conv.bias is not None else None
+    wanted = [t for t in (x_, w_, b_) if t is not None and t.requires_grad]
     geometry = (list(conv.stride), list(conv.padding), list(conv.dilation))
 
     def measure(name: str) -> float:
@@ -105,7 +105,8 @@ def thin_conv2d(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if backend is None:
         if BACKEND == "auto":
             # Keyed apart from the sparse layers' conv2d choices (which time all three phases).
-            name = select.choose("conv2d", x.device, x.dtype, _measure(conv, x, mask, index), ("thin",) + key[1:])
+            name = select.choose("conv2d", x.device, x.dtype, _measure(conv, x, mask, index, grads),
+                                 ("thin",) + key[1:])
         else:
             name = BACKEND
         inputs = Conv2dInputs(x.detach(), weight.detach(), None if bias is None else bias.detach(), mask, index,
