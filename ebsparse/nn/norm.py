@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 
 from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
+from ebsparse.nn.activation import observed
 from ebsparse.ops.group_norm_silu import GroupNormSiluInputs, run_group_norm_silu
 
 # The backend `norm_silu` asks for: "auto" whatever EBSPARSE_BACKEND says (that variable names the
@@ -25,15 +25,10 @@ BACKEND = "auto"
 _resolved: dict[tuple, Backend] = {}
 
 
-def _observed(norm: nn.Module) -> bool:
-    return bool(norm._forward_hooks or norm._forward_pre_hooks or _module._global_forward_hooks
-                or _module._global_forward_pre_hooks)
-
-
 def norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``F.silu(norm(x))``; one fused op for an unobserved ``nn.GroupNorm`` on the CPU in eager mode."""
     if (type(norm) is not nn.GroupNorm or x.device.type != "cpu" or torch.compiler.is_compiling()
-            or _observed(norm) or x.dim() < 2 or x.dtype not in (torch.float32, torch.float64)):
+            or observed(norm) or x.dim() < 2 or x.dtype not in (torch.float32, torch.float64)):
         return F.silu(norm(x))
     key = (BACKEND, tuple(x.shape), x.dtype, norm.num_groups, norm.weight is not None, torch.get_num_threads())
     backend = _resolved.get(key)

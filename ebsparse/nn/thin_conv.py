@@ -23,12 +23,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 
 from ebsparse.backends import dispatch, registry, select
 from ebsparse.backends.base import Backend
 from ebsparse.backends.timing import time_call
 from ebsparse.formats.index import PatternIndex, build_index
+from ebsparse.nn.activation import observed
 from ebsparse.ops.conv import run_conv2d
 from ebsparse.ops.inputs import Conv2dInputs
 
@@ -39,11 +39,6 @@ MAX_THIN_CHANNELS = 8
 BACKEND = "auto"
 _resolved: dict[tuple, Backend] = {}
 _full_patterns: dict[tuple, tuple[torch.Tensor, PatternIndex]] = {}
-
-
-def _observed(conv: nn.Module) -> bool:
-    return bool(conv._forward_hooks or conv._forward_pre_hooks or _module._global_forward_hooks
-                or _module._global_forward_pre_hooks)
 
 
 def is_thin(conv: nn.Module) -> bool:
@@ -93,7 +88,7 @@ def thin_conv2d(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``; on the native conv engine for an unobserved thin ``nn.Conv2d`` (`is_thin`) in eager
     mode on the CPU in float32, where it measured faster than ATen for this input shape."""
     weight, bias = getattr(conv, "weight", None), getattr(conv, "bias", None)
-    if (not is_thin(conv) or x.device.type != "cpu" or torch.compiler.is_compiling() or _observed(conv)
+    if (not is_thin(conv) or x.device.type != "cpu" or torch.compiler.is_compiling() or observed(conv)
             or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32
             or torch.is_autocast_enabled("cpu") or x.shape[1] != conv.in_channels):
         return conv(x)
@@ -101,6 +96,8 @@ def thin_conv2d(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     key = (BACKEND, tuple(x.shape), tuple(weight.shape), conv.stride, conv.padding, conv.dilation, grads,
            torch.get_num_threads())
     backend = _resolved.get(key)
+    if backend is not None and backend.name == "dense":
+        return conv(x)
     mask, index = _full_pattern(weight)
     if backend is None:
         if BACKEND == "auto":
