@@ -139,10 +139,11 @@ def test_native_linear_large_outputs(threads, block):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("size", [(12, 12), (16, 16), (7, 30)], ids=str)
+@pytest.mark.parametrize("size", [(12, 12), (16, 16), (7, 30), (48, 48)], ids=str)
 def test_native_conv_tiles_of_several_images(threads, size):
     """Stride-1 convolutions whose images span several column tiles, on several images: the forward's
-    tasks take the tiles image-interleaved (tile t of image t mod N), the grad-weight's image by image;
+    tasks take the tiles image-interleaved (tile t of image t mod N), the grad-weight's image by image
+    (tiles of up to 2048 columns of one image: a 48x48 map's 2398 padded-grid columns make two);
     every output pixel and weight gradient must come out once, on one and two threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -476,14 +476,23 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
   });
 }
 
+// Columns of one image a grad-weight tile takes when it reads its panel rows in place (a 32x32
+// map's whole image on its padded-width grid).
+constexpr int64_t kGradWeightColumns = 2048;
+
 // acc[j * br * bck + r * bck + c] = sum over columns of dy rows . panel rows, at the kept blocks.
 template <typename T>
 void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int32_t* ptr, const int32_t* idx,
                         int br, int bci, T* acc) {
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
-  // Wide tiles: the horizontal sums and the panel rows' set-up are paid once per tile.
-  const int64_t ld = kern.pt * (g.in_place() ? 4 : panel_widen(kdim, kern.pt, sizeof(T)));
+  // Wide tiles: the horizontal sums, the panel rows' set-up and the pass over the kept blocks are
+  // paid once per tile. In-place tiles lie in one image: up to kGradWeightColumns of it, split evenly.
+  int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
+  if (g.in_place()) {
+    const int64_t per_image = (g.qn + kGradWeightColumns - 1) / kGradWeightColumns;
+    ld = ((g.qn + per_image - 1) / per_image + kern.pt - 1) / kern.pt * kern.pt;
+  }
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
   const Split s = split(g, ld, rb, /*interleaved=*/false);
