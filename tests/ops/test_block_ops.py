@@ -153,6 +153,23 @@ def test_native_conv_tiles_of_several_images(threads, size):
         torch.set_num_threads(previous)
 
 
+@settings(max_examples=16, deadline=None)
+@given(n=st.integers(1, 11), threads=st.sampled_from([1, 2]), rb=st.integers(1, 6),
+       size=st.sampled_from([(4, 4), (8, 8), (5, 9), (3, 3)]), kernel=st.sampled_from([1, 3]),
+       density=st.sampled_from([0.2, 0.5, 1.0]), seed=st.integers(0, 9999))
+def test_native_conv_grad_weight_sums_groups_of_images(n, threads, rb, size, kernel, density, seed):
+    """Small stride-1 maps: each grad-weight task sums several whole images before its horizontal
+    sums (tiles of at most 512 columns together), the batch split evenly into groups (the last may
+    be smaller) and the block rows into chunks of about equal kept blocks; every image and block
+    row must be counted once, on one and two threads, against the reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_conv("native", n, rb, 2, (8, 8), size, kernel, 1, kernel // 2, 1, density, torch.float32, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("stride", [1, 2])

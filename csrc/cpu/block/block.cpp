@@ -61,15 +61,17 @@ void spmm_generic(const T* vals, const int32_t* idx, int64_t b0, int64_t b1, int
 
 template <typename T>
 void sddmm_generic(const T* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc, const T* panel,
-                   const T* const* rows, int64_t ld, int64_t n, T* acc) {
+                   const T* const* rows, int64_t ld, int64_t n, const block_detail::Images& images, T* acc) {
   for (int64_t j = b0; j < b1; ++j)
     for (int r = 0; r < br; ++r)
       for (int c = 0; c < bc; ++c) {
-        const T* a = dtile + r * ld;
         const int64_t k = int64_t(idx[j]) * bc + c;
-        const T* p = rows ? rows[k] : panel + k * ld;
         T s = 0;
-        for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
+        for (int64_t m = 0; m < images.count; ++m) {
+          const T* a = dtile + m * images.dstep + r * ld;
+          const T* p = (rows ? rows[k] : panel + k * ld) + m * images.rstep;
+          for (int64_t i = 0; i < n; ++i) s += a[i] * p[i];
+        }
         acc[(j * br + r) * bc + c] += s;
       }
 }
@@ -80,7 +82,7 @@ struct Kernels {
   void (*spmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, T*, int64_t,
                int64_t);
   void (*sddmm)(const T*, const int32_t*, int64_t, int64_t, int, int, const T*, const T* const*, int64_t, int64_t,
-                T*);
+                const block_detail::Images&, T*);
   // The row-major linear kernels (kernels.h), for output widths of 2 or 4 vectors of `vec` (at one
   // vector the broadcasts outnumber the FMAs' other loads and the transposed kernels were faster:
   // bench/NOTES.md); null where there are none (fp64).
@@ -410,13 +412,17 @@ struct Split {
   }
 };
 
+// Block-row chunks per tile that give the threads at least two tasks each.
+int64_t chunks_for(int64_t tiles, int64_t rb) {
+  const int64_t threads = at::get_num_threads();
+  if (tiles == 0 || tiles >= 2 * threads) return 1;  // no tiles: an empty batch (nothing to split)
+  return std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
+}
+
 Split split(const Geometry& g, int64_t ld, int64_t rb, bool interleaved) {
   const int64_t per_image = g.in_place() ? (g.qn + ld - 1) / ld : 0;
-  const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld, threads = at::get_num_threads();
-  int64_t chunks = 1;
-  if (tiles > 0 && tiles < 2 * threads)  // no tiles: an empty batch (nothing to split)
-    chunks = std::clamp<int64_t>((2 * threads + tiles - 1) / tiles, 1, std::max<int64_t>(rb, 1));
-  return {tiles, chunks, rb, ld, per_image, g.columns(), g.qn, interleaved};
+  const int64_t tiles = per_image ? g.N * per_image : (g.columns() + ld - 1) / ld;
+  return {tiles, chunks_for(tiles, rb), rb, ld, per_image, g.columns(), g.qn, interleaved};
 }
 
 // SpMM widths per tile: up to 4, keeping the panel (kdim x width) within 2 MB.
@@ -476,9 +482,13 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
   });
 }
 
-// Columns of one image a grad-weight tile takes when it reads its panel rows in place (a 32x32
-// map's whole image on its padded-width grid).
+// Columns a grad-weight task takes when it reads its panel rows in place: of one image, up to
+// kGradWeightColumns (a 32x32 map's whole padded grid); or of several small images, up to
+// kGroupColumns together, whose sums it adds before their horizontal sums (those of a 4x4 map's 32
+// columns took longer than its FMAs). Grouped images share their task's block rows, so larger
+// groups re-read more input from other chunks' tasks than the sums they save.
 constexpr int64_t kGradWeightColumns = 2048;
+constexpr int64_t kGroupColumns = 512;
 
 // acc[j * br * bck + r * bck + c] = sum over columns of dy rows . panel rows, at the kept blocks.
 template <typename T>
@@ -487,37 +497,63 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
   // Wide tiles: the horizontal sums, the panel rows' set-up and the pass over the kept blocks are
-  // paid once per tile. In-place tiles lie in one image: up to kGradWeightColumns of it, split evenly.
-  int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T));
+  // paid once per task. In-place tiles lie in one image (up to kGradWeightColumns of it, split
+  // evenly) or hold whole images, `group` of them (the batch split evenly between the groups).
+  int64_t ld = kern.pt * panel_widen(kdim, kern.pt, sizeof(T)), group = 1;
   if (g.in_place()) {
     const int64_t per_image = (g.qn + kGradWeightColumns - 1) / kGradWeightColumns;
     ld = ((g.qn + per_image - 1) / per_image + kern.pt - 1) / kern.pt * kern.pt;
+    if (per_image == 1 && g.N > 0) {
+      const int64_t most = std::max<int64_t>(kGroupColumns / ld, 1);
+      const int64_t groups = (g.N + most - 1) / most;
+      group = (g.N + groups - 1) / groups;
+    }
   }
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
-  const Split s = split(g, ld, rb, /*interleaved=*/false);
-  const int64_t threads = at::get_num_threads(), per = nnzb * br * bck;
+  Split s = split(g, ld, rb, /*interleaved=*/false);
+  if (group > 1) {  // chunks of about equal numbers of kept blocks, enough for the threads to share
+    s.tiles = (g.N + group - 1) / group;
+    s.chunks = std::clamp<int64_t>((2 * at::get_num_threads() + s.tiles - 1) / s.tiles, 1, std::max<int64_t>(nnzb, 1));
+  }
+  // Block rows [r0, r1) of chunk c: those whose kept blocks start in its share of the nnzb.
+  auto chunk_rows = [&](int64_t c, int64_t& r1) -> int64_t {
+    if (group == 1) return s.rows(c, r1);
+    auto first_at = [&](int64_t k) { return int64_t(std::lower_bound(ptr, ptr + rb, int32_t(k)) - ptr); };
+    r1 = c + 1 == s.chunks ? rb : first_at(nnzb * (c + 1) / s.chunks);
+    return first_at(nnzb * c / s.chunks);
+  };
+  const int64_t threads = at::get_num_threads(), per = nnzb * br * bck, plane = g.R * ld;
   T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
   std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
   std::fill(acc, acc + per, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
-    int64_t c1, rb1;
-    const int64_t c0 = s.cols(task / s.chunks, c1);
-    const int64_t rb0 = s.rows(task % s.chunks, rb1);
+    int64_t c0, c1, rb1;
+    block_detail::Images images;
+    if (group > 1) {  // images [t * group, + count), each whole: one column tile per image
+      const int64_t t = task / s.chunks;
+      c0 = t * group * g.qn, c1 = c0 + g.qn;
+      images = {std::min(group, g.N - t * group), plane, g.C * g.Hp * g.Wp};
+    } else {
+      c0 = s.cols(task / s.chunks, c1);
+    }
+    const int64_t rb0 = chunk_rows(task % s.chunks, rb1);
     if (ptr[rb1] == ptr[rb0]) return;
-    T* tile = scratch<T>(kTile, g.R * ld);
+    T* tile = scratch<T>(kTile, images.count * plane);
     const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
     if (g.linear) {  // one transpose: per block row, small blocks would make it many partial ones
       gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
     } else {
-      for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
-        if (ptr[b + 1] > ptr[b]) gather_tile(g, dy, b * br, (b + 1) * br, c0, c1, tile, ld);
+      for (int64_t m = 0; m < images.count; ++m)
+        for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
+          if (ptr[b + 1] > ptr[b])
+            gather_tile(g, dy, b * br, (b + 1) * br, c0 + m * g.qn, c1 + m * g.qn, tile + m * plane, ld);
     }
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial + (tid - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
-      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, a);
+      kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, images, a);
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];

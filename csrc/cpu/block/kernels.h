@@ -26,14 +26,21 @@ void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t 
 void spmm_f32_avx2(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
                    const float* panel, const float* const* rows, float* tile, int64_t ld, int64_t width);
 
-// acc[j * br * bc + r * bc + c] += sum_{i < n} D[r * ld + i] * rows[idx[j] * bc + c][i]
+// The images one SDDMM call sums over: image m's gradient tile is D + m * dstep, its panel rows
+// rows[k] + m * rstep (rows read in place; a copied panel holds one image's columns: count 1).
+struct Images {
+  int64_t count = 1, dstep = 0, rstep = 0;
+};
+
+// acc[j * br * bc + r * bc + c] += sum_{m < images.count} sum_{i < n} D[m * dstep + r * ld + i]
+//                                  * rows[idx[j] * bc + c][m * rstep + i]
 // for j in [b0, b1), r < br, c < bc; n a multiple of the vector width.
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, const float* const* rows,
-                      int64_t ld, int64_t n, float* acc);
+                      const float* panel, const float* const* rows, int64_t ld, int64_t n, const Images& images,
+                      float* acc);
 void sddmm_f32_avx2(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                    const float* panel, const float* const* rows,
-                      int64_t ld, int64_t n, float* acc);
+                    const float* panel, const float* const* rows, int64_t ld, int64_t n, const Images& images,
+                    float* acc);
 
 // Row-major kernels of the linear layer; ow (a block's output width) 2 or 4 vectors; packed 64-byte
 // aligned. rspmm reads the activations k-major (at[k * ldt + n]: a strip of batch rows the caller

@@ -40,10 +40,10 @@ void spmm_f32_avx512(const float* vals, const int32_t* idx, int64_t b0, int64_t 
 }
 
 void sddmm_f32_avx512(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                      const float* panel, const float* const* rows, int64_t ld, int64_t n,
+                      const float* panel, const float* const* rows, int64_t ld, int64_t n, const Images& images,
                       float* acc) {
-  if (rows) return avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::TableRows{rows}, ld, n, acc);
-  avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, ld, n, acc);
+  if (rows) return avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::TableRows{rows}, ld, n, images, acc);
+  avx512::sddmm(dtile, idx, b0, b1, br, bc, avx512::StridedRows{panel, ld}, ld, n, images, acc);
 }
 
 void rspmm_f32_avx512(const float* at, int64_t ldt, int64_t rows, const float* packed, const int32_t* idx, int64_t b0,

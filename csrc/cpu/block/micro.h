@@ -7,7 +7,7 @@
 // panel loads and kRows broadcasts feed 4 * kRows FMAs (a dense micro-GEMM per block: weights are reused across the 4 vectors, panel
 // loads across the kRows rows, which unstructured sparsity cannot do).
 // SDDMM: dot products of kRows gradient rows with 4 panel rows (4 * kRows accumulators) over the n
-// columns, one horizontal sum per output at the end.
+// columns of each image of `images`, one horizontal sum per output at the end.
 
 namespace {
 
@@ -84,7 +84,7 @@ inline void spmm(const float* vals, const int32_t* idx, int64_t b0, int64_t b1, 
 
 template <int RT, class Rows>
 inline void sddmm_rows(const float* dtile, Rows rows, const int32_t* idx, int64_t j, int br, int bc,
-                       int64_t ld, int64_t n, int r0, float* acc) {
+                       int64_t ld, int64_t n, const Images& images, int r0, float* acc) {
   using V = typename Vec::T;
   const int64_t k0 = int64_t(idx[j]) * bc;
   float* out = acc + j * int64_t(br) * bc;
@@ -98,15 +98,19 @@ inline void sddmm_rows(const float* dtile, Rows rows, const int32_t* idx, int64_
     for (int r = 0; r < RT; ++r)
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) s[r][c] = Vec::zero();
-    for (int64_t i = 0; i < n; i += Vec::W) {
-      V bv[4];
+    for (int64_t m = 0; m < images.count; ++m) {
+      const float* d = dtile + m * images.dstep;
+      const int64_t shift = m * images.rstep;
+      for (int64_t i = 0; i < n; i += Vec::W) {
+        V bv[4];
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) bv[c] = Vec::loadu(b[c] + i);
+        for (int c = 0; c < 4; ++c) bv[c] = Vec::loadu(b[c] + shift + i);
 #pragma GCC unroll 8
-      for (int r = 0; r < RT; ++r) {
-        const V a = Vec::load(dtile + (r0 + r) * ld + i);
+        for (int r = 0; r < RT; ++r) {
+          const V a = Vec::load(d + (r0 + r) * ld + i);
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) s[r][c] = Vec::fma(a, bv[c], s[r][c]);
+          for (int c = 0; c < 4; ++c) s[r][c] = Vec::fma(a, bv[c], s[r][c]);
+        }
       }
     }
 #pragma GCC unroll 8
@@ -123,11 +127,11 @@ inline void sddmm_rows(const float* dtile, Rows rows, const int32_t* idx, int64_
 
 template <class Rows>
 inline void sddmm(const float* dtile, const int32_t* idx, int64_t b0, int64_t b1, int br, int bc,
-                  Rows rows, int64_t ld, int64_t n, float* acc) {
+                  Rows rows, int64_t ld, int64_t n, const Images& images, float* acc) {
   for (int64_t j = b0; j < b1; ++j) {
     int r = 0;
-    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
-    for (; r < br; ++r) sddmm_rows<1>(dtile, rows, idx, j, br, bc, ld, n, r, acc);
+    for (; r + kRows <= br; r += kRows) sddmm_rows<kRows>(dtile, rows, idx, j, br, bc, ld, n, images, r, acc);
+    for (; r < br; ++r) sddmm_rows<1>(dtile, rows, idx, j, br, bc, ld, n, images, r, acc);
   }
 }
 
