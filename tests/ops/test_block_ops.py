@@ -241,6 +241,10 @@ def check_native_kernels():
             _check_conv("native", 2, 2, 2, block, (21, 19), 3, 1, 1, 1, 0.5, dtype, 4)
             _check_conv("native", 1, 1, 2, block, (17, 30), 3, 1, 2, 2, 1.0, dtype, 5)
             _check_conv("native", 3, 2, 1, block, (13, 40), 1, 1, 0, 1, 0.0, dtype, 6)
+            # Grad-weight tasks: a 50x50 image's 2598 grid columns in two tiles; five 4x4 images
+            # summed by one task (block rows split into chunks of about equal kept blocks).
+            _check_conv("native", 1, 1, 1, block, (50, 50), 3, 1, 1, 1, 0.5, dtype, 7)
+            _check_conv("native", 5, 2, 1, block, (4, 4), 3, 1, 1, 1, 0.5, dtype, 8)
 
 
 def test_native_avx2_kernels_match_reference():
