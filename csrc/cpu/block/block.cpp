@@ -485,8 +485,9 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
 // Columns a grad-weight task takes when it reads its panel rows in place: of one image, up to
 // kGradWeightColumns (a 32x32 map's whole padded grid); or of several small images, up to
 // kGroupColumns together, whose sums it adds before their horizontal sums (those of a 4x4 map's 32
-// columns took longer than its FMAs). Grouped images share their task's block rows, so larger
-// groups re-read more input from other chunks' tasks than the sums they save.
+// columns took longer than its FMAs). Fewer, larger groups leave too few tasks for the threads, so
+// their block rows are split into chunks, each task re-reading the group's input: at a 16x16 map
+// that cost more than the sums saved, hence the smaller budget for groups.
 constexpr int64_t kGradWeightColumns = 2048;
 constexpr int64_t kGroupColumns = 512;
 
