@@ -513,9 +513,9 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   const std::vector<uint8_t> used = used_channels(g, idx, nnzb, bci);
   const std::vector<int64_t> off = g.in_place() ? row_offsets(g) : std::vector<int64_t>();
   Split s = split(g, ld, rb, /*interleaved=*/false);
-  if (group > 1) {  // chunks of about equal numbers of kept blocks, enough for the threads to share
+  if (group > 1) {  // one tile per group; its chunks hold about equal numbers of kept blocks
     s.tiles = (g.N + group - 1) / group;
-    s.chunks = std::clamp<int64_t>((2 * at::get_num_threads() + s.tiles - 1) / s.tiles, 1, std::max<int64_t>(nnzb, 1));
+    s.chunks = chunks_for(s.tiles, rb);
   }
   // Block rows [r0, r1) of chunk c: those whose kept blocks start in its share of the nnzb.
   auto chunk_rows = [&](int64_t c, int64_t& r1) -> int64_t {
