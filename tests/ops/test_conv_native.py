@@ -1,6 +1,6 @@
 """The native CPU conv kernels called directly: the cached packing of a pattern must follow the
 pattern's tensors (never stale when they are edited in place or when the geometry changes); the
-copy builders for small maps and strided geometries; the row phases of a strided grad-input."""
+copy builders for small maps and strided geometries; the (row, column) phases of a strided grad-input."""
 
 import pytest
 import torch
@@ -67,7 +67,7 @@ def test_one_pattern_on_several_geometries():
 
 
 # Maps narrower than half a vector put several images side by side in one vector row (conv/engine.h):
-# batch sizes that leave a partial last group, strides (grad-input then upsamples dy), enough
+# batch sizes that leave a partial last group, strides (grad-input then runs one engine per phase), enough
 # channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
 SMALL_MAPS = [
     # n, ci, co, h, w, k, stride, padding, density, dilation
@@ -81,8 +81,8 @@ SMALL_MAPS = [
 ]
 
 # Strided convolutions on maps wide enough for one image per vector row, whose copies gather their
-# columns (fill_copy_gathered): forward and grad-weight read every stride-th column, grad-input reads
-# a zero-upsampled grad_output. Odd sizes leave ragged last vectors; dilation and padding past the
+# columns (fill_copy_gathered): forward and grad-weight read every stride-th column, grad-input runs
+# an engine per (row, column) phase and interleaves the column phases. Odd sizes leave ragged last vectors; dilation and padding past the
 # kernel's reach move the gathered columns; several channel blocks.
 STRIDED_MAPS = [
     (2, 5, 7, 23, 21, 3, 2, 1, 0.5, 1),
@@ -142,10 +142,11 @@ def test_strided_copies_gather_their_columns_avx2():
        w=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 3), pw=st.integers(0, 3), dilation=st.integers(1, 2),
        density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
-def test_strided_grad_input_by_row_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw, dilation, density, seed):
-    """Grad-input of a strided conv runs one engine per output-row phase with only that phase's taps,
-    leaving the zero rows of the upsampled grad_output out of its copies: rectangular strides,
-    phases without a single tap (density 0, kernels shorter than the stride), several channel blocks."""
+def test_strided_grad_input_by_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw, dilation, density, seed):
+    """Grad-input of a strided conv runs one stride-1 engine per (row, column) phase of the input over
+    grad_output itself, with only that phase's taps: rectangular strides, odd sizes (phases of unequal
+    width, interleaved into dx), phases without a single tap (density 0, kernels shorter than the
+    stride), several channel blocks."""
     if h + 2 * ph - dilation * (kh - 1) < 1 or w + 2 * pw - dilation * (kw - 1) < 1:
         return
     g = torch.Generator().manual_seed(seed)

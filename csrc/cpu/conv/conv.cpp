@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <unistd.h>
 #include <vector>
 
@@ -94,9 +95,7 @@ void choose_tiling(convk::Plan& p, Engine engine, bool avx512, int64_t nnz) {
       }
   p.ntiles = (p.Ho + p.R - 1) / p.R;
   p.rows_copy = (p.R - 1) * p.sh + (p.KH - 1) * p.dh + 1;
-  // Copy rows left out as upsampling gaps are never touched, so they take no cache.
-  const int64_t rows_touched = p.skip_gaps ? (p.rows_copy + p.uh - 1) / p.uh + 1 : p.rows_copy;
-  const int64_t per_channel = p.KW * std::min(rows_touched, p.rows_copy) * p.Wo_r * int64_t(sizeof(float));
+  const int64_t per_channel = p.KW * p.rows_copy * p.Wo_r * int64_t(sizeof(float));
   const double density = double(nnz) / double(std::max<int64_t>(p.Co * p.Cs * p.KH * p.KW, 1));
   const int64_t cb_l1 = std::max<int64_t>(l1_copy_bytes() / per_channel, 1);
   const int64_t cb_max = std::max<int64_t>(kMaxCopyBytes / per_channel, 1);
@@ -180,17 +179,17 @@ std::shared_ptr<const PackedPattern> pack(const convk::Plan& p, int64_t nnz, boo
 
 // The pack of (a, b) (CSR or CSC) for this engine and tiling, from the cache when it is there.
 // Every plan field `pack` reads, and the geometry `each` decodes with, is part of the key. `phase`
-// is the output-row phase of a strided grad-input (its tap filter also depends on stride, padding
-// and dilation), -1 where the engine runs over all rows.
+// is the output phase py * sw + px of a strided grad-input (its tap filter also depends on stride,
+// padding and dilation), -1 where the engine runs over all of the output.
 template <class Each>
 std::shared_ptr<const PackedPattern> cached_pack(Engine engine, int64_t phase, const at::Tensor& a,
                                                  const at::Tensor& b, const Geometry& g, const convk::Plan& p,
                                                  int64_t nnz, Each each) {
-  // Per pattern: forward and grad-weight (CSR) or the grad-input row phases (CSC), per input shape.
+  // Per pattern: forward and grad-weight (CSR) or the grad-input phases (CSC), per input shape.
   static PatternCache<PackedPattern> cache(16);
   const bool grouped = engine != Engine::kGradWeight && convk::groups_taps(p);  // see gw_kernel
   return cache.get(a, b, {static_cast<int64_t>(engine), phase, p.Co, p.nb, p.Cb, p.KW, p.rows_copy, p.Wo_r, p.dh,
-                          g.Co, g.Ci, g.KH, g.KW, g.sh, g.ph, g.dh, nnz, int64_t(grouped)},
+                          g.Co, g.Ci, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, nnz, int64_t(grouped)},
                    [&] { return pack(p, nnz, grouped, each); });
 }
 
@@ -214,8 +213,8 @@ convk::Plan conv_plan(const Geometry& g, Engine engine, bool avx512, int64_t nnz
   p.s_sn = g.Ci * g.H * g.W, p.s_sc = g.H * g.W;  // x is contiguous
   p.Co = g.Co, p.Ho = g.Ho, p.Wo = g.Wo;
   p.KH = g.KH, p.KW = g.KW, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
-  p.pt = g.ph, p.pl = g.pw, p.uh = 1, p.uw = 1;
-  p.Ho_out = g.Ho, p.oy_first = 0, p.oy_step = 1, p.skip_gaps = false;
+  p.pt = g.ph, p.pl = g.pw;
+  p.Ho_out = g.Ho, p.oy_first = 0, p.oy_step = 1;
   choose_tiling(p, engine, avx512, nnz);
   return p;
 }
@@ -253,10 +252,6 @@ struct ThreadBuffers {
 void run_forward(const convk::Plan& p, const float* src, const float* bias, float* out, bool avx512) {
   const int64_t partial = p.nb > 1 ? p.Co * p.R * p.Wo_r : 0;
   ThreadBuffers buf(p, partial, false);
-  // Skipped gap rows sit at the same copy positions in every task (their parity is fixed by the
-  // plan), so zeroing the copies once keeps them zero for the whole call; an empty weight list's
-  // stand-in zero weight reads copy rows that may be such gaps, and 0 * garbage could be NaN.
-  if (p.skip_gaps) buf.copy.zero_();
   run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
     if (avx512)
       convk::avx512::fwd_task(p, src, bias, out, t, buf.copy_of(tid), buf.extra_of(tid));
@@ -358,10 +353,7 @@ void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows) 
   const int64_t rows_needed = (rows_valid - 1) * p.sh + (p.KH - 1) * p.dh + 1;
   for (int64_t rr = 0; rr < p.rows_copy; ++rr) {
     const int64_t t = oy0 * p.sh + rr - p.pt;
-    const bool gap = t % p.uh != 0;
-    rows[rr] = rr < rows_needed && t >= 0 && !gap && t / p.uh < p.Hs ? t / p.uh
-               : gap && p.skip_gaps                                  ? kSkippedRow
-                                                                     : kZeroRow;
+    rows[rr] = rr < rows_needed && t >= 0 && t < p.Hs ? t : kZeroRow;
   }
 }
 
@@ -369,7 +361,7 @@ void source_cols(const Plan& p, int32_t* cols) {
   for (int64_t kw = 0; kw < p.KW; ++kw)
     for (int64_t x = 0; x < p.Wo_r; ++x) {
       const int64_t u = x * p.sw + kw * p.dw - p.pl;  // column of the virtual input V
-      cols[kw * p.Wo_r + x] = x < p.Wo && u >= 0 && u % p.uw == 0 && u / p.uw < p.Ws ? int32_t(u / p.uw) : -1;
+      cols[kw * p.Wo_r + x] = x < p.Wo && u >= 0 && u < p.Ws ? int32_t(u) : -1;
     }
 }
 
@@ -382,7 +374,6 @@ void build_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const in
       const int32_t* col = cols + kw * p.Wo_r;
       float* d_row = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d_row += p.Wo_r) {
-        if (rows[rr] == kSkippedRow) continue;
         std::fill(d_row, d_row + p.Wo_r, 0.f);
         if (rows[rr] < 0) continue;
         for (int64_t g = 0; g < images; ++g) {  // image g in lanes [g * Wo, (g + 1) * Wo)
@@ -432,10 +423,31 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
   return y;
 }
 
+// Writes row phase py of dx (rows py, py + sh, ...) from the column phases' scratch planes (scratch[px]
+// holds phase (py, px) as (N * Ci, hp, wp)): each dx row is written once, front to back.
+void interleave_columns(const at::Tensor& scratch, int64_t py, const Geometry& g, float* dx) {
+  const int64_t hp = (g.H - py + g.sh - 1) / g.sh, phases = scratch.size(0);
+  std::vector<const float*> planes(phases);
+  std::vector<int64_t> widths(phases);
+  for (int64_t px = 0; px < phases; ++px)
+    planes[px] = scratch[px].data_ptr<float>(), widths[px] = (g.W - px + g.sw - 1) / g.sw;
+  at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t y = 0; y < hp; ++y) {
+        float* row = dx + (b * g.H + py + y * g.sh) * g.W;
+        for (int64_t px = 0; px < phases; ++px) {
+          const float* src = planes[px] + (b * hp + y) * widths[px];
+          for (int64_t x = 0; x < widths[px]; ++x) row[px + x * g.sw] = src[x];
+        }
+      }
+  });
+}
+
 // dx[n, c, iy, ix] = sum over kept (co, c, kh, kw) and (oy, ox) with oy*sh - ph + kh*dh = iy,
 // ox*sw - pw + kw*dw = ix of w[co, c, kh, kw] * dy[n, co, oy, ox]. Run as the forward engine over
-// dy padded by (K - 1) * dil - pad and zero-upsampled by the stride, with the kernel flipped and the
-// roles of c and co swapped; the CSC gives each input channel its kept weights without a transpose.
+// dy padded by (K - 1) * dil - pad (zero-upsampled by the stride, phase by phase below), with the
+// kernel flipped and the roles of c and co swapped; the CSC gives each input channel its kept
+// weights without a transpose.
 at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                  const at::Tensor& col_ptr, const at::Tensor& row_idx,
                                  at::IntArrayRef input_size, at::IntArrayRef stride,
@@ -460,44 +472,82 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   base.s_sn = dy.stride(0), base.s_sc = dy.stride(1);
   base.Co = g.Ci, base.Ho = g.H, base.Wo = g.W;
   base.KH = g.KH, base.KW = g.KW, base.sh = 1, base.sw = 1, base.dh = g.dh, base.dw = g.dw;
-  base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw, base.uh = g.sh, base.uw = g.sw;
-  base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1, base.skip_gaps = false;
+  base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw;
+  base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  // Kernel row of weight column col in the engine's orientation (the kernel flipped).
-  auto engine_kh = [&](int64_t col) { return g.KH - 1 - (col % KK) / g.KW; };
-  // The kept taps whose engine kernel row passes keep(kh).
-  auto taps = [&](auto keep) {
-    return [&, keep](auto&& visit) {
+  if (g.sh == 1 && g.sw == 1) {
+    int64_t nnz = cp[Kc];
+    choose_tiling(base, Engine::kGradInput, avx512, nnz);
+    const auto pk = cached_pack(Engine::kGradInput, -1, col_ptr, row_idx, g, base, nnz, [&](auto&& visit) {
       for (int64_t col = 0; col < Kc; ++col)
-        if (keep(engine_kh(col)))
-          for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
-            visit(col / KK, ri[j], engine_kh(col), g.KW - 1 - col % g.KW, ri[j] * Kc + col);
-    };
-  };
-  auto run = [&](convk::Plan p, int64_t phase, auto keep) {
-    int64_t nnz = 0;
-    for (int64_t col = 0; col < Kc; ++col)
-      if (keep(engine_kh(col))) nnz += cp[col + 1] - cp[col];
-    choose_tiling(p, Engine::kGradInput, avx512, nnz);
-    const auto pk = cached_pack(Engine::kGradInput, phase, col_ptr, row_idx, g, p, nnz, taps(keep));
+        for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
+          visit(col / KK, ri[j], g.KH - 1 - (col % KK) / g.KW, g.KW - 1 - col % g.KW, ri[j] * Kc + col);
+    });
     const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
-    p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
-    run_forward(p, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
-  };
-  if (g.sh == 1) {
-    run(base, -1, [](int64_t) { return true; });
+    base.bptr = pk->bptr.data(), base.gptr = pk->groups(), base.off = pk->off.data(), base.val = vals.data_ptr<float>();
+    run_forward(base, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
     return dx;
   }
-  // Strided: V is grad_output zero-upsampled by the stride, so the output rows of one phase
-  // (y = phase + sh * y') read only V rows of one parity per tap, and a tap whose rows are all gaps
-  // is left out. One engine per phase, with output stride sh and only its own taps, instead of one
-  // over all rows that multiplies every weight by (sh - 1) zero rows in sh.
-  for (int64_t phase = 0; phase < g.sh && phase < g.H; ++phase) {
-    convk::Plan p = base;
-    p.Ho = (g.H - phase + g.sh - 1) / g.sh;
-    p.sh = g.sh, p.pt = base.pt - phase;
-    p.oy_first = phase, p.oy_step = g.sh, p.skip_gaps = true;
-    run(p, phase, [&](int64_t kh) { return ((phase + kh * g.dh - base.pt) % g.sh + g.sh) % g.sh == 0; });
+  // Strided: dx at the positions (py + sh * y', px + sw * x') of one phase (py, px) is a stride-1
+  // convolution of dy itself (no zero-upsampling) with the taps that land on that phase, at shifted
+  // rows and columns of dy. One engine per phase runs the unit-stride copies and tap groups, and
+  // multiplies no weight by the (sh * sw - 1) of sh * sw zeros that an upsampled dy holds; the
+  // column phases of a row phase go to scratch planes that one pass interleaves into dx's rows.
+  const int64_t phases_h = std::min(g.sh, g.H), phases_w = std::min(g.sw, g.W);
+  // The phase's offset in dy of engine tap k (kernel flipped) along one axis, or nullopt when that
+  // tap lands on another phase: V row py + k * d of the upsampled dy padded by pad holds dy row
+  // (py + k * d - pad) / s when that divides exactly.
+  auto tap_shift = [](int64_t phase, int64_t k, int64_t d, int64_t pad, int64_t s) -> std::optional<int64_t> {
+    const int64_t r = phase + k * d - pad;
+    if (((r % s) + s) % s) return std::nullopt;
+    return (r - ((r % s) + s) % s) / s;  // exact: floor division of a multiple of s
+  };
+  // (lowest shift, span) of the taps of a phase along one axis; span 0 when none lands on it.
+  auto shifts = [&](int64_t phase, int64_t K, int64_t d, int64_t pad, int64_t s) {
+    int64_t lo = 0, hi = -1;
+    for (int64_t k = 0; k < K; ++k)
+      if (auto t = tap_shift(phase, k, d, pad, s)) {
+        if (hi < lo) lo = hi = *t;
+        lo = std::min(lo, *t), hi = std::max(hi, *t);
+      }
+    return std::pair<int64_t, int64_t>{lo, hi - lo + 1};
+  };
+  const int64_t wp0 = (g.W + g.sw - 1) / g.sw;  // widest column phase
+  at::Tensor scratch = phases_w > 1 ? at::empty({phases_w, g.N * g.Ci, (g.H + g.sh - 1) / g.sh, wp0}, dy.options())
+                                    : at::Tensor();
+  for (int64_t py = 0; py < phases_h; ++py) {
+    const int64_t hp = (g.H - py + g.sh - 1) / g.sh;
+    const auto [row_lo, row_span] = shifts(py, g.KH, g.dh, base.pt, g.sh);
+    for (int64_t px = 0; px < phases_w; ++px) {
+      const int64_t wp = (g.W - px + g.sw - 1) / g.sw;
+      const auto [col_lo, col_span] = shifts(px, g.KW, g.dw, base.pl, g.sw);
+      convk::Plan p = base;
+      p.Ho = hp, p.Wo = wp, p.dh = 1, p.dw = 1;
+      p.KH = std::max<int64_t>(row_span, 1), p.KW = std::max<int64_t>(col_span, 1), p.pt = -row_lo, p.pl = -col_lo;
+      // Straight into dx's rows where the columns have one phase; else into this column phase's scratch.
+      float* out = phases_w > 1 ? scratch[px].data_ptr<float>() : dx.data_ptr<float>();
+      if (phases_w > 1)  // scratch plane of this phase: (N * Ci, hp, wp), contiguous
+        p.Ho_out = hp, p.oy_first = 0, p.oy_step = 1;
+      else
+        p.Ho_out = g.H, p.oy_first = py, p.oy_step = g.sh;
+      // The kept taps of this phase, at their (row, column) in the phase's sub-kernel.
+      auto phase_taps = [&](auto&& visit) {
+        for (int64_t col = 0; col < Kc; ++col) {
+          const int64_t ekh = g.KH - 1 - (col % KK) / g.KW, ekw = g.KW - 1 - col % g.KW;
+          const auto th = tap_shift(py, ekh, g.dh, base.pt, g.sh), tw = tap_shift(px, ekw, g.dw, base.pl, g.sw);
+          if (!th || !tw) continue;
+          for (int32_t j = cp[col]; j < cp[col + 1]; ++j) visit(col / KK, ri[j], *th - row_lo, *tw - col_lo, ri[j] * Kc + col);
+        }
+      };
+      int64_t nnz = 0;
+      phase_taps([&](int64_t, int64_t, int64_t, int64_t, int64_t) { ++nnz; });
+      choose_tiling(p, Engine::kGradInput, avx512, nnz);
+      const auto pk = cached_pack(Engine::kGradInput, py * g.sw + px, col_ptr, row_idx, g, p, nnz, phase_taps);
+      const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
+      p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
+      run_forward(p, dy.data_ptr<float>(), nullptr, out, avx512);
+    }
+    if (phases_w > 1) interleave_columns(scratch, py, g, dx.data_ptr<float>());
   }
   return dx;
 }

@@ -1,11 +1,11 @@
 // Private to csrc/cpu/conv: the direct sparse convolution engine shared by the three conv ops.
 //
 // All three ops run one engine over a "virtual input" V derived from a source tensor S (N, Cs, Hs, Ws):
-//   V[n, c, r, q] = S[n, c, (r - pt) / uh, (q - pl) / uw]  when both divisions are exact and in range,
-//                 = 0                                      otherwise,
-// i.e. S zero-padded by (pt, pl) (negative = cropped) and zero-upsampled by (uh, uw).
-//   forward:     S = x,  pad = padding,                 up = 1,      conv stride = stride
-//   grad-input:  S = dy, pad = (K - 1) * dil - padding, up = stride, conv stride = 1, flipped weight
+//   V[n, c, r, q] = S[n, c, r - pt, q - pl]  when in range, 0 otherwise,
+// i.e. S zero-padded by (pt, pl) (negative = cropped).
+//   forward:     S = x,  pad = padding, conv stride = stride
+//   grad-input:  S = dy, conv stride = 1, flipped weight; a strided conv's grad-input runs one engine
+//                per output phase with that phase's taps (conv.cpp), so no input is zero-upsampled
 //   grad-weight: S = x as in forward; the engine walks the same tiles and forms dot products with dy.
 // The engine computes O[n, o, y, x] = sum_{(c, kh, kw) kept in row o} w * V[n, c, y*sh + kh*dh, x*sw + kw*dw].
 //
@@ -37,7 +37,7 @@ struct Plan {
   int64_t dy_sn, dy_sc;            // the same for dy (grad-weight only)
   int64_t Co, Ho, Wo;              // output channels and spatial size
   int64_t KH, KW, sh, sw, dh, dw;  // convolution over the virtual input V
-  int64_t pt, pl, uh, uw;          // V from S: padding (may be negative) and upsampling
+  int64_t pt, pl;                  // V from S: padding (may be negative)
   int64_t vw;                      // floats per SIMD vector (16 AVX-512, 8 AVX2)
   int64_t G;                       // images side by side in a copy row (G * Wo <= Wo_r)
   int64_t ngroups;                 // image groups: ceil(N / G)
@@ -48,9 +48,8 @@ struct Plan {
   int64_t rows_copy;               // rows of V one tile reads: (R - 1) * sh + (KH - 1) * dh + 1
   int64_t Cb, nb;                  // source channels per block, number of blocks
   // Where the forward engine writes: engine output row y is row oy_first + oy_step * y of an output
-  // tensor with Ho_out rows (0, 1 and Ho, except in the row phases of a strided grad-input, conv.cpp).
+  // tensor with Ho_out rows (0, 1 and Ho, except where a strided grad-input writes one row phase straight into dx, conv.cpp).
   int64_t Ho_out, oy_first, oy_step;
-  bool skip_gaps;                  // upsampling-gap rows of V are never read: leave them out of the copies
   const int64_t* bptr;             // (Co * nb + 1): entries of (o, b) are [bptr[o*nb+b], bptr[o*nb+b+1])
   const int64_t* gptr;             // (Co * nb + 1): the same for tap groups (see kTapGroupMask); == bptr
                                    // where every entry is its own group
@@ -77,7 +76,7 @@ constexpr int taps_in(int32_t kind) { return kind == kTripleTaps ? 3 : kind == k
 // compile-time row step (with a run-time one, GCC spills the row addresses of a group); and AVX2's
 // 16 registers leave no room for the shared rows and three weights beside the accumulator tile.
 inline bool groups_taps(const Plan& p) {
-  return p.vw == 16 && p.sh == 1 && p.dh == 1 && p.uh == 1 && !p.skip_gaps && p.KH >= 2 && p.nvec <= 4;
+  return p.vw == 16 && p.sh == 1 && p.dh == 1 && p.KH >= 2 && p.nvec <= 4;
 }
 
 // Floats of the per-thread block-copy buffer (64-byte aligned by the caller) and of the forward
@@ -85,16 +84,14 @@ inline bool groups_taps(const Plan& p) {
 int64_t copy_floats(const Plan& p);
 
 // rows[rr] for rr < rows_copy: the row of S that copy row rr of the tile starting at output row oy0
-// (rows_valid rows) reads, kZeroRow where the copy row is zero (padding, an upsampling gap, or below
-// the rows the tile needs), kSkippedRow for an upsampling gap when p.skip_gaps (no kept weight reads
-// it, so it is not written). Computed once per task rather than per copy row of every channel.
-constexpr int64_t kZeroRow = -1, kSkippedRow = -2;
+// (rows_valid rows) reads, kZeroRow where the copy row is zero (padding, or below the rows the tile
+// needs). Computed once per task rather than per copy row of every channel.
+constexpr int64_t kZeroRow = -1;
 void source_rows(const Plan& p, int64_t oy0, int64_t rows_valid, int64_t* rows);
 
 // cols[kw * Wo_r + x] for kw < KW, x < Wo_r: the column of S that copy column x of kernel column kw
-// reads, or -1 where it is zero (padding, an upsampling gap, x >= Wo). Needed only where the copies
-// are not plain shifted windows (sw != 1 or uw != 1). Once per task, so the copies pay no division
-// per element (those divisions would dominate a strided conv).
+// reads, or -1 where it is zero (padding, x >= Wo). Needed only where the copies are not plain
+// shifted windows (sw != 1). Once per task, so the copies pay no division per element.
 void source_cols(const Plan& p, int32_t* cols);
 
 // Fills the copies of channel block b for images n0 .. n0 + G - 1 of the source S, copy row rr

@@ -144,7 +144,7 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
 }
 
 // Block copies (see engine.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
-// for unit stride and no upsampling along the width: each image's window lands in its own lanes
+// for unit stride along the width: each image's window lands in its own lanes
 // [g * Wo, (g + 1) * Wo); the masked loads of one row are added together (their other lanes are 0).
 void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
@@ -157,7 +157,6 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, c
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        if (rows[rr] == kSkippedRow) continue;
         auto v = Vec::zero();
         if (rows[rr] >= 0 && xa < xb)
           for (int64_t g = 0; g < images; ++g) {
@@ -171,8 +170,8 @@ void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, c
   }
 }
 
-// Block copies of one image whose columns are not a plain shifted window (strided, or a zero-upsampled
-// grad-input source): each vector gathers its columns through cols (source_cols).
+// Block copies of one image whose columns are not a plain shifted window (a strided forward or
+// grad-weight): each vector gathers its columns through cols (source_cols).
 void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows,
                         const int32_t* cols, float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
@@ -182,7 +181,6 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
       const int32_t* col = cols + kw * p.Wo_r;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        if (rows[rr] == kSkippedRow) continue;
         if (rows[rr] < 0) {
           for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, Vec::zero());
           continue;
@@ -194,13 +192,12 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
   }
 }
 
-// Block copies (see engine.h) for the common case of unit stride and no upsampling along the
-// width: every copy row is a shifted window of one source row, read with lane-masked loads so the
+// Block copies (see engine.h) for the common case of unit stride along the width: every copy row is a shifted window of one source row, read with lane-masked loads so the
 // zero padding costs nothing and no read leaves the row. Grouped rows and other geometries go to
 // the builders above.
 void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, const int32_t* cols,
                float* dst) {
-  if (p.sw != 1 || p.uw != 1) {
+  if (p.sw != 1) {
     if (p.G == 1)
       fill_copy_gathered(p, src, n0, b, rows, cols, dst);
     else
@@ -223,7 +220,6 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
       xb = xb < xa ? xa : xb > p.Wo ? p.Wo : xb;
       float* d = dst + (cl * p.KW + kw) * p.rows_copy * p.Wo_r;
       for (int64_t rr = 0; rr < p.rows_copy; ++rr, d += p.Wo_r) {
-        if (rows[rr] == kSkippedRow) continue;
         if (rows[rr] < 0) {
           for (int64_t x = 0; x < p.Wo_r; x += Vec::W) Vec::store(d + x, zero);
           continue;
@@ -243,13 +239,13 @@ void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int
   }
 }
 
-// The source rows (and, for strided or upsampled columns, source columns) a task's copies read:
+// The source rows (and, for strided columns, source columns) a task's copies read:
 // source_rows / source_cols of engine.h, once per task.
 struct CopyMaps {
   std::vector<int64_t> rows;
   std::vector<int32_t> cols;
   CopyMaps(const Plan& p, int64_t oy0, int64_t rows_valid)
-      : rows(p.rows_copy), cols(p.sw != 1 || p.uw != 1 ? p.KW * p.Wo_r : 0) {
+      : rows(p.rows_copy), cols(p.sw != 1 ? p.KW * p.Wo_r : 0) {
     source_rows(p, oy0, rows_valid, rows.data());
     if (!cols.empty()) source_cols(p, cols.data());
   }
@@ -260,7 +256,7 @@ struct CopyMaps {
 void prefetch_block(const Plan& p, const float* src, int64_t n0, int64_t b, int64_t oy0) {
   if (b >= p.nb) return;
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
-  int64_t r_lo = (oy0 * p.sh - p.pt) / p.uh, r_hi = (oy0 * p.sh + p.rows_copy - p.pt) / p.uh + 1;
+  int64_t r_lo = oy0 * p.sh - p.pt, r_hi = oy0 * p.sh + p.rows_copy - p.pt;
   r_lo = r_lo < 0 ? 0 : r_lo;
   r_hi = r_hi > p.Hs ? p.Hs : r_hi;
   if (r_hi <= r_lo) return;
