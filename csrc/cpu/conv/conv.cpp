@@ -12,7 +12,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <unistd.h>
 #include <vector>
 
@@ -20,6 +19,7 @@
 #include "cpu/capability.h"
 #include "cpu/conv/engine.h"
 #include "cpu/pattern_cache.h"
+#include "cpu/stride_phases.h"
 #include "cpu/tasks.h"
 
 namespace ebsparse {
@@ -423,26 +423,6 @@ at::Tensor csr_conv2d(const at::Tensor& input, const at::Tensor& weight,
   return y;
 }
 
-// Writes row phase py of dx (rows py, py + sh, ...) from the column phases' scratch planes (scratch[px]
-// holds phase (py, px) as (N * Ci, hp, wp)): each dx row is written once, front to back.
-void interleave_columns(const at::Tensor& scratch, int64_t py, const Geometry& g, float* dx) {
-  const int64_t hp = (g.H - py + g.sh - 1) / g.sh, phases = scratch.size(0);
-  std::vector<const float*> planes(phases);
-  std::vector<int64_t> widths(phases);
-  for (int64_t px = 0; px < phases; ++px)
-    planes[px] = scratch[px].data_ptr<float>(), widths[px] = (g.W - px + g.sw - 1) / g.sw;
-  at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t y = 0; y < hp; ++y) {
-        float* row = dx + (b * g.H + py + y * g.sh) * g.W;
-        for (int64_t px = 0; px < phases; ++px) {
-          const float* src = planes[px] + (b * hp + y) * widths[px];
-          for (int64_t x = 0; x < widths[px]; ++x) row[px + x * g.sw] = src[x];
-        }
-      }
-  });
-}
-
 // dx[n, c, iy, ix] = sum over kept (co, c, kh, kw) and (oy, ox) with oy*sh - ph + kh*dh = iy,
 // ox*sw - pw + kw*dw = ix of w[co, c, kh, kw] * dy[n, co, oy, ox]. Run as the forward engine over
 // dy padded by (K - 1) * dil - pad (zero-upsampled by the stride, phase by phase below), with the
@@ -475,79 +455,58 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw;
   base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1;
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
-  if (g.sh == 1 && g.sw == 1) {
-    int64_t nnz = cp[Kc];
-    choose_tiling(base, Engine::kGradInput, avx512, nnz);
-    const auto pk = cached_pack(Engine::kGradInput, -1, col_ptr, row_idx, g, base, nnz, [&](auto&& visit) {
-      for (int64_t col = 0; col < Kc; ++col)
-        for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
-          visit(col / KK, ri[j], g.KH - 1 - (col % KK) / g.KW, g.KW - 1 - col % g.KW, ri[j] * Kc + col);
-    });
-    const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
-    base.bptr = pk->bptr.data(), base.gptr = pk->groups(), base.off = pk->off.data(), base.val = vals.data_ptr<float>();
-    run_forward(base, dy.data_ptr<float>(), nullptr, dx.data_ptr<float>(), avx512);
-    return dx;
-  }
-  // Strided: dx at the positions (py + sh * y', px + sw * x') of one phase (py, px) is a stride-1
-  // convolution of dy itself (no zero-upsampling) with the taps that land on that phase, at shifted
-  // rows and columns of dy. One engine per phase runs the unit-stride copies and tap groups, and
-  // multiplies no weight by the (sh * sw - 1) of sh * sw zeros that an upsampled dy holds; the
-  // column phases of a row phase go to scratch planes that one pass interleaves into dx's rows.
+  // One stride-1 engine per phase (py, px) of dx over dy itself (cpu/stride_phases.h; a single
+  // phase at stride 1), so a strided conv's grad-input runs the unit-stride copies and tap groups;
+  // the column phases of a row phase go to scratch planes that one pass interleaves into dx's rows.
   const int64_t phases_h = std::min(g.sh, g.H), phases_w = std::min(g.sw, g.W);
-  // The phase's offset in dy of engine tap k (kernel flipped) along one axis, or nullopt when that
-  // tap lands on another phase: V row py + k * d of the upsampled dy padded by pad holds dy row
-  // (py + k * d - pad) / s when that divides exactly.
-  auto tap_shift = [](int64_t phase, int64_t k, int64_t d, int64_t pad, int64_t s) -> std::optional<int64_t> {
-    const int64_t r = phase + k * d - pad;
-    if (((r % s) + s) % s) return std::nullopt;
-    return (r - ((r % s) + s) % s) / s;  // exact: floor division of a multiple of s
-  };
-  // (lowest shift, span) of the taps of a phase along one axis; span 0 when none lands on it.
-  auto shifts = [&](int64_t phase, int64_t K, int64_t d, int64_t pad, int64_t s) {
-    int64_t lo = 0, hi = -1;
-    for (int64_t k = 0; k < K; ++k)
-      if (auto t = tap_shift(phase, k, d, pad, s)) {
-        if (hi < lo) lo = hi = *t;
-        lo = std::min(lo, *t), hi = std::max(hi, *t);
-      }
-    return std::pair<int64_t, int64_t>{lo, hi - lo + 1};
-  };
-  const int64_t wp0 = (g.W + g.sw - 1) / g.sw;  // widest column phase
-  at::Tensor scratch = phases_w > 1 ? at::empty({phases_w, g.N * g.Ci, (g.H + g.sh - 1) / g.sh, wp0}, dy.options())
+  at::Tensor scratch = phases_w > 1 ? at::empty({phases_w, g.N * g.Ci * phase_size(g.H, 0, g.sh) * phase_size(g.W, 0, g.sw)},
+                                                dy.options())
                                     : at::Tensor();
   for (int64_t py = 0; py < phases_h; ++py) {
-    const int64_t hp = (g.H - py + g.sh - 1) / g.sh;
-    const auto [row_lo, row_span] = shifts(py, g.KH, g.dh, base.pt, g.sh);
+    const int64_t hp = phase_size(g.H, py, g.sh);
+    const PhaseTaps rows = phase_taps(py, g.KH, g.dh, g.ph, g.sh);
+    std::vector<const float*> phase_values(phases_w, nullptr);  // nullptr: no tap reaches the phase
     for (int64_t px = 0; px < phases_w; ++px) {
-      const int64_t wp = (g.W - px + g.sw - 1) / g.sw;
-      const auto [col_lo, col_span] = shifts(px, g.KW, g.dw, base.pl, g.sw);
+      const PhaseTaps cols = phase_taps(px, g.KW, g.dw, g.pw, g.sw);
+      float* out = phases_w > 1 ? scratch.data_ptr<float>() + px * scratch.size(1) : dx.data_ptr<float>();
+      if (rows.count == 0 || cols.count == 0) {
+        if (phases_w == 1)
+          for (int64_t b = 0; b < g.N * g.Ci; ++b)
+            for (int64_t y = 0; y < hp; ++y) std::fill_n(out + (b * g.H + py + y * g.sh) * g.W, g.W, 0.f);
+        continue;
+      }
+      phase_values[px] = out;
       convk::Plan p = base;
-      p.Ho = hp, p.Wo = wp, p.dh = 1, p.dw = 1;
-      p.KH = std::max<int64_t>(row_span, 1), p.KW = std::max<int64_t>(col_span, 1), p.pt = -row_lo, p.pl = -col_lo;
-      // Straight into dx's rows where the columns have one phase; else into this column phase's scratch.
-      float* out = phases_w > 1 ? scratch[px].data_ptr<float>() : dx.data_ptr<float>();
-      if (phases_w > 1)  // scratch plane of this phase: (N * Ci, hp, wp), contiguous
+      p.Ho = hp, p.Wo = phase_size(g.W, px, g.sw);
+      p.KH = rows.count, p.KW = cols.count, p.dh = rows.dil, p.dw = cols.dil, p.pt = -rows.shift, p.pl = -cols.shift;
+      if (phases_w > 1)  // this phase's scratch plane: (N * Ci, hp, wp), contiguous
         p.Ho_out = hp, p.oy_first = 0, p.oy_step = 1;
-      else
+      else  // straight into dx's rows py, py + sh, ...
         p.Ho_out = g.H, p.oy_first = py, p.oy_step = g.sh;
+      // Weight column col (input channel, tap) in the engine's orientation (the kernel flipped).
+      auto engine_kh = [&](int64_t col) { return g.KH - 1 - (col % KK) / g.KW; };
+      auto engine_kw = [&](int64_t col) { return g.KW - 1 - col % g.KW; };
+      auto in_phase = [&](int64_t col) { return rows.has(engine_kh(col)) && cols.has(engine_kw(col)); };
       // The kept taps of this phase, at their (row, column) in the phase's sub-kernel.
-      auto phase_taps = [&](auto&& visit) {
-        for (int64_t col = 0; col < Kc; ++col) {
-          const int64_t ekh = g.KH - 1 - (col % KK) / g.KW, ekw = g.KW - 1 - col % g.KW;
-          const auto th = tap_shift(py, ekh, g.dh, base.pt, g.sh), tw = tap_shift(px, ekw, g.dw, base.pl, g.sw);
-          if (!th || !tw) continue;
-          for (int32_t j = cp[col]; j < cp[col + 1]; ++j) visit(col / KK, ri[j], *th - row_lo, *tw - col_lo, ri[j] * Kc + col);
-        }
+      auto taps = [&](auto&& visit) {
+        for (int64_t col = 0; col < Kc; ++col)
+          if (in_phase(col))
+            for (int32_t j = cp[col]; j < cp[col + 1]; ++j)
+              visit(col / KK, ri[j], rows.index(engine_kh(col)), cols.index(engine_kw(col)), ri[j] * Kc + col);
       };
       int64_t nnz = 0;
-      phase_taps([&](int64_t, int64_t, int64_t, int64_t, int64_t) { ++nnz; });
+      for (int64_t col = 0; col < Kc; ++col)
+        if (in_phase(col)) nnz += cp[col + 1] - cp[col];
       choose_tiling(p, Engine::kGradInput, avx512, nnz);
-      const auto pk = cached_pack(Engine::kGradInput, py * g.sw + px, col_ptr, row_idx, g, p, nnz, phase_taps);
+      const auto pk = cached_pack(Engine::kGradInput, py * g.sw + px, col_ptr, row_idx, g, p, nnz, taps);
       const at::Tensor vals = gather_values(*pk, w.data_ptr<float>());
       p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = vals.data_ptr<float>();
       run_forward(p, dy.data_ptr<float>(), nullptr, out, avx512);
     }
-    if (phases_w > 1) interleave_columns(scratch, py, g, dx.data_ptr<float>());
+    if (phases_w > 1)
+      interleave_phases(g.N * g.Ci, g.H, g.W, g.sh, g.sw, py, py + 1,
+                        [&](int64_t, int64_t px) { return phase_values[px]; },
+                        dx.data_ptr<float>());
   }
   return dx;
 }
