@@ -450,18 +450,14 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   convk::Plan base{};
   base.N = g.N, base.Cs = g.Co, base.Hs = g.Ho, base.Ws = g.Wo;
   base.s_sn = dy.stride(0), base.s_sc = dy.stride(1);
-  base.Co = g.Ci, base.Ho = g.H, base.Wo = g.W;
-  base.KH = g.KH, base.KW = g.KW, base.sh = 1, base.sw = 1, base.dh = g.dh, base.dw = g.dw;
-  base.pt = (g.KH - 1) * g.dh - g.ph, base.pl = (g.KW - 1) * g.dw - g.pw;
-  base.Ho_out = g.H, base.oy_first = 0, base.oy_step = 1;
+  base.Co = g.Ci, base.sh = 1, base.sw = 1;  // the rest per phase below
   const int64_t KK = g.KH * g.KW, Kc = g.Ci * KK;
   // One stride-1 engine per phase (py, px) of dx over dy itself (cpu/stride_phases.h; a single
   // phase at stride 1), so a strided conv's grad-input runs the unit-stride copies and tap groups;
   // the column phases of a row phase go to scratch planes that one pass interleaves into dx's rows.
   const int64_t phases_h = std::min(g.sh, g.H), phases_w = std::min(g.sw, g.W);
-  at::Tensor scratch = phases_w > 1 ? at::empty({phases_w, g.N * g.Ci * phase_size(g.H, 0, g.sh) * phase_size(g.W, 0, g.sw)},
-                                                dy.options())
-                                    : at::Tensor();
+  const int64_t largest_phase = g.N * g.Ci * phase_size(g.H, 0, g.sh) * phase_size(g.W, 0, g.sw);
+  at::Tensor scratch = phases_w > 1 ? at::empty({phases_w, largest_phase}, dy.options()) : at::Tensor();
   for (int64_t py = 0; py < phases_h; ++py) {
     const int64_t hp = phase_size(g.H, py, g.sh);
     const PhaseTaps rows = phase_taps(py, g.KH, g.dh, g.ph, g.sh);

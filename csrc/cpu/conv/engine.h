@@ -5,7 +5,7 @@
 // i.e. S zero-padded by (pt, pl) (negative = cropped).
 //   forward:     S = x,  pad = padding, conv stride = stride
 //   grad-input:  S = dy, conv stride = 1, flipped weight; a strided conv's grad-input runs one engine
-//                per output phase with that phase's taps (conv.cpp), so no input is zero-upsampled
+//                per phase of dx with that phase's taps (conv.cpp), so no source is zero-upsampled
 //   grad-weight: S = x as in forward; the engine walks the same tiles and forms dot products with dy.
 // The engine computes O[n, o, y, x] = sum_{(c, kh, kw) kept in row o} w * V[n, c, y*sh + kh*dh, x*sw + kw*dw].
 //
@@ -48,7 +48,8 @@ struct Plan {
   int64_t rows_copy;               // rows of V one tile reads: (R - 1) * sh + (KH - 1) * dh + 1
   int64_t Cb, nb;                  // source channels per block, number of blocks
   // Where the forward engine writes: engine output row y is row oy_first + oy_step * y of an output
-  // tensor with Ho_out rows (0, 1 and Ho, except where a strided grad-input writes one row phase straight into dx, conv.cpp).
+  // tensor with Ho_out rows (0, 1 and Ho, except where a strided grad-input writes one row phase of
+  // dx, conv.cpp).
   int64_t Ho_out, oy_first, oy_step;
   const int64_t* bptr;             // (Co * nb + 1): entries of (o, b) are [bptr[o*nb+b], bptr[o*nb+b+1])
   const int64_t* gptr;             // (Co * nb + 1): the same for tap groups (see kTapGroupMask); == bptr

@@ -144,8 +144,8 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
 }
 
 // Block copies (see engine.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
-// for unit stride along the width: each image's window lands in its own lanes
-// [g * Wo, (g + 1) * Wo); the masked loads of one row are added together (their other lanes are 0).
+// for unit stride along the width: each image's window lands in its own lanes [g * Wo, (g + 1) * Wo);
+// the masked loads of one row are added together (their other lanes are 0).
 void fill_copy_grouped(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, float* dst) {
   const int64_t c_lo = b * p.Cb, c_hi = min64(p.Cs, c_lo + p.Cb);
   const int64_t images = min64(p.G, p.N - n0);
@@ -192,9 +192,9 @@ void fill_copy_gathered(const Plan& p, const float* src, int64_t n0, int64_t b, 
   }
 }
 
-// Block copies (see engine.h) for the common case of unit stride along the width: every copy row is a shifted window of one source row, read with lane-masked loads so the
-// zero padding costs nothing and no read leaves the row. Grouped rows and other geometries go to
-// the builders above.
+// Block copies (see engine.h) for the common case of unit stride along the width: every copy row
+// is a shifted window of one source row, read with lane-masked loads so the zero padding costs
+// nothing and no read leaves the row. Grouped rows and other geometries go to the builders above.
 void fill_copy(const Plan& p, const float* src, int64_t n0, int64_t b, const int64_t* rows, const int32_t* cols,
                float* dst) {
   if (p.sw != 1) {
