@@ -1,6 +1,7 @@
 """The native CPU conv kernels called directly: the cached packing of a pattern must follow the
 pattern's tensors (never stale when they are edited in place or when the geometry changes); the
-copy builders for small maps and strided geometries; the (row, column) phases of a strided grad-input."""
+copy builders for small maps and strided geometries; the (row, column) phases of a strided
+grad-input."""
 
 import pytest
 import torch
@@ -67,8 +68,8 @@ def test_one_pattern_on_several_geometries():
 
 
 # Maps narrower than half a vector put several images side by side in one vector row (conv/engine.h):
-# batch sizes that leave a partial last group, strides (grad-input then runs one engine per phase), enough
-# channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
+# batch sizes that leave a partial last group, strides (grad-input then runs one engine per phase),
+# enough channels for several channel blocks (partial sums between blocks), 1x1 and 3x3.
 SMALL_MAPS = [
     # n, ci, co, h, w, k, stride, padding, density, dilation
     (5, 16, 12, 4, 4, 3, 1, 1, 0.3, 1),
@@ -82,8 +83,9 @@ SMALL_MAPS = [
 
 # Strided convolutions on maps wide enough for one image per vector row, whose copies gather their
 # columns (fill_copy_gathered): forward and grad-weight read every stride-th column, grad-input runs
-# an engine per (row, column) phase and interleaves the column phases. Odd sizes leave ragged last vectors; dilation and padding past the
-# kernel's reach move the gathered columns; several channel blocks.
+# an engine per (row, column) phase and interleaves the column phases. Odd sizes leave ragged last
+# vectors; dilation and padding past the kernel's reach move the gathered columns; several channel
+# blocks.
 STRIDED_MAPS = [
     (2, 5, 7, 23, 21, 3, 2, 1, 0.5, 1),
     (3, 8, 6, 40, 37, 3, 2, 2, 0.3, 2),
@@ -139,25 +141,26 @@ def test_strided_copies_gather_their_columns_avx2():
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), ci=st.integers(1, 9), co=st.sampled_from([1, 5, 70]), h=st.integers(1, 20),
-       w=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
-       ph=st.integers(0, 3), pw=st.integers(0, 3), dilation=st.integers(1, 2),
+       w=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), dh=st.integers(1, 3), dw=st.integers(1, 3),
        density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
-def test_strided_grad_input_by_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw, dilation, density, seed):
+def test_strided_grad_input_by_phase(n, ci, co, h, w, kh, kw, sh, sw, ph, pw, dh, dw, density, seed):
     """Grad-input of a strided conv runs one stride-1 engine per (row, column) phase of the input over
     grad_output itself, with only that phase's taps: rectangular strides, odd sizes (phases of unequal
     width, interleaved into dx), phases without a single tap (density 0, kernels shorter than the
-    stride), several channel blocks."""
-    if h + 2 * ph - dilation * (kh - 1) < 1 or w + 2 * pw - dilation * (kw - 1) < 1:
+    stride), dilations whose phases step through the kernel (a phase's taps at dilation d / gcd(s, d)),
+    several channel blocks."""
+    if h + 2 * ph - dh * (kh - 1) < 1 or w + 2 * pw - dw * (kw - 1) < 1:
         return
     g = torch.Generator().manual_seed(seed)
     x, wt = torch.randn(n, ci, h, w, generator=g), torch.randn(co, ci, kh, kw, generator=g)
     mask = torch.rand(co, ci, kh, kw, generator=g) < density
     index = build_index(mask)
-    y = torch.nn.functional.conv2d(x, wt * mask, None, (sh, sw), (ph, pw), dilation)
+    y = torch.nn.functional.conv2d(x, wt * mask, None, (sh, sw), (ph, pw), (dh, dw))
     dy = torch.randn(y.shape, generator=g)
-    expected = torch.nn.grad.conv2d_input(x.shape, wt * mask, dy, (sh, sw), (ph, pw), dilation)
+    expected = torch.nn.grad.conv2d_input(x.shape, wt * mask, dy, (sh, sw), (ph, pw), (dh, dw))
     got = torch.ops.ebsparse.csr_conv2d_grad_input(dy, wt, index.col_ptr, index.row_idx, list(x.shape), [sh, sw],
-                                                   [ph, pw], [dilation, dilation])
+                                                   [ph, pw], [dh, dw])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
