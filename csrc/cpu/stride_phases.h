@@ -47,29 +47,24 @@ inline PhaseTaps phase_taps(int64_t phase, int64_t K, int64_t d, int64_t pad, in
 // Positions of phase p along an axis of size n with stride s: p, p + s, ...
 inline int64_t phase_size(int64_t n, int64_t p, int64_t s) { return (n - p + s - 1) / s; }
 
-// dx[b, py + sh * y, px + sw * x] = phase(py, px)[(b * hp + y) * wp + x] for the row phases
-// [py0, py1) of dx (planes b < planes of H x W), where phase(py, px) returns that phase's
-// (planes, hp, wp) values, or nullptr where no tap reaches it (zeros). Each dx row is written once,
-// front to back.
-template <typename T, class Phase>
-void interleave_phases(int64_t planes, int64_t H, int64_t W, int64_t sh, int64_t sw, int64_t py0, int64_t py1,
-                       Phase&& phase, T* dx) {
+// Row phase py of dx (rows py, py + sh, ... of each of `planes` H x W planes) from its column
+// phases: dx[b, py + sh * y, px + sw * x] = phases[px][(b * hp + y) * wp + x], zeros where
+// phases[px] is null (no tap reaches that phase). Each dx row is written once, front to back.
+inline void interleave_phases(int64_t planes, int64_t H, int64_t W, int64_t sh, int64_t sw, int64_t py,
+                              const float* const* phases, float* dx) {
+  const int64_t hp = phase_size(H, py, sh);
   at::parallel_for(0, planes, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t py = py0; py < py1; ++py) {
-        const int64_t hp = phase_size(H, py, sh);
-        for (int64_t y = 0; y < hp; ++y) {
-          T* row = dx + (b * H + py + y * sh) * W;
-          for (int64_t px = 0; px < sw && px < W; ++px) {
-            const int64_t wp = phase_size(W, px, sw);
-            const T* src = phase(py, px);
-            if (src == nullptr) {
-              for (int64_t x = 0; x < wp; ++x) row[px + x * sw] = T(0);
-              continue;
-            }
-            src += (b * hp + y) * wp;
-            for (int64_t x = 0; x < wp; ++x) row[px + x * sw] = src[x];
+      for (int64_t y = 0; y < hp; ++y) {
+        float* row = dx + (b * H + py + y * sh) * W;
+        for (int64_t px = 0; px < sw && px < W; ++px) {
+          const int64_t wp = phase_size(W, px, sw);
+          if (phases[px] == nullptr) {
+            for (int64_t x = 0; x < wp; ++x) row[px + x * sw] = 0.f;
+            continue;
           }
+          const float* src = phases[px] + (b * hp + y) * wp;
+          for (int64_t x = 0; x < wp; ++x) row[px + x * sw] = src[x];
         }
       }
   });

@@ -500,9 +500,7 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
       run_forward(p, dy.data_ptr<float>(), nullptr, out, avx512);
     }
     if (phases_w > 1)
-      interleave_phases(g.N * g.Ci, g.H, g.W, g.sh, g.sw, py, py + 1,
-                        [&](int64_t, int64_t px) { return phase_values[px]; },
-                        dx.data_ptr<float>());
+      interleave_phases(g.N * g.Ci, g.H, g.W, g.sh, g.sw, py, phase_values.data(), dx.data_ptr<float>());
   }
   return dx;
 }
