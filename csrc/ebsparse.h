@@ -70,6 +70,12 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
                                   const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation);
+// csr_conv2d_grad_weight and the bias gradient (grad_output summed over N, Ho, Wo) from one pass.
+std::tuple<at::Tensor, at::Tensor> csr_conv2d_grad_weight_bias(const at::Tensor& grad_output,
+                                                               const at::Tensor& input, const at::Tensor& row_ptr,
+                                                               const at::Tensor& col_idx,
+                                                               at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                                               at::IntArrayRef padding, at::IntArrayRef dilation);
 
 // ---- 2:4 semi-structured ------------------------------------------------------------------------
 // Mask keeping the 2 largest-magnitude of every 4 consecutive weights along the last dim of the

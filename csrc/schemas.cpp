@@ -41,6 +41,10 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def(
       "csr_conv2d_grad_weight(Tensor grad_output, Tensor input, Tensor row_ptr, Tensor col_idx, "
       "int[4] weight_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // (grad_weight, grad_bias): the bias gradient summed by the grad-weight's own pass over grad_output.
+  m.def(
+      "csr_conv2d_grad_weight_bias(Tensor grad_output, Tensor input, Tensor row_ptr, Tensor col_idx, "
+      "int[4] weight_size, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
   m.def("prune_2_4(Tensor weight) -> Tensor");
   m.def("compress_2_4(Tensor weight, Tensor mask) -> (Tensor, Tensor)");
   m.def("decompress_2_4(Tensor values, Tensor meta) -> Tensor");
@@ -70,7 +74,7 @@ TORCH_LIBRARY(ebsparse, m) {
   m.def(
       "bsr_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor brow_ptr, Tensor bcol_idx, "
       "Tensor bcol_ptr, Tensor brow_idx, int bo, int bi, int[2] stride, int[2] padding, int[2] dilation, "
-      "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
+      "bool input_grad, bool weight_grad, bool bias_grad=False) -> (Tensor, Tensor, Tensor)");
   // The recurrent half of one GRU layer direction (cpu/rnn/gru.cpp), W_hh sparse with its CSR pattern
   // (or dense where no pattern is given): gates_input (L, B, 3H) = x W_ih^T (bias_ih is added here),
   // h0 (B, H) -> (hidden (L, B, H), saved (L, B, 4H)).

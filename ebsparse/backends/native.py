@@ -133,7 +133,12 @@ class NativeBackend(Backend):
         if input_grad:
             grad_input = torch.ops.ebsparse.csr_conv2d_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx,
                                                                   list(inputs.input.shape), *geometry)
-        if weight_grad:
+        if weight_grad and inputs.bias is not None and inputs.bias.requires_grad and grad_output.device.type == "cpu":
+            # The bias gradient from the weight gradient's pass over grad_output (dy is not read
+            # again); the op takes it from `state` (Conv2dInputs).
+            grad_weight, inputs.state["grad_bias"] = torch.ops.ebsparse.csr_conv2d_grad_weight_bias(
+                grad_output, inputs.input, p.row_ptr, p.col_idx, list(inputs.weight.shape), *geometry)
+        elif weight_grad:
             grad_weight = torch.ops.ebsparse.csr_conv2d_grad_weight(grad_output, inputs.input, p.row_ptr, p.col_idx,
                                                                     list(inputs.weight.shape), *geometry)
         return grad_input, grad_weight
@@ -235,9 +240,14 @@ class NativeBackend(Backend):
 
     def block_conv2d_backward(self, inputs, grad_output, input_grad, weight_grad):
         p = inputs.pattern
-        grad_input, grad_weight = torch.ops.ebsparse.bsr_conv2d_backward(
+        # The bias gradient from the weight gradient's pass over grad_output; the op takes it from
+        # `state` (BlockConv2dInputs).
+        bias_grad = weight_grad and inputs.bias is not None and inputs.bias.requires_grad
+        grad_input, grad_weight, grad_bias = torch.ops.ebsparse.bsr_conv2d_backward(
             grad_output, inputs.input, inputs.weight, *p.tensors(), *p.block, inputs.stride, inputs.padding,
-            inputs.dilation, input_grad, weight_grad)
+            inputs.dilation, input_grad, weight_grad, bias_grad)
+        if bias_grad:
+            inputs.state["grad_bias"] = grad_bias
         return grad_input if input_grad else None, grad_weight if weight_grad else None
 
     def prune_2_4(self, rows):

@@ -2,8 +2,8 @@
 field name), plus what automatic dispatch keys its timing on.
 
 `state` is where a backend's forward keeps what its backward reuses (the dense backend's masked
-weight), for the one call the object describes; a linear backward that makes the bias gradient
-with the weight's (the native CPU one) leaves it there as "grad_bias" for the op to return.
+weight), for the one call the object describes; a linear or conv backward that makes the bias
+gradient with the weight's (the native CPU ones) leaves it there as "grad_bias" for the op to return.
 """
 
 from __future__ import annotations

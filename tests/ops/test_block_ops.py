@@ -71,18 +71,20 @@ def _check_conv(backend, n, rb, cb, block, size, kernel, stride, padding, dilati
     b = torch.randn(co, generator=g, dtype=dtype)
     mask = _mask(w.shape, density, block, seed)
     w_nan = w.masked_fill(~mask, float("nan"))
-    xs, ws = x.clone().requires_grad_(), w_nan.clone().requires_grad_()
+    # the bias gradient: the native backward sums it in the grad-weight's pass over grad_output
+    xs, ws, bs = x.clone().requires_grad_(), w_nan.clone().requires_grad_(), b.clone().requires_grad_()
     with runs_on(backend, "block_conv2d", phases=("forward", "backward")):
-        y = block_sparse_conv2d(xs, ws, b, mask, block, stride, padding, dilation, backend=backend)
+        y = block_sparse_conv2d(xs, ws, bs, mask, block, stride, padding, dilation, backend=backend)
         dy = torch.randn(y.shape, generator=g, dtype=dtype)
         y.backward(dy)
-    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y_ref = sparse_conv2d_reference(xr, wr, b, mask, stride, padding, dilation)
+    xr, wr, br = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    y_ref = sparse_conv2d_reference(xr, wr, br, mask, stride, padding, dilation)
     y_ref.backward(dy)
     terms = ci * kernel * kernel
     torch.testing.assert_close(y, y_ref, **_tol(dtype, terms))
     torch.testing.assert_close(xs.grad, xr.grad, **_tol(dtype, co * kernel * kernel))
     torch.testing.assert_close(ws.grad, wr.grad, **_tol(dtype, n * y.shape[2] * y.shape[3]))
+    torch.testing.assert_close(bs.grad, br.grad, **_tol(dtype, n * y.shape[2] * y.shape[3]))
     assert not ws.grad[~mask].any()
 
 

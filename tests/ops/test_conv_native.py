@@ -113,6 +113,9 @@ def check_against_reference(cases):
                                                              *geo), xr.grad, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape),
                                                               *geo), wm.grad * mask, atol=1e-4, rtol=1e-4)
+        dw, db = ops.csr_conv2d_grad_weight_bias(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo)
+        torch.testing.assert_close(dw, wm.grad * mask, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(db, dy.sum((0, 2, 3)), atol=1e-4, rtol=1e-4)
 
 
 def run_with_avx2_kernels(cases_name):
@@ -209,6 +212,9 @@ def test_grad_output_strides_read_in_place(layout, n, ci, co, h, w, k, stride, p
     dw = ops.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo)
     torch.testing.assert_close(dx, xr.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dw, wm.grad * mask, atol=1e-4, rtol=1e-4)
+    dw, db = ops.csr_conv2d_grad_weight_bias(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo)
+    torch.testing.assert_close(dw, wm.grad * mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(db, dy.contiguous().sum((0, 2, 3)), atol=1e-4, rtol=1e-4)
 
 
 def test_sum_loss_through_the_module_matches_dense():
@@ -229,6 +235,64 @@ def test_sum_loss_through_the_module_matches_dense():
     torch.testing.assert_close(layer.weight.grad * mask, w_ref.grad * mask, atol=1e-4, rtol=1e-4)
     assert not layer.weight.grad[~mask].any()
     torch.testing.assert_close(layer.bias.grad, b_ref.grad, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 9), ci=st.integers(1, 40), co=st.sampled_from([1, 5, 33]), h=st.integers(1, 36),
+       w=st.integers(1, 36), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       density=st.sampled_from([0.0, 0.05, 0.4, 1.0]), threads=st.sampled_from([1, 2, 3]),
+       seed=st.integers(0, 2**16))
+def test_bias_gradient_from_the_grad_weight_pass(n, ci, co, h, w, k, stride, padding, density, threads, seed):
+    """csr_conv2d_grad_weight_bias: the grad-weight's tasks also sum grad_output per output channel
+    (rows of one image, or of images side by side on maps narrower than half a vector); every task
+    counts each element once, whatever the tiling, batch (empty too), threads or pattern (empty:
+    no task runs and the sum is taken directly)."""
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x, wt = torch.randn(n, ci, h, w, generator=g), torch.randn(co, ci, k, k, generator=g)
+    mask = torch.rand(co, ci, k, k, generator=g) < density
+    index = build_index(mask)
+    geo = ([stride] * 2, [padding] * 2, ONE)
+    y = torch.nn.functional.conv2d(x, wt * mask, None, stride, padding)
+    dy = torch.randn(y.shape, generator=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dw, db = torch.ops.ebsparse.csr_conv2d_grad_weight_bias(dy, x, index.row_ptr, index.col_idx,
+                                                                list(wt.shape), *geo)
+        alone = torch.ops.ebsparse.csr_conv2d_grad_weight(dy, x, index.row_ptr, index.col_idx, list(wt.shape), *geo)
+    finally:
+        torch.set_num_threads(previous)
+    assert db.shape == (co,) and db.dtype == dy.dtype
+    torch.testing.assert_close(db, dy.sum((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dw, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_module_bias_gradient_comes_from_the_fused_pass(monkeypatch):
+    """A SparseConv2d with a trainable bias on the native backend takes its bias gradient from the
+    grad-weight op (no separate sum over grad_output); a frozen bias or no bias uses the plain op."""
+    import ebsparse
+
+    calls = []
+    ops = torch.ops.ebsparse
+    for name in ("csr_conv2d_grad_weight", "csr_conv2d_grad_weight_bias"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _op=op, _name=name: calls.append(_name) or _op(*a))
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv2d(6, 10, 3, padding=1)
+    mask = torch.rand(10, 6, 3, 3, generator=g) < 0.3
+    layer = ebsparse.SparseConv2d.from_dense(conv, mask=mask, backend="native")
+    x = torch.randn(4, 6, 9, 9, generator=g)
+    dy = torch.randn(4, 10, 9, 9, generator=g)
+    layer(x).backward(dy)
+    assert calls == ["csr_conv2d_grad_weight_bias"]
+    torch.testing.assert_close(layer.bias.grad, dy.sum((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    calls.clear()
+    layer.bias.requires_grad_(False)
+    layer.weight.grad = None
+    layer(x).backward(dy)
+    assert calls == ["csr_conv2d_grad_weight"] and layer.bias.grad is not None  # the earlier one, untouched
 
 
 def _column_mask(co, ci, kh, kw, generator):

@@ -108,6 +108,8 @@ def _op_calls():
          lambda p, i: ops.csr_conv2d_grad_input(dyc, wc, p, i, list(xc.shape), ONE, ONE, ONE)),
         ("csr_conv2d_grad_weight", 3, 18,
          lambda p, i: ops.csr_conv2d_grad_weight(dyc, xc, p, i, list(wc.shape), ONE, ONE, ONE)),
+        ("csr_conv2d_grad_weight_bias", 3, 18,
+         lambda p, i: ops.csr_conv2d_grad_weight_bias(dyc, xc, p, i, list(wc.shape), ONE, ONE, ONE)),
     ]
 
 

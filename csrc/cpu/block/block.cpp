@@ -491,10 +491,23 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
 constexpr int64_t kGradWeightColumns = 2048;
 constexpr int64_t kGroupColumns = 512;
 
+// Sum of a tile row (the bias gradient's share of it); `omp simd` lets the sum be reassociated
+// into vector lanes.
+template <typename T>
+T row_sum(const T* row, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += row[i];
+  return s;
+}
+
 // acc[j * br * bck + r * bck + c] = sum over columns of dy rows . panel rows, at the kept blocks.
+// With bias (R outputs, conv only), also dy summed over images and pixels: each task gathers every
+// dy row of its columns and block rows into its tile (rows of block rows without kept blocks too)
+// and sums them there, so dy is not read again for the bias gradient.
 template <typename T>
 void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int32_t* ptr, const int32_t* idx,
-                        int br, int bci, T* acc) {
+                        int br, int bci, T* acc, T* bias) {
   const Kernels<T> kern = pick_kernels<T>();
   const int64_t kk = g.KH * g.KW, bck = bci * kk, kdim = g.kdim(), rb = g.R / br, nnzb = ptr[rb];
   // Wide tiles: the horizontal sums, the panel rows' set-up and the pass over the kept blocks are
@@ -528,6 +541,7 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
   std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
   std::fill(acc, acc + per, T(0));
+  std::vector<T> bias_parts(bias ? threads * g.R : 0, T(0));
   run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
     int64_t c0, c1, rb1;
     block_detail::Images images;
@@ -539,17 +553,23 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
       c0 = s.cols(task / s.chunks, c1);
     }
     const int64_t rb0 = chunk_rows(task % s.chunks, rb1);
-    if (ptr[rb1] == ptr[rb0]) return;
+    const bool kept = ptr[rb1] > ptr[rb0];
+    if (!kept && !bias) return;
     T* tile = scratch<T>(kTile, images.count * plane);
-    const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
     if (g.linear) {  // one transpose: per block row, small blocks would make it many partial ones
       gather_tile(g, dy, rb0 * br, rb1 * br, c0, c1, tile, ld);
     } else {
       for (int64_t m = 0; m < images.count; ++m)
-        for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads
-          if (ptr[b + 1] > ptr[b])
-            gather_tile(g, dy, b * br, (b + 1) * br, c0 + m * g.qn, c1 + m * g.qn, tile + m * plane, ld);
+        for (int64_t b = rb0; b < rb1; ++b)  // only the rows some kept block reads, but all for the bias
+          if (ptr[b + 1] > ptr[b] || bias) {
+            T* rows = tile + m * plane;
+            gather_tile(g, dy, b * br, (b + 1) * br, c0 + m * g.qn, c1 + m * g.qn, rows, ld);
+            if (bias)
+              for (int64_t r = b * br; r < (b + 1) * br; ++r) bias_parts[tid * g.R + r] += row_sum(rows + r * ld, ld);
+          }
     }
+    if (!kept) return;
+    const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
     T* a = tid == 0 ? acc : partial + (tid - 1) * per;
@@ -558,6 +578,12 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
   });
   for (int64_t t = 1; t < threads; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];
+  if (bias)
+    for (int64_t r = 0; r < g.R; ++r) {
+      T sum = 0;
+      for (int64_t t = 0; t < threads; ++t) sum += bias_parts[t * g.R + r];
+      bias[r] = sum;
+    }
 }
 
 // ---- the linear layer in row-major layout (kernels.h's rspmm / rsddmm) ------------------------------
@@ -811,7 +837,7 @@ at::Tensor grad_input_typed(const Geometry& fwd, const at::Tensor& dy, const at:
 
 template <typename T>
 at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
-                             const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi) {
+                             const int32_t* ptr, const int32_t* idx, int64_t bo, int64_t bi, T* bias = nullptr) {
   const int64_t rb = g.R / bo, bck = bi * g.KH * g.KW;
   T* acc = scratch<T>(kSums, ptr[rb] * bo * bck);
   const Kernels<T> kern = pick_kernels<T>();
@@ -821,7 +847,7 @@ at::Tensor grad_weight_typed(const Geometry& g, const at::Tensor& x, const at::T
     return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
   }
   const at::Tensor src = engine_source(x, g, kern, idx, ptr[rb], bi);
-  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc);
+  grad_weight_engine<T>(g, src.const_data_ptr<T>(), dy.const_data_ptr<T>(), ptr, idx, int(bo), int(bi), acc, bias);
   return unpack_grad<T>(acc, w.sizes(), ptr, idx, rb, bo, bck, w.options());
 }
 
@@ -878,12 +904,11 @@ at::Tensor bsr_conv2d(const at::Tensor& input, const at::Tensor& weight, const s
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                                       const at::Tensor& weight, const at::Tensor& brow_ptr,
-                                                       const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr,
-                                                       const at::Tensor& brow_idx, int64_t bo, int64_t bi,
-                                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                                       at::IntArrayRef dilation, bool input_grad, bool weight_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& brow_ptr,
+    const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr, const at::Tensor& brow_idx, int64_t bo, int64_t bi,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool input_grad, bool weight_grad,
+    bool bias_grad) {
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   const int64_t kh = w.size(2), kw = w.size(3);
   const Geometry g = conv_geometry(x, w.size(0), kh, kw, stride, padding, dilation, dy.size(2), dy.size(3));
@@ -892,10 +917,14 @@ std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward(const at::Tensor& grad_ou
     at::Tensor gi = input_grad ? grad_input_typed<T>(g, dy, w, bcol_ptr.const_data_ptr<int32_t>(),
                                                      brow_idx.const_data_ptr<int32_t>(), bo, bi)
                                : at::empty({0, 0}, x.options());
+    // The bias gradient comes from the grad-weight's pass over dy when there is one.
+    at::Tensor gb = at::empty({bias_grad ? w.size(0) : 0}, x.options());
     at::Tensor gw = weight_grad ? grad_weight_typed<T>(g, x, dy, w, brow_ptr.const_data_ptr<int32_t>(),
-                                                       bcol_idx.const_data_ptr<int32_t>(), bo, bi)
+                                                       bcol_idx.const_data_ptr<int32_t>(), bo, bi,
+                                                       bias_grad ? gb.mutable_data_ptr<T>() : nullptr)
                                 : at::empty({0, 0}, x.options());
-    return std::make_tuple(gi, gw);
+    if (bias_grad && !weight_grad) gb = dy.sum({0, 2, 3});
+    return std::make_tuple(gi, gw, gb);
   });
 }
 

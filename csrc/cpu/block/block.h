@@ -26,11 +26,12 @@ std::tuple<at::Tensor, at::Tensor> bsr_linear_backward(const at::Tensor& grad_ou
 at::Tensor bsr_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const at::Tensor& brow_ptr, const at::Tensor& bcol_idx, int64_t bo, int64_t bi,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
-std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                                       const at::Tensor& weight, const at::Tensor& brow_ptr,
-                                                       const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr,
-                                                       const at::Tensor& brow_idx, int64_t bo, int64_t bi,
-                                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                                       at::IntArrayRef dilation, bool input_grad, bool weight_grad);
+// (grad_input, grad_weight, grad_bias), each empty unless asked for; grad_bias is grad_output summed
+// over (N, Ho, Wo), from the grad-weight's pass over grad_output when weight_grad is also asked.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& brow_ptr,
+    const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr, const at::Tensor& brow_idx, int64_t bo, int64_t bi,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool input_grad, bool weight_grad,
+    bool bias_grad);
 
 }  // namespace ebsparse

@@ -89,10 +89,11 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, con
   return bsr_conv2d(input, weight, bias, brow_ptr, bcol_idx, bo, bi, stride, padding, dilation);
 }
 
-std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bsr_conv2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& brow_ptr,
     const at::Tensor& bcol_idx, const at::Tensor& bcol_ptr, const at::Tensor& brow_idx, int64_t bo, int64_t bi,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool input_grad, bool weight_grad) {
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool input_grad, bool weight_grad,
+    bool bias_grad) {
   check_float(grad_output, "grad_output");
   check_same(grad_output, input, "grad_output", "input");
   check_same(grad_output, weight, "grad_output", "weight");
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> bsr_conv2d_backward_cpu(
                 grad_output.sizes());
   }
   return bsr_conv2d_backward(grad_output, input, weight, brow_ptr, bcol_idx, bcol_ptr, brow_idx, bo, bi, stride,
-                             padding, dilation, input_grad, weight_grad);
+                             padding, dilation, input_grad, weight_grad, bias_grad);
 }
 
 }  // namespace

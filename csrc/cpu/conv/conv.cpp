@@ -505,13 +505,16 @@ at::Tensor csr_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor
   return dx;
 }
 
+namespace {
+
 // dw[co, c, kh, kw] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, c, oy*sh - ph + kh*dh, ox*sw - pw + kw*dw]
 // at kept positions only (SDDMM), zero elsewhere. Tasks are (n, row tile) as in the forward, so
 // each thread accumulates its own copy of the kept-weight sums; the copies are added at the end.
-at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                                  const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                                  at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+// With grad_bias, also dy summed over images and pixels, by the same tasks while their dy rows pass
+// through cache for the kernels (a separate sum would read dy back from memory).
+at::Tensor grad_weight_engine(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& row_ptr,
+                              const at::Tensor& col_idx, at::IntArrayRef weight_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor* grad_bias) {
   auto dy = grad_output.scalar_type() == at::kFloat ? planes_readable(grad_output) : grad_output.contiguous();
   auto x = input.contiguous();
   const Geometry g = geometry(x.sizes(), weight_size, stride, padding, dilation);
@@ -524,6 +527,7 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
     auto dw = at::zeros(weight_size, x.options());
     if (nnz > 0 && g.N * g.Ho * g.Wo > 0)
       plain_grad_weight<double>(g, dy.data_ptr<double>(), x.data_ptr<double>(), rp, ci, dw.data_ptr<double>());
+    if (grad_bias) *grad_bias = dy.sum({0, 2, 3});
     return dw;
   }
   auto dw = at::empty(weight_size, x.options());
@@ -539,17 +543,19 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
       }
   });
   p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = nullptr;
-  ThreadBuffers buf(p, nnz, true);
+  // Per thread: the kept-weight sums, then (with grad_bias) one sum per output channel.
+  ThreadBuffers buf(p, nnz + (grad_bias ? g.Co : 0), true);
   const int64_t tile_floats = (convk::dy_tile_floats(p) + 15) / 16 * 16;
   const at::Tensor dy_tiles = at::empty({at::get_num_threads() * tile_floats}, at::kFloat);
   const float* xp = x.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
   run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
     float* tiles = tile_floats ? dy_tiles.data_ptr<float>() + tid * tile_floats : nullptr;
+    float* bias_acc = grad_bias ? buf.extra_of(tid) + nnz : nullptr;
     if (avx512)
-      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles);
+      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles, bias_acc);
     else
-      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles);
+      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles, bias_acc);
   });
   // The dense-shaped gradient is zeroed and filled one block of output rows at a time, so each row
   // is written while it is in cache and the pass over the whole weight (megabytes at low density,
@@ -572,7 +578,36 @@ at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tenso
       }
     }
   });
+  if (grad_bias) {
+    *grad_bias = at::empty({g.Co}, x.options());
+    float* db = grad_bias->data_ptr<float>();
+    for (int64_t o = 0; o < g.Co; ++o) {
+      float s = 0.f;
+      for (int64_t t = 0; t < nt; ++t) s += parts[t][nnz + o];
+      db[o] = s;
+    }
+  }
   return dw;
+}
+
+}  // namespace
+
+at::Tensor csr_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                  at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return grad_weight_engine(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> csr_conv2d_grad_weight_bias(const at::Tensor& grad_output,
+                                                               const at::Tensor& input, const at::Tensor& row_ptr,
+                                                               const at::Tensor& col_idx,
+                                                               at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+  at::Tensor grad_bias;
+  at::Tensor grad_weight =
+      grad_weight_engine(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation, &grad_bias);
+  return {grad_weight, grad_bias};
 }
 
 }  // namespace ebsparse

@@ -106,12 +106,13 @@ int64_t dy_tile_floats(const Plan& p);
 
 // One task (image group, tile) of the forward engine: out (N, Co, Ho, Wo) for that tile, bias may
 // be null. One task of the grad-weight engine: acc[e] += sum over the tile of dy * V at entry e's
-// tap; dy_tiles: dy_tile_floats(p) of scratch.
+// tap; dy_tiles: dy_tile_floats(p) of scratch; bias_acc (Co floats, or null) += dy summed over the
+// tile, the bias gradient's share of the task.
 #define EBS_CONV_ISA_DECLS                                                                              \
   void fwd_task(const Plan& p, const float* src, const float* bias, float* out, int64_t task,          \
                 float* copy, float* partial);                                                          \
   void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc, \
-               float* dy_tiles);
+               float* dy_tiles, float* bias_acc);
 
 namespace avx512 { EBS_CONV_ISA_DECLS }
 namespace avx2 { EBS_CONV_ISA_DECLS }

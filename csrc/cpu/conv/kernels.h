@@ -143,6 +143,22 @@ void gw_kernel(const int32_t* __restrict off, int64_t cnt, const float* __restri
   }
 }
 
+// Sum of n floats from p (no alignment needed): the bias gradient's pass over a task's dy rows.
+float sum_floats(const float* p, int64_t n) {
+  auto a0 = Vec::zero(), a1 = Vec::zero();
+  int64_t i = 0;
+  for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
+    a0 = Vec::add(a0, Vec::loadu(p + i));
+    a1 = Vec::add(a1, Vec::loadu(p + i + Vec::W));
+  }
+  if (i + Vec::W <= n) {
+    a0 = Vec::add(a0, Vec::loadu(p + i));
+    i += Vec::W;
+  }
+  if (i < n) a1 = Vec::add(a1, Vec::load_part(p + i, n - i));
+  return Vec::hsum(Vec::add(a0, a1));
+}
+
 // Block copies (see engine.h) of rows shared by G images (G * Wo <= one vector, so Wo_r == W),
 // for unit stride along the width: each image's window lands in its own lanes [g * Wo, (g + 1) * Wo);
 // the masked loads of one row are added together (their other lanes are 0).
@@ -380,7 +396,7 @@ void fwd_task(const Plan& p, const float* src, const float* bias, float* out, in
 // have to rebuild every copy of x itself; owning (n, tile) it builds each copy once, at the cost of
 // one nnz-sized accumulator per thread.
 void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, float* copy, float* acc,
-             float* dy_tiles) {
+             float* dy_tiles, float* bias_acc) {
   const int64_t n = task / p.ntiles * p.G, oy0 = (task % p.ntiles) * p.R;
   const int64_t rv = min64(p.R, p.Ho - oy0);
   const int ri = row_slot(rv);
@@ -398,6 +414,17 @@ void gw_task(const Plan& p, const float* src, const float* dy, int64_t task, flo
           std::memcpy(dy_tiles + (o * p.R + r) * p.Wo_r + g * p.Wo, dy + (n + g) * p.dy_sn + o * p.dy_sc + (oy0 + r) * p.Wo,
                       p.Wo * sizeof(float));
   }
+  // The bias gradient's share of the task, before the kernels: its pass also brings the task's dy
+  // rows into cache for them (each image's rows are contiguous in its plane; the grouped tiles hold
+  // zeros outside the images' lanes and rows).
+  if (bias_acc)
+    for (int64_t o = 0; o < p.Co; ++o) {
+      if (p.G > 1) {
+        bias_acc[o] += sum_floats(dy_tiles + o * p.R * p.Wo_r, rv * p.Wo_r);
+      } else {
+        bias_acc[o] += sum_floats(dy + n * p.dy_sn + o * p.dy_sc + oy0 * p.Wo, rv * p.Wo);
+      }
+    }
   const CopyMaps maps(p, oy0, rv);
   for (int64_t b = 0; b < p.nb; ++b) {
     fill_copy(p, src, n, b, maps.rows.data(), maps.cols.data(), copy);

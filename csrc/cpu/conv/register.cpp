@@ -49,10 +49,9 @@ at::Tensor csr_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Te
   return csr_conv2d_grad_input(grad_output, weight, col_ptr, row_idx, input_size, stride, padding, dilation);
 }
 
-at::Tensor csr_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                      const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                                      at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+void check_grad_weight_args(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& row_ptr,
+                            const at::Tensor& col_idx, at::IntArrayRef weight_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float(grad_output, "grad_output");
   check_same(grad_output, input, "grad_output", "input");
   TORCH_CHECK(grad_output.dim() == 4 && input.dim() == 4 && grad_output.size(0) == input.size(0),
@@ -63,7 +62,24 @@ at::Tensor csr_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::T
   check_conv_args(stride, padding, dilation);
   check_pattern(row_ptr, col_idx, weight_size[0], "row_ptr", "col_idx", input);
   check_pattern_values(row_ptr, col_idx, weight_size[1] * weight_size[2] * weight_size[3], "row_ptr", "col_idx");
+}
+
+at::Tensor csr_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                      at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_grad_weight_args(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
   return csr_conv2d_grad_weight(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor> csr_conv2d_grad_weight_bias_cpu(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input, const at::Tensor& row_ptr,
+                                                                   const at::Tensor& col_idx,
+                                                                   at::IntArrayRef weight_size,
+                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                   at::IntArrayRef dilation) {
+  check_grad_weight_args(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
+  return csr_conv2d_grad_weight_bias(grad_output, input, row_ptr, col_idx, weight_size, stride, padding, dilation);
 }
 
 }  // namespace
@@ -72,6 +88,7 @@ TORCH_LIBRARY_IMPL(ebsparse, CPU, m) {
   m.impl("csr_conv2d", &csr_conv2d_cpu);
   m.impl("csr_conv2d_grad_input", &csr_conv2d_grad_input_cpu);
   m.impl("csr_conv2d_grad_weight", &csr_conv2d_grad_weight_cpu);
+  m.impl("csr_conv2d_grad_weight_bias", &csr_conv2d_grad_weight_bias_cpu);
 }
 
 }  // namespace ebsparse
