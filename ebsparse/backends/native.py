@@ -30,10 +30,16 @@ _TWO_FOUR = ("prune_2_4", "compress_2_4", "decompress_2_4")
 def _readable_once(grad_output: torch.Tensor) -> torch.Tensor:
     """grad_output in a layout both conv gradient kernels read without copying it again, made once
     for the two. An expanded gradient (what `y.sum()` hands back: one value, all strides 0) becomes
-    one (H, W) plane repeated over images and channels, which the kernels read in place; anything
-    else is made contiguous."""
+    one (H, W) plane repeated over images and channels, which the kernels read in place; so does a
+    float32 one whose (H, W) planes are contiguous at any image and channel stride (the gradient of a
+    channel slice, e.g. a U-Net skip connection's share of a concatenation); anything else is made
+    contiguous."""
     if grad_output.numel() and not any(grad_output.stride()):
         return grad_output[0, 0].contiguous().expand(grad_output.shape)
+    if grad_output.dtype == torch.float32 and grad_output.dim() == 4:
+        _, _, h, w = grad_output.shape
+        if (grad_output.stride(3) == 1 or w <= 1) and (grad_output.stride(2) == w or h <= 1):
+            return grad_output
     return grad_output.contiguous()
 
 

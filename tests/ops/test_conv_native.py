@@ -295,6 +295,36 @@ def test_module_bias_gradient_comes_from_the_fused_pass(monkeypatch):
     assert calls == ["csr_conv2d_grad_weight"] and layer.bias.grad is not None  # the earlier one, untouched
 
 
+def test_channel_slice_gradient_reaches_the_kernels_uncopied(monkeypatch):
+    """The gradient of a layer whose output is concatenated with another tensor is a channel slice
+    of the concatenation's gradient: the native backward hands it to both kernels as it is (their
+    float32 engines read (H, W) planes at any image and channel stride), and the gradients are
+    those of the dense layer."""
+    import ebsparse
+
+    seen = []
+    ops = torch.ops.ebsparse
+    for name in ("csr_conv2d_grad_input", "csr_conv2d_grad_weight_bias"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda dy, *a, _op=op: seen.append(dy.is_contiguous()) or _op(dy, *a))
+    g = torch.Generator().manual_seed(7)
+    conv = torch.nn.Conv2d(6, 10, 3, padding=1)
+    mask = torch.rand(10, 6, 3, 3, generator=g) < 0.3
+    layer = ebsparse.SparseConv2d.from_dense(conv, mask=mask, backend="native")
+    x = torch.randn(3, 6, 8, 8, generator=g, requires_grad=True)
+    skip = torch.randn(3, 5, 8, 8, generator=g)
+    dz = torch.randn(3, 15, 8, 8, generator=g)
+    torch.cat([layer(x), skip], 1).backward(dz)
+    assert seen == [False, False]
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = (conv.weight.detach() * mask).requires_grad_()
+    b_ref = conv.bias.detach().clone().requires_grad_()
+    torch.cat([torch.nn.functional.conv2d(x_ref, w_ref, b_ref, 1, 1), skip], 1).backward(dz)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.weight.grad, w_ref.grad * mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.bias.grad, b_ref.grad, atol=1e-4, rtol=1e-4)
+
+
 def _column_mask(co, ci, kh, kw, generator):
     """Each (o, c, kw) kernel column keeps a random subset of its rows, every subset as likely (dense
     and empty columns, adjacent pairs, pairs one row apart, runs longer than three)."""
