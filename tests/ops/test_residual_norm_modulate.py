@@ -27,9 +27,22 @@ NATIVE = pytest.mark.skipif(extension_error() is not None, reason=str(extension_
 NAMES = ("out", "y", "grad_input", "grad_gate", "grad_branch", "grad_shift", "grad_scale")
 
 
-def _tol(dtype, n):
-    # fp32: the per-sample gradients sum n products of O(1) values over the tokens
-    return dict(atol=1e-11, rtol=1e-9) if dtype == torch.float64 else dict(atol=3e-5 * max(1, n) ** 0.5, rtol=3e-5)
+def _tol(dtype, n, condition=1.0):
+    # fp32: the per-sample gradients sum n products of O(1) values over the tokens; and the rows that
+    # LayerNorm normalises amplify the rounding of the residual sum by their condition (_condition)
+    if dtype == torch.float64:
+        return dict(atol=1e-11, rtol=1e-9)
+    return dict(atol=3e-5 * max(1, n) ** 0.5 * condition, rtol=3e-5 * condition)
+
+
+def _condition(out: torch.Tensor) -> float:
+    """max over rows of max|out| / std(out): how much LayerNorm magnifies a relative error of its
+    input row (a few channels of nearly equal values, e.g. c = 2, make it large; rows of one
+    channel normalise to zero whatever their error)."""
+    if out.numel() == 0 or out.shape[-1] < 2:
+        return 1.0
+    std = out.std(-1, unbiased=False).clamp_min(1e-300)
+    return max(1.0, (out.abs().amax(-1) / std).max().item())
 
 
 def _case(b, n, c, dtype, seed):
@@ -53,7 +66,7 @@ def check_against_reference(backend, b, n, c, dtype, seed, with_grad_out=True):
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     expected = _grads(residual_norm_modulate_reference, leaves64, grad_out.double() if with_grad_out else None,
                       grad_y.double())
-    assert_named_close(NAMES, got, expected, dtype, _tol(dtype, n))
+    assert_named_close(NAMES, got, expected, dtype, _tol(dtype, n, _condition(expected[0].detach())))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
