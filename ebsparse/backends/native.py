@@ -139,7 +139,7 @@ class NativeBackend(Backend):
         if input_grad:
             grad_input = torch.ops.ebsparse.csr_conv2d_grad_input(grad_output, inputs.weight, p.col_ptr, p.row_idx,
                                                                   list(inputs.input.shape), *geometry)
-        if weight_grad and inputs.bias is not None and inputs.bias.requires_grad and grad_output.device.type == "cpu":
+        if weight_grad and inputs.bias is not None and inputs.bias.requires_grad:
             # The bias gradient from the weight gradient's pass over grad_output (dy is not read
             # again); the op takes it from `state` (Conv2dInputs).
             grad_weight, inputs.state["grad_bias"] = torch.ops.ebsparse.csr_conv2d_grad_weight_bias(

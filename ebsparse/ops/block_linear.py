@@ -59,11 +59,7 @@ class _EagerBlockOp(torch.autograd.Function):
         input, weight = ctx.saved_tensors
         check_once_differentiable(f"{ctx.inputs.op}", grad_output, input, weight)
         grad_input, grad_weight = calls.gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
-        grad_bias = None
-        if ctx.needs_input_grad[2]:  # a backend that made it with the weight's leaves it in state
-            grad_bias = ctx.inputs.state.pop("grad_bias", None)
-            if grad_bias is None:
-                grad_bias = grad_output.sum(0) if grad_output.dim() == 2 else grad_output.sum((0, 2, 3))
+        grad_bias = calls.bias_gradient(ctx.inputs, grad_output) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None
 
 

@@ -26,3 +26,12 @@ def gradients(backend: Backend, inputs, grad_output: torch.Tensor, input_grad: b
         grad_input = getattr(backend, backward)(inputs, grad_output, True, False)[0] if input_grad else None
         return grad_input, getattr(registry.get_backend("dense"), backward)(inputs, grad_output, False, True)[1]
     return getattr(backend, backward)(inputs, grad_output, input_grad, weight_grad)
+
+
+def bias_gradient(inputs, grad_output: torch.Tensor) -> torch.Tensor:
+    """The bias gradient of a linear or conv op: the one its backend's backward made with the weight
+    gradient (left in `inputs.state`), else grad_output summed over every dim but the channels' (1)."""
+    made = inputs.state.pop("grad_bias", None)
+    if made is not None:
+        return made
+    return grad_output.sum([d for d in range(grad_output.dim()) if d != 1])

@@ -37,10 +37,7 @@ class _EagerSparseConv2d(torch.autograd.Function):
         input, weight = ctx.saved_tensors
         check_once_differentiable("sparse_conv2d", grad_output, input, weight)
         grad_input, grad_weight = calls.gradients(ctx.backend, ctx.inputs, grad_output, *ctx.needs_input_grad[:2])
-        grad_bias = None
-        if ctx.needs_input_grad[2]:  # a backend that made it with the weight's leaves it in state
-            grad_bias = ctx.inputs.state.pop("grad_bias", None)
-            grad_bias = grad_output.sum((0, 2, 3)) if grad_bias is None else grad_bias
+        grad_bias = calls.bias_gradient(ctx.inputs, grad_output) if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None
 
 

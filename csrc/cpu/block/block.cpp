@@ -38,6 +38,7 @@
 #include "cpu/capability.h"
 #include "cpu/scratch.h"
 #include "cpu/linear/kernels.h"
+#include "cpu/norm/group_norm_silu_spans.h"
 #include "cpu/tasks.h"
 
 namespace ebsparse {
@@ -491,16 +492,6 @@ void forward_engine(const Geometry& g, const T* src, const T* vals, const int32_
 constexpr int64_t kGradWeightColumns = 2048;
 constexpr int64_t kGroupColumns = 512;
 
-// Sum of a tile row (the bias gradient's share of it); `omp simd` lets the sum be reassociated
-// into vector lanes.
-template <typename T>
-T row_sum(const T* row, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += row[i];
-  return s;
-}
-
 // acc[j * br * bck + r * bck + c] = sum over columns of dy rows . panel rows, at the kept blocks.
 // With bias (R outputs, conv only), also dy summed over images and pixels: each task gathers every
 // dy row of its columns and block rows into its tile (rows of block rows without kept blocks too)
@@ -565,7 +556,8 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
             T* rows = tile + m * plane;
             gather_tile(g, dy, b * br, (b + 1) * br, c0 + m * g.qn, c1 + m * g.qn, rows, ld);
             if (bias)
-              for (int64_t r = b * br; r < (b + 1) * br; ++r) bias_parts[tid * g.R + r] += row_sum(rows + r * ld, ld);
+              for (int64_t r = b * br; r < (b + 1) * br; ++r)
+                bias_parts[tid * g.R + r] += norm_spans::sum(rows + r * ld, ld);
           }
     }
     if (!kept) return;
