@@ -1,7 +1,8 @@
 """Benchmarks run only with `pytest bench/ --benchmark`; every row is timed by pytest-benchmark's
 `benchmark` fixture (so `--benchmark-json`, `--benchmark-autosave` and `--benchmark-compare` work),
 paired with its baseline in interleaved rounds (bench/timing.py), and the session ends with a
-speed-up table, also written to `bench/results/latest.md` (EBSPARSE_BENCH_RESULTS names another folder).
+speed-up table (under a line of machine probes taken at its start and end, bench/machine_probe.py),
+also written to `bench/results/latest.md` (EBSPARSE_BENCH_RESULTS names another folder).
 
 EBSPARSE_BENCH_QUICK=1 shrinks shapes and rounds to check the benchmarks run (bench/settings.py).
 Every row runs under the malloc policy of `ebsparse train` (ebsparse/diffusion/host_memory.py: freed
@@ -14,10 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import settings
+from bench import machine_probe, settings
 from bench.providers import PEERS
 from bench.timing import ROWS, summary_table
 from ebsparse.diffusion.host_memory import keep_freed_memory
+
+
+_PROBE_AT_START = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser):
@@ -35,6 +39,7 @@ def pytest_collection_modifyitems(config, items):
     # The allocator policy `ebsparse train` runs under (a Trainer sets it on creation): set here for
     # the whole session, so no row's timing depends on whether a Trainer was made before it.
     keep_freed_memory()
+    config.stash[_PROBE_AT_START] = machine_probe.probe()
     # The peers last (a stable sort keeps the rest in file order): their thread pools stay alive
     # and would disturb the rows timed after them.
     items.sort(key=lambda item: getattr(item, "callspec", None) is not None
@@ -45,9 +50,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not ROWS:
         return
     table = summary_table(ROWS)
-    header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    header = (f"{machine_probe.cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
               + (", QUICK mode (shapes and rounds shrunk: the numbers mean nothing)" if settings.QUICK else ""))
+    if _PROBE_AT_START in config.stash:
+        header += "\n" + machine_probe.describe(config.stash[_PROBE_AT_START], machine_probe.probe())
     terminalreporter.write_sep("=", "ebsparse speed-up vs the paired baseline (minimum over rounds)")
     terminalreporter.write_line(header)
     terminalreporter.write_line(table)

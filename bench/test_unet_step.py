@@ -29,7 +29,7 @@ import time
 import torch
 
 from bench import breakdown, settings
-from bench.timing import ROWS, Row
+from bench.timing import ROWS, Row, paired_speedup_median
 
 BATCH = settings.UNET_BATCH
 ROUNDS = 7
@@ -139,7 +139,8 @@ def record(group: str, times: dict[str, list[float]], bounds: dict[str, float], 
         median = statistics.median(seconds)
         ROWS.append(Row(group, name, min(seconds), "dense", dense_min, gflop[name], {
             "rounds": len(seconds), "median_ms": 1e3 * median, "dense_median_ms": 1e3 * dense_median,
-            "speedup_median": dense_median / median, "spread_median_over_min": median / min(seconds),
+            "speedup_median": dense_median / median, "speedup_paired_median": paired_speedup_median(times["dense"], seconds),
+            "spread_median_over_min": median / min(seconds),
             "flop_bound": 1 / bounds[name]}))
 
 

@@ -37,6 +37,18 @@ class Row:
 ROWS: list[Row] = []
 
 
+def paired_speedup_median(baseline: list[float], provider: list[float]) -> float:
+    """Median over rounds of baseline / provider, each round's two times taken back to back.
+
+    The headline speed-up is min / min; this one asks each round on its own. On a machine whose
+    state moves within minutes (a neighbour's load slows the load-bound sparse kernels more than
+    dense GEMMs) the two minima may come from different states, a round's pair hardly ever does."""
+    if len(baseline) != len(provider) or not provider:
+        raise ValueError(f"paired_speedup_median: expected two equally long, non-empty lists of round times, "
+                         f"got {len(baseline)} and {len(provider)}")
+    return statistics.median(b / p for b, p in zip(baseline, provider))
+
+
 def synchronized(fn, device: torch.device | str):
     """`fn` followed by a CUDA synchronize when `device` is a GPU, so a timer sees the kernels' time."""
     if torch.device(device).type != "cuda":
@@ -67,7 +79,9 @@ def paired(benchmark, step, baseline, *, group: str, provider: str, rounds: int,
     seconds = benchmark.stats.stats.min
     # The spread says how far a row's minimum can be trusted: median over minimum, for both sides.
     spread = {"rounds": rounds, "median_ms": 1e3 * benchmark.stats.stats.median,
-              "baseline_median_ms": 1e3 * statistics.median(baseline_times[-rounds:])}
+              "baseline_median_ms": 1e3 * statistics.median(baseline_times[-rounds:]),
+              "speedup_paired_median": paired_speedup_median(baseline_times[-rounds:],
+                                                             list(benchmark.stats.stats.data[-rounds:]))}
     row = Row(group, provider, seconds, baseline_name, min(baseline_times[-rounds:]), gflop,
               {**spread, **(extra or {})})
     benchmark.extra_info.update(

@@ -36,6 +36,9 @@ def test_rows_reach_benchmark_json_with_the_paired_speedup(tmp_path):
         assert row["group"].startswith("2:4 prune ")
     table = (tmp_path / "latest.md").read_text()
     assert table.count("| ebsparse-native |") == 2 and "| reference |" in table
+    assert "machine probes at start / end: dense GEMM" in table  # which state of the machine the rows saw
+    for row in rows:  # a round's own speed-up, its baseline and provider timed back to back
+        assert row["extra_info"]["speedup_paired_median"] > 0
 
 
 def test_without_the_flag_nothing_runs(tmp_path):
