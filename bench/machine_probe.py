@@ -11,10 +11,11 @@ sparse conv forward (load bound, as the sparse kernels are), each the best of a 
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 
 import torch
+
+from ebsparse.backends.timing import time_call
 
 GEMM_SIZE = 1024
 COPY_MB = 64
@@ -22,15 +23,8 @@ COPY_MB = 64
 CONV_CHANNELS, CONV_SIZE, CONV_DENSITY = 256, 16, 0.05
 
 
-def _best_seconds(fn, calls: int = 10) -> float:
-    fn()
-    fn()
-    best = float("inf")
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _best_seconds(fn) -> float:
+    return time_call(fn, torch.device("cpu"), reps=10, warmup=2)
 
 
 def _sparse_conv_gflops() -> float | None:
