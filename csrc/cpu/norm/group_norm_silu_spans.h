@@ -1,5 +1,6 @@
 // The inner loops of group_norm_silu.cpp on one contiguous run of values, one thread (`sum` also
-// serves the block conv's bias gradient; include it only from sources built with the base flags). float32 runs sixteen lanes at a time where cpu_capability() chose AVX-512
+// serves the block conv's bias gradient; include this header only from sources built with the base
+// flags). float32 runs sixteen lanes at a time where cpu_capability() chose AVX-512
 // (group_norm_silu_avx512.cpp); otherwise (AVX2, float64) the `omp simd` loops below, which GCC
 // vectorises at the AVX2 baseline.
 //   sum(x)                          sum of x
