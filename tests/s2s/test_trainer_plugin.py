@@ -22,12 +22,12 @@ def _isolated_cache(isolated_cache):
     yield
 
 
-def tiny_config(steps: int, method: str = "rigl", **sparsity):
+def tiny_config(steps: int, method: str = "rigl", overrides=(), **sparsity):
     cfg = load_config(DIGITS, [
         f"training.steps={steps}", "training.batch_size=8", "training.ckpt_every=0", "training.log_every=1",
         "training.sample_every=0", "training.warmup=2", "model.dropout=0.1", "training.ema_rate=0.9",
         "training.weight_decay=0.01", "model.ch=16", "model.ch_mult=[1]", "model.attn_resolutions=[]",
-        "sampling.timesteps=3", "sampling.num_samples=2",
+        "sampling.timesteps=3", "sampling.num_samples=2", *overrides,
     ])
     cfg.algorithms["sparsity"] = {"method": method, "sparsity": 0.8, "update_every": 3, "prune_fraction": 0.3,
                                   "backend": "native", **sparsity}
@@ -39,15 +39,26 @@ def _trainer(cfg, run_dir):
     return Trainer(cfg, run_dir, plugins=[plugin]), plugin
 
 
+# The digits config's own model and batch at two threads: enough tasks per kernel call for both
+# threads to share every gradient sum (the tiny model's convs run as one task, which hid per-thread
+# sums that made runs differ).
+DIGITS_SIZE = ("model.ch=32", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]", "training.batch_size=32")
+
+
 @pytest.mark.parametrize("method", ["rigl", "magran"])
 def test_resume_is_exact(tmp_path, method):
     n, k = 8, 4  # updates at steps 3 and 6: one before the checkpoint, one after
-    full, _ = _trainer(tiny_config(n, method), tmp_path / "full")
-    full.fit(progress=False)
-    first, _ = _trainer(tiny_config(k, method), tmp_path / "split")
-    first.fit(progress=False)
-    second, plugin = _trainer(tiny_config(n, method), tmp_path / "split")
-    second.fit(resume=True, progress=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        full, _ = _trainer(tiny_config(n, method, DIGITS_SIZE), tmp_path / "full")
+        full.fit(progress=False)
+        first, _ = _trainer(tiny_config(k, method, DIGITS_SIZE), tmp_path / "split")
+        first.fit(progress=False)
+        second, plugin = _trainer(tiny_config(n, method, DIGITS_SIZE), tmp_path / "split")
+        second.fit(resume=True, progress=False)
+    finally:
+        torch.set_num_threads(previous)
     assert plugin.sparsifier.steps == n and plugin.sparsifier.updates == 2
     a, meta_a = full.state_tensors()
     b, meta_b = second.state_tensors()

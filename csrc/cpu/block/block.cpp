@@ -528,12 +528,15 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
     r1 = c + 1 == s.chunks ? rb : first_at(nnzb * (c + 1) / s.chunks);
     return first_at(nnzb * c / s.chunks);
   };
-  const int64_t threads = at::get_num_threads(), per = nnzb * br * bck, plane = g.R * ld;
-  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * per);
-  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * per, T(0));
+  // Each task slot (cpu/tasks.h: the same sums on every call) sums into its own copy of the block
+  // gradients, the first into acc.
+  const int64_t per = nnzb * br * bck, plane = g.R * ld;
+  const int64_t slots = task_slots(s.tiles * s.chunks);
+  T* partial = scratch<T>(kPartial, (slots - 1) * per);
+  std::fill(partial, partial + (slots - 1) * per, T(0));
   std::fill(acc, acc + per, T(0));
-  std::vector<T> bias_parts(bias ? threads * g.R : 0, T(0));
-  run_tasks(s.tiles * s.chunks, [&](int64_t task, int64_t tid) {
+  std::vector<T> bias_parts(bias ? slots * g.R : 0, T(0));
+  run_task_slots(s.tiles * s.chunks, slots, [&](int64_t task, int64_t, int64_t slot) {
     int64_t c0, c1, rb1;
     block_detail::Images images;
     if (group > 1) {  // images [t * group, + count), each whole: one column tile per image
@@ -557,23 +560,23 @@ void grad_weight_engine(const Geometry& g, const T* src, const T* dy, const int3
             gather_tile(g, dy, b * br, (b + 1) * br, c0 + m * g.qn, c1 + m * g.qn, rows, ld);
             if (bias)
               for (int64_t r = b * br; r < (b + 1) * br; ++r)
-                bias_parts[tid * g.R + r] += norm_spans::sum(rows + r * ld, ld);
+                bias_parts[slot * g.R + r] += norm_spans::sum(rows + r * ld, ld);
           }
     }
     if (!kept) return;
     const PanelRows<T> p = panel_rows(g, src, used, off, c0, c1, ld);
     // The dot products run over whole vectors: the tile is zero past c1 - c0.
     const int64_t n = std::min(ld, (c1 - c0 + kern.pt / 4 - 1) / (kern.pt / 4) * (kern.pt / 4));
-    T* a = tid == 0 ? acc : partial + (tid - 1) * per;
+    T* a = slot == 0 ? acc : partial + (slot - 1) * per;
     for (int64_t b = rb0; b < rb1; ++b)
       kern.sddmm(tile + b * br * ld, idx, ptr[b], ptr[b + 1], br, int(bck), p.panel, p.rows, ld, n, images, a);
   });
-  for (int64_t t = 1; t < threads; ++t)
+  for (int64_t t = 1; t < slots; ++t)
     for (int64_t e = 0; e < per; ++e) acc[e] += partial[(t - 1) * per + e];
   if (bias)
     for (int64_t r = 0; r < g.R; ++r) {
       T sum = 0;
-      for (int64_t t = 0; t < threads; ++t) sum += bias_parts[t * g.R + r];
+      for (int64_t t = 0; t < slots; ++t) sum += bias_parts[t * g.R + r];
       bias[r] = sum;
     }
 }
@@ -619,8 +622,8 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
   // in L2 while every block reads them. Read in place, rows a power of two apart share one L1 set and
   // every row tile of a block re-reads them from L2 (measured ~10% slower at 75-90%). The copies this
   // replaces (x regrouped by block column, dy strips per block row: 128-byte memcpys) took as long as
-  // the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each thread sums into its own copy of
-  // the blocks' gradients, added up at the end.
+  // the kernel at 95% sparsity (bench/NOTES.md, fourth pass). Each task slot (cpu/tasks.h) sums into
+  // its own copy of the blocks' gradients, added up in order at the end.
   constexpr int64_t kRowsPerPass = 128, kPad = 64 / sizeof(T);
   const int64_t per = int64_t(br) * bc, total = ptr[rb] * per;
   // dy's rows are broadcast (one cache line per batch row and row tile), x's read as vectors by every
@@ -628,11 +631,11 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
   // (a copy pays for itself only when it is read more than a few times).
   const bool copy_dy = ptr[rb] > 3 * rb;
   const int64_t ldx = C + kPad, passes = (N + kRowsPerPass - 1) / kRowsPerPass;
-  const int64_t threads = passes > 1 ? at::get_num_threads() : 1;  // run_tasks' thread ids
-  T* partial = scratch<T>(kPartial, std::max<int64_t>(threads - 1, 0) * total);
-  std::fill(partial, partial + std::max<int64_t>(threads - 1, 0) * total, T(0));
+  const int64_t slots = task_slots(passes);
+  T* partial = scratch<T>(kPartial, (slots - 1) * total);
+  std::fill(partial, partial + (slots - 1) * total, T(0));
   std::fill(acc, acc + total, T(0));
-  run_tasks(passes, [&](int64_t pass, int64_t tid) {
+  run_task_slots(passes, slots, [&](int64_t pass, int64_t, int64_t slot) {
     const int64_t n0 = pass * kRowsPerPass, rows = std::min(N - n0, kRowsPerPass);
     T* xp = scratch<T>(kPanel, kRowsPerPass * ldx);
     for (int64_t n = 0; n < rows; ++n) std::memcpy(xp + n * ldx, x + (n0 + n) * C, sizeof(T) * C);
@@ -644,12 +647,12 @@ void rowwise_sddmm(const Kernels<T>& kern, const T* dy, const T* x, int64_t N, i
       for (int64_t n = 0; n < rows; ++n) std::memcpy(dp + n * ldd, dy + (n0 + n) * R, sizeof(T) * R);
       dsrc = dp;
     }
-    T* a = tid == 0 ? acc : partial + (tid - 1) * total;
+    T* a = slot == 0 ? acc : partial + (slot - 1) * total;
     for (int64_t b = 0; b < rb; ++b)
       for (int64_t j = ptr[b]; j < ptr[b + 1]; ++j)
         kern.rsddmm(dsrc + b * br, ldd, br, xp + int64_t(idx[j]) * bc, ldx, rows, bc, a + j * per);
   });
-  for (int64_t t = 1; t < threads; ++t)
+  for (int64_t t = 1; t < slots; ++t)
     for (int64_t e = 0; e < total; ++e) acc[e] += partial[(t - 1) * total + e];
 }
 

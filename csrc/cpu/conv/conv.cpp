@@ -231,18 +231,19 @@ at::Tensor planes_readable(const at::Tensor& t) {
   return t.contiguous();
 }
 
-// Scratch from the caching allocator (64-byte aligned), one slice per thread.
+// Scratch from the caching allocator (64-byte aligned): one copy slice per thread, and `extras`
+// slices of `extra_floats` (one per thread, or per task slot for partial sums).
 struct ThreadBuffers {
   at::Tensor copy, extra;
   int64_t copy_stride = 0, extra_stride = 0;
-  ThreadBuffers(const convk::Plan& p, int64_t extra_floats, bool zero_extra) {
+  ThreadBuffers(const convk::Plan& p, int64_t extra_floats, bool zero_extra, int64_t extras = at::get_num_threads()) {
     const int64_t nt = at::get_num_threads();
     copy_stride = (convk::copy_floats(p) + 15) / 16 * 16;
     extra_stride = (extra_floats + 15) / 16 * 16;
     copy = at::empty({nt * copy_stride}, at::kFloat);
     if (extra_stride) {
-      extra = at::empty({nt * extra_stride}, at::kFloat);
-      if (zero_extra) std::memset(extra.data_ptr<float>(), 0, nt * extra_stride * sizeof(float));
+      extra = at::empty({extras * extra_stride}, at::kFloat);
+      if (zero_extra) std::memset(extra.data_ptr<float>(), 0, extras * extra_stride * sizeof(float));
     }
   }
   float* copy_of(int64_t t) { return copy.data_ptr<float>() + t * copy_stride; }
@@ -509,7 +510,7 @@ namespace {
 
 // dw[co, c, kh, kw] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, c, oy*sh - ph + kh*dh, ox*sw - pw + kw*dw]
 // at kept positions only (SDDMM), zero elsewhere. Tasks are (n, row tile) as in the forward, so
-// each thread accumulates its own copy of the kept-weight sums; the copies are added at the end.
+// each task slot accumulates its own copy of the kept-weight sums; the copies are added at the end.
 // With grad_bias, also dy summed over images and pixels, by the same tasks while their dy rows pass
 // through cache for the kernels (a separate sum would read dy back from memory).
 at::Tensor grad_weight_engine(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& row_ptr,
@@ -543,27 +544,29 @@ at::Tensor grad_weight_engine(const at::Tensor& grad_output, const at::Tensor& i
       }
   });
   p.bptr = pk->bptr.data(), p.gptr = pk->groups(), p.off = pk->off.data(), p.val = nullptr;
-  // Per thread: the kept-weight sums, then (with grad_bias) one sum per output channel.
-  ThreadBuffers buf(p, nnz + (grad_bias ? g.Co : 0), true);
+  // Per task slot (cpu/tasks.h: the same sums on every call): the kept-weight sums, then (with
+  // grad_bias) one sum per output channel.
+  const int64_t sum_floats = nnz + (grad_bias ? g.Co : 0);
+  const int64_t slots = task_slots(p.ngroups * p.ntiles);
+  ThreadBuffers buf(p, sum_floats, true, slots);
   const int64_t tile_floats = (convk::dy_tile_floats(p) + 15) / 16 * 16;
   const at::Tensor dy_tiles = at::empty({at::get_num_threads() * tile_floats}, at::kFloat);
   const float* xp = x.data_ptr<float>();
   const float* dyp = dy.data_ptr<float>();
-  run_tasks(p.ngroups * p.ntiles, [&](int64_t t, int64_t tid) {
+  run_task_slots(p.ngroups * p.ntiles, slots, [&](int64_t t, int64_t tid, int64_t slot) {
     float* tiles = tile_floats ? dy_tiles.data_ptr<float>() + tid * tile_floats : nullptr;
-    float* bias_acc = grad_bias ? buf.extra_of(tid) + nnz : nullptr;
+    float* bias_acc = grad_bias ? buf.extra_of(slot) + nnz : nullptr;
     if (avx512)
-      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles, bias_acc);
+      convk::avx512::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(slot), tiles, bias_acc);
     else
-      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(tid), tiles, bias_acc);
+      convk::avx2::gw_task(p, xp, dyp, t, buf.copy_of(tid), buf.extra_of(slot), tiles, bias_acc);
   });
   // The dense-shaped gradient is zeroed and filled one block of output rows at a time, so each row
   // is written while it is in cache and the pass over the whole weight (megabytes at low density,
   // where the kernels themselves take little time) is split between the threads.
   float* dwp = dw.data_ptr<float>();
-  const int64_t nt = at::get_num_threads();
-  std::vector<const float*> parts(nt);
-  for (int64_t t = 0; t < nt; ++t) parts[t] = buf.extra_of(t);
+  std::vector<const float*> parts(slots);
+  for (int64_t t = 0; t < slots; ++t) parts[t] = buf.extra_of(t);
   const int64_t* pos = pk->pos.data();
   const int64_t* row_start = pk->bptr.data();  // entries of output row o: [row_start[o * nb], row_start[(o + 1) * nb])
   const int64_t rows_per_chunk = std::max<int64_t>(kFillChunkFloats / std::max<int64_t>(Kc, 1), 1);
@@ -573,7 +576,7 @@ at::Tensor grad_weight_engine(const at::Tensor& grad_output, const at::Tensor& i
       std::memset(dwp + o0 * Kc, 0, (o1 - o0) * Kc * sizeof(float));
       for (int64_t k = row_start[o0 * p.nb]; k < row_start[o1 * p.nb]; ++k) {
         float s = 0.f;
-        for (int64_t t = 0; t < nt; ++t) s += parts[t][k];
+        for (int64_t t = 0; t < slots; ++t) s += parts[t][k];
         dwp[pos[k]] = s;
       }
     }
@@ -583,7 +586,7 @@ at::Tensor grad_weight_engine(const at::Tensor& grad_output, const at::Tensor& i
     float* db = grad_bias->data_ptr<float>();
     for (int64_t o = 0; o < g.Co; ++o) {
       float s = 0.f;
-      for (int64_t t = 0; t < nt; ++t) s += parts[t][nnz + o];
+      for (int64_t t = 0; t < slots; ++t) s += parts[t][nnz + o];
       db[o] = s;
     }
   }

@@ -161,20 +161,21 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
   const T* gi_vals = dx ? grad_input_values<T>(*plan, w, rp_t, ci_t, kValues2) : nullptr;
   T* dwp = dw ? dw->data_ptr<T>() : nullptr;
   if (nch >= 2 * nt) {
-    T* part = dw ? scratch<T>(kPartial, nt * nnz) : nullptr;
+    // Partial sums per task slot (cpu/tasks.h: the same sums on every call); a slot zeroes its
+    // grad-weight sums when it starts its first chunk.
+    const int64_t slots = task_slots(nch);
+    T* part = dw ? scratch<T>(kPartial, slots * nnz) : nullptr;
     T* dxp = dx ? dx->data_ptr<T>() : nullptr;
-    // A thread zeroes its partial sums when it takes its first chunk (some may take none).
-    std::vector<char> started(nt, 0);
-    // Per-thread bias-gradient sums (small: M values a thread).
-    std::vector<T> bias_part(dbias ? nt * M : 0, T(0));
+    std::vector<char> started(slots, 0);
+    std::vector<T> bias_part(dbias ? slots * M : 0, T(0));  // small: M values a slot
     // Both gradients through the fused kernel: the partial sums are then in grad-input order.
     const bool fused = dx && dw && kern.backward_rows;
-    run_tasks(nch, [&](int64_t c, int64_t tid) {
+    run_task_slots(nch, slots, [&](int64_t c, int64_t, int64_t slot) {
       T* yt = scratch<T>(kPanel, 2 * M * NB);
-      T* acc = dw ? part + tid * nnz : nullptr;
-      if (dw && !started[tid]) {
+      T* acc = dw ? part + slot * nnz : nullptr;
+      if (dw && !started[slot]) {
         std::fill(acc, acc + nnz, T(0));
-        started[tid] = 1;
+        started[slot] = 1;
       }
       const int64_t n0 = c * 2 * NB;
       pack_panel(yv, N, n0, NB, 0, M, yt);
@@ -184,25 +185,22 @@ void linear_backward(const at::Tensor& dy_in, const at::Tensor& x, const at::Ten
         const RowsView<T> hv{pre, M, false};
         pack_panel(hv, N, n0, NB, 0, M, ht);
         pack_panel(hv, N, n0 + NB, NB, 0, M, ht + M * NB);
-        T* bias_acc = dbias ? bias_part.data() + tid * M : nullptr;
+        T* bias_acc = dbias ? bias_part.data() + slot * M : nullptr;
         gelu_tanh_math::grad_panel(yt, ht, M, NB, bias_acc);
         gelu_tanh_math::grad_panel(yt + M * NB, ht + M * NB, M, NB, bias_acc);
       } else if (dbias) {
-        add_panel_sums(yt, M, NB, bias_part.data() + tid * M);
+        add_panel_sums(yt, M, NB, bias_part.data() + slot * M);
       }
       chunk_gradients<T>(*plan, gi_vals, M, K, yt, xv, N, n0, dxp, acc, fused, kern);
     });
-    if (dw)
-      for (int64_t u = 0; u < nt; ++u)
-        if (!started[u]) std::fill(part + u * nnz, part + (u + 1) * nnz, T(0));
-    // dW row by row (zeros, then the kept positions, summed over the threads' partials), so that
+    // dW row by row (zeros, then the kept positions, summed over the slots' partials), so that
     // every thread writes its own rows and each row is written while it is in cache.
-    if (dw) write_weight_grad(plan->fwd, M, K, part, nt, nnz, fused ? plan->fwd_to_gi.data() : nullptr, dwp);
+    if (dw) write_weight_grad(plan->fwd, M, K, part, slots, nnz, fused ? plan->fwd_to_gi.data() : nullptr, dwp);
     if (dbias) {
       T* db = dbias->data_ptr<T>();
       for (int64_t m = 0; m < M; ++m) {
         T sum = bias_part[m];
-        for (int64_t u = 1; u < nt; ++u) sum += bias_part[u * M + m];
+        for (int64_t u = 1; u < slots; ++u) sum += bias_part[u * M + m];
         db[m] = sum;
       }
     }

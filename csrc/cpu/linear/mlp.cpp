@@ -11,8 +11,8 @@
 // panels. Per MLP and step this skips writing and re-reading gelu(h) and dA (each N x M1) and four
 // transposes of N x M1 activations (at DiT-S/2's MLP, N = 2048 and M1 = 1536: 12.6 MB each).
 //
-// Chunks are the parallel unit (run_tasks); each thread keeps its own grad-weight partial sums of
-// both layers, added up at the end as in linear.cpp.
+// Chunks are the parallel unit (run_task_slots); each task slot keeps its own grad-weight partial
+// sums of both layers, added up at the end as in linear.cpp.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -72,29 +72,30 @@ void mlp_forward(const at::Tensor& x, const Layer& fc1, const T* b1, const Layer
   plan2->last_forward.put(fc2.weight, std::move(values2));
 }
 
-// Per-thread accumulators of one layer's parameter gradients, summed when every chunk is done.
+// Per-slot accumulators of one layer's parameter gradients, summed when every chunk is done.
 template <typename T>
 struct LayerGrads {
   int64_t nnz = 0, M = 0;
-  T* part = nullptr;         // nthreads x nnz grad-weight partial sums (null: no weight gradient)
-  std::vector<T> bias_part;  // nthreads x M (empty: no bias gradient)
+  T* part = nullptr;         // slots x nnz grad-weight partial sums (null: no weight gradient)
+  std::vector<T> bias_part;  // slots x M (empty: no bias gradient)
   bool fused = false;        // part in the transposed plan's order
 };
 
 template <typename T>
-void write_grads(const LinearPlan& plan, const LayerGrads<T>& g, const std::vector<char>& started, int64_t nt,
-                 at::Tensor* dw, at::Tensor* db) {
+void write_grads(const LinearPlan& plan, const LayerGrads<T>& g, const std::vector<char>& started, at::Tensor* dw,
+                 at::Tensor* db) {
+  const int64_t slots = int64_t(started.size());
   if (g.part) {
-    for (int64_t u = 0; u < nt; ++u)
+    for (int64_t u = 0; u < slots; ++u)  // a slot without chunks (an empty batch)
       if (!started[u]) std::fill(g.part + u * g.nnz, g.part + (u + 1) * g.nnz, T(0));
-    write_weight_grad(plan.fwd, plan.M, plan.K, g.part, nt, g.nnz, g.fused ? plan.fwd_to_gi.data() : nullptr,
+    write_weight_grad(plan.fwd, plan.M, plan.K, g.part, slots, g.nnz, g.fused ? plan.fwd_to_gi.data() : nullptr,
                       dw->data_ptr<T>());
   }
   if (db) {
     T* out = db->data_ptr<T>();
     for (int64_t m = 0; m < g.M; ++m) {
       T sum = 0;
-      for (int64_t u = 0; u < nt; ++u) sum += g.bias_part[u * g.M + m];
+      for (int64_t u = 0; u < slots; ++u) sum += g.bias_part[u * g.M + m];
       out[m] = sum;
     }
   }
@@ -109,37 +110,40 @@ void mlp_backward(const at::Tensor& dy_in, const T* pre, const at::Tensor& x, co
   const auto plan2 = linear_plan(fc2.row_ptr, fc2.col_idx, M2, M1);
   const Kernels<T> kern = pick_kernels<T>();
   const int NB = kern.nb;
-  const int64_t nch = (N + 2 * NB - 1) / (2 * NB), nt = at::get_num_threads();
+  const int64_t nch = (N + 2 * NB - 1) / (2 * NB);
   const bool weight_grad = dw1 != nullptr;
   // fc2's grad-input (dA) is always needed: every gradient the op makes lies behind it.
   const T* gi2 = grad_input_values<T>(*plan2, fc2.weight, fc2.row_ptr, fc2.col_idx, kValuesB);
   const T* gi1 = dx ? grad_input_values<T>(*plan1, fc1.weight, fc1.row_ptr, fc1.col_idx, kValues2) : nullptr;
   LayerGrads<T> g1{plan1->nnz, M1}, g2{plan2->nnz, M2};
+  // Partial sums per task slot (cpu/tasks.h: the same sums on every call); a slot zeroes its
+  // grad-weight sums when it starts its first chunk.
+  const int64_t slots = task_slots(nch);
   if (weight_grad) {
-    g1.part = scratch<T>(kPartial, nt * g1.nnz);
-    g2.part = scratch<T>(kPartialB, nt * g2.nnz);
+    g1.part = scratch<T>(kPartial, slots * g1.nnz);
+    g2.part = scratch<T>(kPartialB, slots * g2.nnz);
   }
-  if (db1) g1.bias_part.assign(nt * M1, T(0));
-  if (db2) g2.bias_part.assign(nt * M2, T(0));
+  if (db1) g1.bias_part.assign(slots * M1, T(0));
+  if (db2) g2.bias_part.assign(slots * M2, T(0));
   g2.fused = weight_grad && kern.backward_rows;
   g1.fused = weight_grad && dx && kern.backward_rows;
-  std::vector<char> started(nt, 0);
+  std::vector<char> started(slots, 0);
   const RowsView<T> yv = rows_view<T>(dy_in);
   const RowsView<T> xv = rows_view<T>(x);
   T* dxp = dx ? dx->data_ptr<T>() : nullptr;
-  run_tasks(nch, [&](int64_t c, int64_t tid) {
-    T* acc1 = weight_grad ? g1.part + tid * g1.nnz : nullptr;
-    T* acc2 = weight_grad ? g2.part + tid * g2.nnz : nullptr;
-    if (weight_grad && !started[tid]) {
+  run_task_slots(nch, slots, [&](int64_t c, int64_t, int64_t slot) {
+    T* acc1 = weight_grad ? g1.part + slot * g1.nnz : nullptr;
+    T* acc2 = weight_grad ? g2.part + slot * g2.nnz : nullptr;
+    if (weight_grad && !started[slot]) {
       std::fill(acc1, acc1 + g1.nnz, T(0));
       std::fill(acc2, acc2 + g2.nnz, T(0));
-      started[tid] = 1;
+      started[slot] = 1;
     }
     const int64_t n0 = c * 2 * NB;
     T* yt = scratch<T>(kPanel, 2 * M2 * NB);
     pack_panel(yv, N, n0, NB, 0, M2, yt);
     pack_panel(yv, N, n0 + NB, NB, 0, M2, yt + M2 * NB);
-    if (db2) add_panel_sums(yt, M2, NB, g2.bias_part.data() + tid * M2);
+    if (db2) add_panel_sums(yt, M2, NB, g2.bias_part.data() + slot * M2);
     // fc2: its input panels are gelu(H^T) of this chunk, its grad-input tile dA^T.
     const T* h = pre + c * 2 * M1 * NB;
     // gelu(H^T) for fc2's weight gradient and gelu'(H^T) for the step after it, from one evaluation
@@ -155,7 +159,7 @@ void mlp_backward(const at::Tensor& dy_in, const T* pre, const at::Tensor& x, co
     T* dh = scratch<T>(kTileB, 2 * M1 * NB);
     chunk_backward<T>(*plan2, gi2, M2, M1, yt, a, dh, acc2, g2.fused, kern);
     // dH^T = dA^T * gelu'(H^T), in place: fc1's dY panels.
-    T* bias1 = db1 ? g1.bias_part.data() + tid * M1 : nullptr;
+    T* bias1 = db1 ? g1.bias_part.data() + slot * M1 : nullptr;
     for (int half = 0; half < 2; ++half) {
       T* d = dh + half * M1 * NB;
       if (slope)
@@ -166,8 +170,8 @@ void mlp_backward(const at::Tensor& dy_in, const T* pre, const at::Tensor& x, co
     // fc1 (its X panels reuse the scratch of the act panels, which fc2 is done with).
     if (dx || weight_grad) chunk_gradients<T>(*plan1, gi1, M1, K1, dh, xv, N, n0, dxp, acc1, g1.fused, kern);
   });
-  write_grads(*plan1, g1, started, nt, dw1, db1);
-  write_grads(*plan2, g2, started, nt, dw2, db2);
+  write_grads(*plan1, g1, started, dw1, db1);
+  write_grads(*plan2, g2, started, dw2, db2);
 }
 
 }  // namespace
