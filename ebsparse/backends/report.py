@@ -27,7 +27,7 @@ def availability() -> list[dict]:
     return rows
 
 
-def _native_cpu_capability() -> str:
+def native_cpu_capability() -> str:
     """What torch.ops.ebsparse.cpu_capability() reports ("avx2" or "avx512"), or why it cannot."""
     try:
         return torch.ops.ebsparse.cpu_capability()
@@ -42,7 +42,7 @@ def report(print_it: bool = True) -> str:
         f"extension ebsparse._C: {extension_error() or 'loaded'}",
         f"CUDA kernels compiled in: {has_cuda_kernels()}",
         f"CPU capability used by torch: {torch.backends.cpu.get_cpu_capability()}; threads: {torch.get_num_threads()}",
-        f"CPU capability of the native kernels (EBSPARSE_CPU_CAPABILITY): {_native_cpu_capability()}",
+        f"CPU capability of the native kernels (EBSPARSE_CPU_CAPABILITY): {native_cpu_capability()}",
         "",
         f"{'op':14} {'backend':8} {'device':6} {'dtype':9} status",
     ]

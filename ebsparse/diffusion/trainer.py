@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import backends
+from ..backends.report import native_cpu_capability
 from ..models import build_model
 from ..nn.sharded import full
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
@@ -52,6 +54,17 @@ CONFIG_CHANGES_NAME = "config_changes.jsonl"
 #: checkpoints and stops, and how grids are drawn.
 _RESUME_SAFE = ("training.steps", "training.log_every", "training.sample_every", "training.ckpt_every",
                 "training.keep_last", "sampling.")
+
+
+def numerics_setting(device: torch.device) -> dict[str, Any]:
+    """What besides the state and the config decides a training step's bits: torch, the device, the
+    intra-op threads (the kernels split their sums by thread count) and, on the CPU, the instruction
+    set of torch's kernels and of ebsparse's native ones."""
+    setting: dict[str, Any] = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        setting["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        setting["native_cpu_capability"] = native_cpu_capability()
+    return setting
 
 
 def resume_breaking_changes(saved: dict[str, Any], current: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
@@ -224,6 +237,7 @@ class Trainer:
         self.step = 0
         self._saved_step: int | None = None  # the step of this process's last save
         self._saved_config: dict[str, Any] | None = None  # the config of the checkpoint last loaded
+        self._saved_numerics: dict[str, Any] | None = None  # its numerics_setting (older checkpoints: none)
         # training time of the run before this process (from the checkpoint) and when fit() started
         self._elapsed_before, self._fit_started = 0.0, None
         self.step_seconds = 0.0
@@ -252,8 +266,8 @@ class Trainer:
         if self.device.type == "cuda":  # dropout on the GPU draws from the device generator
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": opt_meta,
-                "torch_version": torch.__version__, "elapsed_s": self.elapsed_s(), "plugins": {},
-                "backend_choices": backends.recorded()}
+                "elapsed_s": self.elapsed_s(), "plugins": {},
+                "backend_choices": backends.recorded(), "numerics": numerics_setting(self.device)}
         if self.amp.scaler is not None:
             meta["grad_scaler"] = self.amp.scaler.state_dict()
         for p in self.plugins:
@@ -307,6 +321,7 @@ class Trainer:
         if self.amp.scaler is not None and "grad_scaler" in meta:
             self.amp.scaler.load_state_dict(meta["grad_scaler"])
         self._saved_config = meta["config"]
+        self._saved_numerics = meta.get("numerics")
         self._elapsed_before = float(meta.get("elapsed_s", 0.0))
         if path is None:  # the run directory's latest checkpoint is this step's
             self._saved_step = self.step
@@ -351,6 +366,19 @@ class Trainer:
         if breaking:
             print(f"resuming at step {self.step} with a changed config ({listing}); recorded in "
                   f"{self.run_dir / CONFIG_CHANGES_NAME}")
+
+    def _check_resumed_numerics(self) -> None:
+        """Warn when the resumed run computes under another setting than the checkpoint's: it goes on,
+        but no longer repeats an uninterrupted run bit for bit."""
+        saved = self._saved_numerics
+        if saved is None:
+            return
+        now = numerics_setting(self.device)
+        changed = {k: (saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)}
+        if changed:
+            listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            warnings.warn(f"resuming {str(self.run_dir)!r} at step {self.step} with {listing}: training goes on, "
+                          "but will not match an uninterrupted run bit for bit (that needs the checkpoint's setting)")
 
     # --- one step ----------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,6 +497,7 @@ class Trainer:
                 raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start without --resume")
             self.load()
             self._check_resumed_config(allow_config_change)
+            self._check_resumed_numerics()
         elif self.has_checkpoint():
             raise FileExistsError(
                 f"run directory {str(self.run_dir)!r} already holds a checkpoint; pass --resume to continue it "

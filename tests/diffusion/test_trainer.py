@@ -63,6 +63,33 @@ def test_a_resume_computes_with_the_backends_the_saved_run_chose(tiny_digits_con
     select.clear()
 
 
+def test_a_resume_under_another_setting_warns_that_it_is_not_exact(tiny_digits_config, tmp_path):
+    """Threads, torch, device and instruction sets decide the last bits; a resume under others goes on,
+    saying it will not repeat the uninterrupted run."""
+    import warnings
+
+    from ebsparse.diffusion.trainer import numerics_setting
+
+    tiny_digits_config.training.steps = 2
+    Trainer(tiny_digits_config, tmp_path / "run").fit(progress=False)
+    saved = _all_tensors(tmp_path / "run")[1]["numerics"]
+    assert saved == numerics_setting(torch.device("cpu")) and saved["threads"] == torch.get_num_threads()
+    tiny_digits_config.training.steps = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same setting: no warning
+        Trainer(tiny_digits_config, tmp_path / "run").fit(resume=True, progress=False)
+    previous = torch.get_num_threads()
+    other = 1 if previous > 1 else 2
+    tiny_digits_config.training.steps = 4
+    torch.set_num_threads(other)
+    try:
+        with pytest.warns(UserWarning, match=rf"at step 3 with threads {previous} -> {other}: .*not match an "
+                                             "uninterrupted run bit for bit"):
+            Trainer(tiny_digits_config, tmp_path / "run").fit(resume=True, progress=False)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_training_changes_weights_and_writes_grids(tiny_digits_config, tmp_path):
     cfg = tiny_digits_config
     cfg.training.sample_every = 3
