@@ -17,9 +17,10 @@ namespace ebsparse {
 // Sums kept per thread would depend on which thread ran which task, so they would differ between
 // calls in their last bits and a training run could not be repeated or resumed exactly. A sum kept
 // per slot and added over the slots in order is the same on every call with the same thread count.
-// Scratch stays per thread. Such sums take one slot per thread (task_slots): more, each with its
-// own sums, measured slower (every task then updates sums another slot's task left out of cache),
-// and interleaving the slots' tasks keeps the threads on neighbouring tasks.
+// Scratch stays per thread. Such sums take one slot per thread (task_slots), which gives up the
+// balancing that a slot per task (run_tasks) has when one core is descheduled: more slots, each
+// with its own sums, measured slower still (every task then updates sums another slot's task left
+// out of cache). Interleaving the slots' tasks keeps the threads on neighbouring tasks.
 template <class F>
 void run_task_slots(int64_t ntasks, int64_t slots, F&& f) {
   const int64_t pool = at::get_num_threads();
