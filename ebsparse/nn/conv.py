@@ -7,9 +7,10 @@ from torch import nn
 
 from ebsparse.backends.pointwise import dense_conv2d
 from ebsparse.nn.pattern import SparsityMixin, masked_weight
-from ebsparse.ops.amp import autocast_args
+from ebsparse.ops.amp import autocast_args, cpu_autocast_off
 from ebsparse.ops.block_conv import run_block_conv2d
 from ebsparse.ops.block_linear import BlockConv2dInputs
+from ebsparse.ops.checks import pair
 from ebsparse.ops.conv import check_conv2d_args, run_conv2d
 from ebsparse.ops.inputs import Conv2dInputs
 
@@ -38,6 +39,8 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         reason = conv_unsupported_reason(self)
         if reason:
             raise ValueError(f"SparseConv2d: unsupported configuration: {reason}")
+        for name, minimum in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+            pair(getattr(self, name), name, minimum)  # nn.Conv2d keeps a float stride until forward fails
         self._init_sparsity(mask, pattern, density, backend, block)
 
     @classmethod
@@ -67,15 +70,16 @@ class SparseConv2d(SparsityMixin, nn.Conv2d):
         pattern = self.pattern_index()
         op = "block_conv2d" if self.pattern == "block" else "conv2d"
         input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
-        key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
-        backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        if self._plain_dense(backend):
-            out = dense_conv2d(input, masked_weight(weight, self.mask, pattern), bias, self.stride, self.padding,
-                               self.dilation)
-            return self._trace_plain_dense(op, out)
-        run = run_block_conv2d if self.pattern == "block" else run_conv2d
-        return run(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding), list(self.dilation),
-                   backend, self.dense_weight_grad)
+        with cpu_autocast_off():
+            key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
+            backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
+            if self._plain_dense(backend):
+                out = dense_conv2d(input, masked_weight(weight, self.mask, pattern), bias, self.stride, self.padding,
+                                   self.dilation)
+                return self._trace_plain_dense(op, out)
+            run = run_block_conv2d if self.pattern == "block" else run_conv2d
+            return run(input, weight, bias, self.mask, pattern, list(self.stride), list(self.padding),
+                       list(self.dilation), backend, self.dense_weight_grad)
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None) -> Conv2dInputs:
         geometry = check_conv2d_args(input, weight, bias, self.mask, self.stride, self.padding, self.dilation)

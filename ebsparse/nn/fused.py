@@ -26,7 +26,7 @@ from ebsparse.backends.pointwise import is_pointwise, pointwise_conv2d
 from ebsparse.nn.conv import SparseConv2d
 from ebsparse.nn.mask_state import current_index, mask_state
 from ebsparse.nn.pattern import masked_weight
-from ebsparse.ops.amp import autocast_args
+from ebsparse.ops.amp import autocast_args, cpu_autocast_off
 from ebsparse.ops.block_conv import run_block_conv2d
 from ebsparse.ops.block_linear import BlockConv2dInputs
 from ebsparse.ops.conv import check_conv2d_args, run_conv2d
@@ -87,30 +87,31 @@ class StackedConv2d:
         weight = torch.cat([c.weight for c in convs])
         bias = torch.cat([c.bias for c in convs]) if first.bias is not None else None
         input, weight, bias = autocast_args(op, first.backend, input, weight, bias)
-        geometry = list(first.stride), list(first.padding), list(first.dilation)
-        dense_weight_grad = first.dense_weight_grad  # RigL's update step
-        key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
-        backend = self._resolved.get(key)
-        if backend is None:
-            cls = BlockConv2dInputs if first.pattern == "block" else Conv2dInputs
-            checked = check_conv2d_args(input, weight, bias, mask, *geometry)
-            backend = self._resolved[key] = dispatch.resolve(first.backend, cls(input, weight, bias, mask, pattern,
-                                                                                *checked))
-        if backend.name == "dense" and not dense_weight_grad:
-            if is_pointwise(input, weight, first.stride, first.padding):
-                # 1x1 layers as the batched products of their stacked masked weights: one product per
-                # image and phase instead of one per layer, and the layers' input gradients come out
-                # summed (at the digits U-Net's attention, 64 channels, 8x8, batch 32: 1.77 ms forward
-                # + backward against 2.15 ms for three layers, 1 thread).
-                weights = torch.cat([masked_weight(c.weight, c.mask, index) for c, index in zip(convs, indices)])
-                out = SparseConv2d._trace_plain_dense(op, pointwise_conv2d(input, weights.to(weight.dtype), bias))
-                return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
-            # A stacked oneDNN convolution was slower than three (and its weight concatenation and
-            # output split add copies both ways): each layer runs its own plain dense path.
-            return [conv(input) for conv in convs]
-        run = run_block_conv2d if first.pattern == "block" else run_conv2d
-        out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)
-        return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
+        with cpu_autocast_off():
+            geometry = list(first.stride), list(first.padding), list(first.dilation)
+            dense_weight_grad = first.dense_weight_grad  # RigL's update step
+            key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
+            backend = self._resolved.get(key)
+            if backend is None:
+                cls = BlockConv2dInputs if first.pattern == "block" else Conv2dInputs
+                checked = check_conv2d_args(input, weight, bias, mask, *geometry)
+                backend = self._resolved[key] = dispatch.resolve(first.backend, cls(input, weight, bias, mask, pattern,
+                                                                                    *checked))
+            if backend.name == "dense" and not dense_weight_grad:
+                if is_pointwise(input, weight, first.stride, first.padding):
+                    # 1x1 layers as the batched products of their stacked masked weights: one product per
+                    # image and phase instead of one per layer, and the layers' input gradients come out
+                    # summed (at the digits U-Net's attention, 64 channels, 8x8, batch 32: 1.77 ms forward
+                    # + backward against 2.15 ms for three layers, 1 thread).
+                    weights = torch.cat([masked_weight(c.weight, c.mask, index) for c, index in zip(convs, indices)])
+                    out = SparseConv2d._trace_plain_dense(op, pointwise_conv2d(input, weights.to(weight.dtype), bias))
+                    return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
+                # A stacked oneDNN convolution was slower than three (and its weight concatenation and
+                # output split add copies both ways): each layer runs its own plain dense path.
+                return [conv(input) for conv in convs]
+            run = run_block_conv2d if first.pattern == "block" else run_conv2d
+            out = run(input, weight, bias, mask, pattern, *geometry, backend, dense_weight_grad)
+            return list(out.split([c.out_channels for c in convs], dim=1)) if split else [out]
 
 
 def run_stacked(stack: StackedConv2d | None, convs: Sequence[torch.nn.Module], input: torch.Tensor, *,

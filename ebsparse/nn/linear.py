@@ -7,7 +7,7 @@ from torch import nn
 
 from ebsparse.nn.activation import gelu_tanh_act, is_plain_tanh_gelu, observed
 from ebsparse.nn.pattern import SparsityMixin
-from ebsparse.ops.amp import autocast_args
+from ebsparse.ops.amp import autocast_args, cpu_autocast_off
 from ebsparse.ops.block_linear import block_linear_inputs, run_block_linear
 from ebsparse.ops.linear import check_linear_args, linear_inputs, run_linear
 from ebsparse.ops.linear_gelu_tanh import run_linear_gelu_tanh
@@ -22,8 +22,8 @@ _MLP_MIN_ROWS_PER_THREAD = 256
 class SparseLinear(SparsityMixin, nn.Linear):
     """Drop-in nn.Linear (same constructor, `weight`/`bias` names and state dict) plus a `mask`
     buffer. `pattern` is "unstructured" (exact `density`), "2:4" or "block" (with `block=(bo, bi)`:
-    exactly round(density * n_blocks) blocks kept); `backend` is None/"auto" (measured, never slower
-    than dense) or a backend name."""
+    exactly round(density * n_blocks) blocks kept, at least one); `backend` is None/"auto"
+    (measured, never slower than dense) or a backend name."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  density: float | None = None, pattern: str = "unstructured", mask: torch.Tensor | None = None,
@@ -51,9 +51,11 @@ class SparseLinear(SparsityMixin, nn.Linear):
         return self._export_dense(dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        input, weight, bias, pattern, backend = self._prepared(input)
-        run = run_block_linear if self.pattern == "block" else run_linear
-        return run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
+        input, weight, bias = self._autocast(input)
+        with cpu_autocast_off():
+            pattern, backend = self._prepared(input, weight, bias)
+            run = run_block_linear if self.pattern == "block" else run_linear
+            return run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
 
     def forward_gelu_tanh(self, input: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """``act(self(input))`` for a model's tanh GELU `act`, in one fused op
@@ -61,13 +63,16 @@ class SparseLinear(SparsityMixin, nn.Linear):
         the CPU in eager mode, for an unstructured pattern without the full weight gradient, and
         `act` is a plain unobserved ``nn.GELU(approximate="tanh")``; otherwise this layer's op and
         then `gelu_tanh_act(act, ...)`, as the unfused MLP runs them."""
-        input, weight, bias, pattern, backend = self._prepared(input)
-        if (backend.name == "native" and self.pattern == "unstructured" and not self.dense_weight_grad
-                and input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
-                and is_plain_tanh_gelu(act) and not torch.compiler.is_compiling()):
-            return run_linear_gelu_tanh(input, weight, bias, self.mask, pattern, backend)
-        run = run_block_linear if self.pattern == "block" else run_linear
-        return gelu_tanh_act(act, run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad))
+        input, weight, bias = self._autocast(input)
+        with cpu_autocast_off():
+            pattern, backend = self._prepared(input, weight, bias)
+            if (backend.name == "native" and self.pattern == "unstructured" and not self.dense_weight_grad
+                    and input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
+                    and is_plain_tanh_gelu(act) and not torch.compiler.is_compiling()):
+                return run_linear_gelu_tanh(input, weight, bias, self.mask, pattern, backend)
+            run = run_block_linear if self.pattern == "block" else run_linear
+            out = run(input, weight, bias, self.mask, pattern, backend, self.dense_weight_grad)
+        return gelu_tanh_act(act, out)
 
     def forward_mlp_gelu_tanh(self, input: torch.Tensor, act: nn.Module, fc2: "SparseLinear") -> torch.Tensor | None:
         """``fc2(act(self(input)))`` as one fused op (`sparse_mlp_gelu_tanh`), or None where the
@@ -81,24 +86,30 @@ class SparseLinear(SparsityMixin, nn.Linear):
                 or not is_plain_tanh_gelu(act)
                 or input.numel() < _MLP_MIN_ROWS_PER_THREAD * torch.get_num_threads() * self.in_features):
             return None
-        input, weight, bias, pattern, backend = self._prepared(input)
-        pattern2 = fc2.pattern_index()  # first: a changed mask clears fc2's resolved backends
-        hidden_key = (tuple(input.shape[:-1]) + (self.out_features,), input.dtype, input.device, fc2.weight.dtype)
-        if (backend.name != "native" or getattr(fc2._resolved.get(hidden_key), "name", None) != "native"
-                or input.dtype not in (torch.float32, torch.float64) or fc2.weight.dtype != input.dtype):
-            return None
-        return run_mlp_gelu_tanh(input, weight, bias, self.mask, pattern, fc2.weight, fc2.bias, fc2.mask, pattern2,
-                                 backend)
+        input, weight, bias = self._autocast(input)
+        with cpu_autocast_off():
+            pattern, backend = self._prepared(input, weight, bias)
+            pattern2 = fc2.pattern_index()  # first: a changed mask clears fc2's resolved backends
+            hidden_key = (tuple(input.shape[:-1]) + (self.out_features,), input.dtype, input.device,
+                          fc2.weight.dtype)
+            if (backend.name != "native" or getattr(fc2._resolved.get(hidden_key), "name", None) != "native"
+                    or input.dtype not in (torch.float32, torch.float64) or fc2.weight.dtype != input.dtype):
+                return None
+            return run_mlp_gelu_tanh(input, weight, bias, self.mask, pattern, fc2.weight, fc2.bias, fc2.mask,
+                                     pattern2, backend)
 
-    def _prepared(self, input: torch.Tensor):
-        """(input, weight, bias) as the op runs them (autocast), the pattern index and the backend
-        resolved for this input's shape."""
-        pattern = self.pattern_index()
+    def _autocast(self, input: torch.Tensor):
+        """(input, weight, bias) as the op runs them under the current autocast state."""
         op = "block_linear" if self.pattern == "block" else "linear"
-        input, weight, bias = autocast_args(op, self.backend, input, self.weight, self.bias)
+        return autocast_args(op, self.backend, input, self.weight, self.bias)
+
+    def _prepared(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        """The pattern index and the backend resolved for this input's shape (`_autocast`'s
+        arguments; the backend is measured on the first call of a shape)."""
+        pattern = self.pattern_index()
         key = (tuple(input.shape), input.dtype, input.device, weight.dtype)
         backend = self._resolved.get(key) or self._resolve(key, input, pattern, weight, bias)
-        return input, weight, bias, pattern, backend
+        return pattern, backend
 
     def _inputs(self, input: torch.Tensor, pattern, weight: torch.Tensor, bias: torch.Tensor | None):
         check_linear_args(input, weight, bias, self.mask)

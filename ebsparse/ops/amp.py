@@ -11,10 +11,16 @@ On the CPU the sparse kernels are float32/float64 (csrc/), so a layer under `tor
 keeps its own dtype and runs sparse, unless a backend is named explicitly (argument or
 EBSPARSE_BACKEND) that runs the autocast dtype there (e.g. "triton" under TRITON_INTERPRET=1, or
 "dense"); `auto` never trades a sparse fp32 kernel for a dense bf16 one behind the user's back.
+Such a layer treats its input as autocast treats an op it keeps in float32: a bf16 activation from
+an autocast layer before it is cast to the weight's dtype, and the layer's output has the weight's
+dtype. The op then runs with CPU autocast off (`cpu_autocast_off`): otherwise the dense ATen calls
+inside it (a layer `auto` resolved to dense, the timing that resolves it) would be cast to bf16
+again behind the layer's back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -47,10 +53,23 @@ def cast(dtype: torch.dtype | None, *tensors):
 
 
 def autocast_args(op: str, backend: str | None, input, weight, bias):
-    """(input, weight, bias) as `op` runs them under the current autocast state."""
+    """(input, weight, bias) as `op` runs them under the current autocast state. Call it before
+    entering `cpu_autocast_off`, which hides that state."""
     if not isinstance(input, torch.Tensor):
         return input, weight, bias
-    return cast(autocast_dtype(input.device, op, backend), input, weight, bias)
+    dtype = autocast_dtype(input.device, op, backend)
+    if (dtype is None and input.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and isinstance(weight, torch.Tensor) and weight.dtype in _CASTABLE):
+        dtype = weight.dtype  # the layer keeps its own dtype (see the module docstring)
+    return cast(dtype, input, weight, bias)
+
+
+def cpu_autocast_off():
+    """A context with CPU autocast off, for the body of a sparse op after `autocast_args` cast its
+    arguments to the dtype it runs in (entered only where autocast is on: it costs microseconds)."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
 
 
 def cuda_custom_bwd(backward):

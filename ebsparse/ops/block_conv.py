@@ -9,6 +9,7 @@ import torch
 from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
 from ebsparse.formats.block import BlockIndex
+from ebsparse.ops import amp
 from ebsparse.ops.block_linear import BlockConv2dInputs, _EagerBlockOp, checked_block_index, refuse_compile
 from ebsparse.ops.conv import check_conv2d_args
 
@@ -38,8 +39,10 @@ def block_sparse_conv2d(input: _T, weight: _T, bias: _T | None, mask: _T, block,
         (N, Co, Ho, Wo).
     """
     refuse_compile("block_sparse_conv2d")
-    stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
-    pattern = checked_block_index(index, mask, block)
-    inputs = BlockConv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation)
-    return run_block_conv2d(input, weight, bias, mask, pattern, stride, padding, dilation,
-                            dispatch.resolve(backend, inputs), dense_weight_grad)
+    input, weight, bias = amp.autocast_args("block_conv2d", backend, input, weight, bias)
+    with amp.cpu_autocast_off():
+        stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
+        pattern = checked_block_index(index, mask, block)
+        inputs = BlockConv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation)
+        return run_block_conv2d(input, weight, bias, mask, pattern, stride, padding, dilation,
+                                dispatch.resolve(backend, inputs), dense_weight_grad)

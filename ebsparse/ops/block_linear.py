@@ -17,7 +17,7 @@ import torch
 from ebsparse.backends import dispatch
 from ebsparse.backends.base import Backend
 from ebsparse.formats.block import BlockIndex, build_block_index, check_block, check_block_mask
-from ebsparse.ops import calls
+from ebsparse.ops import amp, calls
 from ebsparse.ops.checks import check_once_differentiable
 from ebsparse.ops.inputs import Conv2dInputs, LinearInputs
 from ebsparse.ops.linear import check_linear_args
@@ -112,7 +112,9 @@ def block_sparse_linear(input: _T, weight: _T, bias: _T | None, mask: _T, block,
         (*, M). Raises TypeError/ValueError naming the bad argument before any kernel runs.
     """
     refuse_compile("block_sparse_linear")
-    check_linear_args(input, weight, bias, mask)
-    pattern = checked_block_index(index, mask, block)
-    chosen = dispatch.resolve(backend, block_linear_inputs(input, weight, bias, mask, pattern))
-    return run_block_linear(input, weight, bias, mask, pattern, chosen, dense_weight_grad)
+    input, weight, bias = amp.autocast_args("block_linear", backend, input, weight, bias)
+    with amp.cpu_autocast_off():
+        check_linear_args(input, weight, bias, mask)
+        pattern = checked_block_index(index, mask, block)
+        chosen = dispatch.resolve(backend, block_linear_inputs(input, weight, bias, mask, pattern))
+        return run_block_linear(input, weight, bias, mask, pattern, chosen, dense_weight_grad)

@@ -128,6 +128,8 @@ def check_conv2d_args(input, weight, bias, mask, stride, padding, dilation):
     """Checked arguments; returns stride, padding and dilation as [h, w] lists."""
     check_tensor(weight, "weight", dims=4, floating=True)
     check_tensor(input, "input", dims=4, floating=True)
+    if weight.shape[2] < 1 or weight.shape[3] < 1:
+        raise ValueError(f"weight: expected a kernel of at least 1x1, got shape {tuple(weight.shape)}")
     if input.shape[1] != weight.shape[1]:
         raise ValueError(f"input: expected {weight.shape[1]} channels (weight is {tuple(weight.shape)}, "
                          f"groups = 1), got shape {tuple(input.shape)}")
@@ -167,15 +169,16 @@ def sparse_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         (`ebsparse.ops.amp`).
     """
     input, weight, bias = amp.autocast_args("conv2d", backend, input, weight, bias)
-    if torch.compiler.is_compiling():
-        # Nothing can be measured while tracing: an unresolved backend means dense.
-        name = backend if backend not in (None, "auto") else "dense"
-        stride, padding, dilation = (list(pair(v, n, m)) for v, n, m in
-                                     ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
-        return run_conv2d(input, weight, bias, mask, index, stride,
-                          padding, dilation, registry.get_backend(name), dense_weight_grad)
-    stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
-    pattern = checked_pattern(index, mask)
-    inputs = Conv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation)
-    return run_conv2d(input, weight, bias, mask, pattern, stride, padding, dilation, dispatch.resolve(backend, inputs),
-                      dense_weight_grad)
+    with amp.cpu_autocast_off():
+        if torch.compiler.is_compiling():
+            # Nothing can be measured while tracing: an unresolved backend means dense.
+            name = backend if backend not in (None, "auto") else "dense"
+            stride, padding, dilation = (list(pair(v, n, m)) for v, n, m in
+                                         ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
+            return run_conv2d(input, weight, bias, mask, index, stride,
+                              padding, dilation, registry.get_backend(name), dense_weight_grad)
+        stride, padding, dilation = check_conv2d_args(input, weight, bias, mask, stride, padding, dilation)
+        pattern = checked_pattern(index, mask)
+        inputs = Conv2dInputs(input, weight, bias, mask, pattern, stride, padding, dilation)
+        return run_conv2d(input, weight, bias, mask, pattern, stride, padding, dilation,
+                          dispatch.resolve(backend, inputs), dense_weight_grad)

@@ -128,6 +128,8 @@ def linear_inputs(input: _T, weight: _T, bias: _T | None, mask: _T, pattern: Pat
 def check_linear_args(input, weight, bias, mask) -> None:
     check_tensor(weight, "weight", dims=2, floating=True)
     check_tensor(input, "input", floating=True)
+    if weight.numel() == 0:
+        raise ValueError(f"weight: a sparse layer needs at least one weight, got shape {tuple(weight.shape)}")
     if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(f"input: expected shape (..., {weight.shape[1]}) to match weight "
                          f"{tuple(weight.shape)}, got {tuple(input.shape)}")
@@ -160,12 +162,13 @@ def sparse_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         the autocast dtype where a sparse kernel does (`ebsparse.ops.amp`).
     """
     input, weight, bias = amp.autocast_args("linear", backend, input, weight, bias)
-    if torch.compiler.is_compiling():
-        # Nothing can be measured while tracing: an unresolved backend means dense.
-        name = backend if backend not in (None, "auto") else "dense"
-        return run_linear(input, weight, bias, mask, index,
-                          registry.get_backend(name), dense_weight_grad)
-    check_linear_args(input, weight, bias, mask)
-    pattern = checked_pattern(index, mask)
-    chosen = dispatch.resolve(backend, linear_inputs(input, weight, bias, mask, pattern))
-    return run_linear(input, weight, bias, mask, pattern, chosen, dense_weight_grad)
+    with amp.cpu_autocast_off():
+        if torch.compiler.is_compiling():
+            # Nothing can be measured while tracing: an unresolved backend means dense.
+            name = backend if backend not in (None, "auto") else "dense"
+            return run_linear(input, weight, bias, mask, index,
+                              registry.get_backend(name), dense_weight_grad)
+        check_linear_args(input, weight, bias, mask)
+        pattern = checked_pattern(index, mask)
+        chosen = dispatch.resolve(backend, linear_inputs(input, weight, bias, mask, pattern))
+        return run_linear(input, weight, bias, mask, pattern, chosen, dense_weight_grad)

@@ -108,10 +108,11 @@ def sparse_linear_gelu_tanh(input: torch.Tensor, weight: torch.Tensor, bias: tor
         RuntimeError for a backend that cannot run these inputs or a second-order gradient.
     """
     input, weight, bias = amp.autocast_args("linear", backend, input, weight, bias)
-    if torch.compiler.is_compiling():
-        name = backend if backend not in (None, "auto") else "dense"
-        return run_linear_gelu_tanh(input, weight, bias, mask, index, registry.get_backend(name))
-    check_linear_args(input, weight, bias, mask)
-    pattern = checked_pattern(index, mask)
-    inputs = LinearGeluTanhInputs(input.reshape(-1, weight.shape[1]), weight, bias, mask, pattern)
-    return run_linear_gelu_tanh(input, weight, bias, mask, pattern, dispatch.resolve(backend, inputs))
+    with amp.cpu_autocast_off():
+        if torch.compiler.is_compiling():
+            name = backend if backend not in (None, "auto") else "dense"
+            return run_linear_gelu_tanh(input, weight, bias, mask, index, registry.get_backend(name))
+        check_linear_args(input, weight, bias, mask)
+        pattern = checked_pattern(index, mask)
+        inputs = LinearGeluTanhInputs(input.reshape(-1, weight.shape[1]), weight, bias, mask, pattern)
+        return run_linear_gelu_tanh(input, weight, bias, mask, pattern, dispatch.resolve(backend, inputs))

@@ -131,11 +131,12 @@ def sparse_mlp_gelu_tanh(input: _T, w1: _T, b1: _T | None, mask1: _T, w2: _T, b2
     """
     input, w1, b1 = amp.autocast_args("linear", backend, input, w1, b1)
     _, w2, b2 = amp.autocast_args("linear", backend, input, w2, b2)
-    if torch.compiler.is_compiling():
-        name = backend if backend not in (None, "auto") else "dense"
-        return run_mlp_gelu_tanh(input, w1, b1, mask1, index1, w2, b2, mask2, index2, registry.get_backend(name))
-    check_mlp_args(input, w1, b1, mask1, w2, b2, mask2)
-    pattern1, pattern2 = checked_pattern(index1, mask1), checked_pattern(index2, mask2)
-    inputs = MlpGeluTanhInputs(input.reshape(-1, w1.shape[1]), w1, b1, mask1, pattern1, w2, b2, mask2, pattern2)
-    return run_mlp_gelu_tanh(input, w1, b1, mask1, pattern1, w2, b2, mask2, pattern2,
-                             dispatch.resolve(backend, inputs))
+    with amp.cpu_autocast_off():
+        if torch.compiler.is_compiling():
+            name = backend if backend not in (None, "auto") else "dense"
+            return run_mlp_gelu_tanh(input, w1, b1, mask1, index1, w2, b2, mask2, index2, registry.get_backend(name))
+        check_mlp_args(input, w1, b1, mask1, w2, b2, mask2)
+        pattern1, pattern2 = checked_pattern(index1, mask1), checked_pattern(index2, mask2)
+        inputs = MlpGeluTanhInputs(input.reshape(-1, w1.shape[1]), w1, b1, mask1, pattern1, w2, b2, mask2, pattern2)
+        return run_mlp_gelu_tanh(input, w1, b1, mask1, pattern1, w2, b2, mask2, pattern2,
+                                 dispatch.resolve(backend, inputs))

@@ -6,8 +6,8 @@ Triton interpreter standing in for the GPU where it can, and by faking CUDA's au
 import pytest
 import torch
 
-from ebsparse.nn import SparseLinear
-from ebsparse.ops import amp, sparse_conv2d, sparse_linear, sparse_linear_reference
+from ebsparse.nn import SparseConv2d, SparseLinear
+from ebsparse.ops import amp, block_sparse_linear, sparse_conv2d, sparse_linear, sparse_linear_reference
 from tests.ops.helpers import runs_on, usable_backends
 
 CPU = torch.device("cpu")
@@ -31,6 +31,47 @@ def test_cpu_autocast_keeps_float32_and_the_sparse_kernels_under_auto():
         assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16  # autocast is on
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, sparse_linear_reference(x, w, None, mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern,kwargs", [("unstructured", {}), ("block", {"block": (16, 16)})])
+@pytest.mark.parametrize("backend", ["native", "auto"])
+def test_cpu_autocast_casts_a_bf16_activation_to_the_layers_dtype(pattern, kwargs, backend):
+    """Behind an autocast (bf16) dense layer a sparse layer gets a bf16 activation: it takes it as
+    autocast's float32 ops do (cast to the weight's dtype), returns float32 and gives float32
+    gradients; `auto`'s timing and its dense path run outside autocast (they were cast to bf16 and
+    the conv's backward failed inside oneDNN)."""
+    if "native" not in usable_backends("linear", CPU, torch.float32):
+        pytest.skip("native kernels not built")
+    torch.manual_seed(0)
+    conv = SparseConv2d(32, 32, 3, padding=1, pattern=pattern, density=0.5, backend=backend, **kwargs)
+    linear = SparseLinear(32, 32, pattern=pattern, density=0.5, backend=backend, **kwargs)
+    dense_conv, dense_linear = torch.nn.Conv2d(3, 32, 1), torch.nn.Linear(32 * 4 * 4, 32)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        hidden = dense_conv(x)
+        assert hidden.dtype == torch.bfloat16
+        y = conv(hidden)
+        z = linear(dense_linear(y.flatten(1)))
+    assert y.dtype == z.dtype == torch.float32
+    z.sum().backward()
+    assert conv.weight.grad.dtype == linear.weight.grad.dtype == torch.float32
+    expected = torch.nn.functional.conv2d(hidden.detach().float(), conv.weight * conv.mask, conv.bias, padding=1)
+    torch.testing.assert_close(y.detach(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_autocast_casts_for_the_functional_block_ops():
+    if "native" not in usable_backends("linear", CPU, torch.float32):
+        pytest.skip("native kernels not built")
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    w = torch.randn(32, 32)
+    mask = torch.zeros(2, 2, dtype=torch.bool)
+    mask[0, 1] = mask[1, 0] = True
+    mask = mask.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    with torch.autocast("cpu", torch.bfloat16), runs_on("native", "block_linear"):
+        y = block_sparse_linear(x, w, None, mask, (16, 16), backend="native")
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, x.float() @ (w * mask).t(), rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_autocast_runs_bf16_on_a_named_backend_that_has_it():
