@@ -10,7 +10,8 @@
 // per engine, phase and input shape), and nothing else bounds the cache, so a model with many
 // layers never outgrows it (a global LRU of 256 missed on every call of a U-Net that cycles
 // through ~270 layouts per step). An entry is valid while both tensors are alive and unmodified
-// (same TensorImpl, same version counter) and the parameters the layout was built for are equal.
+// (same TensorImpl, same version counter) and the parameters the layout was built for are equal;
+// inference tensors, which have no version counter, are never cached.
 // Entries whose tensors died or were modified (a RigL update builds a new index; the old one is
 // freed) are purged whenever a layout is built. A weak reference keeps the TensorImpl object (not
 // its storage) allocated, so a freed pattern's address cannot be taken by a new tensor while its
@@ -50,6 +51,12 @@ class PatternCache {
   template <class Build>
   std::shared_ptr<const Layout> get(const at::Tensor& a, const at::Tensor& b,
                                     const std::vector<int64_t>& params, Build&& build) {
+    if (a.is_inference() || b.is_inference()) {
+      // No version counter, and inference mode may modify them in place: nothing would tell a
+      // cached layout that it went stale, so theirs are built on every call.
+      PatternCacheCounters::builds()++;
+      return build();
+    }
     const c10::TensorImpl* key = a.unsafeGetTensorImpl();
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -81,8 +88,7 @@ class PatternCache {
  private:
   using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
-  // Inference tensors have no version counter (and cannot be modified outside inference mode).
-  static int64_t version(const at::Tensor& t) { return t.is_inference() ? -1 : t._version(); }
+  static int64_t version(const at::Tensor& t) { return t._version(); }
 
   struct Entry {
     Weak a, b;
@@ -101,8 +107,8 @@ class PatternCache {
     bool dead() const {
       if (a.expired() || b.expired()) return true;
       const auto ta = a.lock(), tb = b.lock();
-      return (ta && !ta->is_inference() && ta->version_counter().current_version() != a_version) ||
-             (tb && !tb->is_inference() && tb->version_counter().current_version() != b_version);
+      return (ta && ta->version_counter().current_version() != a_version) ||
+             (tb && tb->version_counter().current_version() != b_version);
     }
   };
 

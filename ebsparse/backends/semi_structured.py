@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ebsparse.backends.base import Backend
-from ebsparse.formats.index import zero_dropped
+from ebsparse.formats.index import tensor_version, zero_dropped
 from ebsparse.formats.transposable import is_transposable_2_4
 from ebsparse.formats.twofour import is_2_4_mask
 
@@ -98,9 +98,10 @@ class SemiStructuredBackend(Backend):
     def plan(self, inputs) -> _Plan:
         """The checks of a call, cached per (mask, version, weight shape, dtype)."""
         mask = inputs.mask
-        key = (id(mask), mask._version, tuple(inputs.weight.shape), inputs.dtype)
+        version = tensor_version(mask)  # None (an inference mask): planned on every call
+        key = (id(mask), version, tuple(inputs.weight.shape), inputs.dtype)
         cached = self._plans.get(key)
-        if cached is not None and cached[0]() is mask:
+        if cached is not None and version is not None and cached[0]() is mask:
             return cached[1]
         reasons = []
         if not is_2_4_mask(mask):
@@ -111,7 +112,8 @@ class SemiStructuredBackend(Backend):
             not operand_reasons(cols, rows, inputs.dtype, "W^T")
         plan = _Plan(reasons, transposable)
         self._plans = {k: v for k, v in self._plans.items() if v[0]() is not None}
-        self._plans[key] = (weakref.ref(mask), plan)
+        if version is not None:
+            self._plans[key] = (weakref.ref(mask), plan)
         return plan
 
     def _checked(self, inputs) -> _Plan:

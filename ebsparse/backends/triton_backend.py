@@ -14,6 +14,7 @@ import weakref
 import torch
 
 from ebsparse.backends.base import Backend
+from ebsparse.formats.index import tensor_version
 from ebsparse.formats.twofour import is_2_4_mask, pack_2_4_rows, rows_view
 
 _TENSOR_CORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -30,15 +31,17 @@ def two_four_meta(inputs) -> torch.Tensor | None:
     if inputs.dtype not in _TENSOR_CORE_DTYPES:
         return None
     mask = inputs.mask
+    version = tensor_version(mask)  # None (an inference mask): rebuilt on every call
     cached = _meta_cache.get(id(mask))
-    if cached is not None and cached[0]() is mask and cached[1] == mask._version:
+    if cached is not None and version is not None and cached[0]() is mask and cached[1] == version:
         return cached[2]
     meta = None
     if is_2_4_mask(mask):
         rows = rows_view(mask)  # conv: (Co*KH*KW, Ci), i.e. (Co, KH*KW*Ci) with channels last
         meta = pack_2_4_rows(rows, rows)[1].reshape(mask.shape[0], -1)
     key = id(mask)
-    _meta_cache[key] = (weakref.ref(mask, lambda _, key=key: _meta_cache.pop(key, None)), mask._version, meta)
+    if version is not None:
+        _meta_cache[key] = (weakref.ref(mask, lambda _, key=key: _meta_cache.pop(key, None)), version, meta)
     return meta
 
 

@@ -24,6 +24,12 @@ _BITS_DTYPE = {torch.float64: torch.int64, torch.float32: torch.int32, torch.flo
                torch.bfloat16: torch.int16}
 
 
+def tensor_version(t: torch.Tensor) -> int | None:
+    """`t`'s version counter, or None for an inference tensor: it has none, and inference mode may
+    still modify it in place, so nothing built from one can be trusted by its version."""
+    return None if t.is_inference() else t._version
+
+
 class _LastChecked:
     """The last foreign mask (weakly) and its version an index was found to describe; copies and
     pickles start empty."""
@@ -48,7 +54,7 @@ class PatternIndex:
     col_ptr: torch.Tensor  # (cols + 1,)
     row_idx: torch.Tensor  # (nnz,), sorted within each column
     mask: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the mask it was built from
-    mask_version: int = field(default=-1, repr=False, compare=False)
+    mask_version: int | None = field(default=None, repr=False, compare=False)  # None: not to be trusted
     _bits: dict = field(default_factory=dict, repr=False, compare=False)
     # Made on the first foreign mask checked: an index built inside a compiled graph (where Dynamo
     # cannot construct a user class) then holds only tensors and plain values.
@@ -69,21 +75,26 @@ class PatternIndex:
         """Whether this index is the pattern of `mask` now. Free for the mask (and version) it was
         built from; another mask is compared by content, once while it stays the last one checked
         and unchanged."""
-        if mask is self.mask and mask._version == self.mask_version:
-            return True
-        last = self._checked
-        if last is not None and last.ref is not None and last.ref() is mask and mask._version == last.version:
-            return True
+        version = tensor_version(mask)
+        if version is not None:
+            if mask is self.mask and version == self.mask_version:
+                return True
+            last = self._checked
+            if last is not None and last.ref is not None and last.ref() is mask and version == last.version:
+                return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols:
             return False
         built = build_index(mask)
-        same = (self.row_ptr.device == mask.device and torch.equal(built.row_ptr, self.row_ptr)
-                and torch.equal(built.col_idx, self.col_idx))
-        if same:
+        # All four: the backward reads the CSC, so an index whose CSC is another mask's would give
+        # a right output and a wrong input gradient.
+        same = self.row_ptr.device == mask.device and all(
+            torch.equal(a, b) for a, b in zip(built.tensors(), self.tensors()))
+        if same and version is not None:
+            last = self._checked
             if last is None:
                 last = _LastChecked()
                 object.__setattr__(self, "_checked", last)  # the dataclass is frozen
-            last.ref, last.version = weakref.ref(mask), mask._version
+            last.ref, last.version = weakref.ref(mask), version
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -128,7 +139,8 @@ def build_index(mask: torch.Tensor) -> PatternIndex:
         raise ValueError(f"mask: expected at least 2 dims (out, in, ...), got shape {tuple(mask.shape)}")
     if mask.numel() >= 2**31:
         raise ValueError(f"mask: {mask.numel()} entries exceed the int32 index range")
-    return PatternIndex(mask.shape[0], math.prod(mask.shape[1:]), *pattern_tensors(mask), mask, mask._version)
+    return PatternIndex(mask.shape[0], math.prod(mask.shape[1:]), *pattern_tensors(mask), mask,
+                        tensor_version(mask))
 
 
 def index_from_tensors(mask: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, col_ptr: torch.Tensor,
@@ -136,4 +148,4 @@ def index_from_tensors(mask: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch
     """An index of `mask` from its four tensors, as a traced op receives them (no check: the public
     op checked them before the trace)."""
     return PatternIndex(mask.shape[0], math.prod(mask.shape[1:]), row_ptr, col_idx, col_ptr, row_idx,
-                        mask, mask._version)
+                        mask, tensor_version(mask))

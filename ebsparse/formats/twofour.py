@@ -23,6 +23,8 @@ def check_2_4_shape(shape, name: str = "weight") -> None:
     shape = tuple(shape)
     if len(shape) not in (2, 4):
         raise ValueError(f"{name}: 2:4 needs a linear (out, in) or conv (out, in, kh, kw) weight, got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"{name}: 2:4 needs a non-empty weight, got shape {shape}")
     if shape[1] % 4:
         what = "in_features" if len(shape) == 2 else "in_channels"
         raise ValueError(f"{name}: 2:4 needs {what} % 4 == 0, got {what} = {shape[1]}")

@@ -28,7 +28,7 @@ import torch
 
 from ebsparse.formats import build_index
 from ebsparse.formats.block import BlockIndex, build_block_index
-from ebsparse.formats.index import PatternIndex
+from ebsparse.formats.index import PatternIndex, tensor_version
 
 STRICT_ENV = "EBSPARSE_STRICT_MASKS"
 
@@ -54,11 +54,6 @@ def same_contents(mask: torch.Tensor, copy: torch.Tensor) -> bool:
         torch.equal(a[words:], b[words:])
 
 
-def _version(mask: torch.Tensor) -> int:
-    # Inference tensors have no version counter (and cannot be modified outside inference mode).
-    return -1 if mask.is_inference() else mask._version
-
-
 class MaskState:
     """The caches derived from one mask tensor and the key and copy of the mask they were built from."""
 
@@ -73,9 +68,11 @@ class MaskState:
         return self._mask() is mask
 
     def _follow_counter(self, mask: torch.Tensor) -> None:
-        """Drop the caches if the mask was replaced or modified through its version counter."""
-        key = (mask.data_ptr(), _version(mask), mask.device)
-        if key != self._key:
+        """Drop the caches if the mask was replaced or modified through its version counter (an
+        inference mask, which has none, by comparing its contents)."""
+        version = tensor_version(mask)
+        key = (mask.data_ptr(), version, mask.device)
+        if key != self._key or (version is None and not same_contents(mask, self._built_from)):
             self._key = key
             self._built_from = mask.detach().clone()
             self._index = None

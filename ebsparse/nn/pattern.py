@@ -62,7 +62,7 @@ def check_pattern_block(pattern: str, block) -> tuple[int, int] | None:
 
 def initial_mask(weight: torch.Tensor, pattern: str, density: float | None, block=None) -> torch.Tensor:
     """Magnitude mask of `weight`: 2:4 by magnitude, exactly round(density * n) kept, or for "block"
-    exactly round(density * n_blocks) blocks of largest L2 norm kept."""
+    exactly round(density * n_blocks) blocks (at least one) of largest L2 norm kept."""
     block = check_pattern_block(pattern, block)
     if pattern == "block":
         check_block_shape(weight.shape, block)
@@ -86,6 +86,9 @@ class SparsityMixin:
 
     def _init_sparsity(self, mask: torch.Tensor | None, pattern: str, density: float | None,
                        backend: str | None, block=None) -> None:
+        if self.weight.numel() == 0:
+            raise ValueError(f"{type(self).__name__}: a sparse layer needs at least one weight, got weight shape "
+                             f"{tuple(self.weight.shape)}")
         self.block = check_pattern_block(pattern, block)
         if mask is None:
             mask = initial_mask(self.weight, pattern, density, self.block)

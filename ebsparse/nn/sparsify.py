@@ -56,6 +56,8 @@ def _unsupported_reason(module: nn.Module, pattern: str, block=None) -> str | No
     base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
     if type(module).forward is not base.forward:
         return f"{type(module).__name__} overrides forward"
+    if module.weight.numel() == 0:
+        return f"an empty weight {tuple(module.weight.shape)}"
     if isinstance(module, nn.Conv2d):
         reason = conv_unsupported_reason(module)
         if reason:
@@ -80,8 +82,8 @@ def sparsify(model: nn.Module, *, density: float | Mapping[str, float] | None = 
             (a 2:4 pattern keeps half); any other value raises ValueError.
         pattern: "unstructured" (magnitude mask with exact counts), "2:4" or "block" (whole
             (bo, bi) blocks of the (out, in) channel plane, every conv tap alike; magnitude by block
-            L2 norm, exactly round(density * n_blocks) blocks kept; layers whose channels the block
-            does not divide are skipped with that reason).
+            L2 norm, exactly round(density * n_blocks) blocks kept, at least one; layers whose
+            channels the block does not divide are skipped with that reason).
         block: (bo, bi) for pattern="block" (one of `ebsparse.formats.SUPPORTED_BLOCKS`).
         masks: layer name -> bool mask, overriding `density` (e.g. from ER/ERK initialisation); for
             a GRU, parameter name ("<layer>.weight_hh_l0", ...) -> mask, its weights left out dense.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ebsparse.formats.index import PatternIndex, build_index
@@ -43,12 +45,14 @@ def check_bias(bias, weight: torch.Tensor) -> None:
 
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, int):
-        value = (value, value)
+    # operator.index, not int(): a float such as 1.9 is refused, not truncated to 1.
     try:
-        a, b = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+        a = b = operator.index(value)
+    except TypeError:
+        try:
+            a, b = (operator.index(v) for v in value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
     if a < minimum or b < minimum:
         raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
     return a, b

@@ -21,6 +21,8 @@ import weakref
 
 import torch
 
+from ebsparse.formats.index import tensor_version
+
 try:
     import triton
     import triton.language as tl
@@ -113,11 +115,14 @@ def check_pattern(ptr: torch.Tensor, idx: torch.Tensor, rows: int, ptr_name: str
     them, and on a GPU an out-of-range index is an illegal address that ends the CUDA context."""
     check_index(ptr, ptr_name, rows + 1, like)
     check_index(idx, idx_name, -1, like)
-    key = (id(ptr), ptr._version, id(idx), idx._version, cols)
+    versions = tensor_version(ptr), tensor_version(idx)  # None (inference tensors): checked on every call
+    key = (id(ptr), versions[0], id(idx), versions[1], cols)
     cached = _checked_patterns.get(key)
-    if cached is not None and cached[0]() is ptr and cached[1]() is idx:
+    if cached is not None and None not in versions and cached[0]() is ptr and cached[1]() is idx:
         return
     _check_pattern_values(ptr, idx, cols, ptr_name, idx_name)
+    if None in versions:
+        return
     if len(_checked_patterns) >= 1024:  # room for every layer's CSR and CSC; forget the oldest
         _checked_patterns.pop(next(iter(_checked_patterns)))
     _checked_patterns[key] = (weakref.ref(ptr), weakref.ref(idx))

@@ -13,6 +13,7 @@ from ebsparse import SparseConv2d, SparseLinear
 from ebsparse.backends import registered_backends
 from ebsparse.formats import build_index
 from ebsparse.nn.mask_state import STRICT_ENV, same_contents
+from ebsparse.ops import sparse_linear
 
 CPU = torch.device("cpu")
 
@@ -278,3 +279,26 @@ def test_inductor_compiled_layer_sees_mask_changes(native_calls):
         new = _new_mask(layer, seed)
         edit(layer, new)
         _assert_uses(layer, compiled, x, new, native_calls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_layer_made_and_edited_in_inference_mode(kind, backend, native_calls):
+    """Inference tensors have no version counter: a layer built in inference mode failed on its first
+    forward, and an index cached by version would miss an in-place edit made there."""
+    with torch.inference_mode():
+        layer, x = _layer(kind, backend)
+        first = layer(x)
+        torch.testing.assert_close(first, _reference(layer, x, layer.weight * layer.mask))
+        layer.mask.logical_not_()
+        second = layer(x)
+        torch.testing.assert_close(second, _reference(layer, x, layer.weight * layer.mask))
+    assert not torch.allclose(first, second)
+    assert (len(native_calls) == 2) == (backend == "native")
+
+
+def test_functional_op_with_a_mask_made_in_inference_mode():
+    w, x = torch.randn(4, 8), torch.randn(2, 8)
+    with torch.inference_mode():
+        mask = torch.rand(4, 8) < 0.5
+    torch.testing.assert_close(sparse_linear(x, w, None, mask, backend="dense"), F.linear(x, w * mask))

@@ -70,8 +70,8 @@ void check_geometry(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArra
 
 void check_conv(const at::Tensor& input, const at::Tensor& weight) {
   TORCH_CHECK(input.dim() == 4, "input: expected (N, Ci, H, W), got ", input.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1), "weight: expected (Co, ", input.size(1),
-              ", KH, KW), got ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) > 0 && weight.size(3) > 0,
+              "weight: expected (Co, ", input.size(1), ", KH, KW) with KH, KW >= 1, got ", weight.sizes());
 }
 
 at::Tensor bsr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

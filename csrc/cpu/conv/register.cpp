@@ -20,8 +20,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   check_float(input, "input");
   check_same(input, weight, "input", "weight");
   TORCH_CHECK(input.dim() == 4, "input: expected (N, C, H, W), got ", input.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1), "weight: expected (Co, ",
-              input.size(1), ", KH, KW), got ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) > 0 && weight.size(3) > 0,
+              "weight: expected (Co, ", input.size(1), ", KH, KW) with KH, KW >= 1, got ", weight.sizes());
   check_conv_args(stride, padding, dilation);
   check_pattern(row_ptr, col_idx, weight.size(0), "row_ptr", "col_idx", input);
   check_pattern_values(row_ptr, col_idx, weight.size(1) * weight.size(2) * weight.size(3), "row_ptr", "col_idx");
@@ -39,7 +39,9 @@ at::Tensor csr_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float(grad_output, "grad_output");
   check_same(grad_output, weight, "grad_output", "weight");
-  TORCH_CHECK(grad_output.dim() == 4 && weight.dim() == 4 && grad_output.size(1) == weight.size(0),
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) > 0 && weight.size(3) > 0,
+              "weight: expected (Co, Ci, KH, KW) with KH, KW >= 1, got ", weight.sizes());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(1) == weight.size(0),
               "grad_output: expected (N, ", weight.size(0), ", Ho, Wo), got ", grad_output.sizes());
   TORCH_CHECK(input_size.size() == 4 && input_size[1] == weight.size(1), "input_size: expected (N, ",
               weight.size(1), ", H, W), got ", input_size);
@@ -57,8 +59,9 @@ void check_grad_weight_args(const at::Tensor& grad_output, const at::Tensor& inp
   TORCH_CHECK(grad_output.dim() == 4 && input.dim() == 4 && grad_output.size(0) == input.size(0),
               "input: expected (", grad_output.size(0), ", C, H, W), got ", input.sizes());
   TORCH_CHECK(weight_size.size() == 4 && weight_size[0] == grad_output.size(1) &&
-                  weight_size[1] == input.size(1),
-              "weight_size: expected (", grad_output.size(1), ", ", input.size(1), ", KH, KW), got ", weight_size);
+                  weight_size[1] == input.size(1) && weight_size[2] > 0 && weight_size[3] > 0,
+              "weight_size: expected (", grad_output.size(1), ", ", input.size(1), ", KH, KW) with KH, KW >= 1, got ",
+              weight_size);
   check_conv_args(stride, padding, dilation);
   check_pattern(row_ptr, col_idx, weight_size[0], "row_ptr", "col_idx", input);
   check_pattern_values(row_ptr, col_idx, weight_size[1] * weight_size[2] * weight_size[3], "row_ptr", "col_idx");
