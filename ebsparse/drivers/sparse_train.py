@@ -90,7 +90,8 @@ def summary_row(trainer: Trainer, plugin: SparsityPlugin, fid: float | None, tim
         "step speed-up": None if timing is None else timing["speedup"],
         "dense params": dense_params, "dense forward FLOPs": report.dense_forward,
         "sparse forward FLOPs": report.sparse_forward, "kept weights": sp.kept, "sparsified weights": sp.total,
-        "mask updates": sp.updates, **({} if timing is None else timing),
+        "mask updates": sp.updates, "weights regrown": sp.regrown, "frozen block layers": sorted(sp.frozen),
+        **({} if timing is None else timing),
         "layers": [vars(layer) for layer in report.layers],
     }
 
@@ -137,6 +138,14 @@ def summary_notes(rows: list[dict[str, Any]], steps: int) -> str:
             notes.append(f"{row['method']}: the masks were never updated in this run's {steps} steps "
                          "(`sparsity.update_every` is larger than the run, or the updates end before it): "
                          "it trained a static mask.")
+        elif row.get("method") != "static" and row.get("weights regrown") == 0:
+            notes.append(f"{row['method']}: {row['mask updates']} mask updates ran, but none moved a weight: "
+                         "every layer keeps too few units (blocks) for `sparsity.prune_fraction` to move one, "
+                         "so it trained a static mask.")
+        frozen = row.get("frozen block layers") or []
+        if frozen and row.get("method") != "static":
+            notes.append(f"{row['method']}: {len(frozen)} block layers keep fewer than 1 / prune_fraction blocks "
+                         f"and never changed: {', '.join(frozen)}.")
     return "\n".join(f"- {n}" for n in notes)
 
 

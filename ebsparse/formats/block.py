@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ebsparse.formats.index import _BITS_DTYPE, _LastChecked, _compressed
+from ebsparse.formats.index import _BITS_DTYPE, _LastChecked, _compressed, tensor_version
 from ebsparse.formats.masks import check_density
 
 SUPPORTED_BLOCKS = ((1, 8), (4, 4), (8, 8), (16, 16), (32, 32))
@@ -123,8 +123,13 @@ def is_block_mask(mask: torch.Tensor, block) -> bool:
 
 
 def kept_blocks(n_blocks: int, density: float) -> int:
-    """round(density * n_blocks): the blocks a layer of this density keeps (exact counts in blocks)."""
-    return int(round(check_density(density) * n_blocks))
+    """round(density * n_blocks), but at least one block where density > 0: the blocks a layer of this
+    density keeps (exact counts in blocks). A layer of a few large blocks would otherwise round to
+    none: it would compute only its bias, and RigL, which moves a fraction of the kept blocks, could
+    never regrow it."""
+    density = check_density(density)
+    kept = int(round(density * n_blocks))
+    return max(kept, 1) if density > 0 and n_blocks > 0 else kept
 
 
 def _from_order(order: torch.Tensor, grid: tuple[int, int], kept: int) -> torch.Tensor:
@@ -134,8 +139,8 @@ def _from_order(order: torch.Tensor, grid: tuple[int, int], kept: int) -> torch.
 
 
 def magnitude_block_mask(weight: torch.Tensor, density: float, block) -> torch.Tensor:
-    """Element mask keeping the round(density * n_blocks) blocks of largest L2 norm (ties: the lower
-    flat block index, so every rank computes the same mask)."""
+    """Element mask keeping the `kept_blocks` blocks of largest L2 norm (ties: the lower flat block
+    index, so every rank computes the same mask)."""
     grid = block_grid(weight.shape, block)
     kept = kept_blocks(grid[0] * grid[1], density)
     order = torch.sort(block_norms(weight, block).flatten(), descending=True, stable=True).indices
@@ -144,7 +149,7 @@ def magnitude_block_mask(weight: torch.Tensor, density: float, block) -> torch.T
 
 def random_block_mask(shape, density: float, block, *, generator: torch.Generator | None = None,
                       device=None) -> torch.Tensor:
-    """Element mask keeping exactly round(density * n_blocks) uniformly random blocks."""
+    """Element mask keeping exactly `kept_blocks` uniformly random blocks."""
     grid = block_grid(tuple(shape), block)
     kept = kept_blocks(grid[0] * grid[1], density)
     order = torch.randperm(grid[0] * grid[1], generator=generator)
@@ -165,7 +170,7 @@ class BlockIndex:
     brow_idx: torch.Tensor
     taps: int = 1  # kh * kw of a conv weight (every block covers all of them)
     mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
-    mask_version: int = field(default=-1, repr=False, compare=False)
+    mask_version: int | None = field(default=None, repr=False, compare=False)  # None: not to be trusted
     _bits: dict = field(default_factory=dict, repr=False, compare=False)
     _checked: _LastChecked | None = field(default=None, repr=False, compare=False)
 
@@ -186,21 +191,25 @@ class BlockIndex:
 
     def describes(self, mask: torch.Tensor) -> bool:
         """Whether this index is the pattern of `mask` now (free for the mask it was built from)."""
-        if mask is self.mask and mask._version == self.mask_version:
-            return True
-        last = self._checked
-        if last is not None and last.ref is not None and last.ref() is mask and mask._version == last.version:
-            return True
+        version = tensor_version(mask)
+        if version is not None:
+            if mask is self.mask and version == self.mask_version:
+                return True
+            last = self._checked
+            if last is not None and last.ref is not None and last.ref() is mask and version == last.version:
+                return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols \
                 or not is_block_mask(mask, self.block):
             return False
         built = build_block_index(mask, self.block)
-        same = torch.equal(built.brow_ptr, self.brow_ptr.cpu()) and torch.equal(built.bcol_idx, self.bcol_idx.cpu())
-        if same:
+        # All four, as PatternIndex.describes: the backward reads the block CSC.
+        same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(built.tensors(), self.tensors()))
+        if same and version is not None:
+            last = self._checked
             if last is None:
                 last = _LastChecked()
                 object.__setattr__(self, "_checked", last)
-            last.ref, last.version = weakref.ref(mask), mask._version
+            last.ref, last.version = weakref.ref(mask), version
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -221,4 +230,4 @@ def build_block_index(mask: torch.Tensor, block) -> BlockIndex:
     bcol_ptr, brow_idx = _compressed(grid.t())
     dev = mask.device
     return BlockIndex(mask.shape[0], math.prod(mask.shape[1:]), (bo, bi), brow_ptr.to(dev), bcol_idx.to(dev),
-                      bcol_ptr.to(dev), brow_idx.to(dev), math.prod(mask.shape[2:]), mask, mask._version)
+                      bcol_ptr.to(dev), brow_idx.to(dev), math.prod(mask.shape[2:]), mask, tensor_version(mask))

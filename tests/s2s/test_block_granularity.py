@@ -2,13 +2,15 @@
 block patterns through RigL / MagRan updates, drop by block norm, grow by block-summed gradient,
 optimizer moments reset per block, and the layers a block does not divide left element-wise."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import ebsparse
 from ebsparse.backends import trace
-from ebsparse.formats.block import blocks_of, is_block_mask
+from ebsparse.formats.block import blocks_of, is_block_mask, kept_blocks
 from ebsparse.s2s import SparsityConfig
 
 
@@ -43,7 +45,7 @@ def test_block_masks_keep_exact_block_counts(method):
         if t.name in sp.blocks:
             grid = blocks_of(t.mask, (8, 8))
             counts[t.name] = int(grid.sum())
-            assert counts[t.name] == round(sp.densities[t.name] * grid.numel())
+            assert counts[t.name] == max(1, round(sp.densities[t.name] * grid.numel()))
     before = {t.name: blocks_of(t.mask, (8, 8)).clone() for t in sp.targets if t.name in sp.blocks}
     with trace() as calls:
         _train(sp, model, opt, 7)
@@ -56,6 +58,51 @@ def test_block_masks_keep_exact_block_counts(method):
     changed = any(not torch.equal(before[n], blocks_of(t.mask, (8, 8))) for t in sp.targets for n in [t.name]
                   if n in sp.blocks)
     assert changed == (method != "static") and sp.updates == (0 if method == "static" else 2)
+
+
+def test_every_block_layer_keeps_at_least_one_block():
+    """round(density * n_blocks) is 0 for a layer of a few large blocks: it would compute only its
+    bias, and RigL (which moves a fraction of the kept blocks) could never regrow it."""
+    assert (kept_blocks(4, 0.1), kept_blocks(4, 0.0), kept_blocks(40, 0.1)) == (1, 0, 4)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    sp = ebsparse.s2s.RigL(sparsity=0.9, distribution="uniform", granularity="block", block=(32, 32))
+    sp.apply(model)
+    assert [int(blocks_of(t.mask, (32, 32)).sum()) for t in sp.targets] == [1, 1]
+    layer = nn.Sequential(nn.Linear(64, 64))
+    ebsparse.sparsify(layer, pattern="block", block=(32, 32), density=0.1)
+    assert int(blocks_of(layer[0].mask, (32, 32)).sum()) == 1
+
+
+def test_block_layers_no_update_can_change_are_named():
+    """floor(prune_fraction * kept blocks) is 0 for a layer under 1 / prune_fraction blocks: RigL
+    never changes it. That was silent (the run reported its updates); now apply() warns, `frozen`
+    names the layers, and `regrown` counts what the updates really moved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(80, 64, bias=False), nn.Linear(64, 256, bias=False))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sp = ebsparse.s2s.RigL(sparsity=0.75, distribution="uniform", update_every=1, prune_fraction=0.1,
+                           granularity="block", block=(8, 8), backend="native")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sp.apply(model, opt)
+    assert [int(blocks_of(t.mask, (8, 8)).sum()) for t in sp.targets] == [20, 64]
+    assert sp.frozen == {}  # 2 and 6 blocks move per update
+    frozen = ebsparse.s2s.RigL(sparsity=0.9, distribution="uniform", update_every=1, prune_fraction=0.1,
+                               granularity="block", block=(8, 8), backend="native")
+    small = nn.Sequential(nn.Linear(80, 64, bias=False), nn.Linear(64, 256, bias=False))
+    with pytest.warns(UserWarning, match="1 of 2 block layers keep fewer than 1 / prune_fraction = 10 blocks"):
+        frozen.apply(small, torch.optim.Adam(small.parameters()))
+    assert list(frozen.frozen) == ["0.weight"]  # 8 kept blocks; the second layer keeps 26
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 80)).sum().backward()
+        sp.step()
+    assert sp.regrown == 2 * (2 + 6) * 64
+    assert ebsparse.s2s.RigL(sp.config).state_dict()["regrown"] == 0
+    resumed = ebsparse.s2s.RigL(sp.config)
+    resumed.load_state_dict(sp.state_dict())
+    assert resumed.regrown == sp.regrown
 
 
 def test_rigl_drops_smallest_block_norm_grows_largest_block_gradient():

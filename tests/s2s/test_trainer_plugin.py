@@ -45,21 +45,27 @@ def _trainer(cfg, run_dir):
 DIGITS_SIZE = ("model.ch=32", "model.ch_mult=[1,2]", "model.attn_resolutions=[8]", "training.batch_size=32")
 
 
-@pytest.mark.parametrize("method", ["rigl", "magran"])
-def test_resume_is_exact(tmp_path, method):
+# Block granularity: the block masks, the moments reset per block and the count of regrown weights
+# must all survive the checkpoint.
+BLOCKS = {"granularity": "block", "block": [8, 8]}
+
+
+@pytest.mark.parametrize("method,sparsity", [("rigl", {}), ("magran", {}), ("rigl", BLOCKS)])
+def test_resume_is_exact(tmp_path, method, sparsity):
     n, k = 8, 4  # updates at steps 3 and 6: one before the checkpoint, one after
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        full, _ = _trainer(tiny_config(n, method, DIGITS_SIZE), tmp_path / "full")
+        full, _ = _trainer(tiny_config(n, method, DIGITS_SIZE, **sparsity), tmp_path / "full")
         full.fit(progress=False)
-        first, _ = _trainer(tiny_config(k, method, DIGITS_SIZE), tmp_path / "split")
+        first, _ = _trainer(tiny_config(k, method, DIGITS_SIZE, **sparsity), tmp_path / "split")
         first.fit(progress=False)
-        second, plugin = _trainer(tiny_config(n, method, DIGITS_SIZE), tmp_path / "split")
+        second, plugin = _trainer(tiny_config(n, method, DIGITS_SIZE, **sparsity), tmp_path / "split")
         second.fit(resume=True, progress=False)
     finally:
         torch.set_num_threads(previous)
     assert plugin.sparsifier.steps == n and plugin.sparsifier.updates == 2
+    assert plugin.sparsifier.regrown > 0
     a, meta_a = full.state_tensors()
     b, meta_b = second.state_tensors()
     assert a.keys() == b.keys()
@@ -113,3 +119,18 @@ def test_model_from_checkpoint_and_sample_cli(tmp_path):
         assert torch.equal(model(x, steps), reference.eval()(x, steps))
     assert main(["sample", str(tmp_path), "--num", "2", "--out", str(tmp_path / "png"), "--threads", "1"]) == 0
     assert len(list((tmp_path / "png").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("granularity", [{}, {"granularity": "block", "block": [8, 8]}])
+def test_rigl_trains_under_bf16(tmp_path, granularity):
+    """Under bf16 autocast the sparse convs take the bf16 activations of the dense layers before
+    them (the first step failed with a dtype error) and RigL updates its masks; the master weights
+    stay float32 and zero outside the masks."""
+    cfg = tiny_config(4, overrides=["training.precision=bf16", "model.ch=32", "model.ch_mult=[1,2]"],
+                      backend="auto", **granularity)
+    trainer, plugin = _trainer(cfg, tmp_path)
+    trainer.fit(progress=False)
+    assert plugin.sparsifier.updates == 1
+    sparse = [m for m in trainer.model.modules() if hasattr(m, "mask")]
+    assert sparse and all(m.weight.dtype == torch.float32 for m in sparse)
+    assert all(not m.weight[~m.mask].any() for m in sparse)
