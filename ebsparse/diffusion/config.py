@@ -66,6 +66,8 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("lr", "eps", "weight_decay", "grad_clip", "ema_rate"):
             setattr(self, name, float(getattr(self, name)))
+        if not self.grad_clip >= 0:  # a negative one switched clipping off without a word
+            raise ValueError(f"training.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
         if self.precision not in PRECISIONS:

@@ -242,7 +242,7 @@ class Trainer:
         self._elapsed_before, self._fit_started = 0.0, None
         self.step_seconds = 0.0
         # this process's training steps and their summed step_seconds: its own measured throughput
-        self.timed_steps, self.timed_seconds = 0, 0.0
+        self.timed_steps, self.timed_seconds, self._steps_run = 0, 0.0, 0
         for p in self.plugins:
             p.attach(self)
 
@@ -292,10 +292,12 @@ class Trainer:
             return self.sharded.has_checkpoint(self.run_dir)
         return bool(checkpoint_files(self.run_dir / CHECKPOINT_NAME))
 
-    def load(self, path: str | Path | None = None) -> None:
+    def load(self, path: str | Path | None = None, *, allow_config_change: bool | None = None) -> None:
         """Restore the state of ``path``; without one, resume the run directory: its latest checkpoint,
         or with a warning the newest kept one that reads and verifies when the latest does not.
-        Sharded: ``path`` is a step directory of ``checkpoint.sharded/``."""
+        Sharded: ``path`` is a step directory of ``checkpoint.sharded/``. With ``allow_config_change``
+        given (a resume), a changed config is refused or recorded before any state is loaded, so the
+        error names the changed keys instead of a state dict's missing ones."""
         if self.sharded is not None:
             tensors, meta = self.sharded.load(self.run_dir if path is None else Path(path))
         elif path is None:
@@ -307,6 +309,10 @@ class Trainer:
             raise ValueError(
                 f"cannot resume: the checkpoint's model config {saved_model} differs from the current {self.config.model}"
             )
+        self.step = int(meta["step"])
+        self._saved_config = meta["config"]
+        if allow_config_change is not None:
+            self._check_resumed_config(allow_config_change)
         def part(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         self.model.load_state_dict(part("model/"), strict=True)
@@ -332,7 +338,8 @@ class Trainer:
 
     def images_per_s(self) -> float | None:
         """Images per second of this process's training steps (`train_step` as a whole: data,
-        forward, backward, optimizer, EMA and plugin hooks; no sampling or checkpoints)."""
+        forward, backward, optimizer, EMA and plugin hooks; no sampling or checkpoints), its first
+        step left out where it ran more (it measures the backends)."""
         if not self.timed_steps:
             return None
         return self.timed_steps * self.config.training.batch_size / self.timed_seconds
@@ -352,6 +359,11 @@ class Trainer:
             return
         breaking = resume_breaking_changes(saved, self.config)
         listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        masks = {k: v for k, v in changes.items() if k.split(".")[0] == "sparsity"}
+        if masks:  # even with --allow-config-change: the saved masks and schedule belong to the saved section
+            keys = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in masks.items())
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} with a changed sparsity section ({keys}): the "
+                             "checkpoint's masks and mask schedule belong to the saved one; start a new run")
         if breaking and not allow_change:
             keys = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in breaking.items())
             raise ValueError(f"cannot resume {str(self.run_dir)!r} at step {self.step} with a changed config ({keys}): "
@@ -445,8 +457,12 @@ class Trainer:
             loss_value = self.sharded.mean(loss_value)
         stats = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
         self.step_seconds = time.perf_counter() - t0
-        self.timed_steps += 1
-        self.timed_seconds += self.step_seconds
+        self._steps_run += 1
+        if self._steps_run > 1 or self.config.training.steps - self.step == 0:
+            # A process's first step resolves every layer's backend (`auto` times the candidates: seconds,
+            # against ~0.1-0.5 s for a digits step); it counts only when it is the one step there is.
+            self.timed_steps += 1
+            self.timed_seconds += self.step_seconds
         for p in self.plugins:
             p.after_step(self, stats)
         return stats
@@ -495,8 +511,7 @@ class Trainer:
         if resume:
             if not self.has_checkpoint():
                 raise FileNotFoundError(f"--resume: no checkpoint at {str(ckpt)!r}; start without --resume")
-            self.load()
-            self._check_resumed_config(allow_config_change)
+            self.load(allow_config_change=allow_config_change)
             self._check_resumed_numerics()
         elif self.has_checkpoint():
             raise FileExistsError(

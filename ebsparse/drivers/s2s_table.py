@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..diffusion.config import ExperimentConfig
+from ..diffusion.config import ExperimentConfig, config_diff
 from ..diffusion.trainer import Trainer
 from ..metrics.counting import count_params
 from ..models import build_model
@@ -81,11 +81,12 @@ def run_s2s_table(config: ExperimentConfig, run_dir: str | Path, *, methods: Seq
     for i, (method, sparsity, seed) in enumerate(grid, 1):
         one = run_dir / "runs" / _run_name(method, sparsity, seed)
         done = one / RESULT_NAME
+        cfg = _config_for(config, method, sparsity, seed)
         if done.is_file():
+            _check_same_config(one, cfg)
             rows.append(json.loads(done.read_text()))
             continue
         log(f"[{i}/{len(grid)}] {_run_name(method, sparsity, seed)}")
-        cfg = _config_for(config, method, sparsity, seed)
         row = (_dense_row if method == "dense" else _sparse_row)(cfg, one, device, progress)
         row["seed"] = seed
         done.write_text(json.dumps(row, indent=2) + "\n")
@@ -97,11 +98,24 @@ def run_s2s_table(config: ExperimentConfig, run_dir: str | Path, *, methods: Seq
     return {"groups": groups, "runs": rows, "table": table}
 
 
+def _check_same_config(one: Path, cfg: ExperimentConfig) -> None:
+    """A finished run is read back only if it trained this config: otherwise the table would state
+    the new settings over the old runs' numbers."""
+    saved_file = one / "config.json"
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    now = json.loads(json.dumps(cfg.to_dict()))  # as config.json holds it (tuples as lists)
+    if saved != now:
+        changes = "no config.json" if saved is None else ", ".join(
+            f"{k} {old!r} -> {new!r}" for k, (old, new) in config_diff(saved, now).items())
+        raise ValueError(f"{str(one)!r} holds a finished run of another config ({changes}): choose another "
+                         "--run-dir, or remove that run to train it again")
+
+
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)  # one run: no spread
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,7 +143,9 @@ def _best(groups: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
 
 
 def _fid_text(g: dict[str, Any]) -> str:
-    return "n/a" if g["FID"] is None else f"{g['FID']:.2f} ± {g['FID std']:.2f}"
+    if g["FID"] is None:
+        return "n/a"
+    return f"{g['FID']:.2f}" if g["FID std"] is None else f"{g['FID']:.2f} ± {g['FID std']:.2f}"
 
 
 def _x(value: float | None) -> str:

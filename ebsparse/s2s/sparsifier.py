@@ -97,12 +97,17 @@ class Sparsifier:
         candidates = find_candidates(model, cfg.layers, cfg.exclude)
         if not candidates:
             raise ValueError(f"model: no weights of the kinds {cfg.layers} to sparsify (exclude={cfg.exclude})")
-        custom = {}
+        custom, used = {}, set()
         for c in candidates:
             for pattern, s in cfg.custom_sparsity.items():
                 if fnmatch.fnmatchcase(c.name, pattern) or fnmatch.fnmatchcase(c.module_name, pattern):
                     custom[c.name] = s
+                    used.add(pattern)
                     break
+        unused = [p for p in cfg.custom_sparsity if p not in used]
+        if unused:  # a typo would give the layer it meant the ERK level instead
+            raise ValueError(f"sparsity.custom_sparsity: {unused} match no weight to sparsify (of the kinds "
+                             f"{list(cfg.layers)}, after exclude)")
         self.densities = layer_densities({c.name: c.shape for c in candidates}, cfg.target_sparsity, cfg.distribution,
                                          cfg.erk_power_scale, custom)
         # A weight the distribution makes dense stays a plain module: nothing to mask or update, and the
@@ -289,9 +294,12 @@ class Sparsifier:
                 "config": self.config.to_dict(), "regrown": self.regrown}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config")
-        if saved is not None and saved != self.config.to_dict():
-            raise ValueError(f"cannot resume: the saved sparsity config {saved} differs from {self.config.to_dict()}")
+        saved, now = state.get("config"), self.config.to_dict()
+        if saved is not None and saved != now:
+            changed = ", ".join(f"sparsity.{k} {saved.get(k)!r} -> {now.get(k)!r}"
+                                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+            raise ValueError(f"cannot resume with a changed sparsity section ({changed}): the checkpoint's masks "
+                             "and schedule belong to the saved one; start a new run for the new setting")
         self.steps, self.updates = int(state["steps"]), int(state["updates"])
         self.generator.set_state(state["generator"])
         self.regrown = int(state.get("regrown", 0))

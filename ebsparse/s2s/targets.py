@@ -164,6 +164,10 @@ def find_candidates(model: nn.Module, layers: Iterable[str], exclude: Iterable[s
     """The weights of ``model`` of the given kinds ("conv", "linear", "rnn"), minus ``exclude`` globs
     (matched against the parameter and the module name). Frozen weights are left alone."""
     layers, exclude = set(layers), tuple(exclude)
+    names = [n for n, _ in model.named_modules()] + [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:  # a typo would leave the layer it meant sparse
+        raise ValueError(f"sparsity.exclude: {unmatched} match no module or parameter name of the model")
     found: list[Candidate] = []
     for module_name, module in model.named_modules():
         attrs: list[tuple[str, str]] = []

@@ -72,6 +72,7 @@ def test_algorithm_sections_are_kept_verbatim_and_round_trip(digits_config_path)
     ("diffusion.num_timesteps=1.5", "diffusion.num_timesteps: expected an integer, got 1.5"),
     ("data.random_flip=sometimes", "data.random_flip: expected true or false, got 'sometimes'"),
     ("sampling.timesteps=[10]", "sampling.timesteps: expected an integer, got [10]"),
+    ("training.grad_clip=-1", "training.grad_clip must be >= 0 (0 = no clipping), got -1.0"),
     # model and data that cannot work together, caught when the config is read
     ("data.image_size=15", "data.image_size=15 must be divisible by 2"),
     ("data.channels=3", "data.channels=3 does not match model.in_channels=1"),

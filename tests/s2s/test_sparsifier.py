@@ -170,6 +170,14 @@ def test_layers_and_exclude_select_weights(grunet):
         Static(sparsity=0.5, layers=("conv",)).apply(GRUNet())
 
 
+def test_globs_that_match_nothing_are_errors():
+    """A typo in exclude left the layer it meant sparse; one in custom_sparsity gave it the ERK level."""
+    with pytest.raises(ValueError, match=r"sparsity.exclude: \['haed'\] match no module or parameter"):
+        Static(sparsity=0.5, exclude=("haed",)).apply(GRUNet())
+    with pytest.raises(ValueError, match=r"sparsity.custom_sparsity: \['haed\*'\] match no weight"):
+        Static(sparsity=0.5, custom_sparsity={"haed*": 0.5}).apply(GRUNet())
+
+
 def test_optimizer_errors(convnet):
     sgd = torch.optim.SGD(convnet.parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="SGD.*optimizer_safe=True"):

@@ -52,6 +52,10 @@ def test_grid_writes_the_paper_table_and_rerun_reads_it_back(tmp_path, capsys, m
     monkeypatch.setattr(driver, "_dense_row", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert main(_args(tmp_path, "--methods", "rigl", "--sparsities", "0.5", "0.9")) == 0
     assert (tmp_path / "table.md").read_text() == table
+    # ... but not runs of another config: the table would state the new settings over the old numbers
+    capsys.readouterr()
+    assert main(_args(tmp_path, "--methods", "rigl", "--sparsities", "0.5", "--set", "training.steps=8")) == 2
+    assert "holds a finished run of another config (training.steps 4 -> 8)" in capsys.readouterr().err
 
 
 def test_best_level_is_lowest_mean_fid_and_marks_follow_the_paper():
@@ -71,7 +75,7 @@ def test_best_level_is_lowest_mean_fid_and_marks_follow_the_paper():
     best = [line for line in table if line.startswith("| <u>MagRan-DM")]
     assert len(best) == 1 and "S = 0.9" in best[0] and "**27.50 ± 0.71**" in best[0] and "1.50x |" in best[0]
     static = next(line for line in table if line.startswith("| Static-DM, S = 0.25"))
-    assert "| 40.00 ± 0.00 |" in static  # worse than Dense: not bold
+    assert "| 40.00 |" in static  # worse than Dense: not bold; one run has no spread
     for row in rows:
         row["mask updates"] = 0
     assert "MagRan-DM: the masks were never updated" in paper_table(aggregate(rows), cfg)
