@@ -27,6 +27,7 @@ remembers the mask it came from, as :class:`ebsparse.formats.index.PatternIndex`
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ SUPPORTED_BLOCKS = ((1, 8), (4, 4), (8, 8), (16, 16), (32, 32))
 def check_block(block, name: str = "block") -> tuple[int, int]:
     """`block` as a (bo, bi) tuple of ints, or raise naming the argument and the supported shapes."""
     try:
-        bo, bi = (int(v) for v in block)
+        bo, bi = (operator.index(v) for v in block)  # not int(): (16.9, 16) must not become (16, 16)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a pair (bo, bi), one of {list(SUPPORTED_BLOCKS)}, got {block!r}") from None
     if (bo, bi) not in SUPPORTED_BLOCKS:

@@ -132,6 +132,12 @@ class SparsityConfig:
             for key in ("layers", "exclude"):
                 if isinstance(d.get(key), str):
                     d[key] = (d[key],)
+            # A block other than the default without granularity: block would be ignored. (The default
+            # itself is in every to_dict(), which must read back.)
+            if (d.get("granularity", "element") != "block" and isinstance(d.get("block"), (list, tuple))
+                    and tuple(d["block"]) != tuple(cls.block)):
+                raise ValueError(f"sparsity.block: {d['block']!r} is set but sparsity.granularity is "
+                                 f"{d.get('granularity', 'element')!r}; add granularity: block")
         return config_from_dict(cls, d, "sparsity")
 
     def to_dict(self) -> dict[str, Any]:

@@ -148,9 +148,10 @@ class Sparsifier:
         if c.kind not in ("conv", "linear") or not swappable(model, c):
             self.element_wise[c.name] = "element-wise (no block kernel runs it)"
             return None
-        reason = block_unsupported_reason(c.shape, block)
-        if reason is None and c.kind == "conv":
-            reason = conv_unsupported_reason(model.get_submodule(c.module_name))
+        # The conv's own reason first: a grouped conv's weight is (out, in / groups, ...), and the
+        # channel counts the block check would name are not the layer's.
+        reason = conv_unsupported_reason(model.get_submodule(c.module_name)) if c.kind == "conv" else None
+        reason = reason or block_unsupported_reason(c.shape, block)
         if reason:
             self.element_wise[c.name] = reason
             return None

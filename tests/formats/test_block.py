@@ -59,5 +59,8 @@ def test_partial_blocks_and_unsupported_shapes_raise():
         check_block((3, 3))
     with pytest.raises(TypeError, match="block: expected a pair"):
         check_block(16)
+    for truncated in ((16.9, 16), ("8", "8")):  # were read as (16, 16) and (8, 8)
+        with pytest.raises(TypeError, match="block: expected a pair"):
+            check_block(truncated)
     with pytest.raises(ValueError, match=r"not multiples of the block \(16, 16\)"):
         magnitude_block_mask(torch.randn(24, 16), 0.5, (16, 16))

@@ -135,12 +135,21 @@ def expand(grid):
     return grid.repeat_interleave(8, 0).repeat_interleave(8, 1)
 
 
+def test_a_grouped_conv_is_left_element_wise_for_its_groups():
+    model = nn.Sequential(nn.Conv2d(32, 32, 3), nn.Conv2d(32, 48, 3, groups=2))
+    sp = ebsparse.s2s.Static(density=0.5, distribution="uniform", granularity="block", block=(16, 16))
+    sp.apply(model)
+    assert sp.element_wise["1.weight"].startswith("groups=2")  # was "channels (48, 16) ..." of the weight
+
+
 def test_config_rejects_unsupported_blocks():
     with pytest.raises(ValueError, match="sparsity.block"):
         SparsityConfig(granularity="block", block=(3, 3))
     with pytest.raises(ValueError, match="sparsity.granularity"):
         SparsityConfig(granularity="channel")
     assert SparsityConfig.from_dict({"granularity": "block", "block": [8, 8]}).block == (8, 8)
+    with pytest.raises(ValueError, match="sparsity.block: \\[8, 8\\] is set but sparsity.granularity is 'element'"):
+        SparsityConfig.from_dict({"block": [8, 8]})  # was ignored: the run trained element-wise
 
 
 def test_sparsify_block_pattern_on_any_model():
