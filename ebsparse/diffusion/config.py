@@ -218,7 +218,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         return ExperimentConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
         if overrides and _valid(from_file):  # the file is fine: the --set is to blame
-            named = [o for o in overrides if o.split("=", 1)[0].rsplit(".", 1)[-1] in str(e)] or overrides
+            # The ones that fail on their own (a key name found in the message also matched the list of
+            # valid keys an unknown-key error prints, and blamed good overrides).
+            named = [o for o in overrides if not _valid(apply_overrides(copy.deepcopy(from_file), [o]))] or overrides
             raise ValueError(f"--set {' --set '.join(named)}: {e}") from e
         raise ValueError(f"config file {str(path)!r}: {e}") from e
 

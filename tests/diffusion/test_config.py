@@ -113,3 +113,11 @@ def test_one_rule_for_every_config_dataclass():
         EarlyBirdConfig.from_dict({"eta": "fast"})
     with pytest.raises(ValueError, match=r"^sparsity.update_every: expected an integer, got 'often'"):
         SparsityConfig.from_dict({"update_every": "often"})
+
+
+def test_a_bad_set_is_named_alone(digits_config_path):
+    """A key found in the message also matched the list of valid keys an unknown-key error prints:
+    `--set training.stepz=10` blamed the good `--set training.steps=2` too."""
+    with pytest.raises(ValueError) as info:
+        load_config(digits_config_path, ["training.steps=2", "training.sample_every=0", "training.stepz=10"])
+    assert str(info.value).startswith("--set training.stepz=10: training: unknown keys ['stepz']")
