@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 import operator
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from ebsparse.formats.index import _BITS_DTYPE, _LastChecked, _compressed, tensor_version
+from ebsparse.formats.index import (_BITS_DTYPE, _LastChecked, _compressed, described_before, remember_described,
+                                    tensor_version)
 from ebsparse.formats.masks import check_density
 
 SUPPORTED_BLOCKS = ((1, 8), (4, 4), (8, 8), (16, 16), (32, 32))
@@ -193,24 +193,16 @@ class BlockIndex:
     def describes(self, mask: torch.Tensor) -> bool:
         """Whether this index is the pattern of `mask` now (free for the mask it was built from)."""
         version = tensor_version(mask)
-        if version is not None:
-            if mask is self.mask and version == self.mask_version:
-                return True
-            last = self._checked
-            if last is not None and last.ref is not None and last.ref() is mask and version == last.version:
-                return True
+        if described_before(self, mask, version):
+            return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols \
                 or not is_block_mask(mask, self.block):
             return False
         built = build_block_index(mask, self.block)
         # All four, as PatternIndex.describes: the backward reads the block CSC.
         same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(built.tensors(), self.tensors()))
-        if same and version is not None:
-            last = self._checked
-            if last is None:
-                last = _LastChecked()
-                object.__setattr__(self, "_checked", last)
-            last.ref, last.version = weakref.ref(mask), version
+        if same:
+            remember_described(self, mask, version)
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -30,6 +30,29 @@ def tensor_version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
+def described_before(index, mask: torch.Tensor, version: int | None) -> bool:
+    """The free answers of an index's `describes`: `mask` is the one (and version) it was built from,
+    or the last other mask found to match, unchanged since. Never for an inference mask (`version`
+    None)."""
+    if version is None:
+        return False
+    if mask is index.mask and version == index.mask_version:
+        return True
+    last = index._checked
+    return last is not None and last.ref is not None and last.ref() is mask and version == last.version
+
+
+def remember_described(index, mask: torch.Tensor, version: int | None) -> None:
+    """Note that `index` describes `mask` at `version` (an inference mask is not remembered)."""
+    if version is None:
+        return
+    last = index._checked
+    if last is None:
+        last = _LastChecked()
+        object.__setattr__(index, "_checked", last)  # the index dataclasses are frozen
+    last.ref, last.version = weakref.ref(mask), version
+
+
 class _LastChecked:
     """The last foreign mask (weakly) and its version an index was found to describe; copies and
     pickles start empty."""
@@ -76,12 +99,8 @@ class PatternIndex:
         built from; another mask is compared by content, once while it stays the last one checked
         and unchanged."""
         version = tensor_version(mask)
-        if version is not None:
-            if mask is self.mask and version == self.mask_version:
-                return True
-            last = self._checked
-            if last is not None and last.ref is not None and last.ref() is mask and version == last.version:
-                return True
+        if described_before(self, mask, version):
+            return True
         if mask.dim() < 2 or mask.shape[0] != self.rows or math.prod(mask.shape[1:]) != self.cols:
             return False
         built = build_index(mask)
@@ -89,12 +108,8 @@ class PatternIndex:
         # a right output and a wrong input gradient.
         same = self.row_ptr.device == mask.device and all(
             torch.equal(a, b) for a, b in zip(built.tensors(), self.tensors()))
-        if same and version is not None:
-            last = self._checked
-            if last is None:
-                last = _LastChecked()
-                object.__setattr__(self, "_checked", last)  # the dataclass is frozen
-            last.ref, last.version = weakref.ref(mask), version
+        if same:
+            remember_described(self, mask, version)
         return same
 
     def bits(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
