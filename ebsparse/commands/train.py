@@ -57,9 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.spaces import sample_space
 
     sample_space(cfg)  # a latent model's autoencoder and data are checked before any model is built
-    if "earlybird" in cfg.algorithms:
-        raise ValueError("config: an 'earlybird:' section is run by `ebsparse eb-train` (or `ebsparse demo`); "
-                         "`ebsparse train` would train a plain dense model and ignore it")
     if "sparsity" in cfg.algorithms:  # sparse-to-sparse training (Static/RigL/MagRan-DM)
         if args.init_from:
             raise ValueError("--init-from: a pruned model cannot be trained sparse-to-sparse (the config has a "

@@ -37,9 +37,3 @@ def test_unknown_sparsity_key_is_a_clean_cli_error(tmp_path, capsys):
     assert main(args) == 2
     assert "unknown keys ['drop_fraction']" in capsys.readouterr().err
 
-
-def test_train_refuses_an_earlybird_section(tmp_path, capsys):
-    """`ebsparse train` trained a plain dense model and ignored the section."""
-    config = Path(__file__).resolve().parents[2] / "configs" / "digits_eb.yaml"
-    assert main(["train", str(config), "--run-dir", str(tmp_path)]) == 2
-    assert "'earlybird:' section is run by `ebsparse eb-train`" in capsys.readouterr().err
