@@ -323,10 +323,8 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         backends.restore(meta.get("backend_choices", {}))  # the kernels the saved run computed with
-        self.step = int(meta["step"])
         if self.amp.scaler is not None and "grad_scaler" in meta:
             self.amp.scaler.load_state_dict(meta["grad_scaler"])
-        self._saved_config = meta["config"]
         self._saved_numerics = meta.get("numerics")
         self._elapsed_before = float(meta.get("elapsed_s", 0.0))
         if path is None:  # the run directory's latest checkpoint is this step's
