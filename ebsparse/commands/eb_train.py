@@ -60,11 +60,11 @@ def _resumed_config(saved: dict, overrides: list[str]):
 
 def _check_same_settings(run_dir: Path, saved: dict, wanted: dict) -> None:
     """Refuse to resume with settings other than the run's, naming each key that differs."""
-    from ..diffusion.config import config_diff
+    from ..diffusion.config import changes_text, config_diff
 
     changes = config_diff({k: saved.get(k) for k in wanted}, wanted)
     if changes:
-        listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        listing = changes_text(changes)
         raise ValueError(f"--resume: {run_dir / 'config.json'} was written with other settings ({listing}); "
                          "finished stages would not match. Drop the --set (a resume reuses the run's settings) "
                          "or choose another --run-dir")

@@ -252,3 +252,8 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 
     a, b = (_flatten(json.loads(json.dumps(d))) for d in (old, new))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def changes_text(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """``config_diff``'s result as an error message lists it: ``key old -> new, ...``."""
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())

@@ -33,7 +33,7 @@ from ..models import build_model
 from ..nn.sharded import full
 from .checkpoint import (checkpoint_files, flatten_optimizer_state, load_checkpoint, load_latest_good, save_checkpoint,
                          unflatten_optimizer_state)
-from .config import ExperimentConfig, config_diff
+from .config import ExperimentConfig, changes_text, config_diff
 from .distributed import ShardedTraining
 from .ema import EMA
 from .host_memory import keep_freed_memory
@@ -356,14 +356,14 @@ class Trainer:
         if not changes:
             return
         breaking = resume_breaking_changes(saved, self.config)
-        listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        masks = {k: v for k, v in changes.items() if k.split(".")[0] == "sparsity"}
-        if masks:  # even with --allow-config-change: the saved masks and schedule belong to the saved section
-            keys = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in masks.items())
+        listing = changes_text(changes)
+        sparsity_changes = {k: v for k, v in changes.items() if k.split(".")[0] == "sparsity"}
+        if sparsity_changes:  # refused even when allowed: the saved masks and schedule belong to the saved section
+            keys = changes_text(sparsity_changes)
             raise ValueError(f"cannot resume {str(self.run_dir)!r} with a changed sparsity section ({keys}): the "
                              "checkpoint's masks and mask schedule belong to the saved one; start a new run")
         if breaking and not allow_change:
-            keys = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in breaking.items())
+            keys = changes_text(breaking)
             raise ValueError(f"cannot resume {str(self.run_dir)!r} at step {self.step} with a changed config ({keys}): "
                              "the run would no longer match an uninterrupted one. Drop the --set, or pass "
                              f"--allow-config-change to go on and record the change in {CONFIG_CHANGES_NAME}")
@@ -386,7 +386,7 @@ class Trainer:
         now = numerics_setting(self.device)
         changed = {k: (saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)}
         if changed:
-            listing = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            listing = changes_text(changed)
             warnings.warn(f"resuming {str(self.run_dir)!r} at step {self.step} with {listing}: training goes on, "
                           "but will not match an uninterrupted run bit for bit (that needs the checkpoint's setting)")
 

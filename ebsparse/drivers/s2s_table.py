@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..diffusion.config import ExperimentConfig, config_diff
+from ..diffusion.config import ExperimentConfig, changes_text, config_diff
 from ..diffusion.trainer import Trainer
 from ..metrics.counting import count_params
 from ..models import build_model
@@ -105,8 +105,7 @@ def _check_same_config(one: Path, cfg: ExperimentConfig) -> None:
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
     now = json.loads(json.dumps(cfg.to_dict()))  # as config.json holds it (tuples as lists)
     if saved != now:
-        changes = "no config.json" if saved is None else ", ".join(
-            f"{k} {old!r} -> {new!r}" for k, (old, new) in config_diff(saved, now).items())
+        changes = "no config.json" if saved is None else changes_text(config_diff(saved, now))
         raise ValueError(f"{str(one)!r} holds a finished run of another config ({changes}): choose another "
                          "--run-dir, or remove that run to train it again")
 
