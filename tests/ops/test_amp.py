@@ -6,6 +6,7 @@ Triton interpreter standing in for the GPU where it can, and by faking CUDA's au
 import pytest
 import torch
 
+from ebsparse.backends import trace
 from ebsparse.nn import SparseConv2d, SparseLinear
 from ebsparse.ops import amp, block_sparse_linear, sparse_conv2d, sparse_linear, sparse_linear_reference
 from tests.ops.helpers import runs_on, usable_backends
@@ -47,13 +48,19 @@ def test_cpu_autocast_casts_a_bf16_activation_to_the_layers_dtype(pattern, kwarg
     linear = SparseLinear(32, 32, pattern=pattern, density=0.5, backend=backend, **kwargs)
     dense_conv, dense_linear = torch.nn.Conv2d(3, 32, 1), torch.nn.Linear(32 * 4 * 4, 32)
     x = torch.randn(2, 3, 4, 4)
-    with torch.autocast("cpu", torch.bfloat16):
-        hidden = dense_conv(x)
-        assert hidden.dtype == torch.bfloat16
-        y = conv(hidden)
-        z = linear(dense_linear(y.flatten(1)))
-    assert y.dtype == z.dtype == torch.float32
-    z.sum().backward()
+    with trace() as calls:
+        with torch.autocast("cpu", torch.bfloat16):
+            hidden = dense_conv(x)
+            assert hidden.dtype == torch.bfloat16
+            y = conv(hidden)
+            z = linear(dense_linear(y.flatten(1)))
+        assert y.dtype == z.dtype == torch.float32
+        z.sum().backward()
+    if backend == "native":  # the named backend ran both layers, both ways
+        ops = ("block_conv2d", "block_linear") if pattern == "block" else ("conv2d", "linear")
+        assert {(op, phase) for op, phase, name in calls if name == "native"} >= \
+            {(op, phase) for op in ops for phase in ("forward", "backward")}
+        assert {name for op, _, name in calls if op in ops} == {"native"}
     assert conv.weight.grad.dtype == linear.weight.grad.dtype == torch.float32
     expected = torch.nn.functional.conv2d(hidden.detach().float(), conv.weight * conv.mask, conv.bias, padding=1)
     torch.testing.assert_close(y.detach(), expected, rtol=1e-5, atol=1e-5)
